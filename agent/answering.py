@@ -1,0 +1,67 @@
+"""Turn a validated request into a response with the engine (worker thread only)."""
+
+from __future__ import annotations
+
+import time
+
+from agent.engine.engine import (
+    Cancelled,
+    Classification,
+    DeadlineExceeded,
+    Engine,
+    EngineError,
+    Generation,
+    PromptTooLong,
+    StopWhen,
+)
+from agent.engine.prompts import build_messages
+from edge_slm.contract import ErrorCode, Request, Response, Source, Task, TokenUsage
+
+
+def answer(engine: Engine, request: Request, *, max_tokens: int, stop: StopWhen) -> Response:
+    """Answer on the edge. Engine failures become typed error responses."""
+    messages = build_messages(request)
+    try:
+        if request.task is Task.CLASSIFY:
+            result: Classification | Generation = engine.classify(
+                messages, request.labels or [], stop=stop
+            )
+        else:
+            result = engine.generate(messages, max_tokens=max_tokens, stop=stop)
+    except DeadlineExceeded as exc:
+        return Response.failure(request.id, ErrorCode.DEADLINE_EXCEEDED, str(exc))
+    except Cancelled as exc:
+        return Response.failure(request.id, ErrorCode.SHUTTING_DOWN, str(exc))
+    except PromptTooLong as exc:
+        return Response.failure(request.id, ErrorCode.INVALID_REQUEST, str(exc))
+    except EngineError as exc:
+        return Response.failure(request.id, ErrorCode.INTERNAL, str(exc))
+    common = {
+        "id": request.id,
+        "ok": True,
+        "confidence": round(result.confidence, 4),
+        "source": Source.EDGE,
+        "escalated": False,
+        "reason": "answered on the edge",
+        "model": engine.name,
+    }
+    if isinstance(result, Classification):
+        return Response(
+            **common,
+            answer=result.label,
+            label=result.label,
+            scores={k: round(v, 4) for k, v in result.scores.items()},
+            tokens=TokenUsage(prompt=result.prompt_tokens, completion=result.scored_tokens),
+        )
+    return Response(
+        **common,
+        answer=result.text,
+        finish_reason=result.finish_reason,
+        tokens=TokenUsage(prompt=result.prompt_tokens, completion=result.completion_tokens),
+    )
+
+
+def with_latency(response: Response, received_at: float) -> Response:
+    return response.model_copy(
+        update={"latency_ms": round((time.monotonic() - received_at) * 1000, 2)}
+    )

@@ -1,0 +1,212 @@
+"""Agent configuration: pydantic-settings, one nested model per concern.
+
+Precedence, highest first: command-line flags, ``EDGE_AGENT_*`` environment
+variables (nested with ``__``, e.g. ``EDGE_AGENT_MQTT__BROKER``), the TOML file
+given with ``--config``, secrets files in ``$CREDENTIALS_DIRECTORY`` (systemd
+``LoadCredential=``), then the defaults below.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from edge_slm.mqtt import BrokerUrl
+from edge_slm.topics import DeviceTopics
+
+Provider = Literal["auto", "cpu", "cuda", "qnn", "dml"]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class MqttSettings(_Section):
+    broker: str = Field(
+        default="mqtt://127.0.0.1:1883",
+        description="Broker URL: mqtt://host:port, or mqtts://host:port for TLS.",
+    )
+    client_id: str | None = Field(
+        default=None,
+        description="MQTT client id; defaults to `edge-agent-<device_id>`. Must be stable "
+        "across restarts so the persistent session is resumed.",
+    )
+    username: str | None = Field(default=None, description="Username for the broker, if any.")
+    password: SecretStr | None = Field(default=None, description="Password (prefer a credential).")
+    ca_file: Path | None = Field(default=None, description="CA bundle that signs the broker.")
+    cert_file: Path | None = Field(default=None, description="Client certificate (mTLS).")
+    key_file: Path | None = Field(default=None, description="Client private key (mTLS).")
+    keepalive_s: int = Field(default=30, ge=5, le=3600, description="MQTT keepalive in seconds.")
+    session_expiry_s: int = Field(
+        default=3600,
+        ge=0,
+        description="How long the broker keeps our session (subscriptions and queued QoS 1 "
+        "requests) while we are disconnected.",
+    )
+    reconnect_min_s: float = Field(default=0.5, gt=0, description="First reconnect delay.")
+    reconnect_max_s: float = Field(default=30.0, gt=0, description="Longest reconnect delay.")
+    connect_timeout_s: float = Field(
+        default=30.0, gt=0, description="How long start-up waits for the first connection."
+    )
+
+    @field_validator("broker")
+    @classmethod
+    def _valid_url(cls, value: str) -> str:
+        BrokerUrl.parse(value)
+        return value
+
+    @model_validator(mode="after")
+    def _tls_files_exist(self) -> MqttSettings:
+        for name in ("ca_file", "cert_file", "key_file"):
+            path: Path | None = getattr(self, name)
+            if path is not None and not path.is_file():
+                raise ValueError(f"{name} {str(path)!r} does not exist")
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("cert_file and key_file must be given together")
+        return self
+
+    @property
+    def url(self) -> BrokerUrl:
+        return BrokerUrl.parse(self.broker)
+
+
+class ModelSettings(_Section):
+    name: str = Field(
+        default="smollm2-135m-instruct",
+        description="Catalog name of the model to load from the model cache.",
+    )
+    path: Path | None = Field(
+        default=None,
+        description="Load this onnxruntime-genai folder instead of looking the name up.",
+    )
+    cache_dir: Path | None = Field(
+        default=None,
+        description="Model cache; default $STATE_DIRECTORY/models under systemd, else "
+        "$XDG_CACHE_HOME/edge-slm/models.",
+    )
+    provider: Provider = Field(
+        default="auto",
+        description="Execution provider. `auto` tries what the runtime offers and falls back "
+        "to CPU with a warning.",
+    )
+    threads: int = Field(
+        default=0,
+        ge=0,
+        description="Intra-op threads; 0 means one per available core.",
+    )
+
+
+class LimitSettings(_Section):
+    max_payload_bytes: int = Field(
+        default=16 * 1024, ge=256, description="Requests larger than this are rejected."
+    )
+    max_tokens_cap: int = Field(
+        default=256, ge=1, description="Largest `max_tokens` a request may ask for."
+    )
+    default_max_tokens: int = Field(
+        default=96, ge=1, description="`max_tokens` when the request gives none."
+    )
+    queue_size: int = Field(
+        default=32, ge=1, description="Requests waiting for the model; beyond it: `busy`."
+    )
+    busy_retry_ms: int = Field(
+        default=500, ge=0, description="Retry hint sent with a `busy` error, per queued request."
+    )
+    drain_timeout_s: float = Field(
+        default=30.0, ge=0, description="On SIGTERM, how long in-flight work may finish."
+    )
+
+    @model_validator(mode="after")
+    def _default_within_cap(self) -> LimitSettings:
+        if self.default_max_tokens > self.max_tokens_cap:
+            raise ValueError("default_max_tokens must not exceed max_tokens_cap")
+        return self
+
+
+class AgentSettings(BaseSettings):
+    """Everything the edge agent daemon reads at start-up."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="EDGE_AGENT_",
+        env_nested_delimiter="__",
+        extra="forbid",
+        secrets_dir=os.environ.get("CREDENTIALS_DIRECTORY"),
+    )
+
+    device_id: str = Field(
+        description="This device's id; one topic segment (no / + # $).",
+        min_length=1,
+        max_length=64,
+    )
+    topic_prefix: str = Field(default="slm", description="First segment of every topic.")
+    mqtt: MqttSettings = Field(default_factory=MqttSettings, description="Broker connection.")
+    model: ModelSettings = Field(default_factory=ModelSettings, description="The on-device SLM.")
+    limits: LimitSettings = Field(default_factory=LimitSettings, description="Input limits.")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        default="INFO", description="Log level."
+    )
+    log_format: Literal["auto", "json", "console"] = Field(
+        default="auto", description="`auto`: JSON unless stderr is a terminal."
+    )
+
+    @model_validator(mode="after")
+    def _valid_topics(self) -> AgentSettings:
+        DeviceTopics(self.topic_prefix, self.device_id)
+        return self
+
+    @property
+    def topics(self) -> DeviceTopics:
+        return DeviceTopics(self.topic_prefix, self.device_id)
+
+    @property
+    def client_id(self) -> str:
+        return self.mqtt.client_id or f"edge-agent-{self.device_id}"
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (
+            init_settings,
+            env_settings,
+            TomlConfigSettingsSource(settings_cls),
+            file_secret_settings,
+        )
+
+
+def load_settings(config_file: Path | None = None, **overrides: Any) -> AgentSettings:
+    """Build settings from flags (``overrides``), env, and an optional TOML file.
+
+    ``overrides`` use dotted section names for nested fields, e.g.
+    ``{"mqtt.broker": "mqtt://..."}``; ``None`` values are ignored.
+    """
+    if config_file is not None and not config_file.is_file():
+        raise FileNotFoundError(f"config file {str(config_file)!r} does not exist")
+    nested: dict[str, Any] = {}
+    for key, value in overrides.items():
+        if value is None:
+            continue
+        section, _, field = key.partition(".")
+        if field:
+            nested.setdefault(section, {})[field] = value
+        else:
+            nested[key] = value
+
+    class _FromFile(AgentSettings):
+        model_config = SettingsConfigDict(toml_file=config_file)
+
+    return _FromFile(**nested)

@@ -1,0 +1,1 @@
+"""On-device inference: onnxruntime-genai engine, prompts, confidence math."""

@@ -1,0 +1,198 @@
+"""Request intake on the MQTT network thread: check, parse, validate, enqueue.
+
+Everything here is cheap (bounded by the payload size limit) so the network
+thread never stalls. Every rejection is a typed error reply plus a log line;
+nothing raises out of :meth:`Intake.on_message`.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import structlog
+from pydantic import ValidationError
+
+from agent.config import LimitSettings
+from agent.routing import ReplyRoute, route_for
+from agent.worker import InferenceWorker, Job
+from edge_slm.contract import WIRE_VERSION, ErrorCode, Request, Response
+from edge_slm.logs import get_logger
+from edge_slm.mqtt import Inbound
+from edge_slm.topics import DeviceTopics
+
+log = get_logger("agent.intake")
+
+SendReply = Callable[[ReplyRoute, Response], None]
+
+
+class Rejected(Exception):
+    """A request that gets an error reply instead of a place in the queue."""
+
+    def __init__(
+        self, code: ErrorCode, message: str, *, request_id: str | None = None, **extra: Any
+    ) -> None:
+        super().__init__(message)
+        self.code = code
+        self.request_id = request_id
+        self.extra = extra
+
+
+def _validation_summary(exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors(include_url=False)[:5]:
+        where = ".".join(str(p) for p in err["loc"]) or "request"
+        parts.append(f"{where}: {err['msg']}")
+    return "; ".join(parts)
+
+
+def _raw_id(raw: dict[str, Any]) -> str | None:
+    value = raw.get("id")
+    return value if isinstance(value, str) and 0 < len(value) <= 128 else None
+
+
+class Intake:
+    """Validates inbound requests and hands them to the worker."""
+
+    def __init__(
+        self,
+        *,
+        topics: DeviceTopics,
+        limits: LimitSettings,
+        worker: InferenceWorker,
+        send_reply: SendReply,
+    ) -> None:
+        self._topics = topics
+        self._limits = limits
+        self._worker = worker
+        self._send_reply = send_reply
+        self._open = threading.Event()
+        self._open.set()
+        self.rejected: dict[ErrorCode, int] = {}
+
+    def close(self) -> None:
+        """Stop accepting work: later requests get ``shutting_down``."""
+        self._open.clear()
+
+    def on_message(self, msg: Inbound) -> None:
+        received_at = time.monotonic()
+        route = route_for(msg, self._topics)
+        try:
+            raw = self._decode(msg.payload)
+            route = route_for(msg, self._topics, raw)
+            job = self._admit(raw, route, received_at)
+        except Rejected as exc:
+            self._reject(route, exc)
+            return
+        except Exception as exc:
+            log.exception("intake_failed", topic=msg.topic)
+            self._reject(route, Rejected(ErrorCode.INTERNAL, f"intake failed: {exc}"))
+            return
+        with structlog.contextvars.bound_contextvars(request_id=job.request.id):
+            if not self._worker.submit(job):
+                retry = self._limits.busy_retry_ms * max(1, self._worker.depth)
+                self._reject(
+                    route,
+                    Rejected(
+                        ErrorCode.BUSY,
+                        f"the inference queue is full ({self._limits.queue_size} waiting)",
+                        request_id=job.request.id,
+                        retry_after_ms=retry,
+                    ),
+                )
+                return
+            log.info(
+                "request_accepted",
+                task=job.request.task.value,
+                kind=job.request.kind.value,
+                qos=msg.qos,
+                queue_depth=self._worker.depth,
+            )
+            log.debug("request_text", text=job.request.text)
+
+    def _decode(self, payload: bytes) -> dict[str, Any]:
+        limit = self._limits.max_payload_bytes
+        if len(payload) > limit:
+            raise Rejected(
+                ErrorCode.PAYLOAD_TOO_LARGE,
+                f"payload is {len(payload)} bytes; the limit is {limit}",
+            )
+        try:
+            text = payload.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise Rejected(ErrorCode.INVALID_UTF8, f"payload is not UTF-8: {exc.reason}") from None
+        try:
+            raw = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise Rejected(ErrorCode.INVALID_JSON, f"payload is not JSON: {exc}") from None
+        if not isinstance(raw, dict):
+            raise Rejected(ErrorCode.INVALID_REQUEST, "payload must be a JSON object")
+        return raw
+
+    def _admit(self, raw: dict[str, Any], route: ReplyRoute, received_at: float) -> Job:
+        request_id = _raw_id(raw)
+        if "v" not in raw:
+            raise Rejected(ErrorCode.INVALID_REQUEST, "v: field required", request_id=request_id)
+        if raw["v"] != WIRE_VERSION:
+            raise Rejected(
+                ErrorCode.UNSUPPORTED_VERSION,
+                f"contract version {raw['v']!r} is not supported; "
+                f"this agent speaks v{WIRE_VERSION}",
+                request_id=request_id,
+            )
+        try:
+            request = Request.model_validate(raw)
+        except ValidationError as exc:
+            raise Rejected(
+                ErrorCode.INVALID_REQUEST, _validation_summary(exc), request_id=request_id
+            ) from None
+        cap = self._limits.max_tokens_cap
+        if request.max_tokens is not None and request.max_tokens > cap:
+            raise Rejected(
+                ErrorCode.MAX_TOKENS_EXCEEDED,
+                f"max_tokens {request.max_tokens} is over this device's cap of {cap}",
+                request_id=request.id,
+            )
+        deadline = None
+        if request.deadline_ms is not None:
+            # With sent_at, the budget started when the app sent it; clocks on one
+            # device agree, and across devices NTP error is far below a deadline.
+            spent = max(0.0, time.time() - request.sent_at) if request.sent_at else 0.0
+            deadline = received_at + request.deadline_ms / 1000 - spent
+            if deadline <= received_at:
+                raise Rejected(
+                    ErrorCode.DEADLINE_EXCEEDED,
+                    f"deadline of {request.deadline_ms} ms had passed on arrival",
+                    request_id=request.id,
+                )
+        if not self._open.is_set():
+            raise Rejected(
+                ErrorCode.SHUTTING_DOWN,
+                "the agent is shutting down",
+                request_id=request.id,
+                retry_after_ms=self._limits.busy_retry_ms,
+            )
+        return Job(
+            request=request,
+            route=route,
+            received_at=received_at,
+            deadline=deadline,
+            max_tokens=request.max_tokens or self._limits.default_max_tokens,
+        )
+
+    def _reject(self, route: ReplyRoute, exc: Rejected) -> None:
+        self.rejected[exc.code] = self.rejected.get(exc.code, 0) + 1
+        log.warning(
+            "request_rejected",
+            code=exc.code.value,
+            reason=str(exc),
+            request_id=exc.request_id,
+            reply_topic=route.topic,
+        )
+        response = Response.failure(
+            exc.request_id, exc.code, str(exc), retry_after_ms=exc.extra.get("retry_after_ms")
+        )
+        self._send_reply(route, response)

@@ -1,0 +1,39 @@
+"""Where a reply goes (MQTT 5 spec §4.10 request/response).
+
+1. The request's MQTT v5 Response Topic, echoing its Correlation Data: stock
+   ``mosquitto_rr -V mqttv5`` works unchanged.
+2. Else the payload's ``reply_to`` (for MQTT 3.1.1 clients).
+3. Else ``<prefix>/<device_id>/response``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from edge_slm.mqtt import Inbound
+from edge_slm.topics import DeviceTopics
+
+
+@dataclass(frozen=True, slots=True)
+class ReplyRoute:
+    topic: str
+    correlation_data: bytes | None = None
+
+
+def _plain_topic(value: Any) -> str | None:
+    if isinstance(value, str) and 0 < len(value) <= 512 and not set(value) & {"+", "#", "\x00"}:
+        return None if value.startswith("$") else value
+    return None
+
+
+def route_for(msg: Inbound, topics: DeviceTopics, payload: Any = None) -> ReplyRoute:
+    """Pick the reply route; ``payload`` is the decoded JSON object when there is one.
+
+    Works on a raw dict too, so that a request that fails validation still gets
+    its error reply where the app is listening.
+    """
+    if msg.response_topic and _plain_topic(msg.response_topic):
+        return ReplyRoute(msg.response_topic, msg.correlation_data)
+    reply_to = _plain_topic(payload.get("reply_to")) if isinstance(payload, dict) else None
+    return ReplyRoute(reply_to or topics.response, msg.correlation_data)

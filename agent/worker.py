@@ -1,0 +1,145 @@
+"""The inference worker: one thread owns the model, fed by a bounded queue.
+
+The MQTT network thread only validates and enqueues; a full queue turns into
+a ``busy`` reply there, which is the backpressure. Deadlines are checked when a
+job is taken off the queue and between tokens during generation.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import structlog
+
+from agent.routing import ReplyRoute
+from edge_slm.contract import ErrorCode, Request, Response
+from edge_slm.logs import get_logger
+
+log = get_logger("agent.worker")
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    request: Request
+    route: ReplyRoute
+    received_at: float  # time.monotonic() at receipt
+    deadline: float | None  # absolute, time.monotonic() clock
+    max_tokens: int
+
+
+Answerer = Callable[[Job], Response]
+Replier = Callable[[Job, Response], None]
+
+
+class InferenceWorker:
+    """Runs ``answerer`` for each job on a dedicated thread and hands the result to ``reply``."""
+
+    def __init__(self, answerer: Answerer, reply: Replier, *, queue_size: int) -> None:
+        self._answerer = answerer
+        self._reply = reply
+        self._queue: queue.Queue[Job | None] = queue.Queue(maxsize=queue_size)
+        self._thread = threading.Thread(target=self._run, name="inference", daemon=True)
+        self._outstanding = 0  # queued + running; guarded by _lock
+        self._lock = threading.Lock()
+        #: Set when draining runs out of time: the running generation stops at its
+        #: next token instead of replying after MQTT is gone.
+        self.cancelled = threading.Event()
+        self.heartbeat = time.monotonic()  # last time the loop made progress
+        self.completed = 0
+
+    @property
+    def depth(self) -> int:
+        with self._lock:
+            return self._outstanding
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def submit(self, job: Job) -> bool:
+        """Enqueue without blocking; False when the queue is full."""
+        with self._lock:
+            try:
+                self._queue.put_nowait(job)
+            except queue.Full:
+                return False
+            self._outstanding += 1
+        return True
+
+    def _wait_idle(self, timeout_s: float) -> bool:
+        deadline = time.monotonic() + timeout_s
+        while self.depth and time.monotonic() < deadline:
+            time.sleep(0.02)
+        return not self.depth
+
+    def drain(self, timeout_s: float, cancel_grace_s: float = 5.0) -> list[Job]:
+        """Finish queued work for up to ``timeout_s``; return the queued jobs left undone.
+
+        The caller must have stopped intake first, so nothing new arrives. On
+        timeout the running job is cancelled (it replies ``shutting_down`` itself).
+        """
+        if self._wait_idle(timeout_s):
+            return []
+        leftover: list[Job] = []
+        while True:
+            try:
+                job = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if job is not None:
+                leftover.append(job)
+                with self._lock:
+                    self._outstanding -= 1
+        self.cancelled.set()
+        if not self._wait_idle(cancel_grace_s):
+            log.warning("worker_did_not_cancel", grace_s=cancel_grace_s)
+        return leftover
+
+    def stop(self, join_timeout_s: float = 5.0) -> None:
+        # The sentinel may wait behind a running job; a full queue was drained first.
+        try:
+            self._queue.put(None, timeout=join_timeout_s)
+        except queue.Full:
+            log.warning("worker_stop_queue_full")
+        self._thread.join(join_timeout_s)
+        if self._thread.is_alive():
+            log.warning("worker_still_running", hint="a generation outlived the drain timeout")
+
+    def _run(self) -> None:
+        while True:
+            self.heartbeat = time.monotonic()
+            try:
+                job = self._queue.get(timeout=1.0)
+            except queue.Empty:
+                continue
+            if job is None:
+                return
+            try:
+                self._handle(job)
+            finally:
+                with self._lock:
+                    self._outstanding -= 1
+                self.completed += 1
+
+    def _handle(self, job: Job) -> None:
+        with structlog.contextvars.bound_contextvars(request_id=job.request.id):
+            try:
+                if job.deadline is not None and time.monotonic() > job.deadline:
+                    response = Response.failure(
+                        job.request.id,
+                        ErrorCode.DEADLINE_EXCEEDED,
+                        "deadline passed while the request was queued",
+                    )
+                else:
+                    response = self._answerer(job)
+            except Exception as exc:
+                # A bug in answering must cost one request, never the worker.
+                log.exception("answer_failed")
+                response = Response.failure(job.request.id, ErrorCode.INTERNAL, str(exc))
+            try:
+                self._reply(job, response)
+            except Exception:
+                log.exception("reply_failed")

@@ -1,0 +1,210 @@
+"""Decode speed and time to first token: our Engine vs llama.cpp, in one run.
+
+Every measurement runs in a fresh subprocess that holds one engine only, so
+resident memory and idle thread pools of one engine never slow the other; the
+order of the engines rotates with every repetition. Both engines get the same
+prompt token ids (rendered once by our chat template), decode greedily, and
+take one warm-up generation before the timed ones.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from bench._common import median, proc_status_kb, table, write_results
+
+ROOMS = ("kitchen", "hallway", "bedroom", "garage", "office", "bathroom")
+LOG = "\n".join(
+    f"{7 + i // 4:02d}:{i % 4 * 15:02d} {ROOMS[i % 6]} {'motion' if i % 3 else 'temp'} "
+    f"{'detected' if i % 3 else f'{19 + i % 5}.5 C'}"
+    for i in range(32)
+)
+PROMPTS: dict[str, list[dict[str, str]]] = {
+    "short": [{"role": "user", "content": "Write a short story about a robot who learns to cook."}],
+    "long": [
+        {"role": "system", "content": "You are a home assistant. Answer in detail."},
+        {"role": "user", "content": f"Here is today's sensor log:\n{LOG}\nDescribe the day."},
+    ],
+}
+
+
+def _model_dir() -> Path:
+    from agent.models import DEFAULT_MODEL, ModelCache, default_cache_dir
+
+    return ModelCache(default_cache_dir()).require(DEFAULT_MODEL)
+
+
+def _gguf() -> Path:
+    from agent.models import DEFAULT_MODEL, get_entry
+    from agent.models.sources import assemble_gguf
+
+    path, _sha = assemble_gguf(get_entry(DEFAULT_MODEL), Path(tempfile.gettempdir()))
+    return path
+
+
+def worker_prompts() -> dict[str, Any]:
+    from agent.engine.engine import Engine
+
+    engine = Engine(_model_dir(), name="bench", provider="cpu", threads=1)
+    return {name: engine.encode_chat(messages) for name, messages in PROMPTS.items()}
+
+
+def worker_ours(threads: int, max_tokens: int) -> dict[str, Any]:
+    from agent.engine.engine import Engine
+
+    start = time.perf_counter()
+    engine = Engine(_model_dir(), name="bench", provider="cpu", threads=threads)
+    load_s = time.perf_counter() - start
+    engine.generate(PROMPTS["short"], max_tokens=8)  # warm-up
+    runs = {}
+    for name, messages in PROMPTS.items():
+        g = engine.generate(messages, max_tokens=max_tokens)
+        steps = g.completion_tokens + (g.finish_reason == "stop")  # an EOS step costs a forward
+        runs[name] = {
+            "ttft_ms": g.ttft_s * 1000,
+            "tokens": g.completion_tokens,
+            "tok_s": (steps - 1) / (g.total_s - g.ttft_s) if steps > 1 else float("nan"),
+        }
+    return {"load_s": load_s, "runs": runs}
+
+
+def worker_llama(threads: int, max_tokens: int, prompts: dict[str, list[int]]) -> dict[str, Any]:
+    from llama_cpp import Llama
+
+    start = time.perf_counter()
+    llm = Llama(
+        model_path=str(_gguf()),
+        n_threads=threads,
+        n_threads_batch=threads,
+        n_ctx=1024,
+        verbose=False,
+    )
+    load_s = time.perf_counter() - start
+
+    def run(ids: list[int], budget: int) -> dict[str, Any]:
+        llm.reset()  # no prefix reuse from the previous prompt: a full prefill each time
+        t0 = time.perf_counter()
+        first = end = t0
+        count = 0
+        # generate() never stops at EOS by itself: every run decodes exactly `budget` tokens.
+        for _tok in llm.generate(ids, top_k=1, top_p=1.0, temp=0.0, repeat_penalty=1.0):
+            count += 1
+            end = time.perf_counter()
+            if count == 1:
+                first = end
+            if count == budget:
+                break
+        return {
+            "ttft_ms": (first - t0) * 1000,
+            "tokens": count,
+            "tok_s": (count - 1) / (end - first),
+        }
+
+    run(prompts["short"], 8)  # warm-up
+    return {"load_s": load_s, "runs": {n: run(ids, max_tokens) for n, ids in prompts.items()}}
+
+
+def _spawn(args: list[str], out: Path) -> dict[str, Any]:
+    cmd = [sys.executable, "-m", "bench.decode", *args, "--out", str(out)]
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    result: dict[str, Any] = json.loads(out.read_text())
+    return result
+
+
+def _worker(args: argparse.Namespace) -> int:
+    if args.worker == "prompts":
+        result = worker_prompts()
+    elif args.worker == "ours":
+        result = worker_ours(args.threads, args.max_tokens)
+    else:
+        prompts = json.loads(args.prompts.read_text())
+        result = worker_llama(args.threads, args.max_tokens, prompts)
+    result["peak_rss_mb"] = proc_status_kb("self", "VmHWM") / 1024
+    args.out.write_text(json.dumps(result))
+    return 0
+
+
+def _summarize(samples: dict[str, list[dict[str, Any]]]) -> dict[str, dict[str, Any]]:
+    summary: dict[str, dict[str, Any]] = {}
+    for key, runs in samples.items():
+        summary[key] = {
+            "load_s": median([r["load_s"] for r in runs]),
+            "peak_rss_mb": max(r["peak_rss_mb"] for r in runs),
+        }
+        for p in PROMPTS:
+            for metric in ("ttft_ms", "tok_s", "tokens"):
+                summary[key][f"{p}_{metric}"] = median([r["runs"][p][metric] for r in runs])
+    return summary
+
+
+def _ratios(summary: dict[str, dict[str, Any]]) -> dict[str, float]:
+    """ours/llama.cpp (TTFT: below 1 is better; tok/s: above 1 is better), and t2/t1."""
+    ratios: dict[str, float] = {}
+    pairs = [("ours/llama", "ours-t2", "llama-t2"), ("ours t2/t1", "ours-t2", "ours-t1")]
+    for label, num, den in pairs:
+        if num in summary and den in summary:
+            for p in PROMPTS:
+                for m in ("ttft_ms", "tok_s"):
+                    ratios[f"{label} {p}_{m}"] = summary[num][f"{p}_{m}"] / summary[den][f"{p}_{m}"]
+    return ratios
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.decode", description=__doc__)
+    parser.add_argument("--repetitions", "-n", type=int, default=5, help="runs per engine")
+    parser.add_argument("--max-tokens", type=int, default=64, help="new tokens per generation")
+    parser.add_argument("--worker", choices=("prompts", "ours", "llama"), help=argparse.SUPPRESS)
+    parser.add_argument("--threads", type=int, default=2, help=argparse.SUPPRESS)
+    parser.add_argument("--prompts", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.worker:
+        return _worker(args)
+
+    has_llama = importlib.util.find_spec("llama_cpp") is not None
+    configs = [("ours", 2), ("ours", 1)] + ([("llama", 2)] if has_llama else [])
+    if not has_llama:
+        print("NOTE: llama_cpp is not importable (pip install -e '.[bench]'); ours only.")
+    samples: dict[str, list[dict[str, Any]]] = {f"{e}-t{t}": [] for e, t in configs}
+    with tempfile.TemporaryDirectory(prefix="bench-decode-") as tmp:
+        prompts_file = Path(tmp) / "prompts.json"
+        prompts_file.write_text(json.dumps(_spawn(["--worker", "prompts"], Path(tmp) / "p.json")))
+        common = ["--max-tokens", str(args.max_tokens), "--prompts", str(prompts_file)]
+        for rep in range(args.repetitions):
+            for k in range(len(configs)):  # rotate the order: no engine always runs first
+                engine, threads = configs[(rep + k) % len(configs)]
+                run_args = ["--worker", engine, "--threads", str(threads), *common]
+                samples[f"{engine}-t{threads}"].append(_spawn(run_args, Path(tmp) / "r.json"))
+                print(f"rep {rep + 1}/{args.repetitions} {engine} threads={threads} done")
+        prompt_tokens = {n: len(ids) for n, ids in json.loads(prompts_file.read_text()).items()}
+
+    summary = _summarize(samples)
+    ratios = _ratios(summary)
+    cols = [f"{p}_{m}" for p in PROMPTS for m in ("ttft_ms", "tok_s", "tokens")]
+    cols += ["load_s", "peak_rss_mb"]
+    print(f"\nprompt tokens: {prompt_tokens}; medians of {args.repetitions}\n")
+    print(table(["engine", *cols], [[k, *[s[c] for c in cols]] for k, s in summary.items()]))
+    print("\n" + table(["ratio", "value"], [[k, v] for k, v in ratios.items()]))
+    data = {
+        "llama_cpp_available": has_llama,
+        "repetitions": args.repetitions,
+        "max_tokens": args.max_tokens,
+        "prompt_tokens": prompt_tokens,
+        "summary": summary,
+        "ratios": ratios,
+        "samples": samples,
+    }
+    print(f"\nwrote {write_results('decode', data)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,260 @@
+"""The wire contract (v1) shared by the edge agent and the cloud relay.
+
+Pydantic only: this module must never import paho, onnxruntime or anything
+heavy, so that apps and the relay can depend on it cheaply (a test checks).
+
+Inbound models are tolerant (unknown fields are ignored, so newer minor
+revisions of a sender still parse); outbound models are strict (``extra=forbid``)
+so that we never put an undocumented field on the wire by accident.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from enum import StrEnum
+from typing import Annotated, Any, ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+#: The contract's major version. A payload whose ``v`` differs is rejected with
+#: :attr:`ErrorCode.UNSUPPORTED_VERSION`.
+WIRE_VERSION = 1
+
+
+class ErrorCode(StrEnum):
+    """Typed error codes carried in ``Response.error.code``."""
+
+    INVALID_JSON = "invalid_json"
+    INVALID_UTF8 = "invalid_utf8"
+    INVALID_REQUEST = "invalid_request"
+    PAYLOAD_TOO_LARGE = "payload_too_large"
+    UNSUPPORTED_VERSION = "unsupported_version"
+    MAX_TOKENS_EXCEEDED = "max_tokens_exceeded"
+    BUSY = "busy"
+    DEADLINE_EXCEEDED = "deadline_exceeded"
+    SHUTTING_DOWN = "shutting_down"
+    INTERNAL = "internal"
+
+
+class Kind(StrEnum):
+    TEXT = "text"
+    VOICE = "voice"
+    SENSOR = "sensor"
+
+
+class Task(StrEnum):
+    ANSWER = "answer"
+    CLASSIFY = "classify"
+    EXTRACT = "extract"
+    SUMMARIZE = "summarize"
+
+
+class CloudPolicy(StrEnum):
+    AUTO = "auto"
+    NEVER = "never"
+    ALWAYS = "always"
+
+
+class Source(StrEnum):
+    EDGE = "edge"
+    CLOUD = "cloud"
+    EDGE_FALLBACK = "edge-fallback"
+
+
+class _Inbound(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+
+class _Outbound(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    #: Fields published even when null (``id`` of an unreadable request).
+    _keep_null: ClassVar[frozenset[str]] = frozenset()
+
+    def to_wire(self) -> bytes:
+        """JSON for the wire: unset optional fields are left out, required ones kept."""
+        data = self.model_dump(mode="json", exclude_none=True)
+        for name in self._keep_null:
+            data.setdefault(name, None)
+        return json.dumps(data, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+def new_request_id() -> str:
+    return uuid.uuid4().hex
+
+
+TopicName = Annotated[str, Field(min_length=1, max_length=512)]
+
+
+class SensorReading(_Inbound):
+    """One sensor reading attached to a request."""
+
+    name: str = Field(min_length=1, max_length=128, description="Sensor name, e.g. `kitchen/temp`.")
+    value: float | int | str | bool = Field(description="The reading.")
+    unit: str | None = Field(default=None, max_length=32, description="Unit, e.g. `°C`.")
+    ts: float | str | None = Field(
+        default=None, description="When it was read: epoch seconds or an ISO 8601 string."
+    )
+
+
+class Request(_Inbound):
+    """What an app publishes on ``<prefix>/<device_id>/request``."""
+
+    v: int = Field(description="Contract major version; must be 1.")
+    id: str = Field(
+        default_factory=new_request_id,
+        min_length=1,
+        max_length=128,
+        description="Request id, echoed in the reply; generated when absent.",
+    )
+    kind: Kind = Field(default=Kind.TEXT, description="Where the request comes from.")
+    text: str = Field(default="", max_length=8192, description="The user's text or transcript.")
+    sensor: SensorReading | list[SensorReading] | None = Field(
+        default=None, description="One reading or a list of readings."
+    )
+    task: Task = Field(default=Task.ANSWER, description="What to do with the input.")
+    labels: list[Annotated[str, Field(min_length=1, max_length=64)]] | None = Field(
+        default=None,
+        min_length=2,
+        max_length=64,
+        description="Candidate labels; required when task is `classify`.",
+    )
+    max_tokens: int | None = Field(
+        default=None, ge=1, description="Generation budget; capped by the agent's config."
+    )
+    deadline_ms: int | None = Field(
+        default=None,
+        ge=1,
+        description="Time budget in ms, counted from `sent_at` when given, else from receipt.",
+    )
+    sent_at: float | None = Field(
+        default=None, description="Epoch seconds when the app sent the request (optional)."
+    )
+    cloud: CloudPolicy = Field(default=CloudPolicy.AUTO, description="Cloud escalation policy.")
+    reply_to: TopicName | None = Field(
+        default=None, description="Reply topic for clients without MQTT v5 Response Topic."
+    )
+
+    @field_validator("reply_to")
+    @classmethod
+    def _no_wildcards(cls, value: str | None) -> str | None:
+        # MQTT 5 §4.7.1: no wildcards in topic names; §1.5.4: no U+0000 in strings.
+        if value is not None and (set(value) & {"+", "#", "\x00"} or value.startswith("$")):
+            raise ValueError("reply_to must be a plain topic name (no wildcards, NUL or $ prefix)")
+        return value
+
+    @field_validator("labels")
+    @classmethod
+    def _unique_labels(cls, value: list[str] | None) -> list[str] | None:
+        if value is not None and len(set(value)) != len(value):
+            raise ValueError("labels must be unique")
+        return value
+
+    @model_validator(mode="after")
+    def _task_needs(self) -> Request:
+        if self.task is Task.CLASSIFY and not self.labels:
+            raise ValueError("task 'classify' requires 'labels'")
+        if not self.text.strip() and not self.readings:
+            raise ValueError("a request needs 'text' or 'sensor' readings")
+        return self
+
+    @property
+    def readings(self) -> list[SensorReading]:
+        if self.sensor is None:
+            return []
+        return self.sensor if isinstance(self.sensor, list) else [self.sensor]
+
+
+class TokenUsage(_Outbound):
+    prompt: int = Field(ge=0, description="Prompt tokens.")
+    completion: int = Field(ge=0, description="Generated (or scored) tokens.")
+
+
+class ErrorInfo(_Outbound):
+    code: ErrorCode = Field(description="Machine-readable error code.")
+    message: str = Field(description="Human-readable explanation.")
+    retry_after_ms: int | None = Field(
+        default=None, description="For `busy`: when a retry is likely to be accepted."
+    )
+
+
+class Response(_Outbound):
+    """What the agent publishes on the reply topic."""
+
+    _keep_null: ClassVar[frozenset[str]] = frozenset({"id"})
+
+    v: Literal[1] = Field(default=1, description="Contract major version.")
+    id: str | None = Field(description="The request id; null when it could not be read.")
+    ok: bool = Field(description="True for an answer, false for an error.")
+    answer: str | None = Field(default=None, description="The answer text.")
+    label: str | None = Field(default=None, description="The chosen label, for classify.")
+    scores: dict[str, float] | None = Field(
+        default=None, description="For classify: the normalized probability of every label."
+    )
+    confidence: float | None = Field(
+        default=None, ge=0.0, le=1.0, description="How sure the model is, in [0, 1]."
+    )
+    source: Source | None = Field(default=None, description="Who answered.")
+    escalated: bool = Field(default=False, description="Whether the cloud was asked.")
+    reason: str | None = Field(default=None, description="Why it was or was not escalated.")
+    model: str | None = Field(default=None, description="Model that produced the answer.")
+    latency_ms: float | None = Field(
+        default=None, ge=0.0, description="From receipt to reply, in ms."
+    )
+    tokens: TokenUsage | None = Field(default=None, description="Token counts.")
+    finish_reason: Literal["stop", "length"] | None = Field(
+        default=None, description="Why generation ended (free-text tasks)."
+    )
+    error: ErrorInfo | None = Field(default=None, description="Set when ok is false.")
+
+    @model_validator(mode="after")
+    def _error_iff_not_ok(self) -> Response:
+        if self.ok == (self.error is not None):
+            raise ValueError("error must be set exactly when ok is false")
+        return self
+
+    @classmethod
+    def failure(
+        cls,
+        request_id: str | None,
+        code: ErrorCode,
+        message: str,
+        *,
+        retry_after_ms: int | None = None,
+    ) -> Response:
+        return cls(
+            id=request_id,
+            ok=False,
+            error=ErrorInfo(code=code, message=message, retry_after_ms=retry_after_ms),
+        )
+
+
+class Status(_Outbound):
+    """Retained on ``<prefix>/<device_id>/status``: birth message and last will."""
+
+    v: Literal[1] = Field(default=1, description="Contract major version.")
+    device_id: str = Field(description="The device's id.")
+    state: Literal["online", "offline"] = Field(description="Whether the agent is serving.")
+    model: str | None = Field(default=None, description="Loaded model name.")
+    provider: str | None = Field(
+        default=None, description="Execution provider really in use (cpu, cuda, ...)."
+    )
+    version: str | None = Field(default=None, description="edge-slm version.")
+    ts: float = Field(description="Epoch seconds when published.")
+
+
+#: Every model that travels on a topic, for schema export and the AsyncAPI check.
+WIRE_MODELS: dict[str, type[BaseModel]] = {
+    "Request": Request,
+    "Response": Response,
+    "Status": Status,
+}
+
+
+def json_schemas() -> dict[str, dict[str, Any]]:
+    """JSON Schema of every wire model (validation mode for inbound, serialization for outbound)."""
+    return {
+        name: model.model_json_schema(mode="validation" if model is Request else "serialization")
+        for name, model in WIRE_MODELS.items()
+    }

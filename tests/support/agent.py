@@ -1,0 +1,76 @@
+"""Run the real ``edge-agent`` daemon as a subprocess for integration tests."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion
+
+
+def wait_for_status(port: int, topic: str, state: str, timeout: float = 60.0) -> dict[str, object]:
+    """Block until the retained status on ``topic`` says ``state``."""
+    seen: list[dict[str, object]] = []
+    client = paho.Client(callback_api_version=CallbackAPIVersion.VERSION2)
+    client.on_message = lambda _c, _u, msg: seen.append(json.loads(msg.payload))
+    client.connect("127.0.0.1", port)
+    client.subscribe(topic, 1)
+    client.loop_start()
+    try:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if seen and seen[-1].get("state") == state:
+                return seen[-1]
+            time.sleep(0.05)
+    finally:
+        client.disconnect()
+        client.loop_stop()
+    raise AssertionError(f"status {state!r} not seen on {topic} within {timeout}s: {seen}")
+
+
+class AgentProcess:
+    def __init__(self, *, broker_url: str, device_id: str, log_path: Path, **env: str) -> None:
+        self.device_id = device_id
+        self.log_path = log_path
+        self._log = log_path.open("wb")
+        full_env = {**os.environ, "EDGE_AGENT_LOG_FORMAT": "json", **env}
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "agent",
+                "run",
+                "--broker",
+                broker_url,
+                "--device-id",
+                device_id,
+            ],
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            env=full_env,
+        )
+
+    def log_events(self) -> list[dict[str, object]]:
+        events = []
+        for line in self.log_path.read_text().splitlines():
+            try:
+                events.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+        return events
+
+    def terminate(self, timeout: float = 60.0) -> int:
+        self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout)
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        self._log.close()

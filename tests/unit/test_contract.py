@@ -1,0 +1,333 @@
+"""The wire contract v1 (edge_slm.contract): what parses, what is rejected, what is sent."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from typing import Any
+
+import jsonschema
+import pytest
+from pydantic import ValidationError
+
+from edge_slm.contract import (
+    WIRE_MODELS,
+    CloudPolicy,
+    ErrorCode,
+    ErrorInfo,
+    Kind,
+    Request,
+    Response,
+    SensorReading,
+    Source,
+    Status,
+    Task,
+    TokenUsage,
+    json_schemas,
+)
+
+# -- Request (inbound, tolerant) ---------------------------------------------
+
+
+def test_minimal_request_gets_the_defaults() -> None:
+    request = Request.model_validate({"v": 1, "text": "hello"})
+    assert request.text == "hello"
+    assert request.kind is Kind.TEXT
+    assert request.task is Task.ANSWER
+    assert request.cloud is CloudPolicy.AUTO
+    assert request.sensor is None
+    assert request.readings == []
+    assert request.labels is None
+    assert request.reply_to is None
+
+
+def test_id_is_generated_when_absent_and_kept_when_given() -> None:
+    first = Request.model_validate({"v": 1, "text": "a"})
+    second = Request.model_validate({"v": 1, "text": "a"})
+    assert first.id
+    assert first.id != second.id
+    assert Request.model_validate({"v": 1, "id": "abc", "text": "a"}).id == "abc"
+
+
+@pytest.mark.parametrize("request_id", ["", "x" * 129])
+def test_id_length_is_bounded(request_id: str) -> None:
+    with pytest.raises(ValidationError):
+        Request.model_validate({"v": 1, "id": request_id, "text": "a"})
+
+
+def test_version_is_required() -> None:
+    with pytest.raises(ValidationError, match="v"):
+        Request.model_validate({"text": "a"})
+
+
+@pytest.mark.parametrize("labels", [None, []])
+def test_classify_without_labels_is_rejected(labels: list[str] | None) -> None:
+    raw: dict[str, Any] = {"v": 1, "text": "hot?", "task": "classify"}
+    if labels is not None:
+        raw["labels"] = labels
+    with pytest.raises(ValidationError):
+        Request.model_validate(raw)
+
+
+def test_classify_with_labels_is_accepted() -> None:
+    request = Request.model_validate(
+        {"v": 1, "text": "hot?", "task": "classify", "labels": ["yes", "no"]}
+    )
+    assert request.labels == ["yes", "no"]
+
+
+def test_classify_needs_two_labels() -> None:
+    with pytest.raises(ValidationError):
+        Request.model_validate({"v": 1, "text": "hot?", "task": "classify", "labels": ["yes"]})
+
+
+def test_duplicate_labels_are_rejected() -> None:
+    with pytest.raises(ValidationError, match="unique"):
+        Request.model_validate(
+            {"v": 1, "text": "hot?", "task": "classify", "labels": ["yes", "no", "yes"]}
+        )
+
+
+@pytest.mark.parametrize("reply_to", ["apps/+/replies", "apps/#", "$SYS/replies", ""])
+def test_reply_to_must_be_a_plain_topic_name(reply_to: str) -> None:
+    with pytest.raises(ValidationError):
+        Request.model_validate({"v": 1, "text": "a", "reply_to": reply_to})
+
+
+def test_reply_to_plain_topic_is_kept() -> None:
+    request = Request.model_validate({"v": 1, "text": "a", "reply_to": "apps/dash/replies"})
+    assert request.reply_to == "apps/dash/replies"
+
+
+@pytest.mark.parametrize("text", ["", "   \n"])
+def test_request_needs_text_or_sensor(text: str) -> None:
+    with pytest.raises(ValidationError, match="'text' or 'sensor'"):
+        Request.model_validate({"v": 1, "text": text})
+
+
+def test_request_with_sensor_only_is_accepted() -> None:
+    request = Request.model_validate(
+        {"v": 1, "kind": "sensor", "sensor": {"name": "kitchen/temp", "value": 21.5}}
+    )
+    assert request.text == ""
+    assert request.readings == [SensorReading(name="kitchen/temp", value=21.5)]
+
+
+def test_sensor_is_one_reading_or_a_list() -> None:
+    one = Request.model_validate(
+        {"v": 1, "sensor": {"name": "door", "value": True, "unit": None, "ts": 1.5}}
+    )
+    many = Request.model_validate(
+        {
+            "v": 1,
+            "sensor": [
+                {"name": "temp", "value": 21.5, "unit": "°C"},
+                {"name": "mode", "value": "eco", "ts": "2026-01-01T00:00:00Z"},
+            ],
+        }
+    )
+    assert isinstance(one.sensor, SensorReading)
+    assert [r.name for r in one.readings] == ["door"]
+    assert isinstance(many.sensor, list)
+    assert [r.name for r in many.readings] == ["temp", "mode"]
+    assert many.readings[0].unit == "°C"
+
+
+def test_empty_sensor_list_does_not_count_as_input() -> None:
+    with pytest.raises(ValidationError, match="'text' or 'sensor'"):
+        Request.model_validate({"v": 1, "sensor": []})
+
+
+def test_unknown_inbound_fields_are_ignored() -> None:
+    request = Request.model_validate(
+        {
+            "v": 1,
+            "text": "a",
+            "from_a_newer_minor": {"x": 1},
+            "sensor": {"name": "t", "value": 1, "calibrated": True},
+        }
+    )
+    assert "from_a_newer_minor" not in request.model_dump()
+    assert "calibrated" not in request.readings[0].model_dump()
+
+
+@pytest.mark.parametrize("field", ["max_tokens", "deadline_ms"])
+def test_budgets_must_be_positive(field: str) -> None:
+    with pytest.raises(ValidationError):
+        Request.model_validate({"v": 1, "text": "a", field: 0})
+
+
+def test_request_is_frozen() -> None:
+    request = Request.model_validate({"v": 1, "text": "a"})
+    with pytest.raises(ValidationError):
+        request.text = "b"  # type: ignore[misc]
+
+
+# -- Response (outbound, strict) ---------------------------------------------
+
+
+def _answer(**overrides: Any) -> Response:
+    fields: dict[str, Any] = {"id": "r1", "ok": True, "answer": "42"} | overrides
+    return Response(**fields)
+
+
+def test_response_forbids_unknown_fields() -> None:
+    with pytest.raises(ValidationError, match="Extra inputs"):
+        Response.model_validate({"id": "r1", "ok": True, "answer": "42", "debug": "oops"})
+    with pytest.raises(ValidationError):
+        ErrorInfo.model_validate({"code": "busy", "message": "m", "extra": 1})
+    with pytest.raises(ValidationError):
+        Status.model_validate({"device_id": "d", "state": "online", "ts": 1.0, "extra": 1})
+
+
+def test_failure_sets_ok_false_and_the_error() -> None:
+    response = Response.failure("r1", ErrorCode.BUSY, "queue full", retry_after_ms=250)
+    assert response.ok is False
+    assert response.id == "r1"
+    assert response.error == ErrorInfo(
+        code=ErrorCode.BUSY, message="queue full", retry_after_ms=250
+    )
+    assert response.answer is None
+    assert Response.failure(None, ErrorCode.INVALID_JSON, "bad").id is None
+
+
+def test_error_is_set_exactly_when_not_ok() -> None:
+    error = ErrorInfo(code=ErrorCode.INTERNAL, message="boom")
+    with pytest.raises(ValidationError, match="exactly when ok is false"):
+        Response(id="r1", ok=True, answer="42", error=error)
+    with pytest.raises(ValidationError, match="exactly when ok is false"):
+        Response(id="r1", ok=False)
+    assert Response(id="r1", ok=False, error=error).error == error
+
+
+@pytest.mark.parametrize("confidence", [0.0, 0.5, 1.0])
+def test_confidence_in_bounds_is_accepted(confidence: float) -> None:
+    assert _answer(confidence=confidence).confidence == confidence
+
+
+@pytest.mark.parametrize("confidence", [-0.01, 1.01, float("nan")])
+def test_confidence_out_of_bounds_is_rejected(confidence: float) -> None:
+    with pytest.raises(ValidationError):
+        _answer(confidence=confidence)
+
+
+def test_response_id_must_be_present_even_if_null() -> None:
+    with pytest.raises(ValidationError):
+        Response.model_validate({"ok": True, "answer": "42"})
+
+
+def test_response_version_is_one() -> None:
+    assert _answer().v == 1
+    with pytest.raises(ValidationError):
+        _answer(v=2)
+
+
+def test_response_json_round_trip() -> None:
+    original = Response(
+        id="r1",
+        ok=True,
+        label="yes",
+        scores={"yes": 0.9, "no": 0.1},
+        confidence=0.9,
+        source=Source.EDGE,
+        model="smollm2-135m-instruct",
+        latency_ms=12.5,
+        tokens=TokenUsage(prompt=10, completion=1),
+    )
+    wire = original.model_dump_json(exclude_none=True)
+    assert Response.model_validate_json(wire) == original
+    assert json.loads(wire)["source"] == "edge"
+
+
+def test_failure_json_round_trip() -> None:
+    original = Response.failure("r1", ErrorCode.DEADLINE_EXCEEDED, "too late")
+    wire = original.model_dump_json(exclude_none=True)
+    assert json.loads(wire)["error"] == {"code": "deadline_exceeded", "message": "too late"}
+    assert Response.model_validate_json(wire) == original
+
+
+def test_request_json_round_trip() -> None:
+    original = Request.model_validate(
+        {
+            "v": 1,
+            "id": "q1",
+            "kind": "sensor",
+            "task": "classify",
+            "text": "heat?",
+            "sensor": [{"name": "t", "value": 16, "unit": "°C"}],
+            "labels": ["yes", "no"],
+            "deadline_ms": 500,
+            "sent_at": 1.0,
+            "reply_to": "apps/x",
+        }
+    )
+    assert Request.model_validate_json(original.model_dump_json()) == original
+
+
+def test_status_json_round_trip() -> None:
+    original = Status(device_id="kitchen-pi", state="online", model="m", ts=1.5)
+    wire = original.model_dump_json(exclude_none=True)
+    assert json.loads(wire) == {
+        "v": 1,
+        "device_id": "kitchen-pi",
+        "state": "online",
+        "model": "m",
+        "ts": 1.5,
+    }
+    assert Status.model_validate_json(wire) == original
+
+
+# -- schemas of what is published ------------------------------------------------
+
+
+def _validator(name: str) -> jsonschema.Draft202012Validator:
+    return jsonschema.Draft202012Validator(json_schemas()[name])
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        _answer(confidence=0.5, tokens=TokenUsage(prompt=1, completion=2)),
+        Response.failure("r1", ErrorCode.BUSY, "full", retry_after_ms=10),
+        Status(device_id="d", state="offline", ts=1.0),
+    ],
+    ids=["answer", "failure", "status"],
+)
+def test_published_json_matches_its_schema(message: Response | Status) -> None:
+    _validator(type(message).__name__).validate(json.loads(message.to_wire()))
+
+
+def test_failure_without_id_as_published_matches_its_schema() -> None:
+    message = Response.failure(None, ErrorCode.INVALID_JSON, "bad")
+    wire = json.loads(message.to_wire())
+    assert wire["id"] is None
+    assert "answer" not in wire
+    _validator("Response").validate(wire)
+
+
+def test_json_schemas_cover_every_wire_model() -> None:
+    generated = json_schemas()
+    assert set(generated) == set(WIRE_MODELS)
+    for schema in generated.values():
+        jsonschema.Draft202012Validator.check_schema(schema)
+
+
+# -- stays light -------------------------------------------------------------
+
+HEAVY = ("paho", "onnxruntime", "onnxruntime_genai", "numpy", "torch")
+
+
+@pytest.mark.parametrize("module", ["edge_slm.contract", "edge_slm.topics", "edge_slm.schemas"])
+def test_import_does_not_load_heavy_modules(module: str) -> None:
+    # A fresh interpreter: this one may already have loaded them for other tests.
+    code = (
+        "import importlib, json, sys\n"
+        f"importlib.import_module({module!r})\n"
+        f"heavy = {HEAVY!r}\n"
+        "print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in heavy)))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    )
+    assert json.loads(result.stdout) == []
