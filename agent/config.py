@@ -20,6 +20,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from edge_slm.contract import Kind, Task
 from edge_slm.mqtt import BrokerUrl
 from edge_slm.topics import DeviceTopics
 
@@ -132,6 +133,97 @@ class LimitSettings(_Section):
         return self
 
 
+def _state_dir() -> Path:
+    state = os.environ.get("STATE_DIRECTORY")  # systemd StateDirectory=
+    if state:
+        return Path(state.split(":")[0])
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(base) / "edge-slm"
+
+
+class PolicySettings(_Section):
+    thresholds: dict[Task, float] = Field(
+        default_factory=lambda: {
+            Task.CLASSIFY: 0.55,
+            Task.ANSWER: 0.45,
+            Task.EXTRACT: 0.45,
+            Task.SUMMARIZE: 0.40,
+        },
+        description="Escalate when the edge confidence is below the task's threshold.",
+    )
+    complexity_direct: float = Field(
+        default=0.85,
+        ge=0.0,
+        le=1.01,
+        description="Requests at or above this complexity score go straight to the cloud "
+        "(above 1 disables it).",
+    )
+    keywords: dict[str, float] = Field(
+        default_factory=dict,
+        description="Extra complexity per keyword found in the text, e.g. {diagnose = 0.4}.",
+    )
+    local_only_kinds: list[Kind] = Field(
+        default_factory=list, description="Request kinds that never leave the device."
+    )
+    local_only_sensors: list[str] = Field(
+        default_factory=list,
+        description="Sensor name patterns (fnmatch, e.g. `camera/*`) that never leave the device.",
+    )
+    local_only_topics: list[str] = Field(
+        default_factory=list,
+        description="MQTT topic filters (e.g. `slm/+/request/health`) whose requests never "
+        "leave the device.",
+    )
+    redact_names: list[str] = Field(
+        default_factory=list,
+        description="Names (household members, places) redacted before anything leaves.",
+    )
+
+    @field_validator("thresholds")
+    @classmethod
+    def _in_unit_range(cls, value: dict[Task, float]) -> dict[Task, float]:
+        for task, threshold in value.items():
+            if not 0.0 <= threshold <= 1.0:
+                raise ValueError(f"threshold for {task.value} must be within [0, 1]")
+        return value
+
+
+class CloudSettings(_Section):
+    enabled: bool = Field(default=True, description="Escalate to the cloud relay at all.")
+    timeout_s: float = Field(
+        default=10.0,
+        gt=0,
+        description="How long an app waits for the cloud when its request has no deadline.",
+    )
+    margin_ms: int = Field(
+        default=50,
+        ge=0,
+        description="Fallback is sent this long before the deadline, so it arrives in time.",
+    )
+    max_escalations_per_day: int = Field(
+        default=0, ge=0, description="The device's daily cloud budget; 0 = unlimited."
+    )
+
+
+class OutboxSettings(_Section):
+    path: Path | None = Field(
+        default=None,
+        description="SQLite file; default $STATE_DIRECTORY/outbox.db under systemd, else "
+        "$XDG_STATE_HOME/edge-slm/outbox-<device_id>.db.",
+    )
+    max_rows: int = Field(default=10_000, ge=1, description="Most escalations kept.")
+    max_bytes: int = Field(default=50 * 1024 * 1024, ge=1024, description="Most bytes kept.")
+    ttl_s: float = Field(
+        default=3600.0,
+        gt=0,
+        description="How long an escalation stays deliverable when the app wants corrections "
+        "(else it expires with the request's deadline).",
+    )
+    sweep_interval_s: float = Field(
+        default=1.0, gt=0, description="How often expired escalations are swept."
+    )
+
+
 class AgentSettings(BaseSettings):
     """Everything the edge agent daemon reads at start-up."""
 
@@ -151,6 +243,13 @@ class AgentSettings(BaseSettings):
     mqtt: MqttSettings = Field(default_factory=MqttSettings, description="Broker connection.")
     model: ModelSettings = Field(default_factory=ModelSettings, description="The on-device SLM.")
     limits: LimitSettings = Field(default_factory=LimitSettings, description="Input limits.")
+    policy: PolicySettings = Field(
+        default_factory=PolicySettings, description="When to escalate, what stays local."
+    )
+    cloud: CloudSettings = Field(default_factory=CloudSettings, description="Cloud fallback.")
+    outbox: OutboxSettings = Field(
+        default_factory=OutboxSettings, description="Durable escalation outbox."
+    )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
         default="INFO", description="Log level."
     )
@@ -166,6 +265,10 @@ class AgentSettings(BaseSettings):
     @property
     def topics(self) -> DeviceTopics:
         return DeviceTopics(self.topic_prefix, self.device_id)
+
+    @property
+    def outbox_path(self) -> Path:
+        return self.outbox.path or _state_dir() / f"outbox-{self.device_id}.db"
 
     @property
     def client_id(self) -> str:

@@ -1,7 +1,8 @@
-"""The edge agent's supervised lifecycle.
+"""The edge agent's supervised lifecycle, and the composition root.
 
-Start-up, in order: load the model, start the inference worker, connect to
-MQTT (subscribe and publish the retained birth on every connect). SIGTERM or
+Start-up, in order: load the model, open the outbox, start the timer thread
+and the inference worker, connect to MQTT (subscribe, publish the retained
+birth and re-publish pending escalations on every connect). SIGTERM or
 SIGINT: stop intake, drain in-flight work up to ``drain_timeout_s``, answer
 what is left with ``shutting_down``, publish ``offline``, then undo start-up
 in reverse order (ExitStack).
@@ -9,6 +10,7 @@ in reverse order (ExitStack).
 
 from __future__ import annotations
 
+import dataclasses
 import signal
 import threading
 import time
@@ -20,15 +22,20 @@ from typing import Literal
 import structlog
 
 from agent.answering import answer, with_latency
+from agent.cloud.escalator import Escalator
+from agent.cloud.outbox import Outbox
+from agent.cloud.scheduler import Scheduler
 from agent.config import AgentSettings
 from agent.engine.engine import Engine, StopWhen
 from agent.intake import Intake
+from agent.policy.redact import Redactor
+from agent.policy.router import Router
 from agent.routing import ReplyRoute
 from agent.worker import InferenceWorker, Job
 from edge_slm import __version__
 from edge_slm.contract import ErrorCode, Response, Status
 from edge_slm.logs import get_logger
-from edge_slm.mqtt import MqttConnection, TlsFiles, Will
+from edge_slm.mqtt import Inbound, MqttConnection, TlsFiles, Will
 
 log = get_logger("agent.daemon")
 
@@ -48,10 +55,18 @@ class AgentDaemon:
         self.topics = settings.topics
         self._stop = threading.Event()
         self._engine: Engine | None = None
+        self._escalator: Escalator | None = None
+        self._outbox: Outbox | None = None
         s = settings
-        self.worker = InferenceWorker(self._answer, self._reply_job, queue_size=s.limits.queue_size)
+        self.scheduler = Scheduler()
+        self.router = Router(s.policy, s.cloud, budget_left=self._budget_left)
+        self.worker = InferenceWorker(self._answer, self._finish, queue_size=s.limits.queue_size)
         self.intake = Intake(
-            topics=self.topics, limits=s.limits, worker=self.worker, send_reply=self.send_reply
+            topics=self.topics,
+            limits=s.limits,
+            submit=self._submit,
+            queue_depth=lambda: self.worker.depth,
+            send_reply=self.send_reply,
         )
         tls = None
         if s.mqtt.ca_file or s.mqtt.cert_file:
@@ -64,7 +79,7 @@ class AgentDaemon:
             url=s.mqtt.url,
             client_id=s.client_id,
             on_connect=self._on_connect,
-            on_message=self.intake.on_message,
+            on_message=self._on_message,
             username=s.mqtt.username,
             password=s.mqtt.password.get_secret_value() if s.mqtt.password else None,
             tls=tls,
@@ -80,6 +95,12 @@ class AgentDaemon:
         if self._engine is None:
             raise RuntimeError("the model is not loaded yet")
         return self._engine
+
+    @property
+    def escalator(self) -> Escalator:
+        if self._escalator is None:
+            raise RuntimeError("the outbox is not open yet")
+        return self._escalator
 
     # -- signals ---------------------------------------------------------
 
@@ -109,6 +130,23 @@ class AgentDaemon:
             provider=s.model.provider,
             threads=s.model.threads,
         )
+        self._outbox = outbox = Outbox(
+            s.outbox_path, max_rows=s.outbox.max_rows, max_bytes=s.outbox.max_bytes
+        )
+        stack.callback(outbox.close)
+        self._escalator = Escalator(
+            topics=self.topics,
+            outbox=outbox,
+            scheduler=self.scheduler,
+            redactor=Redactor(s.policy.redact_names),
+            cloud=s.cloud,
+            outbox_settings=s.outbox,
+            publish=self._publish_escalation,
+            send_reply=self.send_reply,
+        )
+        self.scheduler.start()
+        stack.callback(self.scheduler.stop)
+        self.scheduler.every(s.outbox.sweep_interval_s, self.escalator.sweep)
         self.worker.start()
         stack.callback(self.worker.stop)
         connected = self.mqtt.start(connect_timeout_s=s.mqtt.connect_timeout_s)
@@ -143,8 +181,44 @@ class AgentDaemon:
     # -- MQTT side (network thread) ----------------------------------------
 
     def _on_connect(self) -> None:
-        self.mqtt.subscribe([(self.topics.request, 1)])
+        self.mqtt.subscribe([(self.topics.request_filter(), 1), (self.topics.cloud, 1)])
         self.mqtt.publish(self.topics.status, self._status("online"), qos=1, retain=True)
+        self.escalator.republish()
+
+    def _on_message(self, msg: Inbound) -> None:
+        if msg.topic == self.topics.cloud:
+            self.escalator.on_cloud(msg)
+        else:
+            self.intake.on_message(msg)
+
+    def _publish_escalation(
+        self, topic: str, payload: bytes, correlation: bytes, expiry_s: int
+    ) -> None:
+        self.mqtt.publish(
+            topic,
+            payload,
+            qos=1,
+            correlation_data=correlation,
+            message_expiry_s=expiry_s,
+            user_properties=[("device_id", self.settings.device_id)],
+        )
+
+    def _budget_left(self) -> bool:
+        limit = self.settings.cloud.max_escalations_per_day
+        outbox = self._outbox
+        return limit == 0 or outbox is None or outbox.escalations_on(time.time()) < limit
+
+    def _submit(self, job: Job, topic: str) -> bool:
+        """Route before generation, escalate early if so decided, then queue."""
+        decision = self.router.before(job.request, topic)
+        reason = decision.reason if decision.escalate else None
+        if reason is not None and not self.escalator.escalate(job, reason, decision.text, None):
+            decision = dataclasses.replace(decision, escalate=False)  # outbox full
+        if self.worker.submit(dataclasses.replace(job, decision=decision)):
+            return True
+        if decision.escalate:
+            self.escalator.forget(job.request.id)  # the app gets `busy`; the row stays
+        return False
 
     def _status(self, state: Literal["online", "offline"]) -> bytes:
         status = Status(
@@ -170,6 +244,22 @@ class AgentDaemon:
     def _answer(self, job: Job) -> Response:
         stop = StopWhen(deadline=job.deadline, cancel=self.worker.cancelled)
         return answer(self.engine, job.request, max_tokens=job.max_tokens, stop=stop)
+
+    def _finish(self, job: Job, edge: Response) -> None:
+        """The edge answer is ready (worker thread): reply, or escalate."""
+        edge = with_latency(edge, job.received_at)
+        before = job.decision
+        if before is not None and before.escalate:
+            self.escalator.edge_ready(job.request.id, edge)
+            return
+        if before is not None:
+            after = self.router.after(job.request, edge, before)
+            if after.escalate and after.reason is not None:
+                if self.escalator.escalate(job, after.reason, after.text, edge):
+                    return
+            elif edge.ok:
+                edge = edge.model_copy(update={"reason": after.text})
+        self._reply_job(job, edge)
 
     def _reply_job(self, job: Job, response: Response) -> None:
         response = with_latency(response, job.received_at)

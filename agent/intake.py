@@ -18,7 +18,7 @@ from pydantic import ValidationError
 
 from agent.config import LimitSettings
 from agent.routing import ReplyRoute, route_for
-from agent.worker import InferenceWorker, Job
+from agent.worker import Job
 from edge_slm.contract import WIRE_VERSION, ErrorCode, Request, Response
 from edge_slm.logs import get_logger
 from edge_slm.mqtt import Inbound
@@ -27,6 +27,8 @@ from edge_slm.topics import DeviceTopics
 log = get_logger("agent.intake")
 
 SendReply = Callable[[ReplyRoute, Response], None]
+#: Takes an admitted job and the topic it came on; False when the queue is full.
+Submit = Callable[[Job, str], bool]
 
 
 class Rejected(Exception):
@@ -55,19 +57,21 @@ def _raw_id(raw: dict[str, Any]) -> str | None:
 
 
 class Intake:
-    """Validates inbound requests and hands them to the worker."""
+    """Validates inbound requests and hands them to ``submit``."""
 
     def __init__(
         self,
         *,
         topics: DeviceTopics,
         limits: LimitSettings,
-        worker: InferenceWorker,
+        submit: Submit,
+        queue_depth: Callable[[], int],
         send_reply: SendReply,
     ) -> None:
         self._topics = topics
         self._limits = limits
-        self._worker = worker
+        self._submit = submit
+        self._queue_depth = queue_depth
         self._send_reply = send_reply
         self._open = threading.Event()
         self._open.set()
@@ -92,8 +96,8 @@ class Intake:
             self._reject(route, Rejected(ErrorCode.INTERNAL, f"intake failed: {exc}"))
             return
         with structlog.contextvars.bound_contextvars(request_id=job.request.id):
-            if not self._worker.submit(job):
-                retry = self._limits.busy_retry_ms * max(1, self._worker.depth)
+            if not self._submit(job, msg.topic):
+                retry = self._limits.busy_retry_ms * max(1, self._queue_depth())
                 self._reject(
                     route,
                     Rejected(
@@ -109,7 +113,7 @@ class Intake:
                 task=job.request.task.value,
                 kind=job.request.kind.value,
                 qos=msg.qos,
-                queue_depth=self._worker.depth,
+                queue_depth=self._queue_depth(),
             )
             log.debug("request_text", text=job.request.text)
 

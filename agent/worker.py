@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import structlog
 
+from agent.policy.router import Decision
 from agent.routing import ReplyRoute
 from edge_slm.contract import ErrorCode, Request, Response
 from edge_slm.logs import get_logger
@@ -29,6 +30,7 @@ class Job:
     received_at: float  # time.monotonic() at receipt
     deadline: float | None  # absolute, time.monotonic() clock
     max_tokens: int
+    decision: Decision | None = None  # the routing decision made before generation
 
 
 Answerer = Callable[[Job], Response]

@@ -13,6 +13,8 @@ from pathlib import Path
 from typing import Any
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
+# Other processes share the machine: record the load around every run, to judge the figures.
+_LOAD_AT_START = os.getloadavg()
 
 
 def median(values: Sequence[float]) -> float:
@@ -34,6 +36,11 @@ def proc_status_kb(pid: int | str, field: str) -> int:
         if line.startswith(f"{field}:"):
             return int(line.split()[1])
     raise KeyError(f"{field} not in /proc/{pid}/status")
+
+
+def proc_mb(pid: int | str, field: str) -> float:
+    """The same in MB (10^6 bytes), the unit the model sizes on disk are given in."""
+    return proc_status_kb(pid, field) * 1024 / 1e6
 
 
 def dir_size(path: Path) -> int:
@@ -60,7 +67,8 @@ def machine() -> dict[str, Any]:
         "cpu": cpu,
         "cores": len(os.sched_getaffinity(0)),
         "python": platform.python_version(),
-        "load_avg_at_start": os.getloadavg(),
+        "load_avg_at_start": _LOAD_AT_START,
+        "load_avg_at_end": os.getloadavg(),
         "versions": {
             d: _version(d)
             for d in ("onnxruntime", "onnxruntime-genai", "llama-cpp-python", "paho-mqtt")

@@ -41,8 +41,8 @@ class BenchClient:
         )
         self._client.on_socket_open = _nodelay
         self._client.on_message = self._on_message
-        self._client.on_subscribe = lambda *_a: self._subscribed.set()
         self._subscribed = threading.Event()
+        self._client.on_subscribe = lambda *_a: self._subscribed.set()
         self._arrived = threading.Event()
         self._reply: tuple[float, bytes, bytes | None] = (0.0, b"", None)
         self._echo_topic: str | None = None
@@ -62,14 +62,15 @@ class BenchClient:
 
     def _on_message(self, _c: paho.Client, _u: Any, msg: paho.MQTTMessage) -> None:
         now = time.perf_counter()  # on the network thread: no queue hand-off in the timing
-        props = getattr(msg, "properties", None)
+        props = msg.properties
         corr = getattr(props, "CorrelationData", None)
-        if msg.topic == self._echo_topic:
-            out = Properties(PacketTypes.PUBLISH)
+        reply_to: str = getattr(props, "ResponseTopic", "")
+        if msg.topic == self._echo_topic and reply_to:
+            out = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
             out.CorrelationData = corr
-            self._client.publish(props.ResponseTopic, msg.payload, qos=msg.qos, properties=out)
+            self._client.publish(reply_to, msg.payload, qos=msg.qos, properties=out)
             return
-        self._reply = (now, msg.payload, corr)
+        self._reply = (now, bytes(msg.payload), corr)
         self._arrived.set()
 
     def round_trip(
@@ -77,7 +78,7 @@ class BenchClient:
     ) -> tuple[float, bytes]:
         """Publish one request; return (seconds until the correlated reply, its payload)."""
         corr = uuid.uuid4().bytes
-        props = Properties(PacketTypes.PUBLISH)
+        props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
         props.ResponseTopic = reply_topic
         props.CorrelationData = corr
         self._arrived.clear()
@@ -96,14 +97,16 @@ class BenchClient:
 
 
 @contextmanager
-def running_agent(workdir: Path) -> Iterator[tuple[PrivateBroker, AgentProcess, DeviceTopics]]:
-    """A private mosquitto and the real agent daemon on it, online (retained birth seen)."""
+def running_agent(
+    workdir: Path, *, broker_config: str = ""
+) -> Iterator[tuple[PrivateBroker, AgentProcess, DeviceTopics]]:
+    """A private mosquitto (plus ``broker_config`` lines) and the real agent on it, online."""
     from agent.models import DEFAULT_MODEL, ModelCache, default_cache_dir
 
     ModelCache(default_cache_dir()).require(DEFAULT_MODEL)  # a readable error if not built
     device_id = f"bench-{uuid.uuid4().hex[:6]}"
     topics = DeviceTopics("slm", device_id)
-    with PrivateBroker() as broker:
+    with PrivateBroker(extra_config=broker_config) as broker:
         agent = AgentProcess(
             broker_url=broker.url, device_id=device_id, log_path=workdir / "agent.log"
         )

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -19,7 +20,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench._common import median, proc_status_kb, table, write_results
+from bench._common import median, proc_mb, table, write_results
 
 ROOMS = ("kitchen", "hallway", "bedroom", "garage", "office", "bathroom")
 LOG = "\n".join(
@@ -80,7 +81,7 @@ def worker_llama(threads: int, max_tokens: int, prompts: dict[str, list[int]]) -
     from llama_cpp import Llama
 
     start = time.perf_counter()
-    llm = Llama(
+    llm: Any = Llama(  # Any: llama_cpp is typed only partly, and absent in CI
         model_path=str(_gguf()),
         n_threads=threads,
         n_threads_batch=threads,
@@ -121,13 +122,15 @@ def _spawn(args: list[str], out: Path) -> dict[str, Any]:
 
 def _worker(args: argparse.Namespace) -> int:
     if args.worker == "prompts":
-        result = worker_prompts()
-    elif args.worker == "ours":
+        args.out.write_text(json.dumps(worker_prompts()))
+        return 0
+    if args.worker == "ours":
         result = worker_ours(args.threads, args.max_tokens)
     else:
         prompts = json.loads(args.prompts.read_text())
         result = worker_llama(args.threads, args.max_tokens, prompts)
-    result["peak_rss_mb"] = proc_status_kb("self", "VmHWM") / 1024
+    result["peak_rss_mb"] = proc_mb("self", "VmHWM")
+    result["load_avg_1m"] = os.getloadavg()[0]  # > ~2.5 means someone else was busy too
     args.out.write_text(json.dumps(result))
     return 0
 

@@ -1,26 +1,211 @@
-"""``cloud-relay``: the cloud side. Only a skeleton until the relay lands (issue #3)."""
+"""``cloud-relay``: run the relay, and read its log (``logs``, ``stats``)."""
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
+import time
+from pathlib import Path
 
+from pydantic import ValidationError
+
+from cloud_relay import render
+from cloud_relay.config import RelaySettings, load_settings
+from cloud_relay.stats import compute
+from cloud_relay.store import LogQuery, LogRow, RelayStore, StoreError, open_store
+from cloud_relay.timespec import parse_since
 from edge_slm import __version__
+from edge_slm.contract import Outcome
 
 
-def main(argv: list[str] | None = None) -> int:
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", type=Path, help="TOML config file (e.g. /etc/edge-slm/relay.toml)")
+    p.add_argument("--db", help="store URL: sqlite:///path or postgresql://...")
+
+
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="cloud-relay", description="Forward edge escalations to a large LLM (not yet built)."
+        prog="cloud-relay",
+        description="Forward edge escalations to a large LLM and keep a log of them.",
     )
     parser.add_argument("--version", action="version", version=f"edge-slm {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("run", help="run the relay (not implemented yet)")
-    parser.parse_args(argv)
-    print(
-        "cloud-relay run: not implemented yet; the relay is tracked in issue #3",
-        file=sys.stderr,
+
+    run = sub.add_parser(
+        "run",
+        help="run the relay daemon",
+        description="Answer escalations from the fleet. Flags override CLOUD_RELAY_* "
+        "environment variables, which override the TOML config file.",
     )
-    return 2
+    _common(run)
+    run.add_argument("--broker", help="broker URL, mqtt://host:port or mqtts://host:port")
+    run.add_argument("--llm-url", help="OpenAI-compatible base URL, e.g. http://host:8080/v1")
+    run.add_argument("--llm-model", help="model name to ask")
+    run.add_argument(
+        "--check-config", action="store_true", help="validate and print the configuration, exit"
+    )
+    run.set_defaults(func=_cmd_run)
+
+    logs = sub.add_parser("logs", help="show relay log rows, newest first")
+    _common(logs)
+    logs.add_argument("--device", help="only this device")
+    logs.add_argument("--since", help="ISO time or age: 10m, 2h, 1d")
+    logs.add_argument("--outcome", choices=[o.value for o in Outcome], help="only this outcome")
+    logs.add_argument("--limit", type=int, default=50, help="rows to show (default 50)")
+    logs.add_argument("--follow", "-f", action="store_true", help="keep printing new rows")
+    logs.add_argument("--json", action="store_true", help="one JSON object per line")
+    logs.set_defaults(func=_cmd_logs)
+
+    stats = sub.add_parser("stats", help="per-device and fleet-wide figures")
+    _common(stats)
+    stats.add_argument("--device", help="only this device")
+    stats.add_argument("--since", help="ISO time or age: 10m, 2h, 1d (default: all)")
+    stats.add_argument("--json", action="store_true", help="JSON output")
+    stats.set_defaults(func=_cmd_stats)
+    return parser
+
+
+def _format_errors(exc: ValidationError) -> str:
+    lines = [f"invalid configuration ({exc.error_count()} error(s)):"]
+    for err in exc.errors(include_url=False):
+        where = ".".join(str(p) for p in err["loc"]) or "(root)"
+        lines.append(f"  {where}: {err['msg']}")
+    return "\n".join(lines)
+
+
+def _settings(args: argparse.Namespace, **overrides: object) -> RelaySettings | None:
+    try:
+        return load_settings(args.config, db=args.db, **overrides)
+    except ValidationError as exc:
+        print(_format_errors(exc), file=sys.stderr)
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"invalid configuration: {exc}", file=sys.stderr)
+    return None
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from edge_slm.logs import configure_logging
+
+    settings = _settings(
+        args,
+        **{"mqtt.broker": args.broker, "llm.url": args.llm_url, "llm.model": args.llm_model},
+    )
+    if settings is None:
+        return 2
+    if not settings.llm.model:
+        print("invalid configuration: llm.model is required (--llm-model)", file=sys.stderr)
+        return 2
+    if args.check_config:
+        print(json.dumps(settings.model_dump(mode="json"), indent=2))  # secrets as ****
+        print("configuration OK", file=sys.stderr)
+        return 0
+    configure_logging(settings.log_level, settings.log_format)
+    from cloud_relay.daemon import RelayDaemon
+
+    try:
+        daemon = RelayDaemon(settings)
+        daemon.install_signal_handlers()
+        return daemon.run()
+    except StoreError as exc:
+        print(f"store problem: {exc}", file=sys.stderr)
+        return 2
+
+
+def _open(args: argparse.Namespace) -> RelayStore | None:
+    settings = _settings(args)
+    if settings is None:
+        return None
+    try:
+        return open_store(settings.db)
+    except StoreError as exc:
+        print(f"store problem: {exc}", file=sys.stderr)
+        return None
+
+
+def _since(value: str | None) -> float | None:
+    return parse_since(value) if value else None
+
+
+def _cmd_logs(args: argparse.Namespace) -> int:
+    try:
+        since = _since(args.since)
+    except ValueError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    store = _open(args)
+    if store is None:
+        return 2
+    outcome = Outcome(args.outcome) if args.outcome else None
+    query = LogQuery(device_id=args.device, since=since, outcome=outcome, limit=args.limit)
+    try:
+        rows = list(reversed(store.logs(query)))  # oldest first on screen, like a log
+        if args.json:
+            for r in rows:
+                print(render.log_json(r))
+        else:
+            print(render.table(render.LOG_HEADERS, [render.log_cells(r) for r in rows]))
+        sys.stdout.flush()
+        if args.follow:
+            _follow(store, args, since, outcome, rows)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        store.close()
+    return 0
+
+
+def _follow(
+    store: RelayStore,
+    args: argparse.Namespace,
+    since: float | None,
+    outcome: Outcome | None,
+    rows: list[LogRow],
+) -> None:
+    """Print rows as they are finalized (answered), until interrupted."""
+    answered = [r.answered_at for r in rows if r.answered_at]
+    cursor = max(answered, default=time.time())
+    while True:
+        time.sleep(0.5)
+        query = LogQuery(
+            device_id=args.device,
+            since=since,
+            outcome=outcome,
+            answered_after=cursor,
+            limit=None,
+            oldest_first=True,
+        )
+        for r in store.logs(query):
+            print(render.log_json(r) if args.json else "  ".join(render.log_cells(r)))
+            cursor = max(cursor, r.answered_at or cursor)
+        sys.stdout.flush()
+
+
+def _cmd_stats(args: argparse.Namespace) -> int:
+    try:
+        since = _since(args.since)
+    except ValueError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    store = _open(args)
+    if store is None:
+        return 2
+    try:
+        rows = store.logs(LogQuery(device_id=args.device, since=since, limit=None))
+    finally:
+        store.close()
+    result = compute(rows)
+    if args.json:
+        print(json.dumps([s.as_dict() for s in result], indent=2))
+    else:
+        print(render.table(render.STATS_HEADERS, [render.stats_cells(s) for s in result]))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    code: int = args.func(args)
+    return code
 
 
 if __name__ == "__main__":

@@ -34,6 +34,7 @@ class ErrorCode(StrEnum):
     BUSY = "busy"
     DEADLINE_EXCEEDED = "deadline_exceeded"
     SHUTTING_DOWN = "shutting_down"
+    CLOUD_EXPIRED = "cloud_expired"
     INTERNAL = "internal"
 
 
@@ -60,6 +61,30 @@ class Source(StrEnum):
     EDGE = "edge"
     CLOUD = "cloud"
     EDGE_FALLBACK = "edge-fallback"
+
+
+class Privacy(StrEnum):
+    NORMAL = "normal"  # may leave the device, redacted, when policy allows
+    LOCAL = "local"  # never leaves the device
+
+
+class EscalationReason(StrEnum):
+    """Why a request went to the cloud (machine-readable; ``reason`` texts explain)."""
+
+    CLOUD_ALWAYS = "cloud_always"
+    COMPLEX = "complex"
+    LOW_CONFIDENCE = "low_confidence"
+    EDGE_ERROR = "edge_error"
+
+
+class Outcome(StrEnum):
+    """Final state of an escalation, in the relay log and on the cloud reply."""
+
+    OK = "ok"
+    LLM_ERROR = "llm_error"
+    REJECTED = "rejected"
+    BUDGET = "budget"
+    EXPIRED = "expired"
 
 
 class _Inbound(BaseModel):
@@ -135,6 +160,14 @@ class Request(_Inbound):
     reply_to: TopicName | None = Field(
         default=None, description="Reply topic for clients without MQTT v5 Response Topic."
     )
+    privacy: Privacy = Field(
+        default=Privacy.NORMAL, description="`local`: this request never leaves the device."
+    )
+    corrections: bool = Field(
+        default=True,
+        description="Whether a cloud answer that arrives after the edge fallback reply is "
+        "published later as a correction (`supersedes: true`).",
+    )
 
     @field_validator("reply_to")
     @classmethod
@@ -206,6 +239,11 @@ class Response(_Outbound):
     finish_reason: Literal["stop", "length"] | None = Field(
         default=None, description="Why generation ended (free-text tasks)."
     )
+    supersedes: bool | None = Field(
+        default=None,
+        description="True on a late cloud answer that replaces an earlier edge-fallback reply "
+        "with the same id.",
+    )
     error: ErrorInfo | None = Field(default=None, description="Set when ok is false.")
 
     @model_validator(mode="after")
@@ -244,17 +282,100 @@ class Status(_Outbound):
     ts: float = Field(description="Epoch seconds when published.")
 
 
+class _DeviceToCloud(BaseModel):
+    """Agent <-> relay messages: strict fields by construction, tolerant when parsed."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    def to_wire(self) -> bytes:
+        return self.model_dump_json(exclude_none=True).encode()
+
+
+class EdgeAnswer(_DeviceToCloud):
+    """What the device answered, sent along for comparison and calibration."""
+
+    answer: str | None = Field(default=None, description="Edge answer text.")
+    label: str | None = Field(default=None, description="Edge label, for classify.")
+    confidence: float = Field(ge=0.0, le=1.0, description="Edge confidence.")
+    model: str = Field(description="Edge model.")
+    latency_ms: float | None = Field(default=None, ge=0.0, description="Edge latency.")
+
+
+class Escalation(_DeviceToCloud):
+    """Agent -> relay on ``<prefix>/<device_id>/escalation`` (QoS 1, Message Expiry)."""
+
+    v: Literal[1] = Field(default=1, description="Contract major version; must be 1.")
+    id: str = Field(min_length=1, max_length=128, description="The request id.")
+    device_id: str = Field(min_length=1, max_length=64, description="Sending device.")
+    kind: Kind = Field(description="Request kind.")
+    task: Task = Field(description="Request task.")
+    text: str = Field(description="Request text after redaction.")
+    sensor: list[SensorReading] | None = Field(
+        default=None, description="Sensor readings after redaction."
+    )
+    labels: list[Annotated[str, Field(min_length=1, max_length=64)]] | None = Field(
+        default=None, max_length=64, description="Labels, for classify."
+    )
+    max_tokens: int = Field(ge=1, description="Generation budget.")
+    reason: EscalationReason = Field(description="Why the device escalated.")
+    reason_text: str = Field(description="Human-readable reason.")
+    edge: EdgeAnswer | None = Field(
+        default=None, description="The edge answer; null when escalated before generation."
+    )
+    redactions: dict[str, int] = Field(
+        default_factory=dict, description="How many values of each PII type were redacted."
+    )
+    deadline_ms: int | None = Field(
+        default=None, ge=1, description="Time left for the cloud when published, in ms."
+    )
+    created_at: float = Field(description="Epoch seconds when the device escalated.")
+
+
+class CloudReply(_DeviceToCloud):
+    """Relay -> agent on ``<prefix>/<device_id>/cloud`` (QoS 1)."""
+
+    v: Literal[1] = Field(default=1, description="Contract major version; must be 1.")
+    id: str = Field(min_length=1, max_length=128, description="The request id.")
+    device_id: str = Field(
+        min_length=1, max_length=64, description="The device the escalation came from."
+    )
+    ok: bool = Field(description="Whether the cloud produced an answer.")
+    outcome: Outcome = Field(description="Final state of the escalation.")
+    answer: str | None = Field(default=None, description="Cloud answer text.")
+    label: str | None = Field(default=None, description="Cloud label, for classify.")
+    confidence: float | None = Field(
+        default=None, ge=0.0, le=1.0, description="Cloud confidence, when the LLM gives logprobs."
+    )
+    model: str | None = Field(default=None, description="Cloud model.")
+    tokens: TokenUsage | None = Field(default=None, description="Cloud token counts.")
+    latency_ms: float | None = Field(
+        default=None, ge=0.0, description="Relay time from receipt to reply."
+    )
+    error: ErrorInfo | None = Field(default=None, description="Set when ok is false.")
+
+    @model_validator(mode="after")
+    def _error_iff_not_ok(self) -> CloudReply:
+        if self.ok == (self.error is not None):
+            raise ValueError("error must be set exactly when ok is false")
+        return self
+
+
 #: Every model that travels on a topic, for schema export and the AsyncAPI check.
 WIRE_MODELS: dict[str, type[BaseModel]] = {
     "Request": Request,
     "Response": Response,
     "Status": Status,
+    "Escalation": Escalation,
+    "CloudReply": CloudReply,
 }
+
+#: Models whose receivers validate them (schemas exported in validation mode).
+_RECEIVED = (Request, Escalation, CloudReply)
 
 
 def json_schemas() -> dict[str, dict[str, Any]]:
-    """JSON Schema of every wire model (validation mode for inbound, serialization for outbound)."""
+    """JSON Schema of every wire model (validation mode for received ones)."""
     return {
-        name: model.model_json_schema(mode="validation" if model is Request else "serialization")
+        name: model.model_json_schema(mode="validation" if model in _RECEIVED else "serialization")
         for name, model in WIRE_MODELS.items()
     }

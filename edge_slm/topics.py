@@ -38,6 +38,14 @@ class DeviceTopics:
         """Apps publish requests here."""
         return f"{self.base}/request"
 
+    def request_filter(self) -> str:
+        """What the agent subscribes to: ``request`` and per-app sub-topics below it.
+
+        MQTT 5 §4.7.1.2: ``x/#`` also matches ``x`` itself, so one subscription
+        serves both without duplicate deliveries.
+        """
+        return f"{self.request}/#"
+
     @property
     def response(self) -> str:
         """Default reply topic when the request names none."""
@@ -48,11 +56,57 @@ class DeviceTopics:
         """Retained birth/will."""
         return f"{self.base}/status"
 
+    @property
+    def escalation(self) -> str:
+        """Agent -> relay: cases for the cloud LLM."""
+        return f"{self.base}/escalation"
+
+    @property
+    def cloud(self) -> str:
+        """Relay -> agent: cloud answers."""
+        return f"{self.base}/cloud"
+
     def all(self) -> dict[str, str]:
         """Every topic of this device by role (the AsyncAPI document lists the same)."""
-        return {"request": self.request, "response": self.response, "status": self.status}
+        return {
+            "request": self.request,
+            "response": self.response,
+            "status": self.status,
+            "escalation": self.escalation,
+            "cloud": self.cloud,
+        }
+
+
+def escalation_subscription(prefix: str, group: str | None) -> str:
+    """What relays subscribe to: every device's escalations, shared by ``group``.
+
+    MQTT 5 §4.8.2 shared subscriptions: the broker hands each message to one
+    member of the group, so N relay processes split the load.
+    """
+    topic = f"{_check_segment('prefix', prefix)}/+/escalation"
+    return f"$share/{_check_segment('group', group)}/{topic}" if group is not None else topic
+
+
+def device_of(topic: str, prefix: str) -> str | None:
+    """The device id segment of ``<prefix>/<device_id>/<leaf>``, or None."""
+    parts = topic.split("/")
+    if len(parts) != 3 or parts[0] != prefix or not parts[1]:
+        return None
+    return parts[1]
 
 
 def status_wildcard(prefix: str) -> str:
     """Subscription matching every device's status topic (fleet views)."""
     return f"{_check_segment('prefix', prefix)}/+/status"
+
+
+def matches(topic_filter: str, topic: str) -> bool:
+    """Whether ``topic`` matches an MQTT filter with ``+`` and ``#`` (MQTT 5 §4.7)."""
+    filter_parts = topic_filter.split("/")
+    topic_parts = topic.split("/")
+    for i, part in enumerate(filter_parts):
+        if part == "#":
+            return True
+        if i >= len(topic_parts) or (part not in ("+", topic_parts[i])):
+            return False
+    return len(filter_parts) == len(topic_parts)

@@ -26,7 +26,7 @@ want=$(cat pyproject.toml scripts/bootstrap.sh | sha256sum | cut -d' ' -f1)
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   echo "==> installing Python packages (torch CPU, onnxruntime-genai, ...)"
   .venv/bin/python -m pip install -q --disable-pip-version-check --upgrade pip
-  .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[build,dev]'
+  .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[build,dev,relay]'
   echo "$want" >"$stamp"
 fi
 

@@ -4,21 +4,25 @@ One :class:`Engine` owns one loaded model and is used from one thread (the
 inference worker). It picks the execution provider, sets the thread count
 deliberately (the builder's default config runs on one core and halves decode
 speed), applies the model's chat template, decodes greedily while reading the
-logits of every step for confidence, and scores classification labels without
+logits of every step for confidence (streaming each token as it is chosen),
+and scores classification labels without
 free generation.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import platform
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
+
+import numpy as np
 
 from agent.engine.confidence import (
     TokenStat,
@@ -64,6 +68,57 @@ class Generation:
     finish_reason: Literal["stop", "length"]
     ttft_s: float
     total_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class TopToken:
+    """One of the most likely tokens at a step."""
+
+    token_id: int
+    text: str  # the token decoded on its own (see Engine.token_text)
+    logprob: float
+
+
+@dataclass(frozen=True, slots=True)
+class TokenEvent:
+    """One generated token, as :meth:`Engine.stream` yields it."""
+
+    token_id: int
+    text: str  # the new text; "" while a multi-byte character is incomplete
+    token: str | None  # the token decoded on its own; only with logprobs=True
+    logprob: float  # natural log of the chosen token's probability, <= 0
+    margin: float  # p(top1) - p(top2) at this step; with logprob, a TokenStat
+    top: tuple[TopToken, ...] = ()  # most likely first; empty unless asked for
+
+    def stat(self) -> TokenStat:
+        return TokenStat(logprob=self.logprob, margin=self.margin)
+
+
+@dataclass(frozen=True, slots=True)
+class Prefilled:
+    """The first event of a stream: the prompt fits and has been prefilled.
+
+    A consumer that stops early (a stop string, a client gone) sees no
+    :class:`StreamEnd`, so what it must report about the prompt comes here.
+    """
+
+    prompt_tokens: int
+    prefill_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class StreamEnd:
+    """The last event of a stream. EOS is not counted in ``completion_tokens``."""
+
+    finish_reason: Literal["stop", "length"]
+    confidence: float
+    prompt_tokens: int
+    completion_tokens: int
+    ttft_s: float
+    total_s: float
+
+
+StreamEvent = Prefilled | TokenEvent | StreamEnd
 
 
 @dataclass(frozen=True, slots=True)
@@ -188,17 +243,34 @@ class Engine:
 
     # -- tasks -----------------------------------------------------------
 
-    def generate(
-        self, messages: Sequence[Message], *, max_tokens: int, stop: StopWhen = _NEVER
-    ) -> Generation:
-        """Greedy decoding with per-token confidence; stops at EOS or ``max_tokens``."""
+    def stream(
+        self,
+        messages: Sequence[Message],
+        *,
+        max_tokens: int,
+        stop: StopWhen = _NEVER,
+        logprobs: bool = False,
+        top_logprobs: int = 0,
+    ) -> Iterator[StreamEvent]:
+        """Greedy decoding as events: :class:`Prefilled`, a :class:`TokenEvent` per token,
+        then :class:`StreamEnd`.
+
+        This is the only decode loop: :meth:`generate` drains it. The consumer may
+        stop early by closing the iterator (``break``); nothing is decoded after
+        that. ``logprobs`` adds each token decoded on its own (``TokenEvent.token``,
+        about 20 us a token); ``top_logprobs`` > 0 adds that many most likely
+        alternatives (an ``argpartition`` of the step's log-probs, O(vocab)).
+        """
         start = time.perf_counter()
         stop.check()
         ids = self.encode_chat(messages)
         gen = self._generator(ids, max_tokens)
         gen.append_tokens(ids)  # prefill
+        yield Prefilled(prompt_tokens=len(ids), prefill_s=time.perf_counter() - start)
+        # The stream holds back bytes of an unfinished UTF-8 character, so pieces
+        # concatenate to exactly ``decode(all tokens)``; per-token decode would not.
+        pieces = self._tokenizer.create_stream()
         stats: list[TokenStat] = []
-        out: list[int] = []
         finish: Literal["stop", "length"] = "length"
         ttft = 0.0
         while not gen.is_done():
@@ -211,18 +283,65 @@ class Engine:
             if token in self._eos_ids:
                 finish = "stop"
                 break
-            stats.append(token_stat(logits, token))
-            out.append(token)
-        text = str(self._tokenizer.decode(out)).strip() if out else ""
-        return Generation(
-            text=text,
+            stat, top = self._step(logits, token, top_logprobs)
+            stats.append(stat)
+            yield TokenEvent(
+                token_id=token,
+                text=str(pieces.decode(token)),
+                token=self.token_text(token) if logprobs else None,
+                logprob=stat.logprob,
+                margin=stat.margin,
+                top=top,
+            )
+        yield StreamEnd(
+            finish_reason=finish,
             confidence=text_confidence(stats),
             prompt_tokens=len(ids),
-            completion_tokens=len(out),
-            finish_reason=finish,
+            completion_tokens=len(stats),
             ttft_s=ttft,
             total_s=time.perf_counter() - start,
         )
+
+    def _step(
+        self, logits: Any, token: int, top_logprobs: int
+    ) -> tuple[TokenStat, tuple[TopToken, ...]]:
+        if top_logprobs <= 0:
+            return token_stat(logits, token), ()
+        logp = log_softmax(logits)  # once, for both the stat and the alternatives
+        k = min(max(top_logprobs, 2), logp.shape[0])
+        best = np.argpartition(logp, -k)[-k:]
+        best = best[np.argsort(-logp[best], kind="stable")]
+        p1, p2 = (math.exp(float(logp[i])) for i in best[:2])
+        top = tuple(
+            TopToken(token_id=int(i), text=self.token_text(int(i)), logprob=float(logp[i]))
+            for i in best[:top_logprobs]
+        )
+        return TokenStat(logprob=float(logp[token]), margin=p1 - p2), top
+
+    def token_text(self, token: int) -> str:
+        """One token on its own; a piece of a multi-byte character decodes to U+FFFD."""
+        return str(self._tokenizer.decode([token]))
+
+    def generate(
+        self, messages: Sequence[Message], *, max_tokens: int, stop: StopWhen = _NEVER
+    ) -> Generation:
+        """Greedy decoding with per-token confidence; stops at EOS or ``max_tokens``."""
+        parts: list[str] = []
+        for event in self.stream(messages, max_tokens=max_tokens, stop=stop):
+            if isinstance(event, TokenEvent):
+                parts.append(event.text)
+            if not isinstance(event, StreamEnd):
+                continue
+            return Generation(
+                text="".join(parts).strip(),
+                confidence=event.confidence,
+                prompt_tokens=event.prompt_tokens,
+                completion_tokens=event.completion_tokens,
+                finish_reason=event.finish_reason,
+                ttft_s=event.ttft_s,
+                total_s=event.total_s,
+            )
+        raise AssertionError("Engine.stream ended without a StreamEnd")  # pragma: no cover
 
     def classify(
         self, messages: Sequence[Message], labels: Sequence[str], *, stop: StopWhen = _NEVER

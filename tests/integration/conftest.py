@@ -46,15 +46,24 @@ def topics(device_id: str) -> DeviceTopics:
 def start_agent(
     broker: PrivateBroker, device_id: str, topics: DeviceTopics, model_dir: Path, tmp_path: Path
 ) -> Iterator[object]:
-    """Start the real agent daemon against the private broker; wait for its birth."""
+    """Start the real agent daemon against the private broker; wait for its birth.
+
+    The cloud fallback is off unless a test turns it on: these tests are about
+    the edge path, and no relay listens.
+    """
     started: list[AgentProcess] = []
 
     def start(**env: str) -> AgentProcess:
+        settings = {
+            "EDGE_AGENT_CLOUD__ENABLED": "false",
+            "EDGE_AGENT_OUTBOX__PATH": str(tmp_path / "outbox.db"),
+            **env,
+        }
         proc = AgentProcess(
             broker_url=broker.url,
             device_id=device_id,
             log_path=tmp_path / f"agent-{len(started)}.log",
-            **env,
+            **settings,
         )
         started.append(proc)
         wait_for_status(broker.port, topics.status, "online")

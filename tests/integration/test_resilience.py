@@ -41,6 +41,8 @@ def test_agent_reconnects_and_rebirths_after_broker_restart(
             device_id=device_id,
             log_path=tmp_path / "agent.log",  # type: ignore[operator]
             EDGE_AGENT_MQTT__RECONNECT_MAX_S="2",
+            EDGE_AGENT_CLOUD__ENABLED="false",
+            EDGE_AGENT_OUTBOX__PATH=str(tmp_path / "outbox.db"),  # type: ignore[operator]
         )
         try:
             wait_for_status(broker.port, topics.status, "online")

@@ -21,8 +21,8 @@ import yaml
 
 import edge_slm
 from edge_slm import schemas
-from edge_slm.contract import WIRE_MODELS, ErrorCode, json_schemas
-from edge_slm.topics import DeviceTopics
+from edge_slm.contract import WIRE_MODELS, ErrorCode, Source, json_schemas
+from edge_slm.topics import DeviceTopics, escalation_subscription
 
 ROOT = Path(__file__).resolve().parents[2]
 ASYNCAPI = ROOT / "docs" / "asyncapi.yaml"
@@ -182,8 +182,15 @@ def _operations_by_channel(spec: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 def test_operations_say_who_sends_what(spec: dict[str, Any]) -> None:
     actions = {name: op["action"] for name, op in _operations_by_channel(spec).items()}
-    # The document describes the agent: it receives requests, sends the rest.
-    assert actions == {"request": "receive", "response": "send", "status": "send"}
+    # The document describes the agent: it receives requests and cloud replies,
+    # sends the rest (the relay does the opposite on escalation and cloud).
+    assert actions == {
+        "request": "receive",
+        "response": "send",
+        "status": "send",
+        "escalation": "send",
+        "cloud": "receive",
+    }
 
 
 def test_only_status_is_retained(spec: dict[str, Any]) -> None:
@@ -203,6 +210,65 @@ def test_request_reply_uses_mqtt5_response_topic(spec: dict[str, Any]) -> None:
         assert messages[name]["correlationId"]["location"] == CORRELATION, name
         assert "correlationData" in messages[name]["headers"]["properties"], name
     assert "Response Topic" in spec["channels"]["response"]["description"]
+
+
+def test_only_escalations_expire(spec: dict[str, Any]) -> None:
+    for name, op in _operations_by_channel(spec).items():
+        expiry = op["bindings"]["mqtt"].get("messageExpiryInterval")
+        assert (expiry is not None) is (name == "escalation"), name
+    expiry = _operations_by_channel(spec)["escalation"]["bindings"]["mqtt"]["messageExpiryInterval"]
+    assert expiry["type"] == "integer"
+    assert expiry["minimum"] == 1  # 0 would mean "expire at once" to nobody's benefit
+    headers = spec["components"]["messages"]["escalation"]["headers"]
+    assert "messageExpiryInterval" in headers["properties"]
+    assert "deadline" in spec["channels"]["escalation"]["description"]
+
+
+def test_escalation_carries_device_id_and_correlation(spec: dict[str, Any]) -> None:
+    messages = spec["components"]["messages"]
+    for name in ("escalation", "cloudReply"):
+        assert messages[name]["correlationId"]["location"] == CORRELATION, name
+        assert "correlationData" in messages[name]["headers"]["required"], name
+    user = messages["escalation"]["headers"]["properties"]["userProperties"]
+    assert user["required"] == ["device_id"]
+    assert user["properties"]["device_id"]["type"] == "string"
+
+
+def test_escalation_is_answered_on_the_cloud_channel(spec: dict[str, Any]) -> None:
+    reply = spec["operations"]["sendEscalation"]["reply"]
+    assert reply["channel"] == {"$ref": "#/channels/cloud"}
+    assert reply["messages"] == [{"$ref": "#/channels/cloud/messages/cloudReply"}]
+
+
+def test_relay_shared_subscription_is_documented(spec: dict[str, Any]) -> None:
+    """The relay's view: what escalation_subscription() builds, with and without a group."""
+    description = spec["channels"]["escalation"]["description"]
+    shared = escalation_subscription("{prefix}", "{group}")
+    assert shared.startswith("$share/{group}/")
+    assert f"`{shared}`" in description
+    assert f"`{escalation_subscription('{prefix}', None)}`" in description
+    assert f"`{shared}`" in spec["info"]["description"]
+
+
+def test_reply_sources_and_supersedes_are_documented(spec: dict[str, Any]) -> None:
+    response = spec["components"]["messages"]["response"]
+    for text in (response["description"], spec["info"]["description"]):
+        for source in Source:
+            assert f"`{source.value}`" in text, source
+        assert "`supersedes: true`" in text
+        assert "`corrections" in text
+    corrections = [
+        example["payload"]
+        for example in response["examples"]
+        if example["payload"].get("supersedes") and example["payload"]["ok"]
+    ]
+    assert corrections, "no example of a correction"
+    assert all(payload["source"] == Source.CLOUD for payload in corrections)
+
+
+def test_every_message_has_an_example(spec: dict[str, Any]) -> None:
+    for name, message in spec["components"]["messages"].items():
+        assert message.get("examples"), name
 
 
 # -- error codes -------------------------------------------------------------

@@ -14,9 +14,15 @@ from pydantic import ValidationError
 from edge_slm.contract import (
     WIRE_MODELS,
     CloudPolicy,
+    CloudReply,
+    EdgeAnswer,
     ErrorCode,
     ErrorInfo,
+    Escalation,
+    EscalationReason,
     Kind,
+    Outcome,
+    Privacy,
     Request,
     Response,
     SensorReading,
@@ -158,6 +164,26 @@ def test_budgets_must_be_positive(field: str) -> None:
         Request.model_validate({"v": 1, "text": "a", field: 0})
 
 
+def test_privacy_and_corrections_defaults() -> None:
+    request = Request.model_validate({"v": 1, "text": "a"})
+    assert request.privacy is Privacy.NORMAL
+    assert request.corrections is True
+
+
+def test_privacy_and_corrections_are_read() -> None:
+    request = Request.model_validate(
+        {"v": 1, "text": "a", "privacy": "local", "corrections": False}
+    )
+    assert request.privacy is Privacy.LOCAL
+    assert request.corrections is False
+
+
+@pytest.mark.parametrize(("field", "value"), [("privacy", "secret"), ("corrections", "maybe")])
+def test_bad_privacy_or_corrections_is_rejected(field: str, value: str) -> None:
+    with pytest.raises(ValidationError, match=field):
+        Request.model_validate({"v": 1, "text": "a", field: value})
+
+
 def test_request_is_frozen() -> None:
     request = Request.model_validate({"v": 1, "text": "a"})
     with pytest.raises(ValidationError):
@@ -265,6 +291,15 @@ def test_request_json_round_trip() -> None:
     assert Request.model_validate_json(original.model_dump_json()) == original
 
 
+def test_supersedes_is_left_out_unless_set() -> None:
+    assert "supersedes" not in json.loads(_answer().to_wire())
+    correction = _answer(source=Source.CLOUD, escalated=True, supersedes=True)
+    wire = json.loads(correction.to_wire())
+    assert wire["supersedes"] is True
+    assert wire["source"] == "cloud"
+    assert Response.model_validate(wire) == correction
+
+
 def test_status_json_round_trip() -> None:
     original = Status(device_id="kitchen-pi", state="online", model="m", ts=1.5)
     wire = original.model_dump_json(exclude_none=True)
@@ -276,6 +311,227 @@ def test_status_json_round_trip() -> None:
         "ts": 1.5,
     }
     assert Status.model_validate_json(wire) == original
+
+
+# -- agent <-> relay: Escalation and CloudReply ----------------------------------
+
+
+def test_wire_strings_of_the_new_enums() -> None:
+    # These strings are on the wire and in the relay log: renaming one breaks peers.
+    assert ErrorCode.CLOUD_EXPIRED.value == "cloud_expired"
+    assert {p.value for p in Privacy} == {"normal", "local"}
+    assert {r.value for r in EscalationReason} == {
+        "cloud_always",
+        "complex",
+        "low_confidence",
+        "edge_error",
+    }
+    assert {o.value for o in Outcome} == {"ok", "llm_error", "rejected", "budget", "expired"}
+
+
+def _escalation(**overrides: Any) -> Escalation:
+    fields: dict[str, Any] = {
+        "id": "q1",
+        "device_id": "kitchen-pi",
+        "kind": Kind.SENSOR,
+        "task": Task.CLASSIFY,
+        "text": "heat? call [PHONE]",
+        "sensor": [SensorReading(name="t", value=16.5, unit="°C")],
+        "labels": ["yes", "no"],
+        "max_tokens": 1,
+        "reason": EscalationReason.LOW_CONFIDENCE,
+        "reason_text": "edge confidence 0.41 < 0.6",
+        "edge": EdgeAnswer(label="yes", confidence=0.41, model="smollm2", latency_ms=12.0),
+        "redactions": {"phone": 1},
+        "deadline_ms": 1500,
+        "created_at": 1767225600.5,
+    } | overrides
+    return Escalation(**fields)
+
+
+def _cloud_reply(**overrides: Any) -> CloudReply:
+    fields: dict[str, Any] = {
+        "id": "q1",
+        "device_id": "kitchen-pi",
+        "ok": True,
+        "outcome": Outcome.OK,
+        "answer": "Lower the thermostat.",
+        "confidence": 0.93,
+        "model": "gpt-4o-mini",
+        "tokens": TokenUsage(prompt=200, completion=5),
+        "latency_ms": 800.0,
+    } | overrides
+    return CloudReply(**fields)
+
+
+def test_escalation_wire_round_trip() -> None:
+    original = _escalation()
+    wire = original.to_wire()
+    assert isinstance(wire, bytes)
+    assert Escalation.model_validate_json(wire) == original
+    data = json.loads(wire)
+    assert data["v"] == 1
+    assert data["reason"] == "low_confidence"
+    assert data["edge"] == {
+        "label": "yes",
+        "confidence": 0.41,
+        "model": "smollm2",
+        "latency_ms": 12.0,
+    }
+    assert data["sensor"][0]["unit"] == "°C"
+
+
+def test_escalation_before_generation_leaves_edge_out() -> None:
+    original = _escalation(
+        reason=EscalationReason.CLOUD_ALWAYS, edge=None, deadline_ms=None, redactions={}
+    )
+    data = json.loads(original.to_wire())
+    assert "edge" not in data
+    assert "deadline_ms" not in data
+    assert data["redactions"] == {}
+    assert Escalation.model_validate_json(original.to_wire()) == original
+
+
+def test_escalation_needs_its_required_fields() -> None:
+    data = json.loads(_escalation().to_wire())
+    for field in ("id", "device_id", "kind", "task", "text", "max_tokens", "reason", "created_at"):
+        partial = {k: v for k, v in data.items() if k != field}
+        with pytest.raises(ValidationError, match=field):
+            Escalation.model_validate(partial)
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("id", ""),
+        ("id", "x" * 129),
+        ("device_id", ""),
+        ("device_id", "d" * 65),
+        ("max_tokens", 0),
+        ("deadline_ms", 0),
+        ("reason", "bored"),
+        ("kind", "smell"),
+    ],
+)
+def test_escalation_bounds(field: str, value: Any) -> None:
+    data = json.loads(_escalation().to_wire()) | {field: value}
+    with pytest.raises(ValidationError, match=field):
+        Escalation.model_validate(data)
+
+
+@pytest.mark.parametrize(
+    ("confidence", "ok"), [(0.0, True), (1.0, True), (-0.1, False), (1.1, False)]
+)
+def test_edge_answer_confidence_bounds(confidence: float, ok: bool) -> None:
+    data = json.loads(_escalation().to_wire())
+    data["edge"]["confidence"] = confidence
+    if ok:
+        assert Escalation.model_validate(data).edge == EdgeAnswer(
+            label="yes", confidence=confidence, model="smollm2", latency_ms=12.0
+        )
+    else:
+        with pytest.raises(ValidationError, match="confidence"):
+            Escalation.model_validate(data)
+
+
+def test_escalation_ignores_unknown_fields() -> None:
+    data = json.loads(_escalation().to_wire())
+    data["from_a_newer_relay"] = {"x": 1}
+    data["edge"]["entropy"] = 0.3
+    parsed = Escalation.model_validate_json(json.dumps(data))
+    assert parsed == _escalation()
+    assert "from_a_newer_relay" not in parsed.model_dump()
+
+
+def test_cloud_reply_wire_round_trip() -> None:
+    original = _cloud_reply()
+    wire = original.to_wire()
+    assert CloudReply.model_validate_json(wire) == original
+    data = json.loads(wire)
+    assert data["outcome"] == "ok"
+    assert "error" not in data
+    assert data["tokens"] == {"prompt": 200, "completion": 5}
+
+
+def test_cloud_reply_failure_round_trip() -> None:
+    original = CloudReply(
+        id="q1",
+        device_id="kitchen-pi",
+        ok=False,
+        outcome=Outcome.EXPIRED,
+        error=ErrorInfo(code=ErrorCode.CLOUD_EXPIRED, message="deadline passed"),
+    )
+    data = json.loads(original.to_wire())
+    assert data == {
+        "v": 1,
+        "id": "q1",
+        "device_id": "kitchen-pi",
+        "ok": False,
+        "outcome": "expired",
+        "error": {"code": "cloud_expired", "message": "deadline passed"},
+    }
+    assert CloudReply.model_validate_json(original.to_wire()) == original
+
+
+def test_cloud_reply_ignores_unknown_fields() -> None:
+    data = json.loads(_cloud_reply().to_wire()) | {"cost_usd": 0.0004}
+    assert CloudReply.model_validate_json(json.dumps(data)) == _cloud_reply()
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("id", ""),
+        ("id", "x" * 129),
+        ("confidence", 1.5),
+        ("confidence", -0.5),
+        ("latency_ms", -1.0),
+        ("outcome", "lost"),
+        ("ok", "perhaps"),
+    ],
+)
+def test_cloud_reply_bounds(field: str, value: Any) -> None:
+    data = json.loads(_cloud_reply().to_wire()) | {field: value}
+    with pytest.raises(ValidationError, match=field):
+        CloudReply.model_validate(data)
+
+
+@pytest.mark.parametrize(
+    ("message", "field"),
+    [
+        (_escalation(), "text"),
+        (_cloud_reply(), "answer"),
+        (EdgeAnswer(confidence=0.5, model="m"), "answer"),
+    ],
+    ids=["escalation", "cloud-reply", "edge-answer"],
+)
+def test_relay_messages_are_frozen(
+    message: Escalation | CloudReply | EdgeAnswer, field: str
+) -> None:
+    assert field in type(message).model_fields
+    with pytest.raises(ValidationError, match="frozen"):
+        setattr(message, field, "other")
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        _escalation(),
+        _escalation(edge=None, deadline_ms=None),
+        _cloud_reply(),
+        _cloud_reply(
+            ok=False,
+            outcome=Outcome.LLM_ERROR,
+            answer=None,
+            error=ErrorInfo(code=ErrorCode.INTERNAL, message="HTTP 503"),
+        ),
+    ],
+    ids=["escalation", "escalation-no-edge", "cloud-ok", "cloud-error"],
+)
+def test_relay_messages_match_their_schema(message: Escalation | CloudReply) -> None:
+    jsonschema.Draft202012Validator(json_schemas()[type(message).__name__]).validate(
+        json.loads(message.to_wire())
+    )
 
 
 # -- schemas of what is published ------------------------------------------------

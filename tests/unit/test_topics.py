@@ -6,7 +6,7 @@ import dataclasses
 
 import pytest
 
-from edge_slm.topics import DeviceTopics, status_wildcard
+from edge_slm.topics import DeviceTopics, device_of, escalation_subscription, status_wildcard
 
 
 def test_device_topics_names() -> None:
@@ -15,11 +15,25 @@ def test_device_topics_names() -> None:
     assert topics.request == "slm/kitchen-pi/request"
     assert topics.response == "slm/kitchen-pi/response"
     assert topics.status == "slm/kitchen-pi/status"
+    assert topics.escalation == "slm/kitchen-pi/escalation"
+    assert topics.cloud == "slm/kitchen-pi/cloud"
+
+
+def test_all_lists_every_topic_by_role() -> None:
+    topics = DeviceTopics("slm", "kitchen-pi")
+    assert topics.all() == {
+        "request": "slm/kitchen-pi/request",
+        "response": "slm/kitchen-pi/response",
+        "status": "slm/kitchen-pi/status",
+        "escalation": "slm/kitchen-pi/escalation",
+        "cloud": "slm/kitchen-pi/cloud",
+    }
+    assert len(set(topics.all().values())) == len(topics.all())
 
 
 def test_device_topics_are_distinct_per_device() -> None:
     a, b = DeviceTopics("slm", "a"), DeviceTopics("slm", "b")
-    assert {a.request, a.response, a.status}.isdisjoint({b.request, b.response, b.status})
+    assert set(a.all().values()).isdisjoint(b.all().values())
 
 
 @pytest.mark.parametrize(
@@ -62,3 +76,71 @@ def test_status_wildcard_matches_device_status_topics() -> None:
 def test_status_wildcard_rejects_bad_prefixes(prefix: str) -> None:
     with pytest.raises(ValueError, match="topic segment"):
         status_wildcard(prefix)
+
+
+# -- the relay's side --------------------------------------------------------
+
+
+def test_escalation_subscription_without_group() -> None:
+    assert escalation_subscription("slm", None) == "slm/+/escalation"
+
+
+def test_escalation_subscription_with_group_is_shared() -> None:
+    # MQTT 5 §4.8.2: $share/<ShareName>/<TopicFilter>.
+    assert escalation_subscription("slm", "relays") == "$share/relays/slm/+/escalation"
+
+
+@pytest.mark.parametrize("group", [None, "relays"])
+def test_escalation_subscription_matches_every_device_escalation(group: str | None) -> None:
+    pattern = escalation_subscription("slm", group).split("/")
+    if group:
+        assert pattern[:2] == ["$share", group]
+        pattern = pattern[2:]
+    for device in ("a", "kitchen-pi"):
+        topics = DeviceTopics("slm", device)
+        assert _matches(pattern, topics.escalation)
+        for other in set(topics.all().values()) - {topics.escalation}:
+            assert not _matches(pattern, other), other
+    assert not _matches(pattern, DeviceTopics("other", "a").escalation)
+
+
+def _matches(pattern: list[str], topic: str) -> bool:
+    levels = topic.split("/")
+    return len(levels) == len(pattern) and all(
+        p in ("+", level) for p, level in zip(pattern, levels, strict=True)
+    )
+
+
+@pytest.mark.parametrize("group", ["a/b", "+", "#", "$share", "g\x00"], ids=repr)
+def test_escalation_subscription_rejects_bad_groups(group: str) -> None:
+    with pytest.raises(ValueError, match="group"):
+        escalation_subscription("slm", group)
+
+
+@pytest.mark.parametrize("prefix", ["", "a/b", "+", "#", "$SYS"])
+def test_escalation_subscription_rejects_bad_prefixes(prefix: str) -> None:
+    for group in (None, "relays"):
+        with pytest.raises(ValueError, match="prefix"):
+            escalation_subscription(prefix, group)
+
+
+@pytest.mark.parametrize("device", ["a", "kitchen-pi", "Küche"])
+def test_device_of_inverts_device_topics(device: str) -> None:
+    for topic in DeviceTopics("slm", device).all().values():
+        assert device_of(topic, "slm") == device
+
+
+@pytest.mark.parametrize(
+    "topic",
+    [
+        "other/kitchen-pi/escalation",  # another prefix
+        "slm/kitchen-pi",  # too short
+        "slm",
+        "",
+        "slm/kitchen-pi/escalation/extra",  # too long
+        "slm/a/b/escalation",  # a device id cannot contain /
+        "$share/relays/slm/kitchen-pi/escalation",  # a filter, not a topic name
+    ],
+)
+def test_device_of_rejects_other_topics(topic: str) -> None:
+    assert device_of(topic, "slm") is None

@@ -1,0 +1,1 @@
+"""Cloud fallback on the device: durable outbox, escalation and reply handling."""

@@ -1,0 +1,376 @@
+"""Escalations on the device: outbox, publish, wait for the cloud, fall back.
+
+For each escalated request the app gets exactly one answer by its deadline:
+``source: cloud`` when the relay answers in time, else the edge answer as
+``source: edge-fallback``. A cloud answer that arrives later is published to
+the same reply target with ``supersedes: true`` unless the app opted out.
+
+Threads: ``escalate``/``edge_ready`` run on the inference worker,
+``on_cloud`` on the MQTT network thread, ``_give_up``/``sweep`` on the timer
+thread. One lock guards the waiting table; publishing happens outside it.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from pydantic import ValidationError
+
+from agent.answering import with_latency
+from agent.cloud.outbox import Outbox, OutboxFull, OutboxRow
+from agent.cloud.scheduler import Scheduler
+from agent.config import CloudSettings, OutboxSettings
+from agent.policy.redact import Redactor
+from agent.routing import ReplyRoute
+from agent.worker import Job
+from edge_slm.contract import (
+    CloudReply,
+    EdgeAnswer,
+    ErrorCode,
+    ErrorInfo,
+    Escalation,
+    EscalationReason,
+    Response,
+    SensorReading,
+    Source,
+)
+from edge_slm.logs import get_logger
+from edge_slm.mqtt import Inbound
+from edge_slm.topics import DeviceTopics
+
+log = get_logger("agent.escalator")
+
+Publish = Callable[[str, bytes, bytes, int], None]  # topic, payload, correlation, expiry_s
+SendReply = Callable[[ReplyRoute, Response], None]
+
+
+@dataclass
+class _Waiting:
+    job: Job
+    reason_text: str
+    edge: Response | None = None
+    replied: bool = False  # the app has its one in-time answer
+    gave_up: str | None = None  # why the cloud is no longer awaited
+
+
+class Escalator:
+    def __init__(
+        self,
+        *,
+        topics: DeviceTopics,
+        outbox: Outbox,
+        scheduler: Scheduler,
+        redactor: Redactor,
+        cloud: CloudSettings,
+        outbox_settings: OutboxSettings,
+        publish: Publish,
+        send_reply: SendReply,
+    ) -> None:
+        self._topics = topics
+        self._outbox = outbox
+        self._scheduler = scheduler
+        self._redactor = redactor
+        self._cloud = cloud
+        self._outbox_settings = outbox_settings
+        self._publish = publish
+        self._send_reply = send_reply
+        self._lock = threading.Lock()
+        self._waiting: dict[str, _Waiting] = {}
+        self._unreachable_since: float | None = None  # a cloud wait timed out, no reply since
+
+    # -- escalate ----------------------------------------------------------
+
+    def escalate(
+        self, job: Job, reason: EscalationReason, reason_text: str, edge: Response | None
+    ) -> bool:
+        """Store, publish and start waiting. False when the outbox refused it."""
+        request = job.request
+        now = time.time()
+        redacted = self._redactor.redact(request.text)
+        counts = dict(redacted.counts)
+        sensors = [self._redact_reading(r, counts) for r in request.readings] or None
+        remaining_s = None if job.deadline is None else job.deadline - time.monotonic()
+        if remaining_s is not None and not request.corrections:
+            expires_at = now + max(remaining_s, 0.0)  # useless to the app after its deadline
+        else:
+            expires_at = now + self._outbox_settings.ttl_s
+        escalation = Escalation(
+            id=request.id,
+            device_id=self._topics.device_id,
+            kind=request.kind,
+            task=request.task,
+            text=redacted.text,
+            sensor=sensors,
+            labels=request.labels,
+            max_tokens=job.max_tokens,
+            reason=reason,
+            reason_text=reason_text,
+            edge=_edge_answer(edge),
+            redactions={k: v for k, v in counts.items() if v},
+            deadline_ms=max(1, int(remaining_s * 1000)) if remaining_s else None,
+            created_at=now,
+        )
+        row = OutboxRow(
+            request_id=request.id,
+            payload=escalation.to_wire(),
+            reply_topic=job.route.topic,
+            correlation=job.route.correlation_data,
+            corrections=request.corrections,
+            created_at=now,
+            expires_at=expires_at,
+        )
+        try:
+            self._outbox.add(row)
+        except OutboxFull as exc:
+            log.warning("escalation_dropped", reason=str(exc), request_id=request.id)
+            return False
+        waiting = _Waiting(job=job, reason_text=reason_text, edge=edge)
+        with self._lock:
+            self._waiting[request.id] = waiting
+            unreachable = self._unreachable_since
+        log.info(
+            "escalated",
+            request_id=request.id,
+            reason=reason.value,
+            detail=reason_text,
+            redactions=escalation.redactions,
+            edge_confidence=edge.confidence if edge else None,
+        )
+        self._send(row)
+        if unreachable is not None:
+            # The cloud has been silent: answer from the edge now, correct later.
+            self._give_up(request.id, f"the cloud has not answered since {_clock(unreachable)}")
+        else:
+            wait_until = (
+                job.deadline - self._cloud.margin_ms / 1000
+                if job.deadline is not None
+                else time.monotonic() + self._cloud.timeout_s
+            )
+            self._scheduler.at(wait_until, lambda: self._give_up(request.id, None))
+        return True
+
+    def _redact_reading(self, reading: SensorReading, counts: dict[str, int]) -> SensorReading:
+        if not isinstance(reading.value, str):
+            return reading
+        redacted = self._redactor.redact(reading.value)
+        for kind, n in redacted.counts.items():
+            counts[kind] = counts.get(kind, 0) + n
+        return reading.model_copy(update={"value": redacted.text})
+
+    def _send(self, row: OutboxRow) -> None:
+        expiry = max(1, math.ceil(row.expires_at - time.time()))
+        self._publish(self._topics.escalation, row.payload, row.request_id.encode(), expiry)
+        self._outbox.mark_published(row.request_id)
+
+    def republish(self) -> int:
+        """Publish every pending escalation again (on each connect)."""
+        rows = self._outbox.pending(time.time())
+        for row in rows:
+            self._send(row)
+        if rows:
+            log.info("outbox_republished", count=len(rows))
+        return len(rows)
+
+    # -- the edge side of a pre-generation escalation ---------------------------
+
+    def edge_ready(self, request_id: str, edge: Response) -> None:
+        """The local answer of a request escalated before generation is ready."""
+        with self._lock:
+            waiting = self._waiting.get(request_id)
+            if waiting is None or waiting.replied:
+                log.info("edge_answer_recorded", request_id=request_id, edge_ok=edge.ok)
+                return
+            waiting.edge = edge
+            reply = waiting.gave_up is not None
+            if reply:
+                waiting.replied = True
+        if reply and waiting.gave_up is not None:
+            self._fallback(waiting, waiting.gave_up)
+
+    # -- waiting runs out ------------------------------------------------------
+
+    def _give_up(self, request_id: str, why: str | None) -> None:
+        with self._lock:
+            waiting = self._waiting.get(request_id)
+            reply_now = waiting is not None and self._mark_given_up(waiting, why)
+        if reply_now and waiting is not None and waiting.gave_up is not None:
+            self._fallback(waiting, waiting.gave_up)
+
+    def _mark_given_up(self, waiting: _Waiting, why: str | None) -> bool:
+        """Stop awaiting the cloud; True if the caller must send the fallback now.
+
+        The caller holds the lock. Without an edge answer yet, ``edge_ready``
+        sends the fallback later.
+        """
+        if waiting.replied or waiting.gave_up is not None:
+            return False
+        if why is None:
+            why = "the cloud did not answer in time"
+            if self._unreachable_since is None:
+                self._unreachable_since = time.time()
+        waiting.gave_up = why
+        if waiting.edge is None:
+            return False
+        waiting.replied = True
+        return True
+
+    def _fallback(self, waiting: _Waiting, why: str) -> None:
+        assert waiting.edge is not None  # noqa: S101 - guarded by the callers
+        edge = waiting.edge
+        if edge.ok:
+            edge = edge.model_copy(
+                update={
+                    "source": Source.EDGE_FALLBACK,
+                    "escalated": True,
+                    "reason": f"{waiting.reason_text}; {why}; edge answer",
+                }
+            )
+        self._reply(waiting.job.route, edge, waiting.job.received_at)
+        log.info("edge_fallback", request_id=waiting.job.request.id, why=why)
+
+    # -- cloud replies (network thread) -----------------------------------------
+
+    def on_cloud(self, msg: Inbound) -> None:
+        try:
+            reply = CloudReply.model_validate_json(msg.payload)
+        except ValidationError as exc:
+            log.warning("cloud_reply_invalid", error=str(exc)[:300])
+            return
+        if reply.device_id != self._topics.device_id or reply.v != 1:
+            log.warning("cloud_reply_rejected", request_id=reply.id, device_id=reply.device_id)
+            return
+        with self._lock:
+            self._unreachable_since = None
+            waiting = self._waiting.pop(reply.id, None)
+            in_time = waiting is not None and not waiting.replied and reply.ok
+            fallback_now = False
+            if waiting is not None and in_time:
+                waiting.replied = True
+            elif waiting is not None and not waiting.replied:
+                # The cloud failed before the deadline: the edge answer it is.
+                fallback_now = self._mark_given_up(
+                    waiting, f"the cloud failed ({reply.outcome.value})"
+                )
+                if not fallback_now:
+                    self._waiting[reply.id] = waiting  # edge_ready will reply
+        row = self._outbox.get(reply.id)
+        if waiting is None and row is None:
+            log.info("cloud_reply_duplicate", request_id=reply.id)
+            return
+        route, corrections, reason, received_at = self._target(waiting, row)
+        log.info(
+            "cloud_answered",
+            request_id=reply.id,
+            outcome=reply.outcome.value,
+            in_time=in_time,
+            cloud_label=reply.label,
+            edge_label=waiting.edge.label if waiting and waiting.edge else None,
+        )
+        if in_time:
+            self._reply(route, _cloud_response(reply, reason, supersedes=None), received_at)
+        elif fallback_now and waiting is not None and waiting.gave_up is not None:
+            self._fallback(waiting, waiting.gave_up)
+        elif reply.ok and corrections and (waiting is None or waiting.replied):
+            self._reply(route, _cloud_response(reply, reason, supersedes=True), received_at)
+        self._outbox.remove(reply.id)
+
+    def _target(
+        self, waiting: _Waiting | None, row: OutboxRow | None
+    ) -> tuple[ReplyRoute, bool, str, float | None]:
+        if waiting is not None:
+            job = waiting.job
+            return job.route, job.request.corrections, waiting.reason_text, job.received_at
+        assert row is not None  # noqa: S101 - checked by the caller
+        escalation = Escalation.model_validate_json(row.payload)
+        return (
+            ReplyRoute(row.reply_topic, row.correlation),
+            row.corrections,
+            escalation.reason_text,
+            None,
+        )
+
+    # -- expiry (timer thread) ---------------------------------------------------
+
+    def sweep(self) -> int:
+        expired = self._outbox.take_expired(time.time())
+        for row in expired:
+            with self._lock:
+                waiting = self._waiting.pop(row.request_id, None)
+                fallback_now = False
+                if waiting is not None and not waiting.replied:
+                    fallback_now = self._mark_given_up(waiting, "the escalation expired")
+                    if not fallback_now:
+                        self._waiting[row.request_id] = waiting  # edge_ready will reply
+            log.warning("escalation_expired", request_id=row.request_id, outcome="expired")
+            if fallback_now and waiting is not None:
+                self._fallback(waiting, "the escalation expired")
+            elif row.corrections and (waiting is None or waiting.replied):
+                # The app holds a fallback and awaits the correction: tell it none comes.
+                route = ReplyRoute(row.reply_topic, row.correlation)
+                self._reply(
+                    route,
+                    Response(
+                        id=row.request_id,
+                        ok=False,
+                        supersedes=True,
+                        escalated=True,
+                        error=ErrorInfo(
+                            code=ErrorCode.CLOUD_EXPIRED,
+                            message="no cloud answer before the escalation expired; "
+                            "the edge answer stands",
+                        ),
+                    ),
+                    None,
+                )
+        return len(expired)
+
+    def _reply(self, route: ReplyRoute, response: Response, received_at: float | None) -> None:
+        if received_at is not None:
+            response = with_latency(response, received_at)
+        self._send_reply(route, response)
+
+    def forget(self, request_id: str) -> None:
+        """Stop waiting for a request the app was refused; a cloud answer becomes a correction."""
+        with self._lock:
+            self._waiting.pop(request_id, None)
+
+    @property
+    def waiting(self) -> int:
+        with self._lock:
+            return len(self._waiting)
+
+
+def _edge_answer(edge: Response | None) -> EdgeAnswer | None:
+    if edge is None or not edge.ok or edge.confidence is None:
+        return None
+    return EdgeAnswer(
+        answer=edge.answer,
+        label=edge.label,
+        confidence=edge.confidence,
+        model=edge.model or "unknown",
+        latency_ms=edge.latency_ms,
+    )
+
+
+def _cloud_response(reply: CloudReply, reason: str, *, supersedes: bool | None) -> Response:
+    return Response(
+        id=reply.id,
+        ok=True,
+        answer=reply.answer,
+        label=reply.label,
+        confidence=reply.confidence,
+        source=Source.CLOUD,
+        escalated=True,
+        reason=f"{reason}; answered by the cloud",
+        model=reply.model,
+        tokens=reply.tokens,
+        supersedes=supersedes,
+    )
+
+
+def _clock(epoch: float) -> str:
+    return time.strftime("%H:%M:%S", time.gmtime(epoch)) + "Z"

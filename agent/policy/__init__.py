@@ -1,0 +1,1 @@
+"""Privacy and routing policy applied before a request leaves the device."""

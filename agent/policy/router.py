@@ -1,0 +1,105 @@
+"""Routing policy: may a request leave the device, and should it?
+
+``before`` runs on the network thread before generation and must stay cheap
+(no model, a few regexes): local-only rules, ``cloud: always``, and a
+complexity score that sends very complex requests straight to the cloud.
+``after`` runs on the worker once the edge answer exists: escalate when its
+confidence is under the task's threshold.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from agent.config import CloudSettings, PolicySettings
+from agent.policy.complexity import complexity
+from edge_slm.contract import CloudPolicy, EscalationReason, Privacy, Request, Response
+from edge_slm.topics import matches
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    escalate: bool
+    allowed: bool  # may the request leave the device at all
+    reason: EscalationReason | None
+    text: str  # human-readable; becomes Response.reason
+
+
+class Router:
+    def __init__(
+        self,
+        policy: PolicySettings,
+        cloud: CloudSettings,
+        *,
+        budget_left: Callable[[], bool],
+    ) -> None:
+        self._policy = policy
+        self._cloud = cloud
+        self._budget_left = budget_left
+
+    def blocked(self, request: Request, topic: str) -> str | None:  # noqa: PLR0911 - a rule each
+        """Why ``request`` must stay on the device, or None."""
+        p = self._policy
+        if not self._cloud.enabled:
+            return "cloud fallback is disabled"
+        if request.cloud is CloudPolicy.NEVER:
+            return "the request said cloud: never"
+        if request.privacy is Privacy.LOCAL:
+            return "the request is privacy: local"
+        if request.kind in p.local_only_kinds:
+            return f"kind {request.kind.value} is local-only"
+        for reading in request.readings:
+            if any(fnmatch.fnmatchcase(reading.name, pat) for pat in p.local_only_sensors):
+                return f"sensor {reading.name} is local-only"
+        if any(matches(pat, topic) for pat in p.local_only_topics):
+            return f"topic {topic} is local-only"
+        if not self._budget_left():
+            return "the device's daily cloud budget is spent"
+        return None
+
+    def before(self, request: Request, topic: str) -> Decision:
+        why_local = self.blocked(request, topic)
+        if why_local is not None:
+            return Decision(False, False, None, f"stays on the edge: {why_local}")
+        if request.cloud is CloudPolicy.ALWAYS:
+            return Decision(
+                True, True, EscalationReason.CLOUD_ALWAYS, "the request said cloud: always"
+            )
+        score = complexity(request.text, task=request.task.value, keywords=self._policy.keywords)
+        if score.score >= self._policy.complexity_direct:
+            cues = ", ".join(score.why) or "complex"
+            return Decision(
+                True,
+                True,
+                EscalationReason.COMPLEX,
+                f"complexity {score.score:.2f} >= {self._policy.complexity_direct:.2f} ({cues})",
+            )
+        return Decision(False, True, None, "")
+
+    def after(self, request: Request, edge: Response, before: Decision) -> Decision:
+        if not edge.ok or edge.confidence is None:
+            return Decision(False, before.allowed, None, before.text or "edge error")
+        threshold = self._policy.thresholds.get(request.task, 0.5)
+        task = request.task.value
+        if edge.confidence >= threshold:
+            return Decision(
+                False,
+                before.allowed,
+                None,
+                f"confidence {edge.confidence:.2f} >= {threshold:.2f} ({task})",
+            )
+        if not before.allowed:
+            return Decision(
+                False,
+                False,
+                None,
+                f"confidence {edge.confidence:.2f} < {threshold:.2f} ({task}), but {before.text}",
+            )
+        return Decision(
+            True,
+            True,
+            EscalationReason.LOW_CONFIDENCE,
+            f"confidence {edge.confidence:.2f} < {threshold:.2f} ({task})",
+        )

@@ -1,0 +1,92 @@
+"""The labelled routing-quality set in ``tests/data/eval/``: loading and scoring rules.
+
+One JSONL file per family; each line is ``{"request": <contract Request>, "gold": {...}}``
+with ``gold.label`` for classify items and ``gold.answers`` (acceptable answers or
+keywords) for free-text questions. Pure Python plus pydantic: the unit tests import it
+without a model.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from edge_slm.contract import Request, Task
+
+EVAL_DIR = Path(__file__).resolve().parent.parent / "tests" / "data" / "eval"
+#: family name -> file; the family is what per-family figures are grouped by.
+FAMILIES = {
+    "voice": "voice_intents.jsonl",
+    "sensor": "sensor_events.jsonl",
+    "question": "questions.jsonl",
+}
+F1_PASS = 0.5
+
+
+@dataclass(frozen=True, slots=True)
+class EvalItem:
+    family: str
+    request: Request
+    gold: dict[str, Any]
+
+    @property
+    def id(self) -> str:
+        return self.request.id
+
+
+def load_family(family: str, root: Path = EVAL_DIR) -> list[EvalItem]:
+    items = []
+    path = root / FAMILIES[family]
+    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            raw = json.loads(line)
+            items.append(EvalItem(family, Request.model_validate(raw["request"]), raw["gold"]))
+        except (ValueError, KeyError) as exc:
+            raise ValueError(f"{path.name}:{lineno}: {exc}") from exc
+    return items
+
+
+def load_all(root: Path = EVAL_DIR) -> list[EvalItem]:
+    return [item for family in FAMILIES for item in load_family(family, root)]
+
+
+_ARTICLES = re.compile(r"\b(a|an|the)\b")
+
+
+def normalize(text: str) -> str:
+    """Lowercase; drop thousands separators, punctuation and articles; squeeze spaces."""
+    text = re.sub(r"(?<=\d),(?=\d)", "", text.lower())
+    text = re.sub(r"[^0-9a-z]+", " ", text)
+    return " ".join(_ARTICLES.sub(" ", text).split())
+
+
+def token_f1(prediction: str, reference: str) -> float:
+    """SQuAD-style token F1 between two normalized strings."""
+    pred, ref = prediction.split(), reference.split()
+    common = sum((Counter(pred) & Counter(ref)).values())
+    if not common:
+        return 0.0
+    precision, recall = common / len(pred), common / len(ref)
+    return 2 * precision * recall / (precision + recall)
+
+
+def answer_correct(output: str, answers: list[str]) -> bool:
+    """Correct when a normalized gold answer occurs as whole words in the normalized
+    output, or the token F1 against any gold answer is at least ``F1_PASS``."""
+    out = normalize(output)
+    for answer in map(normalize, answers):
+        if f" {answer} " in f" {out} " or token_f1(out, answer) >= F1_PASS:
+            return True
+    return False
+
+
+def is_correct(item: EvalItem, *, label: str | None, text: str | None) -> bool:
+    if item.request.task is Task.CLASSIFY:
+        return bool(label == item.gold["label"])
+    return answer_correct(text or "", item.gold["answers"])

@@ -1,0 +1,149 @@
+"""What the agent adds on top of inference and of the broker, per request.
+
+Starts a private mosquitto and the real agent daemon, then sends small
+``classify`` requests one at a time from an MQTT v5 client (Response Topic and
+Correlation Data) at QoS 0 and at QoS 1. Per request, *overhead* = the round
+trip seen by the client minus the ``latency_ms`` the agent reports (receipt to
+reply inside the agent): broker hops, paho, JSON and queueing outside that span.
+
+Baseline in the same run: a raw ping-pong through the same broker, answered by
+an echo client with no model, at each QoS. The agent's overhead minus the echo
+round trip is what the agent adds over a bare MQTT responder.
+
+Both are measured twice: with mosquitto's default config, and with
+``set_tcp_nodelay true``. Mosquitto leaves Nagle's algorithm on by default, so a
+QoS 1 reply can wait for the delayed ACK of the previous PUBACK (~40 ms on
+Linux) whatever the clients do; the agent sets TCP_NODELAY on its own socket.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import uuid
+from pathlib import Path
+from typing import Any
+
+from bench._common import percentile, table, write_results
+from bench._mqtt import BenchClient, running_agent
+
+REQUEST: dict[str, Any] = {
+    "v": 1,
+    "text": "turn on the kitchen light",
+    "task": "classify",
+    "labels": ["lights", "heating", "other"],
+    "cloud": "never",
+}
+TARGET_P50_MS = 2.0
+BROKER_CONFIGS = {"default": "", "nodelay": "set_tcp_nodelay true\n"}
+
+
+def _stats(prefix: str, values_ms: list[float]) -> dict[str, float]:
+    return {
+        f"{prefix}_p50_ms": percentile(values_ms, 50),
+        f"{prefix}_p99_ms": percentile(values_ms, 99),
+    }
+
+
+def bench_agent(
+    client: BenchClient, request_topic: str, qos: int, n: int, warmup: int
+) -> dict[str, Any]:
+    reply_topic = f"bench/{uuid.uuid4().hex}/reply"
+    client.subscribe(reply_topic, qos)  # the reply comes at min(agent's QoS 1, this QoS)
+    rtts: list[float] = []
+    overheads: list[float] = []
+    latencies: list[float] = []
+    for i in range(warmup + n):
+        body = json.dumps({**REQUEST, "id": f"q{qos}-{i}"}).encode()
+        rtt_s, raw = client.round_trip(request_topic, body, qos=qos, reply_topic=reply_topic)
+        reply = json.loads(raw)
+        if not reply.get("ok"):
+            raise RuntimeError(f"agent error: {reply.get('error')}")
+        if i >= warmup:
+            rtts.append(rtt_s * 1000)
+            latencies.append(float(reply["latency_ms"]))
+            overheads.append(rtt_s * 1000 - float(reply["latency_ms"]))
+    return {
+        "qos": qos,
+        "n": n,
+        **_stats("round_trip", rtts),
+        **_stats("agent_latency", latencies),
+        **_stats("overhead", overheads),
+    }
+
+
+def bench_echo(
+    client: BenchClient, echo: BenchClient, qos: int, n: int, warmup: int
+) -> dict[str, Any]:
+    topic = f"bench/{uuid.uuid4().hex}/echo"
+    reply_topic = f"{topic}/reply"
+    echo.serve_echo(topic, qos)
+    client.subscribe(reply_topic, qos)
+    body = json.dumps(REQUEST).encode()
+    rtts = [
+        client.round_trip(topic, body, qos=qos, reply_topic=reply_topic)[0] * 1000
+        for _ in range(warmup + n)
+    ]
+    return {"qos": qos, "n": n, **_stats("round_trip", rtts[warmup:])}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.mqtt_overhead", description=__doc__)
+    parser.add_argument("--requests", "-n", type=int, default=200, help="timed requests per QoS")
+    parser.add_argument("--warmup", type=int, default=10, help="untimed requests first, per QoS")
+    args = parser.parse_args(argv)
+
+    rows: list[dict[str, Any]] = []
+    for broker_name, broker_config in BROKER_CONFIGS.items():
+        with (
+            tempfile.TemporaryDirectory(prefix="bench-mqtt-") as tmp,
+            running_agent(Path(tmp), broker_config=broker_config) as (broker, _agent, topics),
+        ):
+            client = BenchClient(broker.port, "app")
+            echo = BenchClient(broker.port, "echo")
+            try:
+                for qos in (0, 1):
+                    echo_row = bench_echo(client, echo, qos, args.requests, args.warmup)
+                    agent_row = bench_agent(client, topics.request, qos, args.requests, args.warmup)
+                    agent_row["added_over_echo_p50_ms"] = (
+                        agent_row["overhead_p50_ms"] - echo_row["round_trip_p50_ms"]
+                    )
+                    rows += [
+                        {"broker": broker_name, "what": "echo (no model)", **echo_row},
+                        {"broker": broker_name, "what": "agent", **agent_row},
+                    ]
+            finally:
+                client.close()
+                echo.close()
+
+    cols = ["round_trip_p50_ms", "round_trip_p99_ms", "agent_latency_p50_ms"]
+    cols += ["overhead_p50_ms", "overhead_p99_ms", "added_over_echo_p50_ms"]
+    print(f"\n{args.requests} sequential requests per QoS (after {args.warmup} warm-up)\n")
+    print(
+        table(
+            ["broker", "what", "qos", *cols],
+            [[r["broker"], r["what"], r["qos"], *[r.get(c, "-") for c in cols]] for r in rows],
+        )
+    )
+    print(f"\ntarget: agent overhead p50 < {TARGET_P50_MS} ms")
+    for r in rows:
+        if r["what"] == "agent":
+            r["target_met"] = r["overhead_p50_ms"] < TARGET_P50_MS
+            print(
+                f"  broker={r['broker']} qos={r['qos']}: {'met' if r['target_met'] else 'NOT met'}"
+            )
+    data = {
+        "requests": args.requests,
+        "warmup": args.warmup,
+        "target_p50_ms": TARGET_P50_MS,
+        "broker_configs": BROKER_CONFIGS,
+        "rows": rows,
+    }
+    print(f"wrote {write_results('mqtt_overhead', data)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

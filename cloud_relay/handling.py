@@ -1,0 +1,252 @@
+"""One escalation, end to end, on a worker thread: claim, decide, log, reply.
+
+Order matters for idempotency: the row is claimed before any LLM call and
+finalized (with the reply JSON) before the reply is published, so a replay
+after a crash either finds the stored reply or, once the claim went stale
+(``claim_ttl_s``), is answered afresh; it never reaches the LLM twice while
+a live relay works on it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import structlog
+
+from cloud_relay.agreement import agrees
+from cloud_relay.answering import CloudAnswer, ask
+from cloud_relay.config import RelaySettings
+from cloud_relay.intake import Envelope
+from cloud_relay.limits import check_budget
+from cloud_relay.llm import LlmClient, LlmError, LlmFailure
+from cloud_relay.pricing import estimate_cost
+from cloud_relay.prompting import UNKNOWN_LABEL
+from cloud_relay.store import ClaimState, Final, NewEscalation, RelayStore
+from edge_slm.contract import (
+    CloudReply,
+    ErrorCode,
+    ErrorInfo,
+    Escalation,
+    Outcome,
+    TokenUsage,
+)
+from edge_slm.logs import get_logger
+
+log = get_logger("cloud_relay.handling")
+
+#: publish(topic, payload, correlation_data)
+Publish = Callable[[str, bytes, bytes | None], None]
+
+
+@dataclass(frozen=True, slots=True)
+class _Decision:
+    reply: CloudReply
+    final: Final
+
+
+def _key(env: Envelope) -> str:
+    if env.request_id is not None:
+        return env.request_id
+    # Unreadable and uncorrelated: still one log row per distinct payload.
+    digest = hashlib.sha256(f"{env.received_at}:{env.payload_size}".encode()).hexdigest()
+    return f"unreadable-{digest[:16]}"
+
+
+class Handler:
+    def __init__(
+        self,
+        settings: RelaySettings,
+        *,
+        store: RelayStore,
+        llm: LlmClient,
+        publish: Publish,
+        relay_id: str,
+    ) -> None:
+        self._s = settings
+        self._store = store
+        self._llm = llm
+        self._publish = publish
+        self._relay_id = relay_id
+
+    def __call__(self, env: Envelope) -> None:
+        with structlog.contextvars.bound_contextvars(device_id=env.device_id, request_id=_key(env)):
+            self.handle(env)
+
+    def handle(self, env: Envelope) -> None:
+        esc = env.escalation
+        edge = esc.edge if esc else None
+        claim = self._store.claim(
+            NewEscalation(
+                device_id=env.device_id,
+                request_id=_key(env),
+                relay_id=self._relay_id,
+                received_at=env.received_at,
+                task=esc.task.value if esc else None,
+                kind=esc.kind.value if esc else None,
+                reason=esc.reason.value if esc else None,
+                edge_answer=edge.answer if edge else None,
+                edge_label=edge.label if edge else None,
+                edge_confidence=edge.confidence if edge else None,
+                redactions=dict(esc.redactions) if esc else {},
+            ),
+            stale_before=time.time() - self._s.limits.claim_ttl_s,
+        )
+        if claim.state is ClaimState.IN_FLIGHT:
+            log.info("escalation_duplicate_in_flight")
+            return
+        if claim.state is ClaimState.FINAL:
+            log.info("escalation_duplicate_resent")
+            if claim.reply is not None:
+                self._publish(env.topics.cloud, claim.reply.encode(), self._correlation(env))
+            return
+        try:
+            decision = self._decide(env)
+        except Exception as exc:  # a bug must still end the row and answer the device
+            log.exception("escalation_failed")
+            decision = self._failure(env, Outcome.LLM_ERROR, ErrorCode.INTERNAL, repr(exc))
+        self._store.finalize(env.device_id, _key(env), decision.final)
+        reply = decision.reply
+        log.info(
+            "escalation_answered",
+            outcome=reply.outcome.value,
+            latency_ms=reply.latency_ms,
+            attempts=decision.final.attempts,
+            tokens_in=decision.final.tokens_in,
+            tokens_out=decision.final.tokens_out,
+            error=decision.final.error,
+        )
+        if env.request_id is not None:  # CloudReply needs an id; unreadable ones are only logged
+            self._publish(env.topics.cloud, decision.final.reply.encode(), self._correlation(env))
+
+    @staticmethod
+    def _correlation(env: Envelope) -> bytes | None:
+        if env.correlation_data is not None:
+            return env.correlation_data
+        return env.request_id.encode() if env.request_id else None
+
+    # -- the decision ----------------------------------------------------
+
+    def _decide(self, env: Envelope) -> _Decision:
+        esc = env.escalation
+        if env.problem is not None or esc is None:
+            problem = env.problem
+            code = problem.code if problem else ErrorCode.INVALID_REQUEST
+            log.warning("escalation_rejected", code=code.value, error=str(problem))
+            return self._failure(env, Outcome.REJECTED, code, str(problem))
+        now = time.time()
+        remaining_s: float | None = None
+        if esc.deadline_ms is not None:
+            remaining_s = (
+                esc.created_at + esc.deadline_ms / 1000 - now + self._s.limits.clock_skew_s
+            )
+            if remaining_s <= 0:
+                return self._failure(
+                    env, Outcome.EXPIRED, ErrorCode.CLOUD_EXPIRED, "expired before the LLM call"
+                )
+        over = check_budget(self._store, self._s.limits, env.device_id, now)
+        if over is not None:
+            log.warning("escalation_over_budget", reason=over.message)
+            return self._failure(
+                env, Outcome.BUDGET, ErrorCode.BUSY, over.message, retry_after_s=over.retry_after_s
+            )
+        self._store.mark_llm_start(env.device_id, _key(env), time.time())
+        mono = time.monotonic()
+        deadline = mono + (remaining_s if remaining_s is not None else self._s.llm.total_timeout_s)
+        try:
+            answer = ask(self._llm, esc, deadline=deadline)
+        except LlmError as exc:
+            if exc.failure is LlmFailure.DEADLINE:
+                return self._failure(
+                    env, Outcome.EXPIRED, ErrorCode.CLOUD_EXPIRED, str(exc), attempts=exc.attempts
+                )
+            code = ErrorCode.BUSY if exc.failure is LlmFailure.UNAVAILABLE else ErrorCode.INTERNAL
+            return self._failure(
+                env,
+                Outcome.LLM_ERROR,
+                code,
+                f"cloud LLM {exc.failure.value}: {exc}",
+                attempts=exc.attempts,
+                retry_after_s=exc.retry_after_s,
+            )
+        return self._success(env, esc, answer)
+
+    def _latency_ms(self, env: Envelope) -> float:
+        return round((time.monotonic() - env.received_mono) * 1000, 3)
+
+    def _success(self, env: Envelope, esc: Escalation, a: CloudAnswer) -> _Decision:
+        latency = self._latency_ms(env)
+        reply = CloudReply(
+            id=_key(env),
+            device_id=env.device_id,
+            ok=True,
+            outcome=Outcome.OK,
+            answer=a.answer,
+            label=a.label,
+            confidence=a.confidence,
+            model=a.model,
+            tokens=TokenUsage(prompt=a.tokens_in, completion=a.tokens_out),
+            latency_ms=latency,
+        )
+        edge = esc.edge
+        agreement = agrees(
+            esc.task,
+            edge_answer=edge.answer if edge else None,
+            edge_label=edge.label if edge else None,
+            cloud_answer=a.answer,
+            cloud_label=a.label,
+            threshold=self._s.agreement_threshold,
+        )
+        if a.label == UNKNOWN_LABEL and agreement:
+            agreement = False
+        final = Final(
+            outcome=Outcome.OK,
+            answered_at=time.time(),
+            reply=reply.to_wire().decode(),
+            latency_ms=latency,
+            llm_model=a.model,
+            tokens_in=a.tokens_in,
+            tokens_out=a.tokens_out,
+            cost_usd=estimate_cost(self._s.prices, a.model, a.tokens_in, a.tokens_out),
+            attempts=a.attempts,
+            cloud_answer=a.answer,
+            cloud_label=a.label,
+            cloud_confidence=a.confidence,
+            agreement=agreement,
+        )
+        return _Decision(reply, final)
+
+    def _failure(
+        self,
+        env: Envelope,
+        outcome: Outcome,
+        code: ErrorCode,
+        message: str,
+        *,
+        attempts: int = 0,
+        retry_after_s: float | None = None,
+    ) -> _Decision:
+        latency = self._latency_ms(env)
+        reply = CloudReply(
+            id=_key(env),
+            device_id=env.device_id,
+            ok=False,
+            outcome=outcome,
+            latency_ms=latency,
+            error=ErrorInfo(
+                code=code,
+                message=message,
+                retry_after_ms=int(retry_after_s * 1000) if retry_after_s is not None else None,
+            ),
+        )
+        final = Final(
+            outcome=outcome,
+            answered_at=time.time(),
+            reply=reply.to_wire().decode(),
+            latency_ms=latency,
+            attempts=attempts,
+            error=f"{code.value}: {message}",
+        )
+        return _Decision(reply, final)

@@ -1,0 +1,94 @@
+from agent.config import CloudSettings, PolicySettings
+from agent.policy.router import Router
+from edge_slm.contract import EscalationReason, Request, Response, Source
+
+TOPIC = "slm/dev/request"
+
+
+def _router(budget: bool = True, **policy: object) -> Router:
+    return Router(PolicySettings(**policy), CloudSettings(), budget_left=lambda: budget)  # type: ignore[arg-type]
+
+
+def _req(**fields: object) -> Request:
+    return Request.model_validate({"v": 1, "text": "turn on the lights", **fields})
+
+
+def _edge(confidence: float) -> Response:
+    return Response(id="x", ok=True, answer="a", confidence=confidence, source=Source.EDGE)
+
+
+def test_plain_request_is_not_escalated_before_generation() -> None:
+    d = _router().before(_req(), TOPIC)
+    assert (d.escalate, d.allowed, d.reason) == (False, True, None)
+
+
+def test_cloud_always_goes_straight_to_the_cloud() -> None:
+    d = _router().before(_req(cloud="always"), TOPIC)
+    assert d.escalate
+    assert d.reason is EscalationReason.CLOUD_ALWAYS
+
+
+def test_very_complex_request_goes_straight_to_the_cloud() -> None:
+    text = (
+        "First compare the energy use of the heat pump and the gas boiler over the last "
+        "three winters, then explain step by step why the bill doubled, and finally plan "
+        "a schedule that keeps every room above 20 degrees while halving the cost. "
+    ) * 3
+    d = _router(complexity_direct=0.7).before(_req(text=text, task="answer"), TOPIC)
+    assert d.escalate
+    assert d.reason is EscalationReason.COMPLEX
+    assert "complexity" in d.text
+
+
+def test_local_only_rules_block_escalation() -> None:
+    cases = [
+        (_router(), _req(cloud="never"), "cloud: never"),
+        (_router(), _req(privacy="local"), "privacy: local"),
+        (_router(local_only_kinds=["voice"]), _req(kind="voice"), "kind voice"),
+        (
+            _router(local_only_sensors=["camera/*"]),
+            _req(kind="sensor", sensor={"name": "camera/door", "value": "person"}),
+            "sensor camera/door",
+        ),
+        (_router(local_only_topics=["slm/+/request/health"]), _req(), None),
+        (_router(budget=False), _req(cloud="always"), "budget"),
+    ]
+    for router, request, fragment in cases:
+        topic = "slm/dev/request/health" if fragment is None else TOPIC
+        d = router.before(request, topic)
+        assert not d.escalate
+        assert not d.allowed
+        assert (fragment or "topic slm/dev/request/health") in d.text
+
+
+def test_low_confidence_escalates_after_generation() -> None:
+    router = _router(thresholds={"classify": 0.6})
+    request = _req(task="classify", labels=["on", "off"])
+    before = router.before(request, TOPIC)
+    low = router.after(request, _edge(0.4), before)
+    assert low.escalate
+    assert low.reason is EscalationReason.LOW_CONFIDENCE
+    assert "0.40 < 0.60" in low.text
+    high = router.after(request, _edge(0.8), before)
+    assert not high.escalate
+    assert "0.80 >= 0.60" in high.text
+
+
+def test_low_confidence_stays_local_when_not_allowed() -> None:
+    router = _router()
+    request = _req(cloud="never")
+    d = router.after(request, _edge(0.01), router.before(request, TOPIC))
+    assert not d.escalate
+    assert "cloud: never" in d.text
+
+
+def test_edge_errors_are_not_escalated() -> None:
+    router = _router()
+    request = _req()
+    error = Response.failure("x", "deadline_exceeded", "late")  # type: ignore[arg-type]
+    assert not router.after(request, error, router.before(request, TOPIC)).escalate
+
+
+def test_cloud_disabled_blocks_everything() -> None:
+    router = Router(PolicySettings(), CloudSettings(enabled=False), budget_left=lambda: True)
+    assert not router.before(_req(cloud="always"), TOPIC).allowed
