@@ -85,6 +85,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     from agent.models.cli import add_models_commands
+    from agent.serve.cli import add_serve_command
 
     parser = argparse.ArgumentParser(
         prog="edge-agent", description="Edge SLM agent with cloud fallback over MQTT."
@@ -93,6 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     _run_parser(sub)
     add_models_commands(sub)
+    add_serve_command(sub)
     return parser
 
 

@@ -4,7 +4,9 @@ Runs every item of the labelled set in ``tests/data/eval`` through :class:`Engin
 directly (no MQTT) for the edge model and the bigger "cloud" model, then reports each
 model's accuracy, the AUROC of edge confidence against edge correctness, and system
 accuracy when the least-confident k% of requests go to the cloud (the 0.5B model, and
-an oracle that is always right).
+an oracle that is always right); "ideal_*" rank by who is right, the ceiling for any
+confidence signal. Thresholds: per family and per task at 30% escalated, and the
+product's defaults (``agent.config.PolicySettings``).
 
 Scoring: classify is correct when the chosen label equals the gold label; answer is
 correct when a normalized gold answer occurs as whole words in the normalized output,
@@ -21,13 +23,12 @@ import hashlib
 import json
 import time
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from bench._common import RESULTS_DIR, table, write_results
-from bench.eval_data import EvalItem, is_correct, load_all
+from bench.eval_data import FAMILIES, EvalItem, is_correct, load_family
 from edge_slm.contract import Task
 
 EDGE = "smollm2-135m-instruct"
@@ -51,17 +52,13 @@ def run_model(name: str, items: Sequence[EvalItem], *, reuse: bool, threads: int
     from agent.models import ModelCache, default_cache_dir
 
     path = RESULTS_DIR / f"routing_items.{name}.jsonl"
-    cached: dict[str, Row] = {}
-    if reuse and path.exists():
+    cached: dict[str, Row] = {}  # kept even without --reuse: a --limit run must not drop it
+    if path.exists():
         cached = {r["key"]: r for r in map(json.loads, path.read_text().splitlines())}
-    todo = [i for i in items if _key(i) not in cached]
+    todo = [i for i in items if not reuse or _key(i) not in cached]
     if todo:
-        engine = Engine(
-            ModelCache(default_cache_dir()).require(name),
-            name=name,
-            provider="cpu",
-            threads=threads,
-        )
+        model_dir = ModelCache(default_cache_dir()).require(name)
+        engine = Engine(model_dir, name=name, provider="cpu", threads=threads)
         for n, item in enumerate(todo, 1):
             messages = build_messages(item.request)
             start = time.perf_counter()
@@ -119,20 +116,20 @@ def analyse(items: Sequence[EvalItem], edge: list[Row], cloud: list[Row]) -> dic
     ok_e = np.array([r["correct"] for r in edge])
     ok_c = np.array([r["correct"] for r in cloud])
     oracle = np.ones_like(ok_c)
+    # "ideal_*": a router that knows who is right (edge wrong and cloud right go first),
+    # the ceiling for any confidence signal with this edge model.
     curves = {
-        "cloud": escalation_curve(conf, ok_e, ok_c),
+        "model": escalation_curve(conf, ok_e, ok_c),
         "oracle": escalation_curve(conf, ok_e, oracle),
+        "ideal_model": escalation_curve(ok_e.astype(float) - ok_c, ok_e, ok_c),
+        "ideal_oracle": escalation_curve(ok_e.astype(float), ok_e, oracle),
     }
-    all_cloud = {"cloud": float(ok_c.mean()), "oracle": 1.0}
-    families = sorted({i.family for i in items}, key=[i.family for i in items].index)
+    all_cloud = {"model": float(ok_c.mean()), "oracle": 1.0}
+    all_cloud |= {f"ideal_{c}": v for c, v in all_cloud.items()}
+    families = list(dict.fromkeys(i.family for i in items))
     per_family: dict[str, Any] = {}
-    thresholds: dict[str, float] = {}
-    routed = ok_e.copy()  # each family escalates its own least-confident 30%
     for fam in families:
         m = np.array([i.family == fam for i in items])
-        thresholds[fam] = float(np.quantile(conf[m], ESCALATE))
-        up = m & (conf <= thresholds[fam])
-        routed[up] = ok_c[up]
         fam_curve = escalation_curve(conf[m], ok_e[m], ok_c[m])
         per_family[fam] = {
             "n": int(m.sum()),
@@ -142,8 +139,27 @@ def analyse(items: Sequence[EvalItem], edge: list[Row], cloud: list[Row]) -> dic
             "median_conf": float(np.median(conf[m])),
             "acc_at_30_cloud": at_rate(fam_curve, 30),
             "rate_to_95_cloud": rate_reaching(fam_curve, TARGET * float(ok_c[m].mean())),
-            "threshold_30": thresholds[fam],
-            "escalated_at_threshold": float(up[m].mean()),
+            "threshold_30": float(np.quantile(conf[m], ESCALATE)),
+        }
+    tasks = [i.request.task for i in items]
+    by_task = {
+        t: float(np.quantile(conf[[x is t for x in tasks]], ESCALATE)) for t in dict.fromkeys(tasks)
+    }
+    from agent.config import PolicySettings  # the product's defaults
+
+    default = PolicySettings().thresholds
+    cut = {  # escalate when confidence < threshold, as agent.policy.router does
+        "per_family_30": [per_family[i.family]["threshold_30"] for i in items],
+        "per_task_30": [by_task[t] for t in tasks],
+        "product_defaults": [default.get(t, 0.5) for t in tasks],
+    }
+    routings = {}
+    for name, thr in cut.items():
+        esc = conf < np.array(thr)
+        routings[name] = {
+            "escalated": float(esc.mean()),
+            "acc_cloud": float(np.where(esc, ok_c, ok_e).mean()),
+            "acc_oracle": float((esc | ok_e).mean()),
         }
     return {
         "n": len(items),
@@ -154,16 +170,13 @@ def analyse(items: Sequence[EvalItem], edge: list[Row], cloud: list[Row]) -> dic
         "curve": {c: {str(r): at_rate(v, r) for r in RATES} for c, v in curves.items()},
         "rate_to_95": {c: rate_reaching(v, TARGET * all_cloud[c]) for c, v in curves.items()},
         "acc_at_30": {c: at_rate(v, 30) for c, v in curves.items()},
-        "per_family_thresholds_30": {
-            "thresholds": thresholds,
-            "escalated": float(
-                np.mean([c <= thresholds[i.family] for c, i in zip(conf, items, strict=True)])
-            ),
-            "system_acc_cloud": float(routed.mean()),
+        "thresholds": {
+            "per_task_30": {t.value: v for t, v in by_task.items()},
+            "product_defaults": {t.value: v for t, v in default.items()},
         },
+        "routings": routings,
         "mean_s": {
-            "edge": float(np.mean([r["s"] for r in edge])),
-            "cloud": float(np.mean([r["s"] for r in cloud])),
+            k: float(np.mean([r["s"] for r in v])) for k, v in [("edge", edge), ("cloud", cloud)]
         },
     }
 
@@ -194,20 +207,22 @@ def report(r: dict[str, Any]) -> str:
         f" AUROC(edge confidence vs edge correct) {r['auroc']:.3f}",
         table(FAMILY_COLUMNS.split("|"), [_family_row(f, v) for f, v in r["per_family"].items()]),
         table(
-            ["escalated", "cloud = model", "cloud = oracle"],
-            [[f"{s}%", _pct(curve["cloud"][str(s)]), _pct(curve["oracle"][str(s)])] for s in SHOWN],
+            ["escalated", *(f"cloud = {c}" for c in curve)],
+            [[f"{s}%", *(_pct(curve[c][str(s)]) for c in curve)] for s in SHOWN],
         ),
     ]
-    for c in ("cloud", "oracle"):
+    for c in curve:
         lines.append(
-            f"cloud={c}: {TARGET:.0%} of all-cloud accuracy at {_pct(r['rate_to_95'][c])}"
+            f"cloud = {c}: {TARGET:.0%} of all-cloud accuracy at {_pct(r['rate_to_95'][c])}"
             f" escalated; accuracy at 30% escalated {_pct(r['acc_at_30'][c])}"
         )
-    t = r["per_family_thresholds_30"]
-    lines.append(
-        f"per-family thresholds (30% each): escalate {_pct(t['escalated'])}, system "
-        f"accuracy with the cloud model {_pct(t['system_acc_cloud'])}"
-    )
+    thr = ", ".join(f"{t} {v:.3f}" for t, v in r["thresholds"]["per_task_30"].items())
+    lines.append(f"per-task thresholds escalating {ESCALATE:.0%}: {thr}")
+    for name, v in r["routings"].items():
+        lines.append(
+            f"thresholds {name}: escalate {_pct(v['escalated'])}; system accuracy"
+            f" {_pct(v['acc_cloud'])} (cloud model), {_pct(v['acc_oracle'])} (oracle)"
+        )
     return "\n".join(lines)
 
 
@@ -223,18 +238,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--limit", type=int, default=0, help="first N items per family (smoke)")
     parser.add_argument("--threads", type=int, default=0, help="engine threads (0: all cores)")
     args = parser.parse_args(argv)
-    items = load_all()
-    if args.limit:
-        items = [
-            i
-            for f in dict.fromkeys(i.family for i in items)
-            for i in [j for j in items if j.family == f][: args.limit]
-        ]
+    items = [i for f in FAMILIES for i in load_family(f)[: args.limit or None]]
     edge = run_model(args.edge, items, reuse=args.reuse, threads=args.threads)
     cloud = run_model(args.cloud, items, reuse=args.reuse, threads=args.threads)
     result = analyse(items, edge, cloud)
     print(report(result))
-    path: Path = write_results(
+    path = write_results(
         "routing", {"edge": args.edge, "cloud": args.cloud, "limit": args.limit, **result}
     )
     print(f"wrote {path}")

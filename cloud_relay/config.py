@@ -3,8 +3,8 @@
 Precedence, highest first: command-line flags, ``CLOUD_RELAY_*`` environment
 variables (nested with ``__``, e.g. ``CLOUD_RELAY_LLM__URL``), the TOML file
 given with ``--config``, secrets files in ``$CREDENTIALS_DIRECTORY`` (systemd
-``LoadCredential=``; e.g. a file named ``llm`` holding ``{"api_key": "..."}``
-or ``mqtt`` holding ``{"password": "..."}``), then the defaults below.
+``LoadCredential=``: one file per secret, named by its dotted path with ``__``,
+e.g. ``llm__api_key`` or ``mqtt__password``), then the defaults below.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
+    NestedSecretsSettingsSource,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
     TomlConfigSettingsSource,
@@ -205,7 +206,6 @@ class RelaySettings(BaseSettings):
         env_prefix="CLOUD_RELAY_",
         env_nested_delimiter="__",
         extra="forbid",
-        secrets_dir=os.environ.get("CREDENTIALS_DIRECTORY"),
     )
 
     topic_prefix: str = Field(default="slm", description="First segment of every topic.")
@@ -270,12 +270,24 @@ class RelaySettings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        return (
+        # Read at load time (not import time): systemd sets it per service start.
+        creds = os.environ.get("CREDENTIALS_DIRECTORY")
+        sources: list[PydanticBaseSettingsSource] = [
             init_settings,
             env_settings,
             TomlConfigSettingsSource(settings_cls),
-            file_secret_settings,
-        )
+        ]
+        if creds:
+            sources.append(
+                NestedSecretsSettingsSource(
+                    file_secret_settings,
+                    secrets_dir=creds,
+                    secrets_prefix="",
+                    secrets_nested_delimiter="__",
+                    env_prefix="",
+                )
+            )
+        return tuple(sources)
 
 
 def load_settings(config_file: Path | None = None, **overrides: Any) -> RelaySettings:

@@ -137,15 +137,11 @@ class Handler:
             log.warning("escalation_rejected", code=code.value, error=str(problem))
             return self._failure(env, Outcome.REJECTED, code, str(problem))
         now = time.time()
-        remaining_s: float | None = None
-        if esc.deadline_ms is not None:
-            remaining_s = (
-                esc.created_at + esc.deadline_ms / 1000 - now + self._s.limits.clock_skew_s
+        remaining_s = self._remaining_s(esc, now)
+        if remaining_s is not None and remaining_s <= 0:
+            return self._failure(
+                env, Outcome.EXPIRED, ErrorCode.CLOUD_EXPIRED, "expired before the LLM call"
             )
-            if remaining_s <= 0:
-                return self._failure(
-                    env, Outcome.EXPIRED, ErrorCode.CLOUD_EXPIRED, "expired before the LLM call"
-                )
         over = check_budget(self._store, self._s.limits, env.device_id, now)
         if over is not None:
             log.warning("escalation_over_budget", reason=over.message)
@@ -172,6 +168,22 @@ class Handler:
                 retry_after_s=exc.retry_after_s,
             )
         return self._success(env, esc, answer)
+
+    def _remaining_s(self, esc: Escalation, now: float) -> float | None:
+        """Seconds the device still has use for an answer; None: no limit given.
+
+        ``expires_at`` is when the device stops caring (corrections included);
+        ``deadline_ms`` only says when the app's own deadline passes, after which a
+        late answer still becomes a correction, so it is the fallback for senders
+        that give no ``expires_at``.
+        """
+        if esc.expires_at is not None:
+            until = esc.expires_at
+        elif esc.deadline_ms is not None:
+            until = esc.created_at + esc.deadline_ms / 1000
+        else:
+            return None
+        return until - now + self._s.limits.clock_skew_s
 
     def _latency_ms(self, env: Envelope) -> float:
         return round((time.monotonic() - env.received_mono) * 1000, 3)

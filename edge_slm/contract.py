@@ -326,7 +326,15 @@ class Escalation(_DeviceToCloud):
         default_factory=dict, description="How many values of each PII type were redacted."
     )
     deadline_ms: int | None = Field(
-        default=None, ge=1, description="Time left for the cloud when published, in ms."
+        default=None,
+        ge=1,
+        description="Time left before the app's deadline when escalated, in ms: answer within "
+        "it to be the app's one reply; later answers become corrections.",
+    )
+    expires_at: float | None = Field(
+        default=None,
+        description="Epoch seconds after which the device has no use for a cloud answer, "
+        "corrections included; the relay stops retrying then.",
     )
     created_at: float = Field(description="Epoch seconds when the device escalated.")
 

@@ -16,6 +16,7 @@ Both daemons use :class:`MqttConnection`; nothing else imports paho. It gives:
 
 from __future__ import annotations
 
+import logging
 import random
 import socket
 import ssl
@@ -161,8 +162,17 @@ class MqttConnection:
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
         client.on_publish = self._on_publish
-        client.enable_logger(get_logger("paho"))  # type: ignore[arg-type]
+        # paho logs through stdlib logging, which configure_logging() bridges.
+        self._stopping = False
+        paho_log = logging.getLogger(f"paho.{client_id}")
+        paho_log.addFilter(self._drop_shutdown_noise)
+        client.enable_logger(paho_log)
         self._client = client
+
+    def _drop_shutdown_noise(self, record: logging.LogRecord) -> bool:
+        # paho 2.2's loop thread runs once more after our DISCONNECT and logs
+        # "Client is not connected" at ERROR; during stop() that is expected.
+        return not (self._stopping and "not connected" in record.getMessage())
 
     def _set_backoff(self, client: paho.Client) -> None:
         # A fresh random base for paho's doubling backoff, at start and after every
@@ -207,6 +217,7 @@ class MqttConnection:
                 info.wait_for_publish(remaining)
             except (RuntimeError, ValueError):
                 break
+        self._stopping = True
         self._client.disconnect()
         self._client.loop_stop()
         self._connected.clear()
@@ -237,6 +248,7 @@ class MqttConnection:
         *,
         qos: int = 1,
         retain: bool = False,
+        response_topic: str | None = None,
         correlation_data: bytes | None = None,
         content_type: str | None = "application/json",
         message_expiry_s: int | None = None,
@@ -244,6 +256,8 @@ class MqttConnection:
     ) -> paho.MQTTMessageInfo:
         """Publish; QoS>0 messages are queued by paho while disconnected."""
         props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+        if response_topic is not None:
+            props.ResponseTopic = response_topic
         if correlation_data is not None:
             props.CorrelationData = correlation_data
         if content_type is not None:
@@ -299,7 +313,8 @@ class MqttConnection:
     ) -> None:
         self._connected.clear()
         self._set_backoff(client)
-        log.warning("mqtt_disconnected", broker=str(self.url), reason=str(reason))
+        level = log.warning if reason.is_failure else log.info
+        level("mqtt_disconnected", broker=str(self.url), reason=str(reason))
 
     def _on_message(self, _client: paho.Client, _userdata: Any, msg: paho.MQTTMessage) -> None:
         props = getattr(msg, "properties", None)

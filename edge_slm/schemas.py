@@ -126,6 +126,29 @@ def outdated_schemas(directory: str | Path) -> list[str]:
     return problems
 
 
+ASYNCAPI_MARKER = "  schemas:\n"
+
+
+def update_asyncapi(path: str | Path) -> bool:
+    """Rewrite the generated ``components.schemas`` tail of an AsyncAPI file.
+
+    Everything from the last ``  schemas:`` line on is generated; the
+    hand-written part above it is kept. Returns whether the file changed.
+    """
+    import yaml  # a dev dependency; keeps this module pydantic-only at import
+
+    doc = Path(path)
+    text = doc.read_text()
+    cut = text.rindex(ASYNCAPI_MARKER)
+    dumped = yaml.safe_dump({"schemas": asyncapi_schemas()}, allow_unicode=True, width=100)
+    tail = "".join("  " + line if line.strip() else line for line in dumped.splitlines(True))
+    new = text[:cut] + tail
+    if new == text:
+        return False
+    doc.write_text(new)
+    return True
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m edge_slm.schemas",
@@ -139,7 +162,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         action="store_true",
         help="write nothing; exit 1 if the files in the folder are not up to date",
     )
+    parser.add_argument(
+        "--asyncapi",
+        metavar="FILE",
+        help="also regenerate the components.schemas section of this AsyncAPI file",
+    )
     args = parser.parse_args(argv)
+    if args.asyncapi and not args.check and update_asyncapi(args.asyncapi):
+        print(args.asyncapi)
     if args.check:
         problems = outdated_schemas(args.directory)
         for problem in problems:

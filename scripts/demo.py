@@ -1,31 +1,58 @@
-"""End-to-end demo: broker, agent with the on-device SLM, real requests via mosquitto_rr.
+"""End-to-end demo: broker, local "cloud" LLM, relay and agent, with real requests.
 
-Run through ``scripts/demo.sh`` (which sets everything up first).
+Run through ``scripts/demo.sh`` (which sets everything up first). Everything
+runs on this machine: a private mosquitto, ``edge-agent serve`` with the bigger
+model as the offline stand-in for a cloud LLM, ``cloud-relay run`` with a
+SQLite log, and ``edge-agent run`` with the small on-device model.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import queue
 import shutil
 import signal
 import subprocess
 import sys
 import tempfile
 import time
-import uuid
+import urllib.request
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
-from edge_slm.devbroker import PrivateBroker
-from edge_slm.mqtt import BrokerUrl
+from edge_slm.devbroker import PrivateBroker, free_port
+from edge_slm.logs import configure_logging
+from edge_slm.mqtt import BrokerUrl, Inbound, MqttConnection
 from edge_slm.topics import DeviceTopics
 
-INTENTS = ["lights_on", "lights_off", "set_temperature", "play_music", "lock_door"]
+INTENTS = [
+    "lights_on",
+    "lights_off",
+    "set_temperature",
+    "play_music",
+    "lock_door",
+    "weather_query",
+]
+STATES = ["normal", "warning", "critical"]
+DEVICE = "demo-kitchen"
 
-REQUESTS: list[tuple[str, dict[str, Any]]] = [
+
+def _sensor(name: str, value: float, unit: str, text: str) -> dict[str, Any]:
+    return {
+        "kind": "sensor",
+        "text": text,
+        "sensor": {"name": name, "value": value, "unit": unit},
+        "task": "classify",
+        "labels": STATES,
+    }
+
+
+SCRIPT: list[tuple[str, dict[str, Any]]] = [
     (
-        "voice command",
+        "voice",
         {
             "kind": "voice",
             "text": "turn on the kitchen lights",
@@ -34,165 +61,302 @@ REQUESTS: list[tuple[str, dict[str, Any]]] = [
         },
     ),
     (
-        "voice command",
+        "voice",
         {
             "kind": "voice",
-            "text": "play some jazz in the living room",
+            "text": "uh can you put on some jazz",
             "task": "classify",
             "labels": INTENTS,
         },
     ),
     (
-        "sensor event",
+        "voice",
         {
-            "kind": "sensor",
-            "text": "Is the living room temperature normal?",
-            "sensor": {"name": "living_room/temp", "value": 31.5, "unit": "°C"},
+            "kind": "voice",
+            "text": "lock the front door please",
             "task": "classify",
-            "labels": ["normal", "too_hot", "too_cold"],
+            "labels": INTENTS,
         },
     ),
-    ("free question", {"kind": "text", "text": "What is the capital of France?", "max_tokens": 32}),
+    ("sensor", _sensor("living_room/temp", 21.5, "°C", "Living room temperature report")),
+    ("sensor", _sensor("kitchen/co2", 2400, "ppm", "Kitchen air quality report")),
+    ("question", {"text": "How many minutes are in three hours?", "max_tokens": 40}),
     (
-        "summary",
+        "question",
         {
-            "kind": "text",
-            "task": "summarize",
-            "text": "The front door opened at 07:10, closed at 07:11, and the hall motion "
-            "sensor saw movement until 07:15. Nobody was home after that.",
-            "max_tokens": 40,
+            "text": "Explain step by step how to bleed a radiator, then compare it with "
+            "flushing a boiler and list all the tools needed for both.",
+            "max_tokens": 80,
         },
     ),
-    ("bad input (typed error)", {"kind": "text", "text": "hi", "task": "classify"}),
+    (
+        "cloud:always",
+        {"text": "What is the capital of Australia?", "cloud": "always", "max_tokens": 24},
+    ),
+    (
+        "deadline 0.9s",
+        {
+            "text": "Name three ways to save energy at home.",
+            "cloud": "always",
+            "deadline_ms": 900,
+            "max_tokens": 48,
+        },
+    ),
+    (
+        "private",
+        {
+            "text": "Remind me to call Anna at +49 30 1234567 about the alarm code",
+            "cloud": "never",
+            "max_tokens": 32,
+        },
+    ),
+    (
+        "PII",
+        {
+            "text": "Email anna.schmidt@example.com that the washing machine at "
+            "192.168.1.44 finished",
+            "task": "summarize",
+            "max_tokens": 40,
+            "cloud": "always",
+        },
+    ),
+    ("bad input", {"text": "hi", "task": "classify"}),
 ]
+
+COLORS = {"edge": "32", "cloud": "36", "edge-fallback": "33", "error": "31"}
+
+
+def paint(text: str, what: str) -> str:
+    if not sys.stdout.isatty():
+        return text
+    return f"\033[{COLORS.get(what, '0')}m{text}\033[0m"
 
 
 def say(text: str = "") -> None:
     print(text, flush=True)
 
 
-def rr(broker: BrokerUrl, topic: str, payload: dict[str, Any]) -> dict[str, Any]:
-    """One MQTT v5 request/response with the stock mosquitto_rr client."""
-    out = subprocess.run(
-        [
-            "mosquitto_rr",
-            "-V",
-            "mqttv5",
-            "-h",
-            broker.host,
-            "-p",
-            str(broker.port),
-            "-q",
-            "1",
-            "-t",
-            topic,
-            "-e",
-            f"demo/replies/{uuid.uuid4().hex}",
-            "-m",
-            json.dumps(payload),
-            "-W",
-            "60",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=90,
-        check=True,
-    )
-    reply: dict[str, Any] = json.loads(out.stdout)
-    return reply
+class Stack:
+    """The demo's processes, stopped in reverse order."""
 
+    def __init__(self, workdir: Path, stack: ExitStack) -> None:
+        self.workdir = workdir
+        self._stack = stack
 
-def wait_online(broker: BrokerUrl, topics: DeviceTopics, agent: subprocess.Popen[bytes]) -> None:
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if agent.poll() is not None:
-            raise SystemExit(f"the agent exited with code {agent.returncode}; see its log")
-        out = subprocess.run(
-            [
-                "mosquitto_sub",
-                "-V",
-                "mqttv5",
-                "-h",
-                broker.host,
-                "-p",
-                str(broker.port),
-                "-t",
-                topics.status,
-                "-C",
-                "1",
-                "-W",
-                "1",
-            ],
-            capture_output=True,
-            text=True,
-            check=False,
+    def spawn(
+        self, name: str, argv: list[str], env: dict[str, str] | None = None
+    ) -> subprocess.Popen[bytes]:
+        log = (self.workdir / f"{name}.log").open("wb")
+        proc = subprocess.Popen(
+            argv, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}
         )
-        if '"state":"online"' in out.stdout:
-            return
-    raise SystemExit("the agent did not come online within 120 s")
+
+        def stop() -> None:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+                try:
+                    proc.wait(30)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+            log.close()
+
+        self._stack.callback(stop)
+        return proc
 
 
-def describe(reply: dict[str, Any]) -> str:
+def wait_http(url: str, proc: subprocess.Popen[bytes], what: str, timeout: float = 180) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"{what} exited with code {proc.returncode}; see its log")
+        try:
+            with urllib.request.urlopen(url, timeout=1) as resp:  # noqa: S310 - loopback
+                if resp.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.2)
+    raise SystemExit(f"{what} did not come up within {timeout:.0f} s")
+
+
+class App:
+    """A small MQTT v5 app: sends requests, collects every reply by id."""
+
+    def __init__(self, broker: BrokerUrl) -> None:
+        self.replies: queue.Queue[dict[str, Any]] = queue.Queue()
+        self.status: dict[str, str] = {}
+        self.conn = MqttConnection(
+            url=broker,
+            client_id=f"demo-app-{os.getpid()}",
+            on_connect=lambda: self.conn.subscribe([("demo/replies/#", 1), ("slm/+/status", 1)]),
+            on_message=self._on_message,
+            session_expiry_s=0,
+        )
+
+    def _on_message(self, msg: Inbound) -> None:
+        payload = json.loads(msg.payload)
+        if msg.topic.endswith("/status"):
+            self.status[msg.topic] = payload.get("state", "?")
+        else:
+            self.replies.put(payload)
+
+    def send(self, topic: str, payload: dict[str, Any]) -> None:
+        self.conn.publish(
+            topic,
+            json.dumps(payload).encode(),
+            response_topic=f"demo/replies/{payload['id']}",
+            correlation_data=payload["id"].encode(),
+        )
+
+
+def row(n: int, label: str, text: str, reply: dict[str, Any]) -> str:
     if not reply["ok"]:
         err = reply["error"]
-        return f"error {err['code']}: {err['message']}"
-    what = f"label={reply['label']}" if reply.get("label") else f"answer={reply['answer']!r}"
-    return (
-        f"{what}  confidence={reply['confidence']:.2f}  source={reply['source']}  "
-        f"latency={reply['latency_ms']:.0f} ms  tokens={reply['tokens']}"
+        tag = "correction" if reply.get("supersedes") else "error"
+        return paint(
+            f"{n:>2}  {label:<13} {text[:44]:<44}  {tag:<13} {err['code']}: {err['message'][:60]}",
+            "error",
+        )
+    source = reply["source"]
+    if reply.get("supersedes"):
+        source = "correction"
+    answer = reply.get("label") or (reply.get("answer") or "").replace("\n", " ")
+    conf = f"{reply['confidence']:.2f}" if reply.get("confidence") is not None else "  - "
+    line = (
+        f"{n:>2}  {label:<13} {text[:44]:<44}  {source:<13} {answer[:38]:<38} {conf}  "
+        f"{reply.get('latency_ms', 0):>6.0f} ms  {reply.get('reason', '')[:70]}"
     )
+    return paint(line, reply["source"])
 
 
-def main() -> int:
+def main() -> int:  # noqa: PLR0915 - a linear script reads best in one piece
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--broker", help="use this broker instead of a private mosquitto")
-    parser.add_argument("--device-id", default="demo-device")
-    parser.add_argument("--model", default="smollm2-135m-instruct")
+    parser.add_argument("--edge-model", default="smollm2-135m-instruct")
+    parser.add_argument("--cloud-model", default="qwen2.5-coder-0.5b-instruct")
+    parser.add_argument("--wait", type=float, default=60, help="seconds to wait for late answers")
     args = parser.parse_args()
-    for tool in ("mosquitto_rr", "mosquitto_sub"):
-        if shutil.which(tool) is None:
-            raise SystemExit(f"{tool} is missing: sudo apt-get install mosquitto-clients")
+    configure_logging("WARNING", "console")
+    if shutil.which("mosquitto") is None and not Path("/usr/sbin/mosquitto").exists():
+        raise SystemExit("mosquitto is missing: sudo apt-get install mosquitto")
 
     workdir = Path(tempfile.mkdtemp(prefix="edge-slm-demo-"))
-    private = None if args.broker else PrivateBroker(workdir=workdir).start()
-    url = BrokerUrl.parse(args.broker or (private.url if private else ""))
-    topics = DeviceTopics("slm", args.device_id)
-    log_path = workdir / "agent.log"
-    say(f"broker   {url}{' (private mosquitto)' if private else ''}")
-    say(f"agent    edge-agent run --device-id {args.device_id} --model {args.model}")
-    say(f"log      {log_path}")
-    with log_path.open("wb") as log:
-        agent = subprocess.Popen(
+    py = sys.executable
+    db = f"sqlite:///{workdir / 'relay.db'}"
+    with ExitStack() as stack:
+        broker = PrivateBroker(workdir=workdir)
+        broker.start()
+        stack.callback(broker.stop)
+        url = BrokerUrl.parse(broker.url)
+        procs = Stack(workdir, stack)
+        llm_port = free_port()
+        say(f"workdir  {workdir}  (logs of every process)")
+        say(f"broker   {url} (private mosquitto)")
+        say(f"cloud    edge-agent serve --model {args.cloud_model} on 127.0.0.1:{llm_port}")
+        llm = procs.spawn(
+            "cloud-llm",
             [
-                sys.executable,
+                py,
+                "-m",
+                "agent",
+                "serve",
+                "--model",
+                args.cloud_model,
+                "--port",
+                str(llm_port),
+                "--log-format",
+                "json",
+            ],
+        )
+        say(f"relay    cloud-relay run --db {db}")
+        procs.spawn(
+            "relay",
+            [
+                py,
+                "-m",
+                "cloud_relay",
+                "run",
+                "--broker",
+                str(url),
+                "--llm-url",
+                f"http://127.0.0.1:{llm_port}/v1",
+                "--llm-model",
+                args.cloud_model,
+                "--db",
+                db,
+            ],
+            {"CLOUD_RELAY_LOG_FORMAT": "json"},
+        )
+        say(f"agent    edge-agent run --device-id {DEVICE} --model {args.edge_model}")
+        agent = procs.spawn(
+            "agent",
+            [
+                py,
                 "-m",
                 "agent",
                 "run",
                 "--broker",
                 str(url),
                 "--device-id",
-                args.device_id,
+                DEVICE,
                 "--model",
-                args.model,
+                args.edge_model,
             ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
+            {
+                "EDGE_AGENT_OUTBOX__PATH": str(workdir / "outbox.db"),
+                "EDGE_AGENT_LOG_FORMAT": "json",
+                "EDGE_AGENT_POLICY__REDACT_NAMES": '["Anna", "Schmidt"]',
+            },
         )
-        try:
-            wait_online(url, topics, agent)
-            say(f"online   requests on {topics.request}\n")
-            for n, (label, body) in enumerate(REQUESTS, 1):
-                payload = {"v": 1, "id": f"demo-{n}", **body}
-                say(f"[{n}] {label}: {body.get('text', '')!r}")
-                say(f"    -> {describe(rr(url, topics.request, payload))}")
-            say("\nstopping the agent with SIGTERM (drains in-flight work)")
-            agent.send_signal(signal.SIGTERM)
-            say(f"agent exited with code {agent.wait(60)}")
-        finally:
-            if agent.poll() is None:
-                agent.kill()
-            if private is not None:
-                private.stop()
+        wait_http(f"http://127.0.0.1:{llm_port}/health", llm, "the cloud LLM server")
+        app = App(url)
+        app.conn.start(connect_timeout_s=10)
+        stack.callback(app.conn.stop)
+        topics = DeviceTopics("slm", DEVICE)
+        deadline = time.monotonic() + 120
+        while app.status.get(topics.status) != "online":
+            if agent.poll() is not None or time.monotonic() > deadline:
+                raise SystemExit("the agent did not come online; see agent.log")
+            time.sleep(0.1)
+
+        header = (
+            f"{'#':>2}  {'request':<13} {'text':<44}  {'source':<13} {'answer':<38} "
+            "conf  latency    reason"
+        )
+        say("\n" + header)
+        sent: dict[str, tuple[int, str, str]] = {}
+        finals: set[str] = set()
+        corrections_due: set[str] = set()
+        for n, (label, body) in enumerate(SCRIPT, 1):
+            request_id = f"demo-{n}"
+            payload = {"v": 1, "id": request_id, "deadline_ms": 8000, **body}
+            sent[request_id] = (n, label, body.get("text", ""))
+            app.send(topics.request, payload)
+            # One request at a time, so the table reads like a conversation.
+            while request_id not in finals:
+                reply = app.replies.get(timeout=120)
+                n0, l0, t0 = sent[reply["id"]]
+                say(row(n0, l0, t0, reply))
+                if reply.get("supersedes"):
+                    corrections_due.discard(reply["id"])
+                else:
+                    finals.add(reply["id"])
+                    if reply.get("source") == "edge-fallback":
+                        corrections_due.add(reply["id"])
+        late_deadline = time.monotonic() + args.wait
+        while corrections_due and time.monotonic() < late_deadline:
+            try:
+                reply = app.replies.get(timeout=1)
+            except queue.Empty:
+                continue
+            n0, l0, t0 = sent[reply["id"]]
+            say(row(n0, l0, t0, reply))
+            corrections_due.discard(reply["id"])
+
+        time.sleep(0.5)  # let the relay commit its last rows
+        say("\n$ cloud-relay stats")
+        subprocess.run([py, "-m", "cloud_relay", "stats", "--db", db], check=False)
+        say("\n$ cloud-relay logs --limit 6")
+        subprocess.run([py, "-m", "cloud_relay", "logs", "--db", db, "--limit", "6"], check=False)
+        say("\nstopping: agent, relay, cloud LLM, broker (SIGTERM, in reverse order)")
     return 0
 
 

@@ -112,6 +112,7 @@ class Escalator:
             edge=_edge_answer(edge),
             redactions={k: v for k, v in counts.items() if v},
             deadline_ms=max(1, int(remaining_s * 1000)) if remaining_s else None,
+            expires_at=expires_at,
             created_at=now,
         )
         row = OutboxRow(
@@ -162,9 +163,10 @@ class Escalator:
         return reading.model_copy(update={"value": redacted.text})
 
     def _send(self, row: OutboxRow) -> None:
-        expiry = max(1, math.ceil(row.expires_at - time.time()))
+        now = time.time()
+        expiry = max(1, math.ceil(row.expires_at - now))
         self._publish(self._topics.escalation, row.payload, row.request_id.encode(), expiry)
-        self._outbox.mark_published(row.request_id)
+        self._outbox.mark_published(row.request_id, now)
 
     def republish(self) -> int:
         """Publish every pending escalation again (on each connect)."""
@@ -296,6 +298,15 @@ class Escalator:
     # -- expiry (timer thread) ---------------------------------------------------
 
     def sweep(self) -> int:
+        """Expire old escalations and re-send quiet ones; return how many expired.
+
+        Re-sending covers every way a reply can get lost between here and the
+        relay (a relay crash, a broker restart without persistence, a bridge
+        that was down); the relay's idempotency makes the copies harmless.
+        """
+        for row in self._outbox.due(time.time(), self._outbox_settings.republish_s):
+            log.info("escalation_resent", request_id=row.request_id, publishes=row.publishes)
+            self._send(row)
         expired = self._outbox.take_expired(time.time())
         for row in expired:
             with self._lock:

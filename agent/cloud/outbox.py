@@ -29,7 +29,8 @@ CREATE TABLE IF NOT EXISTS outbox (
     corrections  INTEGER NOT NULL,     -- app wants a late cloud answer
     created_at   REAL NOT NULL,        -- epoch seconds
     expires_at   REAL NOT NULL,        -- epoch seconds
-    publishes    INTEGER NOT NULL DEFAULT 0
+    publishes    INTEGER NOT NULL DEFAULT 0,
+    published_at REAL NOT NULL DEFAULT 0   -- epoch seconds of the last publish
 );
 CREATE TABLE IF NOT EXISTS counters (
     name  TEXT PRIMARY KEY,
@@ -141,11 +142,22 @@ class Outbox:
                 db.execute("DELETE FROM outbox WHERE request_id = ?", (request_id,)).rowcount
             )
 
-    def mark_published(self, request_id: str) -> None:
+    def mark_published(self, request_id: str, when: float) -> None:
         with self._tx() as db:
             db.execute(
-                "UPDATE outbox SET publishes = publishes + 1 WHERE request_id = ?", (request_id,)
+                "UPDATE outbox SET publishes = publishes + 1, published_at = ?"
+                " WHERE request_id = ?",
+                (when, request_id),
             )
+
+    def due(self, now: float, quiet_s: float) -> list[OutboxRow]:
+        """Unexpired rows not published for ``quiet_s``: their reply may be lost."""
+        with self._lock:
+            rows = self._db.execute(
+                _SELECT + " WHERE expires_at > ? AND published_at <= ? ORDER BY created_at",
+                (now, now - quiet_s),
+            ).fetchall()
+        return [_row(r) for r in rows]
 
     def pending(self, now: float) -> list[OutboxRow]:
         """Unexpired rows, oldest first."""

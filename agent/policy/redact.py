@@ -14,7 +14,8 @@ claimed by an earlier detector is already a placeholder when the later ones look
 3. payment cards: 13-19 digits with optional space/dash separators, first digit
    2-6 (every major scheme; this keeps 13-digit epoch-millisecond timestamps out),
    Luhn-valid;
-4. MAC addresses (colon, dash and Cisco dotted forms);
+4. MAC addresses (colon, dash and Cisco dotted forms) and 8-octet EUI-64 ids
+   (Zigbee/Thread radios), which would otherwise parse as IPv6;
 5. IPv6, then IPv4: a loose regex proposes, :mod:`ipaddress` decides; a dotted quad
    right after "version"/"firmware"/"v" is a version string, not an address;
 6. phone numbers: international (``+CC`` or ``00CC``, 8-15 digits; E.164 allows 15),
@@ -163,7 +164,7 @@ def _accept_card(match: re.Match[str]) -> int | None:
 
 _MAC = re.compile(
     r"(?<![\w:.-])(?:"
-    r"[0-9A-Fa-f]{2}([:-])[0-9A-Fa-f]{2}(?:\1[0-9A-Fa-f]{2}){4}"
+    r"[0-9A-Fa-f]{2}([:-])[0-9A-Fa-f]{2}(?:\1[0-9A-Fa-f]{2}){4}(?:\1[0-9A-Fa-f]{2}\1[0-9A-Fa-f]{2})?"
     r"|[0-9A-Fa-f]{4}\.[0-9A-Fa-f]{4}\.[0-9A-Fa-f]{4}"
     r")(?!\w|[:.-]\w)"
 )

@@ -1,8 +1,8 @@
 """The Starlette app: routes, API key, validation, admission, OpenAI-shaped errors.
 
 ``GET /health`` (never needs the key), ``GET /v1/models``,
-``POST /v1/chat/completions``. Inference runs on the :class:`EngineRunner`'s
-thread, never on the event loop.
+``GET /v1/models/{id}``, ``POST /v1/chat/completions``. Inference runs on the
+:class:`EngineRunner`'s thread, never on the event loop.
 """
 
 from __future__ import annotations
@@ -99,6 +99,14 @@ class _Api:
         listing = ModelList(data=[ModelCard(id=self.model_name, created=self.started)])
         return JSONResponse(listing.model_dump(mode="json"))
 
+    async def model(self, request: Request) -> Response:
+        self.authorize(request)
+        asked = request.path_params["model"]
+        if asked != self.model_name:
+            raise model_not_found(asked, self.model_name)
+        card = ModelCard(id=self.model_name, created=self.started)
+        return JSONResponse(card.model_dump(mode="json"))
+
     async def chat_completions(self, request: Request) -> Response:
         self.authorize(request)
         req = _parse(await request.body())
@@ -125,6 +133,8 @@ class _Api:
                 return JSONResponse(reply, headers=headers)
             await unless_disconnected(request, session.prime, ticket.cancel.set)
         except ClientGone:
+            if req.stream:
+                session.log()  # collect() logs for itself
             return Response(status_code=499)  # nobody reads it; keeps the ASGI cycle whole
         except BaseException:
             ticket.cancel.set()
@@ -196,6 +206,7 @@ def create_app(
         routes=[
             Route("/health", api.health, methods=["GET"]),
             Route("/v1/models", api.models, methods=["GET"]),
+            Route("/v1/models/{model:path}", api.model, methods=["GET"]),
             Route("/v1/chat/completions", api.chat_completions, methods=["POST"]),
         ],
         exception_handlers={

@@ -109,6 +109,9 @@ def test_models_list(client: OpenAI) -> None:
     models = client.models.list()
     assert [m.id for m in models.data] == [MODEL]
     assert models.data[0].object == "model"
+    assert client.models.retrieve(MODEL).id == MODEL
+    with pytest.raises(openai.NotFoundError):
+        client.models.retrieve("gpt-4o")
 
 
 def test_completion_counts_and_confidence(client: OpenAI, model_dir: Path) -> None:

@@ -34,6 +34,17 @@ def wait_for_status(port: int, topic: str, state: str, timeout: float = 60.0) ->
     raise AssertionError(f"status {state!r} not seen on {topic} within {timeout}s: {seen}")
 
 
+def read_events(path: Path) -> list[dict[str, object]]:
+    """The JSON log lines of a daemon (other lines are skipped)."""
+    events = []
+    for line in path.read_text().splitlines():
+        try:
+            events.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return events
+
+
 class AgentProcess:
     def __init__(self, *, broker_url: str, device_id: str, log_path: Path, **env: str) -> None:
         self.device_id = device_id
@@ -57,13 +68,7 @@ class AgentProcess:
         )
 
     def log_events(self) -> list[dict[str, object]]:
-        events = []
-        for line in self.log_path.read_text().splitlines():
-            try:
-                events.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue
-        return events
+        return read_events(self.log_path)
 
     def terminate(self, timeout: float = 60.0) -> int:
         self.proc.send_signal(signal.SIGTERM)

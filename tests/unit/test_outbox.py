@@ -88,8 +88,12 @@ def test_daily_escalation_count_for_the_budget(tmp_path: Path) -> None:
 def test_publish_count_is_recorded(tmp_path: Path) -> None:
     box = Outbox(tmp_path / "o.db", max_rows=10, max_bytes=10**6)
     box.add(_row("a"))
-    box.mark_published("a")
-    box.mark_published("a")
+    now = time.time()
+    assert [r.request_id for r in box.due(now, 30)] == ["a"]  # never published yet
+    box.mark_published("a", now)
+    box.mark_published("a", now)
     got = box.get("a")
     assert got is not None
     assert got.publishes == 2
+    assert box.due(now + 10, 30) == []
+    assert [r.request_id for r in box.due(now + 31, 30)] == ["a"]

@@ -18,6 +18,7 @@ import pytest
 from agent.policy.redact import (
     PII_TYPES,
     PLACEHOLDERS,
+    JsonValue,
     Redacted,
     Redactor,
     iban_valid,
@@ -241,6 +242,9 @@ def test_phone_formats(number: str) -> None:
         "price 1,299.00 EUR, 0.32 EUR/kWh",
         "meter 004512.7 m3",
         "order 4111 1111 1111 1112",  # 16 digits failing Luhn: not a card, not a phone
+        "uuid 550e8400-e29b-41d4-a716-446655440000",
+        "2026-11-24T07:15:02.123Z temp=21.5",
+        "lat 52.520008 lon 13.404954, port 1883",
     ],
 )
 def test_numbers_that_are_not_pii(text: str) -> None:
@@ -313,7 +317,10 @@ def test_not_ip(text: str) -> None:
     assert redact(text).total == 0
 
 
-@pytest.mark.parametrize("mac", ["aa:bb:cc:dd:ee:ff", "AA-BB-CC-DD-EE-01", "aabb.ccdd.eeff"])
+@pytest.mark.parametrize(
+    "mac",
+    ["aa:bb:cc:dd:ee:ff", "AA-BB-CC-DD-EE-01", "aabb.ccdd.eeff", "00:12:4b:00:12:34:56:78"],
+)
 def test_mac(mac: str) -> None:
     assert _only(f"device {mac} joined", "mac") == "device [MAC] joined"
 
@@ -348,7 +355,7 @@ def test_redactor_matches_convenience_function() -> None:
 
 
 def test_redact_value_recurses_into_json() -> None:
-    value = {
+    value: JsonValue = {
         "note": "call Anna on +49 30 1234567",
         "temp": 21.5,
         "ok": True,

@@ -9,6 +9,7 @@ cards and IBANs get valid checksums on random digits.
 
 from __future__ import annotations
 
+import functools
 import json
 import random
 import string
@@ -200,17 +201,16 @@ def iban(country: str | None = None) -> str:
 
 
 def ipv4() -> str:
-    return rng.choice(
-        [
-            lambda: f"192.168.{rng.randint(0, 5)}.{rng.randint(2, 254)}",
-            lambda: f"10.{rng.randint(0, 255)}.{rng.randint(0, 255)}.{rng.randint(1, 254)}",
-            lambda: f"172.{rng.randint(16, 31)}.{rng.randint(0, 255)}.{rng.randint(1, 254)}",
-            lambda: (
-                f"{rng.randint(11, 223)}.{rng.randint(0, 255)}.{rng.randint(0, 255)}."
-                f"{rng.randint(1, 254)}"
-            ),
-        ]
-    )()
+    makers: list[Callable[[], str]] = [
+        lambda: f"192.168.{rng.randint(0, 5)}.{rng.randint(2, 254)}",
+        lambda: f"10.{rng.randint(0, 255)}.{rng.randint(0, 255)}.{rng.randint(1, 254)}",
+        lambda: f"172.{rng.randint(16, 31)}.{rng.randint(0, 255)}.{rng.randint(1, 254)}",
+        lambda: (
+            f"{rng.randint(11, 223)}.{rng.randint(0, 255)}.{rng.randint(0, 255)}."
+            f"{rng.randint(1, 254)}"
+        ),
+    ]
+    return rng.choice(makers)()
 
 
 def _hextet() -> str:
@@ -218,18 +218,15 @@ def _hextet() -> str:
 
 
 def ipv6() -> str:
-    return rng.choice(
-        [
-            lambda: "fe80::" + ":".join(_hextet() for _ in range(4)),
-            lambda: "2001:db8:" + ":".join(_hextet() for _ in range(2)) + "::" + _hextet(),
-            lambda: (
-                "2001:0db8:" + ":".join(format(rng.randint(0, 0xFFFF), "04x") for _ in range(6))
-            ),
-            lambda: f"::ffff:192.168.{rng.randint(0, 9)}.{rng.randint(2, 254)}",
-            lambda: f"fd{rng.randint(0, 255):02x}:{_hextet()}:{_hextet()}:1::{_hextet()}",
-            lambda: "2a02:" + ":".join(_hextet() for _ in range(3)) + "::" + _hextet(),
-        ]
-    )()
+    makers: list[Callable[[], str]] = [
+        lambda: "fe80::" + ":".join(_hextet() for _ in range(4)),
+        lambda: "2001:db8:" + ":".join(_hextet() for _ in range(2)) + "::" + _hextet(),
+        lambda: "2001:0db8:" + ":".join(format(rng.randint(0, 0xFFFF), "04x") for _ in range(6)),
+        lambda: f"::ffff:192.168.{rng.randint(0, 9)}.{rng.randint(2, 254)}",
+        lambda: f"fd{rng.randint(0, 255):02x}:{_hextet()}:{_hextet()}:1::{_hextet()}",
+        lambda: "2a02:" + ":".join(_hextet() for _ in range(3)) + "::" + _hextet(),
+    ]
+    return rng.choice(makers)()
 
 
 def mac() -> str:
@@ -425,7 +422,7 @@ def main() -> None:
     # ... and every IBAN country.
     iban_templates = [t for t in PII_TEMPLATES if "{iban}" in t]
     for country in sorted(IBAN_BBAN):
-        VALUES["iban"] = lambda country=country: iban(country)
+        VALUES["iban"] = functools.partial(iban, country)
         rows.append(fill(rng.choice(iban_templates)))
     VALUES["iban"] = iban
     while len(rows) < 160:

@@ -1,0 +1,256 @@
+"""Handler (claim, budget, classify, outcome, reply) with a real store and HTTP server."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from cloud_relay.breaker import CircuitBreaker
+from cloud_relay.config import RelaySettings
+from cloud_relay.handling import Handler
+from cloud_relay.intake import parse_inbound
+from cloud_relay.llm import OpenAiChat
+from cloud_relay.store import LogQuery, RelayStore, open_store
+from edge_slm.contract import Outcome
+from edge_slm.mqtt import Inbound
+from tests.relay.faultserver import FaultServer, Step
+
+
+class Rig:
+    def __init__(self, server: FaultServer, store: RelayStore, **limits: Any) -> None:
+        self.server = server
+        self.store = store
+        self.sent: list[tuple[str, dict[str, Any], bytes | None]] = []
+        self.settings = RelaySettings.model_validate(
+            {
+                "llm": {"url": server.url, "model": "fault-model", "backoff_base_s": 0.01},
+                "limits": limits,
+                "db": "sqlite:///unused.db",
+            }
+        )
+        self.llm = OpenAiChat(
+            self.settings.llm,
+            model="fault-model",
+            breaker=CircuitBreaker(5, 30),
+            max_concurrency=2,
+        )
+        self.handler = Handler(
+            self.settings,
+            store=store,
+            llm=self.llm,
+            publish=lambda t, p, c: self.sent.append((t, json.loads(p), c)),
+            relay_id="test-relay",
+        )
+
+    def send(
+        self, device: str = "dev1", rid: str = "r1", prop: str | None = None, **fields: Any
+    ) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "v": 1,
+            "id": rid,
+            "device_id": device,
+            "kind": "text",
+            "task": "answer",
+            "text": "how warm is it?",
+            "max_tokens": 16,
+            "reason": "low_confidence",
+            "reason_text": "edge unsure",
+            "edge": {"answer": "it is warm", "confidence": 0.3, "model": "smol"},
+            "created_at": time.time(),
+            "deadline_ms": 5000,
+        }
+        body.update(fields)
+        msg = Inbound(
+            topic=f"slm/{device}/escalation",
+            payload=json.dumps(body).encode(),
+            qos=1,
+            retain=False,
+            correlation_data=rid.encode(),
+            user_properties=(("device_id", prop or device),),
+        )
+        env = parse_inbound(msg, "slm")
+        assert env is not None
+        self.handler(env)
+        topic, reply, corr = self.sent[-1]
+        assert topic == f"slm/{device}/cloud"
+        assert corr == rid.encode()
+        return reply
+
+
+@pytest.fixture
+def server() -> Iterator[FaultServer]:
+    with FaultServer().running() as s:
+        yield s
+
+
+@pytest.fixture
+def sqlite_store(tmp_path: Path) -> Iterator[RelayStore]:
+    s = open_store(f"sqlite:///{tmp_path / 'r.db'}")
+    yield s
+    s.close()
+
+
+def test_ok_reply_and_row(server: FaultServer, sqlite_store: RelayStore) -> None:
+    server.default = Step(content="It is 21 degrees, warm.", extra={"x_confidence": 0.7})
+    rig = Rig(server, sqlite_store)
+    reply = rig.send()
+    assert reply["ok"] is True
+    assert reply["outcome"] == "ok"
+    assert reply["answer"] == "It is 21 degrees, warm."
+    assert reply["tokens"] == {"prompt": 11, "completion": 3}
+    assert reply["confidence"] == 0.7
+    (row,) = sqlite_store.logs(LogQuery())
+    assert row.outcome is Outcome.OK
+    assert row.cost_usd == pytest.approx((11 * 0.5 + 3 * 1.5) / 1e6)  # the `*` price
+    assert row.attempts == 1
+    assert row.llm_start is not None
+    assert row.agreement is True  # "it is warm" shares enough words
+    # The device text went in as delimited data, never into the system prompt.
+    messages = server.requests[0]["messages"]
+    assert "how warm" not in messages[0]["content"]
+    assert "<<<BEGIN_DATA>>>\ntext:\nhow warm is it?" in messages[1]["content"]
+
+
+def test_duplicate_resends_stored_reply_without_llm(
+    server: FaultServer, sqlite_store: RelayStore
+) -> None:
+    rig = Rig(server, sqlite_store)
+    first = rig.send()
+    second = rig.send()
+    assert second == first
+    assert server.hits == 1
+
+
+def test_daily_token_budget_blocks_without_http(
+    server: FaultServer, sqlite_store: RelayStore
+) -> None:
+    rig = Rig(server, sqlite_store, daily_tokens=20, rate_per_minute=0)
+    assert rig.send(rid="a")["ok"] is True  # 14 tokens
+    assert rig.send(rid="b")["ok"] is True  # 28 >= 20 after this one
+    reply = rig.send(rid="c")
+    assert reply["outcome"] == "budget"
+    assert reply["error"]["code"] == "busy"
+    assert reply["error"]["retry_after_ms"] > 0
+    assert server.hits == 2
+    assert rig.send(device="other", rid="c")["ok"] is True  # per device
+
+
+def test_rate_limit(server: FaultServer, sqlite_store: RelayStore) -> None:
+    rig = Rig(server, sqlite_store, rate_per_minute=2)
+    assert [rig.send(rid=f"r{i}")["outcome"] for i in range(3)] == ["ok", "ok", "budget"]
+    assert server.hits == 2
+
+
+def test_classify_retries_once_then_unknown(server: FaultServer, sqlite_store: RelayStore) -> None:
+    rig = Rig(server, sqlite_store)
+    labels = ["alarm", "normal"]
+    server.script = [Step(content="I think it is an alarm because"), Step(content=" Alarm. ")]
+    reply = rig.send(rid="c1", task="classify", labels=labels, edge=None)
+    assert reply["label"] == "alarm"
+    assert server.hits == 2
+    assert "ONLY one of these labels" in server.requests[1]["messages"][-1]["content"]
+    server.script = [Step(content="maybe"), Step(content="dunno")]
+    reply = rig.send(rid="c2", task="classify", labels=labels)
+    assert (reply["ok"], reply["label"], reply["confidence"]) == (True, "unknown", 0.0)
+    row = next(r for r in sqlite_store.logs(LogQuery()) if r.request_id == "c2")
+    assert row.tokens_in == 22  # both calls counted
+    assert row.attempts == 2
+
+
+def test_classify_agreement(server: FaultServer, sqlite_store: RelayStore) -> None:
+    rig = Rig(server, sqlite_store)
+    server.script = [Step(content="normal")]
+    edge = {"label": "NORMAL", "answer": "normal", "confidence": 0.4, "model": "smol"}
+    rig.send(rid="k", task="classify", labels=["alarm", "normal"], edge=edge)
+    (row,) = sqlite_store.logs(LogQuery())
+    assert (row.cloud_label, row.agreement) == ("normal", True)
+
+
+def test_expired_on_arrival(server: FaultServer, sqlite_store: RelayStore) -> None:
+    rig = Rig(server, sqlite_store)
+    reply = rig.send(created_at=time.time() - 60, deadline_ms=1000)  # no expires_at
+    assert reply["outcome"] == "expired"
+    assert reply["error"]["code"] == "cloud_expired"
+    reply = rig.send(rid="r2", expires_at=time.time() - 5)
+    assert reply["outcome"] == "expired"
+    assert server.hits == 0
+
+
+def test_expires_at_wins_over_a_passed_app_deadline(
+    server: FaultServer, sqlite_store: RelayStore
+) -> None:
+    """Past the app's deadline the answer is still wanted as a correction."""
+    rig = Rig(server, sqlite_store)
+    reply = rig.send(created_at=time.time() - 60, deadline_ms=1000, expires_at=time.time() + 60)
+    assert reply["outcome"] == "ok"
+    assert server.hits == 1
+
+
+def test_retries_stop_at_expires_at(server: FaultServer, sqlite_store: RelayStore) -> None:
+    server.default = Step(status=503, headers={"Retry-After": "3"})
+    rig = Rig(server, sqlite_store)
+    started = time.monotonic()
+    reply = rig.send(expires_at=time.time() + 1.0)
+    assert time.monotonic() - started < 2.5
+    assert reply["outcome"] == "llm_error"
+    assert reply["error"]["retry_after_ms"] == 3000
+    assert server.hits == 1
+
+
+def test_identity_mismatch_rejected_on_topic_device(
+    server: FaultServer, sqlite_store: RelayStore
+) -> None:
+    rig = Rig(server, sqlite_store)
+    reply = rig.send(device="dev1", prop="dev2")  # user property lies
+    assert (reply["ok"], reply["outcome"], reply["error"]["code"]) == (
+        False,
+        "rejected",
+        "invalid_request",
+    )
+    reply = rig.send(device="dev1", rid="r2", device_id="victim")  # payload lies
+    assert reply["outcome"] == "rejected"
+    assert reply["device_id"] == "dev1"
+    assert all(topic == "slm/dev1/cloud" for topic, _, _ in rig.sent)
+    assert server.hits == 0
+    assert {r.outcome for r in sqlite_store.logs(LogQuery())} == {Outcome.REJECTED}
+
+
+def test_bad_json_and_version_are_rejected_not_crashing(
+    server: FaultServer, sqlite_store: RelayStore
+) -> None:
+    rig = Rig(server, sqlite_store)
+    assert rig.send(v=2)["error"]["code"] == "unsupported_version"
+    msg = Inbound(
+        topic="slm/dev1/escalation",
+        payload=b"{not json",
+        qos=1,
+        retain=False,
+        correlation_data=b"broken-1",
+        user_properties=(("device_id", "dev1"),),
+    )
+    env = parse_inbound(msg, "slm")
+    assert env is not None
+    rig.handler(env)
+    topic, reply, _ = rig.sent[-1]
+    assert (topic, reply["id"], reply["error"]["code"]) == (
+        "slm/dev1/cloud",
+        "broken-1",
+        "invalid_json",
+    )
+    assert rig.send(rid="r9", max_tokens=0)["error"]["code"] == "invalid_request"
+    assert len(sqlite_store.logs(LogQuery(outcome=Outcome.REJECTED))) == 3
+
+
+def test_llm_failure_is_llm_error(server: FaultServer, sqlite_store: RelayStore) -> None:
+    server.default = Step(status=500)
+    rig = Rig(server, sqlite_store)
+    reply = rig.send()
+    assert (reply["ok"], reply["outcome"]) == (False, "llm_error")
+    (row,) = sqlite_store.logs(LogQuery())
+    assert row.attempts == 3
+    assert "HTTP 500" in (row.error or "")
