@@ -53,7 +53,8 @@ def ask(llm: LlmClient, esc: Escalation, *, deadline: float) -> CloudAnswer:
     label = match_label(first.text, esc.labels)
     if label is not None:
         return _from(first, answer=label, label=label, confidence=first.confidence)
-    log.info("classify_reply_not_a_label", reply=first.text[:80])
+    log.info("classify_reply_not_a_label", labels=len(esc.labels))
+    log.debug("classify_reply_text", reply=first.text[:200])  # model text: debug only
     try:
         second = llm.complete(
             ChatRequest(stricter_messages(esc, first.text), esc.max_tokens), deadline=deadline

@@ -47,7 +47,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     run.set_defaults(func=_cmd_run)
 
-    logs = sub.add_parser("logs", help="show relay log rows, newest first")
+    logs = sub.add_parser(
+        "logs", help="show the newest relay log rows (printed oldest first, like a log)"
+    )
     _common(logs)
     logs.add_argument("--device", help="only this device")
     logs.add_argument("--since", help="ISO time or age: 10m, 2h, 1d")

@@ -46,6 +46,7 @@ class RelayDaemon:
             raise ValueError("llm.model is required (--llm-model or CLOUD_RELAY_LLM__MODEL)")
         self.settings = settings
         self._stop = threading.Event()
+        self._draining = False
         self._store: RelayStore | None = None
         self._pool: WorkerPool[Envelope] | None = None
         s = settings
@@ -120,6 +121,7 @@ class RelayDaemon:
     def _drain(self) -> None:
         if self._pool is None or self._store is None:
             return  # start-up failed before there was anything to drain
+        self._draining = True
         try:
             self.mqtt.unsubscribe([self.settings.subscription])
         except Exception:  # best effort: we are leaving anyway
@@ -138,7 +140,8 @@ class RelayDaemon:
     # -- MQTT side (network thread) ----------------------------------------
 
     def _on_connect(self) -> None:
-        self.mqtt.subscribe([(self.settings.subscription, 1)])
+        if not self._draining:  # a reconnect while draining must not take new work
+            self.mqtt.subscribe([(self.settings.subscription, 1)])
 
     def _on_message(self, msg: Inbound) -> None:
         env = parse_inbound(msg, self.settings.topic_prefix)

@@ -94,12 +94,14 @@ SCRIPT: list[tuple[str, dict[str, Any]]] = [
         {"text": "What is the capital of Australia?", "cloud": "always", "max_tokens": 24},
     ),
     (
-        "deadline 0.9s",
+        "deadline 1.2s",
         {
-            "text": "Name three ways to save energy at home.",
+            "kind": "voice",
+            "text": "switch off every light downstairs",
+            "task": "classify",
+            "labels": INTENTS,
             "cloud": "always",
-            "deadline_ms": 900,
-            "max_tokens": 48,
+            "deadline_ms": 1200,
         },
     ),
     (

@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# Set up (idempotent), then run the end-to-end demo: a private mosquitto, the
-# agent with the on-device model, and real requests sent with mosquitto_rr.
-# Pass --broker mqtt://host:port to use an existing broker instead.
+# Set up (idempotent), then run the end-to-end demo: a private mosquitto, a
+# local OpenAI-compatible "cloud" LLM (the bigger model), the cloud relay with a
+# SQLite log, and the agent with the small on-device model; real requests flow.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/bootstrap.sh
+# The demo's cloud model: built once (about 3 minutes, 7 GB RAM), then cached.
+.venv/bin/edge-agent models build qwen2.5-coder-0.5b-instruct --install-source
 exec .venv/bin/python scripts/demo.py "$@"

@@ -14,11 +14,16 @@ from __future__ import annotations
 import datetime as dt
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from edge_slm.logs import get_logger
+
+log = get_logger("agent.outbox")
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS outbox (
@@ -64,12 +69,21 @@ class Outbox:
         self.max_rows = max_rows
         self.max_bytes = max_bytes
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-        # WAL + synchronous=FULL: each commit is fsynced, so a row that
-        # add() returned for survives a power cut.
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.executescript(SCHEMA)
+        try:
+            self._db = _open(path)
+        except sqlite3.DatabaseError:
+            # Never silently empty a damaged outbox: keep it for inspection.
+            aside = path.with_name(f"{path.name}.corrupt-{int(time.time())}")
+            path.rename(aside)
+            for suffix in ("-wal", "-shm"):
+                sidecar = path.with_name(path.name + suffix)
+                if sidecar.exists():
+                    sidecar.rename(aside.with_name(aside.name + suffix))
+            log.exception("outbox_corrupt_moved_aside", path=str(path), moved_to=str(aside))
+            self.moved_aside: Path | None = aside
+            self._db = _open(path)
+        else:
+            self.moved_aside = None
 
     def close(self) -> None:
         with self._lock:
@@ -193,6 +207,21 @@ class Outbox:
     def escalations_on(self, when: float) -> int:
         """Escalations stored on ``when``'s UTC day (the device's cloud budget)."""
         return self.counter("escalations_day_" + _day(when))
+
+
+def _open(path: Path) -> sqlite3.Connection:
+    db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+    try:
+        # WAL + synchronous=FULL: each commit is fsynced, so a row that add()
+        # returned for survives a power cut.
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=FULL")
+        db.executescript(SCHEMA)
+        db.execute("SELECT COUNT(*) FROM outbox").fetchone()
+    except sqlite3.DatabaseError:
+        db.close()
+        raise
+    return db
 
 
 _SELECT = (

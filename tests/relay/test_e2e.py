@@ -267,3 +267,20 @@ def test_sigterm_drains_then_answers_shutting_down(
         assert (reply["ok"], reply["error"]["code"]) == (False, "shutting_down")
         relay.wait_event("drain_incomplete")
     assert _logs(db) == []  # the claim was released: a replay will be served
+
+
+def test_resubscribes_after_a_broker_restart(
+    relays: object, broker: PrivateBroker, db: str
+) -> None:
+    relay = relays(db)  # type: ignore[operator]
+    broker.restart()  # same port, no persistence: every subscription is gone
+    deadline = time.monotonic() + 30
+    while len(relay.events("mqtt_connected")) < 2 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    time.sleep(0.3)
+    dev = FakeDevice(broker.port, f"dev-{uuid.uuid4().hex[:8]}")
+    try:
+        dev.escalate(escalation(dev.topics.device_id, max_tokens=8))
+        assert dev.next(60).payload["ok"] is True
+    finally:
+        dev.close()

@@ -97,3 +97,13 @@ def test_publish_count_is_recorded(tmp_path: Path) -> None:
     assert got.publishes == 2
     assert box.due(now + 10, 30) == []
     assert [r.request_id for r in box.due(now + 31, 30)] == ["a"]
+
+
+def test_corrupt_file_is_moved_aside_not_emptied(tmp_path: Path) -> None:
+    db = tmp_path / "outbox.db"
+    db.write_bytes(b"this is not a database" * 100)
+    box = Outbox(db, max_rows=10, max_bytes=10**6)
+    assert box.moved_aside is not None
+    assert box.moved_aside.read_bytes() == b"this is not a database" * 100
+    assert box.depth() == 0
+    assert box.add(_row("fresh"))
