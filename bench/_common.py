@@ -7,6 +7,7 @@ import math
 import os
 import platform
 import statistics
+import time
 from collections.abc import Sequence
 from importlib import metadata
 from pathlib import Path
@@ -41,6 +42,35 @@ def proc_status_kb(pid: int | str, field: str) -> int:
 def proc_mb(pid: int | str, field: str) -> float:
     """The same in MB (10^6 bytes), the unit the model sizes on disk are given in."""
     return proc_status_kb(pid, field) * 1024 / 1e6
+
+
+def cpu_busy_s() -> float:
+    """CPU seconds every process on the machine has spent busy since boot (/proc/stat)."""
+    user, nice, system, _idle, _iowait, irq, softirq = (
+        int(x) for x in Path("/proc/stat").read_text().split()[1:8]
+    )
+    return (user + nice + system + irq + softirq) / os.sysconf("SC_CLK_TCK")
+
+
+def proc_cpu_s(pid: int | str) -> float:
+    """CPU seconds (user + system) process ``pid`` has used, from /proc/PID/stat."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def wait_for_quiet(max_wait_s: float, *, threshold: float = 0.1, window_s: float = 1.0) -> float:
+    """Wait until the machine is idle (others use < ``threshold`` of a core) or time is up.
+
+    Other people's jobs share this 2-core machine; a 2-thread engine loses far more than
+    its share when a core is taken. Returns the last busy share seen, in cores.
+    """
+    deadline = time.monotonic() + max_wait_s
+    while True:
+        before = cpu_busy_s()
+        time.sleep(window_s)
+        share = (cpu_busy_s() - before) / window_s
+        if share < threshold or time.monotonic() >= deadline:
+            return share
 
 
 def dir_size(path: Path) -> int:

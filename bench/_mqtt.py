@@ -98,17 +98,22 @@ class BenchClient:
 
 @contextmanager
 def running_agent(
-    workdir: Path, *, broker_config: str = ""
+    workdir: Path, *, tcp_nodelay: bool = True
 ) -> Iterator[tuple[PrivateBroker, AgentProcess, DeviceTopics]]:
-    """A private mosquitto (plus ``broker_config`` lines) and the real agent on it, online."""
+    """A private mosquitto and the real agent on it (cloud fallback off), online."""
     from agent.models import DEFAULT_MODEL, ModelCache, default_cache_dir
 
     ModelCache(default_cache_dir()).require(DEFAULT_MODEL)  # a readable error if not built
     device_id = f"bench-{uuid.uuid4().hex[:6]}"
     topics = DeviceTopics("slm", device_id)
-    with PrivateBroker(extra_config=broker_config) as broker:
+    with PrivateBroker(tcp_nodelay=tcp_nodelay) as broker:
         agent = AgentProcess(
-            broker_url=broker.url, device_id=device_id, log_path=workdir / "agent.log"
+            broker_url=broker.url,
+            device_id=device_id,
+            log_path=workdir / "agent.log",
+            # Edge path only: a cloud wait would swamp the MQTT figures.
+            EDGE_AGENT_CLOUD__ENABLED="false",
+            EDGE_AGENT_OUTBOX__PATH=str(workdir / "outbox.db"),
         )
         try:
             wait_for_status(broker.port, topics.status, "online", timeout=120)

@@ -22,11 +22,12 @@ import argparse
 import json
 import sys
 import tempfile
+import time
 import uuid
 from pathlib import Path
 from typing import Any
 
-from bench._common import percentile, table, write_results
+from bench._common import cpu_busy_s, percentile, proc_cpu_s, table, wait_for_quiet, write_results
 from bench._mqtt import BenchClient, running_agent
 
 REQUEST: dict[str, Any] = {
@@ -37,7 +38,8 @@ REQUEST: dict[str, Any] = {
     "cloud": "never",
 }
 TARGET_P50_MS = 2.0
-BROKER_CONFIGS = {"default": "", "nodelay": "set_tcp_nodelay true\n"}
+#: mosquitto's own default (Nagle on) vs the project's broker configs (TCP_NODELAY).
+BROKER_CONFIGS = {"default": False, "nodelay": True}
 
 
 def _stats(prefix: str, values_ms: list[float]) -> dict[str, float]:
@@ -93,16 +95,21 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.mqtt_overhead", description=__doc__)
     parser.add_argument("--requests", "-n", type=int, default=200, help="timed requests per QoS")
     parser.add_argument("--warmup", type=int, default=10, help="untimed requests first, per QoS")
+    parser.add_argument("--quiet-wait", type=float, default=60, help="seconds to wait for idle")
     args = parser.parse_args(argv)
 
     rows: list[dict[str, Any]] = []
-    for broker_name, broker_config in BROKER_CONFIGS.items():
+    for broker_name, nodelay in BROKER_CONFIGS.items():
         with (
             tempfile.TemporaryDirectory(prefix="bench-mqtt-") as tmp,
-            running_agent(Path(tmp), broker_config=broker_config) as (broker, _agent, topics),
+            running_agent(Path(tmp), tcp_nodelay=nodelay) as (broker, agent, topics),
         ):
             client = BenchClient(broker.port, "app")
             echo = BenchClient(broker.port, "echo")
+            wait_for_quiet(args.quiet_wait)
+            # Cores' worth of CPU that other processes took meanwhile (mosquitto counts too).
+            busy0, own0, agent0 = cpu_busy_s(), proc_cpu_s("self"), proc_cpu_s(agent.proc.pid)
+            t0 = time.perf_counter()
             try:
                 for qos in (0, 1):
                     echo_row = bench_echo(client, echo, qos, args.requests, args.warmup)
@@ -114,12 +121,16 @@ def main(argv: list[str] | None = None) -> int:
                         {"broker": broker_name, "what": "echo (no model)", **echo_row},
                         {"broker": broker_name, "what": "agent", **agent_row},
                     ]
+                own = proc_cpu_s("self") - own0 + proc_cpu_s(agent.proc.pid) - agent0
+                foreign = (cpu_busy_s() - busy0 - own) / (time.perf_counter() - t0)
+                for row in rows[-4:]:
+                    row["foreign_cpu_share"] = max(0.0, foreign)
             finally:
                 client.close()
                 echo.close()
 
     cols = ["round_trip_p50_ms", "round_trip_p99_ms", "agent_latency_p50_ms"]
-    cols += ["overhead_p50_ms", "overhead_p99_ms", "added_over_echo_p50_ms"]
+    cols += ["overhead_p50_ms", "overhead_p99_ms", "added_over_echo_p50_ms", "foreign_cpu_share"]
     print(f"\n{args.requests} sequential requests per QoS (after {args.warmup} warm-up)\n")
     print(
         table(

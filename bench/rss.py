@@ -16,7 +16,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from bench._common import dir_size, proc_mb, table, write_results
+from bench._common import dir_size, proc_mb, table, wait_for_quiet, write_results
 from bench._mqtt import BenchClient, running_agent
 
 LONG_TEXT = " ".join(
@@ -42,6 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", "-n", type=int, default=30, help="mixed requests first")
     args = parser.parse_args(argv)
 
+    wait_for_quiet(60)  # memory barely depends on load, but the warm-up finishes sooner
     from agent.models import DEFAULT_MODEL, ModelCache, default_cache_dir
 
     model_dir = ModelCache(default_cache_dir()).require(DEFAULT_MODEL)

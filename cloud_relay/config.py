@@ -173,9 +173,11 @@ class LimitSettings(_Section):
         "deadline_ms` expired.",
     )
     claim_ttl_s: float = Field(
-        default=300.0,
+        default=90.0,
         gt=0,
-        description="An in-flight row older than this (its relay died) may be taken over.",
+        description="An in-flight row older than this (its relay died mid-call) may be taken "
+        "over by a replay; must exceed `llm.total_timeout_s`, so a live relay's slow call is "
+        "never duplicated.",
     )
 
 
@@ -255,6 +257,12 @@ class RelaySettings(BaseSettings):
     @model_validator(mode="after")
     def _valid_topics(self) -> RelaySettings:
         escalation_subscription(self.topic_prefix, self.share_group)
+        return self
+
+    @model_validator(mode="after")
+    def _claims_outlive_calls(self) -> RelaySettings:
+        if self.limits.claim_ttl_s <= self.llm.total_timeout_s:
+            raise ValueError("limits.claim_ttl_s must exceed llm.total_timeout_s")
         return self
 
     @property

@@ -76,6 +76,7 @@ def test_secrets_from_credentials_directory(
         ({"share_group": "a/b"}, "group"),
         ({"llm.url": "ftp://x"}, "http"),
         ({"limits.max_concurrency": 0}, "max_concurrency"),
+        ({"limits.claim_ttl_s": 30}, "claim_ttl_s"),
     ],
 )
 def test_invalid_values(override: dict[str, object], match: str) -> None:
