@@ -85,6 +85,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     from agent.models.cli import add_models_commands
+    from agent.profiles import build_parser as build_profile_parser
     from agent.serve.cli import add_serve_command
 
     parser = argparse.ArgumentParser(
@@ -95,6 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
     _run_parser(sub)
     add_models_commands(sub)
     add_serve_command(sub)
+    build_profile_parser(sub.add_parser("profile", help="device profiles (deploy/profiles.toml)"))
     return parser
 
 

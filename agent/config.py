@@ -3,7 +3,7 @@
 Precedence, highest first: command-line flags, ``EDGE_AGENT_*`` environment
 variables (nested with ``__``, e.g. ``EDGE_AGENT_MQTT__BROKER``), the TOML file
 given with ``--config``, secrets files in ``$CREDENTIALS_DIRECTORY`` (systemd
-``LoadCredential=``), then the defaults below.
+``LoadCredential=``, e.g. ``mqtt__password``), then the defaults below.
 """
 
 from __future__ import annotations
@@ -12,72 +12,17 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import (
-    BaseSettings,
-    PydanticBaseSettingsSource,
     SettingsConfigDict,
-    TomlConfigSettingsSource,
 )
 
 from edge_slm.contract import Kind, Task
-from edge_slm.mqtt import BrokerUrl
+from edge_slm.settings import DaemonSettings, MqttSettings
+from edge_slm.settings import Section as _Section
 from edge_slm.topics import DeviceTopics
 
 Provider = Literal["auto", "cpu", "cuda", "qnn", "dml"]
-
-
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class MqttSettings(_Section):
-    broker: str = Field(
-        default="mqtt://127.0.0.1:1883",
-        description="Broker URL: mqtt://host:port, or mqtts://host:port for TLS.",
-    )
-    client_id: str | None = Field(
-        default=None,
-        description="MQTT client id; defaults to `edge-agent-<device_id>`. Must be stable "
-        "across restarts so the persistent session is resumed.",
-    )
-    username: str | None = Field(default=None, description="Username for the broker, if any.")
-    password: SecretStr | None = Field(default=None, description="Password (prefer a credential).")
-    ca_file: Path | None = Field(default=None, description="CA bundle that signs the broker.")
-    cert_file: Path | None = Field(default=None, description="Client certificate (mTLS).")
-    key_file: Path | None = Field(default=None, description="Client private key (mTLS).")
-    keepalive_s: int = Field(default=30, ge=5, le=3600, description="MQTT keepalive in seconds.")
-    session_expiry_s: int = Field(
-        default=3600,
-        ge=0,
-        description="How long the broker keeps our session (subscriptions and queued QoS 1 "
-        "requests) while we are disconnected.",
-    )
-    reconnect_min_s: float = Field(default=0.5, gt=0, description="First reconnect delay.")
-    reconnect_max_s: float = Field(default=30.0, gt=0, description="Longest reconnect delay.")
-    connect_timeout_s: float = Field(
-        default=30.0, gt=0, description="How long start-up waits for the first connection."
-    )
-
-    @field_validator("broker")
-    @classmethod
-    def _valid_url(cls, value: str) -> str:
-        BrokerUrl.parse(value)
-        return value
-
-    @model_validator(mode="after")
-    def _tls_files_exist(self) -> MqttSettings:
-        for name in ("ca_file", "cert_file", "key_file"):
-            path: Path | None = getattr(self, name)
-            if path is not None and not path.is_file():
-                raise ValueError(f"{name} {str(path)!r} does not exist")
-        if (self.cert_file is None) != (self.key_file is None):
-            raise ValueError("cert_file and key_file must be given together")
-        return self
-
-    @property
-    def url(self) -> BrokerUrl:
-        return BrokerUrl.parse(self.broker)
 
 
 class ModelSettings(_Section):
@@ -124,6 +69,13 @@ class LimitSettings(_Section):
     )
     drain_timeout_s: float = Field(
         default=30.0, ge=0, description="On SIGTERM, how long in-flight work may finish."
+    )
+    worker_stall_s: float = Field(
+        default=180.0,
+        gt=0,
+        description="The inference worker counts as hung (systemd's watchdog is no longer "
+        "pinged) when one job runs longer than this; keep it above the longest legitimate "
+        "generation on the slowest device.",
     )
 
     @model_validator(mode="after")
@@ -232,15 +184,10 @@ class OutboxSettings(_Section):
     )
 
 
-class AgentSettings(BaseSettings):
+class AgentSettings(DaemonSettings):
     """Everything the edge agent daemon reads at start-up."""
 
-    model_config = SettingsConfigDict(
-        env_prefix="EDGE_AGENT_",
-        env_nested_delimiter="__",
-        extra="forbid",
-        secrets_dir=os.environ.get("CREDENTIALS_DIRECTORY"),
-    )
+    model_config = SettingsConfigDict(env_prefix="EDGE_AGENT_")
 
     device_id: str = Field(
         description="This device's id; one topic segment (no / + # $).",
@@ -282,42 +229,7 @@ class AgentSettings(BaseSettings):
     def client_id(self) -> str:
         return self.mqtt.client_id or f"edge-agent-{self.device_id}"
 
-    @classmethod
-    def settings_customise_sources(
-        cls,
-        settings_cls: type[BaseSettings],
-        init_settings: PydanticBaseSettingsSource,
-        env_settings: PydanticBaseSettingsSource,
-        dotenv_settings: PydanticBaseSettingsSource,
-        file_secret_settings: PydanticBaseSettingsSource,
-    ) -> tuple[PydanticBaseSettingsSource, ...]:
-        return (
-            init_settings,
-            env_settings,
-            TomlConfigSettingsSource(settings_cls),
-            file_secret_settings,
-        )
-
 
 def load_settings(config_file: Path | None = None, **overrides: Any) -> AgentSettings:
-    """Build settings from flags (``overrides``), env, and an optional TOML file.
-
-    ``overrides`` use dotted section names for nested fields, e.g.
-    ``{"mqtt.broker": "mqtt://..."}``; ``None`` values are ignored.
-    """
-    if config_file is not None and not config_file.is_file():
-        raise FileNotFoundError(f"config file {str(config_file)!r} does not exist")
-    nested: dict[str, Any] = {}
-    for key, value in overrides.items():
-        if value is None:
-            continue
-        section, _, field = key.partition(".")
-        if field:
-            nested.setdefault(section, {})[field] = value
-        else:
-            nested[key] = value
-
-    class _FromFile(AgentSettings):
-        model_config = SettingsConfigDict(toml_file=config_file)
-
-    return _FromFile(**nested)
+    """Settings from flags, env, TOML and credentials (see :mod:`edge_slm.settings`)."""
+    return AgentSettings.load(config_file, **overrides)

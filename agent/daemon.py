@@ -11,12 +11,9 @@ in reverse order (ExitStack).
 from __future__ import annotations
 
 import dataclasses
-import signal
-import threading
 import time
 from contextlib import ExitStack
 from pathlib import Path
-from types import FrameType
 from typing import Literal
 
 import structlog
@@ -34,8 +31,9 @@ from agent.routing import ReplyRoute
 from agent.worker import InferenceWorker, Job
 from edge_slm import __version__
 from edge_slm.contract import ErrorCode, Response, Status
+from edge_slm.lifecycle import Lifecycle
 from edge_slm.logs import get_logger
-from edge_slm.mqtt import Inbound, MqttConnection, TlsFiles, Will
+from edge_slm.mqtt import Inbound, Will
 
 log = get_logger("agent.daemon")
 
@@ -49,11 +47,13 @@ def resolve_model_dir(settings: AgentSettings) -> Path:
     return cache.require(settings.model.name)
 
 
-class AgentDaemon:
+class AgentDaemon(Lifecycle):
+    name = "agent"
+
     def __init__(self, settings: AgentSettings) -> None:
+        super().__init__()
         self.settings = settings
         self.topics = settings.topics
-        self._stop = threading.Event()
         self._engine: Engine | None = None
         self._escalator: Escalator | None = None
         self._outbox: Outbox | None = None
@@ -68,26 +68,11 @@ class AgentDaemon:
             queue_depth=lambda: self.worker.depth,
             send_reply=self.send_reply,
         )
-        tls = None
-        if s.mqtt.ca_file or s.mqtt.cert_file:
-            tls = TlsFiles(
-                ca_file=str(s.mqtt.ca_file) if s.mqtt.ca_file else None,
-                cert_file=str(s.mqtt.cert_file) if s.mqtt.cert_file else None,
-                key_file=str(s.mqtt.key_file) if s.mqtt.key_file else None,
-            )
-        self.mqtt = MqttConnection(
-            url=s.mqtt.url,
+        self.mqtt = s.mqtt.connection(
             client_id=s.client_id,
             on_connect=self._on_connect,
             on_message=self._on_message,
-            username=s.mqtt.username,
-            password=s.mqtt.password.get_secret_value() if s.mqtt.password else None,
-            tls=tls,
             will=Will(self.topics.status, self._status("offline")),
-            keepalive_s=s.mqtt.keepalive_s,
-            session_expiry_s=s.mqtt.session_expiry_s,
-            reconnect_min_s=s.mqtt.reconnect_min_s,
-            reconnect_max_s=s.mqtt.reconnect_max_s,
         )
 
     @property
@@ -102,28 +87,27 @@ class AgentDaemon:
             raise RuntimeError("the outbox is not open yet")
         return self._escalator
 
-    # -- signals ---------------------------------------------------------
-
-    def request_stop(self, signum: int | None = None, _frame: FrameType | None = None) -> None:
-        log.info("stop_requested", signal=signal.Signals(signum).name if signum else None)
-        self._stop.set()
-
-    def install_signal_handlers(self) -> None:
-        signal.signal(signal.SIGTERM, self.request_stop)
-        signal.signal(signal.SIGINT, self.request_stop)
-
     # -- lifecycle -------------------------------------------------------
 
-    def run(self) -> int:
-        with ExitStack() as stack:
-            self._start(stack)
-            self._stop.wait()
-            self._drain()
-        log.info("agent_stopped")
-        return 0
+    def healthy(self) -> bool | str:
+        busy = self.worker.busy_for()
+        if busy > self.settings.limits.worker_stall_s:
+            return f"inference worker made no progress for {busy:.1f} s"
+        if not self.mqtt.loop_alive:
+            return "the MQTT network thread is dead"
+        return True
+
+    def status_line(self) -> str:
+        provider = self._engine.provider if self._engine else "loading"
+        outbox = self._outbox.depth() if self._outbox else 0
+        return (
+            f"{self.settings.model.name} on {provider}; queue {self.worker.depth}; "
+            f"outbox {outbox}; mqtt {'up' if self.mqtt.is_connected else 'down'}"
+        )
 
     def _start(self, stack: ExitStack) -> None:
         s = self.settings
+        self.notifier.extend_timeout(120)  # a big model can take a while to load
         self._engine = Engine(
             resolve_model_dir(s),
             name=s.model.name,

@@ -7,6 +7,7 @@ job is taken off the queue and between tokens during generation.
 
 from __future__ import annotations
 
+import math
 import queue
 import threading
 import time
@@ -50,7 +51,7 @@ class InferenceWorker:
         #: Set when draining runs out of time: the running generation stops at its
         #: next token instead of replying after MQTT is gone.
         self.cancelled = threading.Event()
-        self.heartbeat = time.monotonic()  # last time the loop made progress
+        self._job_started: float | None = None  # monotonic start of the running job
         self.completed = 0
 
     @property
@@ -60,6 +61,13 @@ class InferenceWorker:
 
     def start(self) -> None:
         self._thread.start()
+
+    def busy_for(self) -> float:
+        """Seconds the running job has taken: 0 when idle, infinite if the thread died."""
+        if not self._thread.is_alive():
+            return math.inf
+        started = self._job_started
+        return 0.0 if started is None else time.monotonic() - started
 
     def submit(self, job: Job) -> bool:
         """Enqueue without blocking; False when the queue is full."""
@@ -112,16 +120,17 @@ class InferenceWorker:
 
     def _run(self) -> None:
         while True:
-            self.heartbeat = time.monotonic()
             try:
                 job = self._queue.get(timeout=1.0)
             except queue.Empty:
                 continue
             if job is None:
                 return
+            self._job_started = time.monotonic()
             try:
                 self._handle(job)
             finally:
+                self._job_started = None
                 with self._lock:
                     self._outstanding -= 1
                 self.completed += 1

@@ -65,6 +65,10 @@ def _parser() -> argparse.ArgumentParser:
     stats.add_argument("--since", help="ISO time or age: 10m, 2h, 1d (default: all)")
     stats.add_argument("--json", action="store_true", help="JSON output")
     stats.set_defaults(func=_cmd_stats)
+
+    from edge_slm.pki import add_pki_command
+
+    add_pki_command(sub)
     return parser
 
 

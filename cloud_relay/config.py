@@ -14,21 +14,14 @@ import socket
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import (
-    BaseSettings,
-    NestedSecretsSettingsSource,
-    PydanticBaseSettingsSource,
     SettingsConfigDict,
-    TomlConfigSettingsSource,
 )
 
-from edge_slm.mqtt import BrokerUrl
+from edge_slm.settings import DaemonSettings, MqttSettings
+from edge_slm.settings import Section as _Section
 from edge_slm.topics import escalation_subscription
-
-
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid")
 
 
 def default_client_id() -> str:
@@ -40,22 +33,12 @@ def default_db_url() -> str:
     return f"sqlite:///{Path(state) / 'edge-slm' / 'relay.db'}"
 
 
-class MqttSettings(_Section):
-    broker: str = Field(
-        default="mqtt://127.0.0.1:1883",
-        description="Broker URL: mqtt://host:port, or mqtts://host:port for TLS.",
-    )
+class RelayMqttSettings(MqttSettings):
     client_id: str = Field(
         default_factory=default_client_id,
         description="MQTT client id; unique per process (several relays share the load). "
         "Default: `cloud-relay-<hostname>-<pid>`.",
     )
-    username: str | None = Field(default=None, description="Username for the broker, if any.")
-    password: SecretStr | None = Field(default=None, description="Password (prefer a credential).")
-    ca_file: Path | None = Field(default=None, description="CA bundle that signs the broker.")
-    cert_file: Path | None = Field(default=None, description="Client certificate (mTLS).")
-    key_file: Path | None = Field(default=None, description="Client private key (mTLS).")
-    keepalive_s: int = Field(default=30, ge=5, le=3600, description="MQTT keepalive in seconds.")
     session_expiry_s: int = Field(
         default=0,
         ge=0,
@@ -64,31 +47,6 @@ class MqttSettings(_Section):
         "member's session would keep receiving its share of the group's escalations "
         "(MQTT 5 §4.8.2) until it expired. Raise it only with a stable client_id.",
     )
-    reconnect_min_s: float = Field(default=0.5, gt=0, description="First reconnect delay.")
-    reconnect_max_s: float = Field(default=30.0, gt=0, description="Longest reconnect delay.")
-    connect_timeout_s: float = Field(
-        default=30.0, gt=0, description="How long start-up waits for the first connection."
-    )
-
-    @field_validator("broker")
-    @classmethod
-    def _valid_url(cls, value: str) -> str:
-        BrokerUrl.parse(value)
-        return value
-
-    @model_validator(mode="after")
-    def _tls_files_exist(self) -> MqttSettings:
-        for name in ("ca_file", "cert_file", "key_file"):
-            path: Path | None = getattr(self, name)
-            if path is not None and not path.is_file():
-                raise ValueError(f"{name} {str(path)!r} does not exist")
-        if (self.cert_file is None) != (self.key_file is None):
-            raise ValueError("cert_file and key_file must be given together")
-        return self
-
-    @property
-    def url(self) -> BrokerUrl:
-        return BrokerUrl.parse(self.broker)
 
 
 class LlmSettings(_Section):
@@ -201,21 +159,19 @@ def default_prices() -> dict[str, ModelPrice]:
     return {k: ModelPrice(input_per_mtok=i, output_per_mtok=o) for k, (i, o) in table.items()}
 
 
-class RelaySettings(BaseSettings):
+class RelaySettings(DaemonSettings):
     """Everything the cloud relay reads at start-up."""
 
-    model_config = SettingsConfigDict(
-        env_prefix="CLOUD_RELAY_",
-        env_nested_delimiter="__",
-        extra="forbid",
-    )
+    model_config = SettingsConfigDict(env_prefix="CLOUD_RELAY_")
 
     topic_prefix: str = Field(default="slm", description="First segment of every topic.")
     share_group: str = Field(
         default="relays",
         description="MQTT 5 shared-subscription group; relays in one group split the load.",
     )
-    mqtt: MqttSettings = Field(default_factory=MqttSettings, description="Broker connection.")
+    mqtt: RelayMqttSettings = Field(
+        default_factory=RelayMqttSettings, description="Broker connection."
+    )
     llm: LlmSettings = Field(default_factory=LlmSettings, description="The large LLM.")
     breaker: BreakerSettings = Field(
         default_factory=BreakerSettings, description="Circuit breaker around the LLM."
@@ -269,54 +225,7 @@ class RelaySettings(BaseSettings):
     def subscription(self) -> str:
         return escalation_subscription(self.topic_prefix, self.share_group)
 
-    @classmethod
-    def settings_customise_sources(
-        cls,
-        settings_cls: type[BaseSettings],
-        init_settings: PydanticBaseSettingsSource,
-        env_settings: PydanticBaseSettingsSource,
-        dotenv_settings: PydanticBaseSettingsSource,
-        file_secret_settings: PydanticBaseSettingsSource,
-    ) -> tuple[PydanticBaseSettingsSource, ...]:
-        # Read at load time (not import time): systemd sets it per service start.
-        creds = os.environ.get("CREDENTIALS_DIRECTORY")
-        sources: list[PydanticBaseSettingsSource] = [
-            init_settings,
-            env_settings,
-            TomlConfigSettingsSource(settings_cls),
-        ]
-        if creds:
-            sources.append(
-                NestedSecretsSettingsSource(
-                    file_secret_settings,
-                    secrets_dir=creds,
-                    secrets_prefix="",
-                    secrets_nested_delimiter="__",
-                    env_prefix="",
-                )
-            )
-        return tuple(sources)
-
 
 def load_settings(config_file: Path | None = None, **overrides: Any) -> RelaySettings:
-    """Build settings from flags (``overrides``), env, and an optional TOML file.
-
-    ``overrides`` use dotted section names for nested fields, e.g.
-    ``{"llm.url": "http://..."}``; ``None`` values are ignored.
-    """
-    if config_file is not None and not config_file.is_file():
-        raise FileNotFoundError(f"config file {str(config_file)!r} does not exist")
-    nested: dict[str, Any] = {}
-    for key, value in overrides.items():
-        if value is None:
-            continue
-        section, _, field = key.partition(".")
-        if field:
-            nested.setdefault(section, {})[field] = value
-        else:
-            nested[key] = value
-
-    class _FromFile(RelaySettings):
-        model_config = SettingsConfigDict(toml_file=config_file)
-
-    return _FromFile(**nested)
+    """Settings from flags, env, TOML and credentials (see :mod:`edge_slm.settings`)."""
+    return RelaySettings.load(config_file, **overrides)

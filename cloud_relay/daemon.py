@@ -10,10 +10,7 @@ served, then undo start-up in reverse order (ExitStack).
 
 from __future__ import annotations
 
-import signal
-import threading
 from contextlib import ExitStack
-from types import FrameType
 
 from cloud_relay.breaker import CircuitBreaker
 from cloud_relay.config import RelaySettings
@@ -23,66 +20,46 @@ from cloud_relay.llm import OpenAiChat
 from cloud_relay.pool import WorkerPool
 from cloud_relay.store import RelayStore, open_store
 from edge_slm.contract import CloudReply, ErrorCode, ErrorInfo, Outcome
+from edge_slm.lifecycle import Lifecycle
 from edge_slm.logs import get_logger
-from edge_slm.mqtt import Inbound, MqttConnection, TlsFiles
+from edge_slm.mqtt import Inbound
 
 log = get_logger("cloud_relay.daemon")
 
 
-def _tls(settings: RelaySettings) -> TlsFiles | None:
-    m = settings.mqtt
-    if not (m.ca_file or m.cert_file):
-        return None
-    return TlsFiles(
-        ca_file=str(m.ca_file) if m.ca_file else None,
-        cert_file=str(m.cert_file) if m.cert_file else None,
-        key_file=str(m.key_file) if m.key_file else None,
-    )
+class RelayDaemon(Lifecycle):
+    name = "relay"
 
-
-class RelayDaemon:
     def __init__(self, settings: RelaySettings) -> None:
         if not settings.llm.model:
             raise ValueError("llm.model is required (--llm-model or CLOUD_RELAY_LLM__MODEL)")
+        super().__init__()
         self.settings = settings
-        self._stop = threading.Event()
         self._draining = False
         self._store: RelayStore | None = None
         self._pool: WorkerPool[Envelope] | None = None
         s = settings
-        self.mqtt = MqttConnection(
-            url=s.mqtt.url,
+        self.mqtt = s.mqtt.connection(
             client_id=s.mqtt.client_id,
             on_connect=self._on_connect,
             on_message=self._on_message,
-            username=s.mqtt.username,
-            password=s.mqtt.password.get_secret_value() if s.mqtt.password else None,
-            tls=_tls(s),
-            keepalive_s=s.mqtt.keepalive_s,
-            session_expiry_s=s.mqtt.session_expiry_s,
-            reconnect_min_s=s.mqtt.reconnect_min_s,
-            reconnect_max_s=s.mqtt.reconnect_max_s,
         )
-
-    # -- signals ---------------------------------------------------------
-
-    def request_stop(self, signum: int | None = None, _frame: FrameType | None = None) -> None:
-        log.info("stop_requested", signal=signal.Signals(signum).name if signum else None)
-        self._stop.set()
-
-    def install_signal_handlers(self) -> None:
-        signal.signal(signal.SIGTERM, self.request_stop)
-        signal.signal(signal.SIGINT, self.request_stop)
 
     # -- lifecycle -------------------------------------------------------
 
-    def run(self) -> int:
-        with ExitStack() as stack:
-            self._start(stack)
-            self._stop.wait()
-            self._drain()
-        log.info("relay_stopped")
-        return 0
+    def healthy(self) -> bool | str:
+        if self._pool is not None and not self._pool.alive:
+            return "a relay worker thread died"
+        if not self.mqtt.loop_alive:
+            return "the MQTT network thread is dead"
+        return True
+
+    def status_line(self) -> str:
+        depth = self._pool.depth if self._pool else 0
+        link = "up" if self.mqtt.is_connected else "down"
+        return (
+            f"{self.settings.llm.model} via {self.settings.llm.url}; in flight {depth}; mqtt {link}"
+        )
 
     def _start(self, stack: ExitStack) -> None:
         s = self.settings

@@ -46,6 +46,11 @@ class WorkerPool(Generic[T]):
         for thread in self._threads:
             thread.start()
 
+    @property
+    def alive(self) -> bool:
+        """Whether every worker thread still runs (a dead one means lost capacity)."""
+        return all(thread.is_alive() for thread in self._threads)
+
     def submit(self, item: T) -> bool:
         """Queue ``item``; False when intake is closed or the queue is full."""
         if not self._accepting:

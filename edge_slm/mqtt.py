@@ -226,6 +226,12 @@ class MqttConnection:
     def is_connected(self) -> bool:
         return self._connected.is_set()
 
+    @property
+    def loop_alive(self) -> bool:
+        """Whether paho's network thread runs (a disconnect is not a death: it retries)."""
+        thread = getattr(self._client, "_thread", None)  # paho keeps it private
+        return thread is not None and thread.is_alive()
+
     def wait_connected(self, timeout_s: float) -> bool:
         return self._connected.wait(timeout_s)
 

@@ -259,3 +259,32 @@ def test_reply_for_another_device_is_ignored(make, wire: Wire, outbox: Outbox) -
     time.sleep(0.05)
     assert wire.replies == []
     assert outbox.get("r1") is not None
+
+
+def test_sweep_resends_quiet_escalations(wire: Wire, outbox: Outbox) -> None:
+    scheduler = Scheduler()
+    scheduler.start()
+    try:
+        esc = Escalator(
+            topics=TOPICS,
+            outbox=outbox,
+            scheduler=scheduler,
+            redactor=Redactor(),
+            cloud=CloudSettings(timeout_s=60),
+            outbox_settings=OutboxSettings(republish_s=0.1),
+            publish=wire.publish,
+            send_reply=wire.reply,
+        )
+        esc.escalate(_job(), EscalationReason.LOW_CONFIDENCE, "low", _edge())
+        esc.sweep()  # too soon: published just now
+        assert len(wire.published) == 1
+        time.sleep(0.15)
+        esc.sweep()
+        assert len(wire.published) == 2
+        assert wire.published[0][:3] == wire.published[1][:3]  # the same escalation again
+        esc.on_cloud(_cloud())
+        time.sleep(0.15)
+        esc.sweep()  # answered: nothing left to re-send
+        assert len(wire.published) == 2
+    finally:
+        scheduler.stop()

@@ -118,3 +118,20 @@ def test_drain_timeout_returns_leftovers_and_cancels_running() -> None:
     assert worker.depth == 0
     worker.stop()
     assert [r.id for r in rec.replies] == ["r0"]
+
+
+def test_busy_for_reports_a_running_job_and_a_dead_thread() -> None:
+    gate = threading.Event()
+    rec = Recorder(gate=gate)
+    worker = InferenceWorker(rec.answer, rec.reply, queue_size=2)
+    assert worker.busy_for() == float("inf")  # not started: nothing would ever run
+    worker.start()
+    assert worker.busy_for() == 0.0
+    worker.submit(_job("slow"))
+    time.sleep(0.2)
+    assert worker.busy_for() >= 0.15
+    gate.set()
+    worker.drain(5)
+    assert worker.busy_for() == 0.0
+    worker.stop()
+    assert worker.busy_for() == float("inf")

@@ -1,0 +1,152 @@
+"""The real edge-agent over mutual TLS: it connects with its certificate and answers.
+
+Which broker does the agent talk to over TLS? Apps send requests to the agent on
+the *device-local* broker (deploy/mosquitto/edge.conf, loopback, no TLS); on
+the cloud broker the device may only send escalations/status and read answers,
+and the cloud ACL deliberately grants no request/response topics: widening it
+would let the cloud broker carry app traffic that has no business leaving the
+device. The TLS case for the agent is a device-local broker that apps reach over
+the LAN with fleet certificates. So this test runs the cloud broker's TLS
+listener as shipped (mTLS, CN = username, CRL) with the shipped ACL plus the
+device-local block such a broker would add (``DEVICE_LOCAL_ACL`` below), and
+checks the negative too: under the shipped cloud ACL alone nobody's request
+reaches the agent.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from agent.models import DEFAULT_MODEL, ModelCache, default_cache_dir
+from edge_slm.devbroker import PrivateBroker
+from edge_slm.topics import DeviceTopics
+from tests.security.conftest import (
+    APP,
+    DEVICE_A,
+    NOT_AUTHORIZED,
+    RELAY,
+    FleetPki,
+    TlsClient,
+    render_cloud_conf,
+)
+from tests.support.agent import AgentProcess
+
+pytestmark = pytest.mark.integration
+
+TOPICS = DeviceTopics("slm", DEVICE_A)
+DEVICE_LOCAL_ACL = f"""
+# device-local broker over TLS: the agent (CN = device id) serves its requests ...
+pattern read slm/%u/request/#
+pattern write slm/%u/response
+# ... and a LAN app of this device may ask it
+user {APP}
+topic write {TOPICS.request}/#
+topic read {TOPICS.response}
+"""
+
+
+@pytest.fixture(scope="module")
+def model_dir() -> Path:
+    cache = ModelCache(default_cache_dir())
+    if not cache.is_current(DEFAULT_MODEL):
+        pytest.skip("the SmolLM2 build is not in the model cache (tests/integration builds it)")
+    return cache.require(DEFAULT_MODEL)
+
+
+def _broker(fleet: FleetPki, workdir: Path, acl_extra: str) -> PrivateBroker:
+    workdir.mkdir()
+    return PrivateBroker(
+        extra_config=render_cloud_conf(fleet, workdir, acl_extra=acl_extra), workdir=workdir
+    )
+
+
+def _start_agent(port: int, fleet: FleetPki, tmp_path: Path) -> AgentProcess:
+    a = fleet[DEVICE_A]
+    return AgentProcess(
+        broker_url=f"mqtts://127.0.0.1:{port}",
+        device_id=DEVICE_A,
+        log_path=tmp_path / "agent.log",
+        EDGE_AGENT_MQTT__CA_FILE=str(fleet.ca),
+        EDGE_AGENT_MQTT__CERT_FILE=str(a.cert),
+        EDGE_AGENT_MQTT__KEY_FILE=str(a.key),
+        EDGE_AGENT_CLOUD__ENABLED="false",
+        EDGE_AGENT_OUTBOX__PATH=str(tmp_path / "outbox.db"),
+    )
+
+
+def _wait_online(watcher: TlsClient, agent: AgentProcess, timeout: float = 90.0) -> None:
+    for msg in watcher.received(timeout):
+        if json.loads(msg.payload).get("state") == "online":
+            return
+    raise AssertionError(f"no online status; agent log: {agent.log_path.read_text()[-3000:]}")
+
+
+@pytest.fixture
+def agent_on(
+    fleet_pki: FleetPki, tmp_path: Path, model_dir: Path
+) -> Iterator[tuple[PrivateBroker, AgentProcess, TlsClient]]:
+    del model_dir
+    with _broker(fleet_pki, tmp_path / "broker", DEVICE_LOCAL_ACL) as broker:
+        watcher = TlsClient(broker.port, fleet_pki, fleet_pki[RELAY])  # relays read status
+        assert watcher.connect()
+        assert watcher.subscribe(TOPICS.status) == 1
+        agent = _start_agent(broker.port, fleet_pki, tmp_path)
+        try:
+            _wait_online(watcher, agent)
+            yield broker, agent, watcher
+        finally:
+            agent.close()
+            watcher.close()
+
+
+def test_agent_answers_over_mutual_tls(
+    agent_on: tuple[PrivateBroker, AgentProcess, TlsClient], fleet_pki: FleetPki
+) -> None:
+    broker, agent, _watcher = agent_on
+    app = TlsClient(broker.port, fleet_pki, fleet_pki[APP])
+    assert app.connect()
+    try:
+        assert app.subscribe(TOPICS.response) == 1
+        request = {
+            "v": 1,
+            "kind": "voice",
+            "text": "turn on the kitchen lights",
+            "task": "classify",
+            "labels": ["lights_on", "lights_off", "play_music"],
+            "id": uuid.uuid4().hex,
+        }
+        assert app.publish(TOPICS.request, json.dumps(request).encode()) in (0, 0x10)
+        replies = app.received(60)
+        assert replies, f"no reply; agent log: {agent.log_path.read_text()[-3000:]}"
+        answer = json.loads(replies[0].payload)
+        assert answer["ok"] is True, answer
+        assert answer["source"] == "edge"
+        # The broker saw the agent under its certificate's CN.
+        log = broker.log_file.read_text()
+        assert f"u'{DEVICE_A}'" in log
+        assert f"as edge-agent-{DEVICE_A}" in log
+    finally:
+        app.close()
+    assert agent.terminate() == 0
+
+
+def test_shipped_cloud_acl_carries_no_app_traffic(fleet_pki: FleetPki, tmp_path: Path) -> None:
+    """Without the device-local block, an app cannot even send a request over the cloud."""
+    with _broker(fleet_pki, tmp_path / "broker", "") as broker:
+        app = TlsClient(broker.port, fleet_pki, fleet_pki[APP])
+        device = TlsClient(broker.port, fleet_pki, fleet_pki[DEVICE_A])
+        assert app.connect()
+        assert device.connect()
+        try:
+            device.subscribe(TOPICS.request_filter())
+            assert app.publish(TOPICS.request, b"{}") == NOT_AUTHORIZED
+            assert device.publish(TOPICS.response, b"{}") == NOT_AUTHORIZED
+            assert device.received() == []
+        finally:
+            app.close()
+            device.close()
