@@ -123,3 +123,14 @@ def test_check_config_reports_missing_model(
 def test_missing_config_file_is_a_clear_error(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["run", "--config", "/nonexistent.toml", "--check-config"]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_secrets_come_from_systemd_credentials(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "mqtt__password").write_text("s3cret")
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(tmp_path))
+    s = load_settings(device_id="d1")
+    assert s.mqtt.password is not None
+    assert s.mqtt.password.get_secret_value() == "s3cret"
+    assert "s3cret" not in repr(s)
