@@ -8,6 +8,7 @@ nothing raises out of :meth:`Intake.on_message`.
 from __future__ import annotations
 
 import json
+import reprlib
 import threading
 import time
 from collections.abc import Callable
@@ -132,18 +133,33 @@ class Intake:
             raw = json.loads(text)
         except json.JSONDecodeError as exc:
             raise Rejected(ErrorCode.INVALID_JSON, f"payload is not JSON: {exc}") from None
+        except (RecursionError, ValueError) as exc:
+            # Absurd nesting, or integers past Python's digit limit: still the client's JSON.
+            reason = "nested too deeply" if isinstance(exc, RecursionError) else str(exc)[:200]
+            raise Rejected(
+                ErrorCode.INVALID_JSON, f"payload is not usable JSON: {reason}"
+            ) from None
         if not isinstance(raw, dict):
             raise Rejected(ErrorCode.INVALID_REQUEST, "payload must be a JSON object")
+        try:
+            # JSON may escape lone UTF-16 surrogates ("\ud800"), which no UTF-8 reply,
+            # topic or log can carry; refuse them here rather than fail later.
+            json.dumps(raw, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError:
+            raise Rejected(
+                ErrorCode.INVALID_REQUEST, "payload contains unpaired UTF-16 surrogates"
+            ) from None
         return raw
 
     def _admit(self, raw: dict[str, Any], route: ReplyRoute, received_at: float) -> Job:
         request_id = _raw_id(raw)
         if "v" not in raw:
             raise Rejected(ErrorCode.INVALID_REQUEST, "v: field required", request_id=request_id)
-        if raw["v"] != WIRE_VERSION:
+        version = raw["v"]
+        if type(version) is not int or version != WIRE_VERSION:  # `true == 1` must not pass
             raise Rejected(
                 ErrorCode.UNSUPPORTED_VERSION,
-                f"contract version {raw['v']!r} is not supported; "
+                f"contract version {reprlib.repr(version)} is not supported; "
                 f"this agent speaks v{WIRE_VERSION}",
                 request_id=request_id,
             )
@@ -199,4 +215,8 @@ class Intake:
         response = Response.failure(
             exc.request_id, exc.code, str(exc), retry_after_ms=exc.extra.get("retry_after_ms")
         )
-        self._send_reply(route, response)
+        try:
+            self._send_reply(route, response)
+        except Exception:
+            # Never let a reply failure escape to the network thread's handler.
+            log.exception("error_reply_failed", code=exc.code.value, reply_topic=route.topic)

@@ -33,7 +33,26 @@ def route_for(msg: Inbound, topics: DeviceTopics, payload: Any = None) -> ReplyR
     Works on a raw dict too, so that a request that fails validation still gets
     its error reply where the app is listening.
     """
-    if msg.response_topic and _plain_topic(msg.response_topic):
-        return ReplyRoute(msg.response_topic, msg.correlation_data)
-    reply_to = _plain_topic(payload.get("reply_to")) if isinstance(payload, dict) else None
+    response_topic = _allowed(_plain_topic(msg.response_topic), topics)
+    if response_topic:
+        return ReplyRoute(response_topic, msg.correlation_data)
+    raw_reply_to = payload.get("reply_to") if isinstance(payload, dict) else None
+    reply_to = _allowed(_plain_topic(raw_reply_to), topics)
     return ReplyRoute(reply_to or topics.response, msg.correlation_data)
+
+
+def _allowed(topic: str | None, topics: DeviceTopics) -> str | None:
+    """Refuse replies into this device's own namespace (other than ``response``).
+
+    Otherwise a requester could make the agent publish under its identity on
+    its request, escalation, cloud or status topics.
+    """
+    if topic is None:
+        return None
+    if topic.startswith(topics.base + "/") and topic != topics.response:
+        return None
+    try:
+        topic.encode("utf-8")
+    except UnicodeEncodeError:
+        return None
+    return topic

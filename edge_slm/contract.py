@@ -151,10 +151,14 @@ class Request(_Inbound):
     deadline_ms: int | None = Field(
         default=None,
         ge=1,
-        description="Time budget in ms, counted from `sent_at` when given, else from receipt.",
+        le=86_400_000,
+        description="Time budget in ms (at most a day), counted from `sent_at` when given, "
+        "else from receipt.",
     )
     sent_at: float | None = Field(
-        default=None, description="Epoch seconds when the app sent the request (optional)."
+        default=None,
+        allow_inf_nan=False,
+        description="Epoch seconds when the app sent the request (optional).",
     )
     cloud: CloudPolicy = Field(default=CloudPolicy.AUTO, description="Cloud escalation policy.")
     reply_to: TopicName | None = Field(

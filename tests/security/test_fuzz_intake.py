@@ -401,16 +401,15 @@ def test_hostile_strings_in_ids_topics_and_labels(text: str, where: str) -> None
     routes = [job.route for job, _ in rec.jobs] + [route for route, _, _ in rec.replies]
     [route] = routes
     if where in ("reply_to", "response_topic"):
-        usable = 0 < len(text) <= 512 and _plain(text)
+        own = text.startswith(TOPICS.base + "/") and text != TOPICS.response
+        usable = 0 < len(text) <= 512 and _plain(text) and not own
         assert route.topic == (text if usable else TOPICS.response)
 
 
 @SLOW
 @given(body=deep_json(), response_topic=response_topics)
 def test_deeply_nested_json(body: str, response_topic: str | None) -> None:
-    # INTERNAL is tolerated here (nesting deeper than the parser's recursion
-    # limit; see test_client_errors_are_not_internal for the classification).
-    check_one(inbound(body.encode(), response_topic, b"deep"), allow_internal=True)
+    check_one(inbound(body.encode(), response_topic, b"deep"), allow_internal=False)
 
 
 @SLOW
@@ -457,27 +456,25 @@ def test_hand_made_edge_cases(payload: bytes) -> None:
 def test_10k_deep_nesting_under_a_1mib_limit(nesting: bytes) -> None:
     """With a raised payload limit the parser itself must meet the 10k levels."""
     big = LimitSettings(max_payload_bytes=1024 * 1024)
-    check_one(inbound(nesting, None, None), limits=big, allow_internal=True)
+    check_one(inbound(nesting, None, None), limits=big, allow_internal=False)
 
 
-def test_reply_into_own_request_topic_does_not_loop() -> None:
-    """An app may name the device's own request topic as reply_to: one bounce, no loop."""
-    msg = inbound(
-        encode({"v": 1, "id": "loop", "task": "shout", "reply_to": TOPICS.request}), None, None
-    )
-    rec = check_one(msg)
-    [(route, _, wire)] = rec.replies
-    assert route.topic == TOPICS.request
-    # The agent receives its own error reply as a request: it has no reply_to and
-    # no Response Topic, so the second error goes to the default topic and stops.
-    bounce = check_one(inbound(wire, None, None))
-    [(route2, response2, _)] = bounce.replies
-    assert route2.topic == TOPICS.response
-    assert response2.error is not None
-    assert response2.error.code is ErrorCode.INVALID_REQUEST
+@pytest.mark.parametrize("own", ["request", "escalation", "cloud", "status"])
+def test_replies_never_go_into_the_devices_own_namespace(own: str) -> None:
+    """Else a requester could make the agent publish under its identity (or loop)."""
+    target = getattr(TOPICS, own)
+    for response_topic, reply_to in ((target, None), (None, target)):
+        raw: dict[str, Any] = {"v": 1, "id": "loop", "task": "shout"}
+        if reply_to:
+            raw["reply_to"] = reply_to
+        rec = check_one(inbound(encode(raw), response_topic, None))
+        [(route, response, _)] = rec.replies
+        assert route.topic == TOPICS.response
+        assert response.error is not None
+        assert response.error.code is ErrorCode.INVALID_REQUEST
 
 
-# -- known product bugs (strict xfail: they fail today and must start passing) --
+# -- once product bugs, found by this file; kept as regressions ------------------
 
 SURROGATE_CASES = [
     b'{"v":2,"id":"\\ud800"}',  # rejected request whose id is a lone surrogate
@@ -486,25 +483,16 @@ SURROGATE_CASES = [
 ]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=UnicodeEncodeError,
-    reason="product bug: a lone surrogate (JSON \\ud800 escape) in id/reply_to passes "
-    "validation, then Response.to_wire()/the topic cannot be UTF-8 encoded; "
-    "on_message raises and the app never gets a reply",
-)
 @pytest.mark.parametrize("payload", SURROGATE_CASES, ids=["id", "reply_to", "id-rejected"])
 def test_lone_surrogates_get_a_reply(payload: bytes) -> None:
-    check_one(inbound(payload, None, None))
+    """JSON can escape lone surrogates that no UTF-8 reply can carry: typed error."""
+    rec = check_one(inbound(payload, None, None))
+    [(_, response, _)] = rec.replies
+    assert response.error is not None
+    assert response.error.code is ErrorCode.INVALID_REQUEST
+    assert "surrogate" in response.error.message
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="product bug: client input errors other than JSONDecodeError (RecursionError, "
-    "int digit limit ValueError, float OverflowError) fall into the catch-all and are "
-    "answered `internal` with a full traceback logged at error level",
-)
 @pytest.mark.parametrize(
     "payload",
     [
