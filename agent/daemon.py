@@ -127,6 +127,7 @@ class AgentDaemon(Lifecycle):
             outbox_settings=s.outbox,
             publish=self._publish_escalation,
             send_reply=self.send_reply,
+            on_conditions=self._publish_status,
         )
         self.scheduler.start()
         stack.callback(self.scheduler.stop)
@@ -166,8 +167,11 @@ class AgentDaemon(Lifecycle):
 
     def _on_connect(self) -> None:
         self.mqtt.subscribe([(self.topics.request_filter(), 1), (self.topics.cloud, 1)])
-        self.mqtt.publish(self.topics.status, self._status("online"), qos=1, retain=True)
+        self._publish_status()
         self.escalator.republish()
+
+    def _publish_status(self) -> None:
+        self.mqtt.publish(self.topics.status, self._status("online"), qos=1, retain=True)
 
     def _on_message(self, msg: Inbound) -> None:
         if msg.topic == self.topics.cloud:
@@ -211,6 +215,7 @@ class AgentDaemon(Lifecycle):
             model=self.settings.model.name,
             provider=self._engine.provider if self._engine else None,
             version=__version__,
+            conditions=sorted(self._escalator.conditions) if self._escalator else None,
             ts=time.time(),
         )
         return status.to_wire()
@@ -238,11 +243,13 @@ class AgentDaemon(Lifecycle):
             return
         if before is not None:
             after = self.router.after(job.request, edge, before)
+            reason = after.text
             if after.escalate and after.reason is not None:
                 if self.escalator.escalate(job, after.reason, after.text, edge):
                     return
-            elif edge.ok:
-                edge = edge.model_copy(update={"reason": after.text})
+                reason = f"{after.text}; not escalated: the outbox refused it"
+            if edge.ok:
+                edge = edge.model_copy(update={"reason": reason})
         self._reply_job(job, edge)
 
     def _reply_job(self, job: Job, response: Response) -> None:

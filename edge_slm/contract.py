@@ -283,6 +283,12 @@ class Status(_Outbound):
         default=None, description="Execution provider really in use (cpu, cuda, ...)."
     )
     version: str | None = Field(default=None, description="edge-slm version.")
+    conditions: list[str] | None = Field(
+        default=None,
+        description="Degraded conditions the operator should know about, e.g. "
+        "`outbox_unwritable` (disk full: escalations are not queued, local answers go on) "
+        "or `outbox_was_corrupt` (the file was moved aside at start).",
+    )
     ts: float = Field(description="Epoch seconds when published.")
 
 

@@ -13,6 +13,7 @@ thread. One lock guards the waiting table; publishing happens outside it.
 from __future__ import annotations
 
 import math
+import sqlite3
 import threading
 import time
 from collections.abc import Callable
@@ -44,6 +45,8 @@ from edge_slm.topics import DeviceTopics
 
 log = get_logger("agent.escalator")
 
+UNWRITABLE = "outbox_unwritable"
+
 Publish = Callable[[str, bytes, bytes, int], None]  # topic, payload, correlation, expiry_s
 SendReply = Callable[[ReplyRoute, Response], None]
 
@@ -69,6 +72,7 @@ class Escalator:
         outbox_settings: OutboxSettings,
         publish: Publish,
         send_reply: SendReply,
+        on_conditions: Callable[[], None] = lambda: None,
     ) -> None:
         self._topics = topics
         self._outbox = outbox
@@ -81,6 +85,11 @@ class Escalator:
         self._lock = threading.Lock()
         self._waiting: dict[str, _Waiting] = {}
         self._unreachable_since: float | None = None  # a cloud wait timed out, no reply since
+        self._on_conditions = on_conditions
+        #: Degraded conditions for the status message (see Status.conditions).
+        self.conditions: set[str] = set()
+        if outbox.moved_aside is not None:
+            self.conditions.add("outbox_was_corrupt")
 
     # -- escalate ----------------------------------------------------------
 
@@ -129,6 +138,12 @@ class Escalator:
         except OutboxFull as exc:
             log.warning("escalation_dropped", reason=str(exc), request_id=request.id)
             return False
+        except sqlite3.Error as exc:
+            # Disk full or failing: keep answering locally, tell the operator.
+            log.warning("outbox_unwritable", error=str(exc), request_id=request.id)
+            self._set_condition(UNWRITABLE, present=True)
+            return False
+        self._set_condition(UNWRITABLE, present=False)
         waiting = _Waiting(job=job, reason_text=reason_text, edge=edge)
         with self._lock:
             self._waiting[request.id] = waiting
@@ -294,6 +309,19 @@ class Escalator:
             escalation.reason_text,
             None,
         )
+
+    # -- conditions ---------------------------------------------------------
+
+    def _set_condition(self, name: str, *, present: bool) -> None:
+        with self._lock:
+            changed = (name in self.conditions) != present
+            if present:
+                self.conditions.add(name)
+            else:
+                self.conditions.discard(name)
+        if changed:
+            log.warning("condition_changed", condition=name, present=present)
+            self._on_conditions()
 
     # -- expiry (timer thread) ---------------------------------------------------
 
