@@ -73,6 +73,15 @@ SCRIPT: list[tuple[str, dict[str, Any]]] = [
         "voice",
         {
             "kind": "voice",
+            "text": "it's getting really dark in here",
+            "task": "classify",
+            "labels": INTENTS,
+        },
+    ),
+    (
+        "voice",
+        {
+            "kind": "voice",
             "text": "lock the front door please",
             "task": "classify",
             "labels": INTENTS,
@@ -94,14 +103,14 @@ SCRIPT: list[tuple[str, dict[str, Any]]] = [
         {"text": "What is the capital of Australia?", "cloud": "always", "max_tokens": 24},
     ),
     (
-        "deadline 1.2s",
+        "deadline 0.6s",
         {
             "kind": "voice",
             "text": "switch off every light downstairs",
             "task": "classify",
             "labels": INTENTS,
             "cloud": "always",
-            "deadline_ms": 1200,
+            "deadline_ms": 600,
         },
     ),
     (
