@@ -11,6 +11,7 @@ from pydantic import ValidationError
 
 from edge_slm import __version__
 from edge_slm.logs import configure_logging
+from edge_slm.settings import describe_errors
 
 
 def _run_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -34,14 +35,6 @@ def _run_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     run.set_defaults(func=_cmd_run)
 
 
-def _format_errors(exc: ValidationError) -> str:
-    lines = [f"invalid configuration ({exc.error_count()} error(s)):"]
-    for err in exc.errors(include_url=False):
-        where = ".".join(str(p) for p in err["loc"]) or "(root)"
-        lines.append(f"  {where}: {err['msg']}")
-    return "\n".join(lines)
-
-
 def _cmd_run(args: argparse.Namespace) -> int:
     from agent.config import load_settings
     from agent.models.errors import ModelError
@@ -58,7 +51,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
             },
         )
     except ValidationError as exc:
-        print(_format_errors(exc), file=sys.stderr)
+        print(describe_errors(exc), file=sys.stderr)
         return 2
     except (FileNotFoundError, ValueError) as exc:
         print(f"invalid configuration: {exc}", file=sys.stderr)

@@ -17,6 +17,7 @@ from cloud_relay.store import LogQuery, LogRow, RelayStore, StoreError, open_sto
 from cloud_relay.timespec import parse_since
 from edge_slm import __version__
 from edge_slm.contract import Outcome
+from edge_slm.settings import describe_errors
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -72,19 +73,11 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _format_errors(exc: ValidationError) -> str:
-    lines = [f"invalid configuration ({exc.error_count()} error(s)):"]
-    for err in exc.errors(include_url=False):
-        where = ".".join(str(p) for p in err["loc"]) or "(root)"
-        lines.append(f"  {where}: {err['msg']}")
-    return "\n".join(lines)
-
-
 def _settings(args: argparse.Namespace, **overrides: object) -> RelaySettings | None:
     try:
         return load_settings(args.config, db=args.db, **overrides)
     except ValidationError as exc:
-        print(_format_errors(exc), file=sys.stderr)
+        print(describe_errors(exc), file=sys.stderr)
     except (FileNotFoundError, ValueError) as exc:
         print(f"invalid configuration: {exc}", file=sys.stderr)
     return None

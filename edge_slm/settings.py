@@ -13,7 +13,15 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Self
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     NestedSecretsSettingsSource,
@@ -23,6 +31,15 @@ from pydantic_settings import (
 )
 
 from edge_slm.mqtt import BrokerUrl, Inbound, MqttConnection, TlsFiles, Will
+
+
+def describe_errors(exc: ValidationError) -> str:
+    """Readable `--check-config` output: one line per error, dotted field paths."""
+    lines = [f"invalid configuration ({exc.error_count()} error(s)):"]
+    for err in exc.errors(include_url=False):
+        where = ".".join(str(p) for p in err["loc"]) or "(root)"
+        lines.append(f"  {where}: {err['msg']}")
+    return "\n".join(lines)
 
 
 class Section(BaseModel):
