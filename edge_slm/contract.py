@@ -378,6 +378,50 @@ class CloudReply(_DeviceToCloud):
         return self
 
 
+class LatencySummary(_Outbound):
+    p50_ms: float = Field(ge=0.0, description="Median latency, ms.")
+    p95_ms: float = Field(ge=0.0, description="95th percentile latency, ms.")
+    count: int = Field(ge=0, description="Replies in the window behind the percentiles.")
+
+
+class Telemetry(_Outbound):
+    """Agent -> fleet on ``<prefix>/<device_id>/telemetry`` (QoS 0, every interval).
+
+    Counters are cumulative since the agent started (``started_at``), so a lost
+    message loses nothing; percentiles cover the most recent replies.
+    """
+
+    v: Literal[1] = Field(default=1, description="Contract major version.")
+    device_id: str = Field(description="The device's id.")
+    ts: float = Field(description="Epoch seconds when published.")
+    started_at: float = Field(description="Epoch seconds when the agent started.")
+    model: str = Field(description="Model in use.")
+    provider: str = Field(description="Execution provider actually in use.")
+    requests: dict[str, int] = Field(
+        description="Final replies by source (`edge`, `cloud`, `edge-fallback`) and `error`."
+    )
+    escalations: int = Field(ge=0, description="Requests sent to the cloud.")
+    escalation_rate: float = Field(
+        ge=0.0, le=1.0, description="Escalations / answered requests (errors excluded)."
+    )
+    escalation_reasons: dict[str, int] = Field(description="Escalations by reason.")
+    latency: dict[str, LatencySummary] = Field(description="Reply latency by source.")
+    decode_tok_s: float | None = Field(
+        default=None, ge=0.0, description="Median edge decode speed over recent generations."
+    )
+    outbox_depth: int = Field(ge=0, description="Escalations waiting for a cloud reply.")
+    outbox_dropped: dict[str, int] = Field(
+        description="Escalations dropped: `full` (bounds), `expired`, `unwritable` (disk)."
+    )
+    cloud_tokens: TokenUsage = Field(description="Tokens the cloud spent on this device.")
+    cost_avoided_usd: float = Field(
+        ge=0.0,
+        description="Edge answers priced at the configured cloud price per token: what "
+        "answering them in the cloud would have cost.",
+    )
+    conditions: list[str] | None = Field(default=None, description="As in Status.")
+
+
 #: Every model that travels on a topic, for schema export and the AsyncAPI check.
 WIRE_MODELS: dict[str, type[BaseModel]] = {
     "Request": Request,
@@ -385,6 +429,7 @@ WIRE_MODELS: dict[str, type[BaseModel]] = {
     "Status": Status,
     "Escalation": Escalation,
     "CloudReply": CloudReply,
+    "Telemetry": Telemetry,
 }
 
 #: Models whose receivers validate them (schemas exported in validation mode).

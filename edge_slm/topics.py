@@ -66,6 +66,11 @@ class DeviceTopics:
         """Relay -> agent: cloud answers."""
         return f"{self.base}/cloud"
 
+    @property
+    def telemetry(self) -> str:
+        """Agent -> fleet: periodic counters and unit economics."""
+        return f"{self.base}/telemetry"
+
     def all(self) -> dict[str, str]:
         """Every topic of this device by role (the AsyncAPI document lists the same)."""
         return {
@@ -74,6 +79,7 @@ class DeviceTopics:
             "status": self.status,
             "escalation": self.escalation,
             "cloud": self.cloud,
+            "telemetry": self.telemetry,
         }
 
 
@@ -93,6 +99,11 @@ def device_of(topic: str, prefix: str) -> str | None:
     if len(parts) != 3 or parts[0] != prefix or not parts[1]:
         return None
     return parts[1]
+
+
+def telemetry_wildcard(prefix: str) -> str:
+    """Subscription matching every device's telemetry topic (the relay's fleet view)."""
+    return f"{_check_segment('prefix', prefix)}/+/telemetry"
 
 
 def status_wildcard(prefix: str) -> str:

@@ -190,6 +190,7 @@ def test_operations_say_who_sends_what(spec: dict[str, Any]) -> None:
         "status": "send",
         "escalation": "send",
         "cloud": "receive",
+        "telemetry": "send",
     }
 
 

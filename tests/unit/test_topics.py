@@ -27,6 +27,7 @@ def test_all_lists_every_topic_by_role() -> None:
         "status": "slm/kitchen-pi/status",
         "escalation": "slm/kitchen-pi/escalation",
         "cloud": "slm/kitchen-pi/cloud",
+        "telemetry": "slm/kitchen-pi/telemetry",
     }
     assert len(set(topics.all().values())) == len(topics.all())
 
