@@ -184,6 +184,34 @@ class OutboxSettings(_Section):
     )
 
 
+class TelemetrySettings(_Section):
+    interval_s: float = Field(
+        default=60.0, gt=0, description="How often telemetry is published on .../telemetry."
+    )
+    window: int = Field(
+        default=1000, ge=10, description="Recent replies behind the latency percentiles."
+    )
+    cloud_price_in_per_mtok: float = Field(
+        default=0.15,
+        ge=0,
+        description="USD per 1M prompt tokens in the cloud, to price the cost avoided by "
+        "edge answers (default: a small hosted model's list price).",
+    )
+    cloud_price_out_per_mtok: float = Field(
+        default=0.60, ge=0, description="USD per 1M completion tokens in the cloud."
+    )
+
+
+class MetricsSettings(_Section):
+    port: int = Field(
+        default=0, ge=0, le=65535, description="Prometheus /metrics port; 0 turns it off."
+    )
+    host: str = Field(
+        default="127.0.0.1",
+        description="Address for /metrics; keep it on loopback unless a scraper needs more.",
+    )
+
+
 class AgentSettings(DaemonSettings):
     """Everything the edge agent daemon reads at start-up."""
 
@@ -204,6 +232,12 @@ class AgentSettings(DaemonSettings):
     cloud: CloudSettings = Field(default_factory=CloudSettings, description="Cloud fallback.")
     outbox: OutboxSettings = Field(
         default_factory=OutboxSettings, description="Durable escalation outbox."
+    )
+    telemetry: TelemetrySettings = Field(
+        default_factory=TelemetrySettings, description="Periodic telemetry and cost avoided."
+    )
+    metrics: MetricsSettings = Field(
+        default_factory=MetricsSettings, description="Optional Prometheus endpoint."
     )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
         default="INFO", description="Log level."

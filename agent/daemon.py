@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Literal
 
 import structlog
+from prometheus_client import start_http_server
 
 from agent.answering import answer, with_latency
 from agent.cloud.escalator import Escalator
@@ -28,9 +29,10 @@ from agent.intake import Intake
 from agent.policy.redact import Redactor
 from agent.policy.router import Router
 from agent.routing import ReplyRoute
+from agent.telemetry import TelemetryRecorder
 from agent.worker import InferenceWorker, Job
 from edge_slm import __version__
-from edge_slm.contract import ErrorCode, Response, Status
+from edge_slm.contract import ErrorCode, Response, Status, Task
 from edge_slm.lifecycle import Lifecycle
 from edge_slm.logs import get_logger
 from edge_slm.mqtt import Inbound, Will
@@ -59,6 +61,9 @@ class AgentDaemon(Lifecycle):
         self._outbox: Outbox | None = None
         s = settings
         self.scheduler = Scheduler()
+        self.telemetry = TelemetryRecorder(
+            device_id=s.device_id, model=s.model.name, settings=s.telemetry
+        )
         self.router = Router(s.policy, s.cloud, budget_left=self._budget_left)
         self.worker = InferenceWorker(self._answer, self._finish, queue_size=s.limits.queue_size)
         self.intake = Intake(
@@ -132,6 +137,9 @@ class AgentDaemon(Lifecycle):
         self.scheduler.start()
         stack.callback(self.scheduler.stop)
         self.scheduler.every(s.outbox.sweep_interval_s, self.escalator.sweep)
+        self.scheduler.every(s.telemetry.interval_s, self._publish_telemetry)
+        if s.metrics.port:
+            self._serve_metrics(stack)
         self.worker.start()
         stack.callback(self.worker.stop)
         connected = self.mqtt.start(connect_timeout_s=s.mqtt.connect_timeout_s)
@@ -170,6 +178,28 @@ class AgentDaemon(Lifecycle):
         self._publish_status()
         self.escalator.republish()
 
+    def _publish_telemetry(self) -> None:
+        outbox = self._outbox
+        snapshot = self.telemetry.snapshot(
+            provider=self.engine.provider,
+            outbox_depth=outbox.depth() if outbox else 0,
+            dropped={
+                "full": outbox.counter("dropped_full") if outbox else 0,
+                "expired": outbox.counter("dropped_expired") if outbox else 0,
+                "unwritable": self.escalator.unwritable_drops,
+            },
+            conditions=sorted(self.escalator.conditions),
+        )
+        self.mqtt.publish(self.topics.telemetry, snapshot.to_wire(), qos=1)
+
+    def _serve_metrics(self, stack: ExitStack) -> None:
+        m = self.settings.metrics
+        if m.host not in ("127.0.0.1", "::1", "localhost"):
+            log.warning("metrics_not_on_loopback", host=m.host, port=m.port)
+        server, _thread = start_http_server(m.port, addr=m.host, registry=self.telemetry.registry)
+        stack.callback(server.shutdown)
+        log.info("metrics_serving", host=m.host, port=m.port)
+
     def _publish_status(self) -> None:
         self.mqtt.publish(self.topics.status, self._status("online"), qos=1, retain=True)
 
@@ -200,8 +230,11 @@ class AgentDaemon(Lifecycle):
         """Route before generation, escalate early if so decided, then queue."""
         decision = self.router.before(job.request, topic)
         reason = decision.reason if decision.escalate else None
-        if reason is not None and not self.escalator.escalate(job, reason, decision.text, None):
-            decision = dataclasses.replace(decision, escalate=False)  # outbox full
+        if reason is not None:
+            if self.escalator.escalate(job, reason, decision.text, None):
+                self.telemetry.escalated(reason)
+            else:
+                decision = dataclasses.replace(decision, escalate=False)  # outbox full
         if self.worker.submit(dataclasses.replace(job, decision=decision)):
             return True
         if decision.escalate:
@@ -221,6 +254,7 @@ class AgentDaemon(Lifecycle):
         return status.to_wire()
 
     def send_reply(self, route: ReplyRoute, response: Response) -> None:
+        self.telemetry.reply(response)
         self.mqtt.publish(
             route.topic,
             response.to_wire(),
@@ -232,7 +266,10 @@ class AgentDaemon(Lifecycle):
 
     def _answer(self, job: Job) -> Response:
         stop = StopWhen(deadline=job.deadline, cancel=self.worker.cancelled)
-        return answer(self.engine, job.request, max_tokens=job.max_tokens, stop=stop)
+        response = answer(self.engine, job.request, max_tokens=job.max_tokens, stop=stop)
+        if response.ok and job.request.task is not Task.CLASSIFY:
+            self.telemetry.decoded(self.engine.last_decode_tok_s)
+        return response
 
     def _finish(self, job: Job, edge: Response) -> None:
         """The edge answer is ready (worker thread): reply, or escalate."""
@@ -246,6 +283,7 @@ class AgentDaemon(Lifecycle):
             reason = after.text
             if after.escalate and after.reason is not None:
                 if self.escalator.escalate(job, after.reason, after.text, edge):
+                    self.telemetry.escalated(after.reason)
                     return
                 reason = f"{after.text}; not escalated: the outbox refused it"
             if edge.ok:

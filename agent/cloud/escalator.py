@@ -88,6 +88,7 @@ class Escalator:
         self._on_conditions = on_conditions
         #: Degraded conditions for the status message (see Status.conditions).
         self.conditions: set[str] = set()
+        self.unwritable_drops = 0  # escalations lost to a failing disk (telemetry)
         if outbox.moved_aside is not None:
             self.conditions.add("outbox_was_corrupt")
 
@@ -142,6 +143,7 @@ class Escalator:
             # Disk full or failing: keep answering locally, tell the operator.
             log.warning("outbox_unwritable", error=str(exc), request_id=request.id)
             self._set_condition(UNWRITABLE, present=True)
+            self.unwritable_drops += 1
             return False
         self._set_condition(UNWRITABLE, present=False)
         waiting = _Waiting(job=job, reason_text=reason_text, edge=edge)

@@ -190,6 +190,8 @@ class Engine:
         self._end_id = eos[0] if isinstance(eos, list) else eos
         self.provider, self._model = self._load(provider)
         self._tokenizer = og.Tokenizer(self._model)
+        #: Decode speed of the latest free-text generation (telemetry reads it).
+        self.last_decode_tok_s: float | None = None
 
     def _load(self, requested: str) -> tuple[str, Any]:
         og = self._og
@@ -332,6 +334,9 @@ class Engine:
                 parts.append(event.text)
             if not isinstance(event, StreamEnd):
                 continue
+            decode_s = event.total_s - event.ttft_s
+            if event.completion_tokens > 1 and decode_s > 0:
+                self.last_decode_tok_s = (event.completion_tokens - 1) / decode_s
             return Generation(
                 text="".join(parts).strip(),
                 confidence=event.confidence,
