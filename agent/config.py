@@ -132,6 +132,13 @@ class PolicySettings(_Section):
         default_factory=list,
         description="Names (household members, places) redacted before anything leaves.",
     )
+    shadow_rate: float = Field(
+        default=0.0,
+        ge=0.0,
+        le=1.0,
+        description="Share of confident edge answers also sent to the cloud, for comparison "
+        "only (calibration data); the app still gets only the edge answer.",
+    )
 
     @field_validator("thresholds")
     @classmethod

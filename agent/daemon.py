@@ -18,6 +18,7 @@ from typing import Literal
 
 import structlog
 from prometheus_client import start_http_server
+from pydantic import ValidationError
 
 from agent.answering import answer, with_latency
 from agent.cloud.escalator import Escalator
@@ -32,7 +33,14 @@ from agent.routing import ReplyRoute
 from agent.telemetry import TelemetryRecorder
 from agent.worker import InferenceWorker, Job
 from edge_slm import __version__
-from edge_slm.contract import ErrorCode, Response, Status, Task
+from edge_slm.contract import (
+    DeviceConfig,
+    ErrorCode,
+    EscalationReason,
+    Response,
+    Status,
+    Task,
+)
 from edge_slm.lifecycle import Lifecycle
 from edge_slm.logs import get_logger
 from edge_slm.mqtt import Inbound, Will
@@ -174,7 +182,13 @@ class AgentDaemon(Lifecycle):
     # -- MQTT side (network thread) ----------------------------------------
 
     def _on_connect(self) -> None:
-        self.mqtt.subscribe([(self.topics.request_filter(), 1), (self.topics.cloud, 1)])
+        self.mqtt.subscribe(
+            [
+                (self.topics.request_filter(), 1),
+                (self.topics.cloud, 1),
+                (self.topics.config, 1),
+            ]
+        )
         self._publish_status()
         self.escalator.republish()
 
@@ -206,8 +220,30 @@ class AgentDaemon(Lifecycle):
     def _on_message(self, msg: Inbound) -> None:
         if msg.topic == self.topics.cloud:
             self.escalator.on_cloud(msg)
+        elif msg.topic == self.topics.config:
+            self._on_config(msg)
         else:
             self.intake.on_message(msg)
+
+    def _on_config(self, msg: Inbound) -> None:
+        """A retained DeviceConfig from the relay: validate, then apply live."""
+        if not msg.payload:
+            return  # the retained config was cleared; keep the current settings
+        try:
+            config = DeviceConfig.model_validate_json(msg.payload)
+        except ValidationError as exc:
+            log.warning("config_rejected", error=str(exc)[:300])
+            return
+        if config.device_id != self.settings.device_id:
+            log.warning("config_rejected", error="device_id mismatch", device_id=config.device_id)
+            return
+        changes = self.router.update(thresholds=config.thresholds, shadow_rate=config.shadow_rate)
+        log.info(
+            "config_applied",
+            changes=changes,
+            issued_by=config.issued_by,
+            issued_at=config.issued_at,
+        )
 
     def _publish_escalation(
         self, topic: str, payload: bytes, correlation: bytes, expiry_s: int
@@ -286,6 +322,13 @@ class AgentDaemon(Lifecycle):
                     self.telemetry.escalated(after.reason)
                     return
                 reason = f"{after.text}; not escalated: the outbox refused it"
+            elif (
+                after.allowed
+                and edge.ok
+                and self.router.sample_shadow()
+                and self.escalator.shadow(job, edge)
+            ):
+                self.telemetry.escalated(EscalationReason.SHADOW)
             if edge.ok:
                 edge = edge.model_copy(update={"reason": reason})
         self._reply_job(job, edge)

@@ -140,7 +140,8 @@ class TelemetryRecorder:
     ) -> Telemetry:
         with self._lock:
             requests = dict(self._requests)
-            escalations = sum(self._reasons.values())
+            # Shadow samples are comparisons, not escalations the app waited for.
+            escalations = sum(n for r, n in self._reasons.items() if r != "shadow")
             answered = sum(n for source, n in requests.items() if source != ERROR)
             latency = {
                 source: LatencySummary(

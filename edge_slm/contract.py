@@ -75,6 +75,7 @@ class EscalationReason(StrEnum):
     COMPLEX = "complex"
     LOW_CONFIDENCE = "low_confidence"
     EDGE_ERROR = "edge_error"
+    SHADOW = "shadow"  # a confident edge answer, sampled for comparison only
 
 
 class Outcome(StrEnum):
@@ -422,6 +423,28 @@ class Telemetry(_Outbound):
     conditions: list[str] | None = Field(default=None, description="As in Status.")
 
 
+class DeviceConfig(_DeviceToCloud):
+    """Relay -> agent, retained on ``<prefix>/<device_id>/config``: run-time settings.
+
+    Only the relay identity may publish it (broker ACL). The agent validates it
+    and applies it without a restart; fields left out keep their current value.
+    """
+
+    v: Literal[1] = Field(default=1, description="Contract major version.")
+    device_id: str = Field(min_length=1, max_length=64, description="The device it is for.")
+    thresholds: dict[Task, Annotated[float, Field(ge=0.0, le=1.0)]] | None = Field(
+        default=None, description="Escalation thresholds by task, e.g. from `calibrate`."
+    )
+    shadow_rate: float | None = Field(
+        default=None,
+        ge=0.0,
+        le=1.0,
+        description="Share of confident edge answers also sent to the cloud for comparison.",
+    )
+    issued_at: float = Field(description="Epoch seconds when the operator issued it.")
+    issued_by: str | None = Field(default=None, max_length=128, description="Who or what.")
+
+
 #: Every model that travels on a topic, for schema export and the AsyncAPI check.
 WIRE_MODELS: dict[str, type[BaseModel]] = {
     "Request": Request,
@@ -430,10 +453,11 @@ WIRE_MODELS: dict[str, type[BaseModel]] = {
     "Escalation": Escalation,
     "CloudReply": CloudReply,
     "Telemetry": Telemetry,
+    "DeviceConfig": DeviceConfig,
 }
 
 #: Models whose receivers validate them (schemas exported in validation mode).
-_RECEIVED = (Request, Escalation, CloudReply)
+_RECEIVED = (Request, Escalation, CloudReply, DeviceConfig)
 
 
 def json_schemas() -> dict[str, dict[str, Any]]:

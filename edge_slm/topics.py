@@ -71,6 +71,11 @@ class DeviceTopics:
         """Agent -> fleet: periodic counters and unit economics."""
         return f"{self.base}/telemetry"
 
+    @property
+    def config(self) -> str:
+        """Relay -> agent, retained: run-time settings (thresholds, shadow rate)."""
+        return f"{self.base}/config"
+
     def all(self) -> dict[str, str]:
         """Every topic of this device by role (the AsyncAPI document lists the same)."""
         return {
@@ -80,6 +85,7 @@ class DeviceTopics:
             "escalation": self.escalation,
             "cloud": self.cloud,
             "telemetry": self.telemetry,
+            "config": self.config,
         }
 
 

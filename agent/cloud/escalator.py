@@ -98,13 +98,59 @@ class Escalator:
         self, job: Job, reason: EscalationReason, reason_text: str, edge: Response | None
     ) -> bool:
         """Store, publish and start waiting. False when the outbox refused it."""
+        row = self._store(job, reason, reason_text, edge, shadow=False)
+        if row is None:
+            return False
+        request_id = job.request.id
+        waiting = _Waiting(job=job, reason_text=reason_text, edge=edge)
+        with self._lock:
+            self._waiting[request_id] = waiting  # before publishing: a fast reply finds it
+            unreachable = self._unreachable_since
+        self._send(row)
+        if unreachable is not None:
+            # The cloud has been silent: answer from the edge now, correct later.
+            self._give_up(request_id, f"the cloud has not answered since {_clock(unreachable)}")
+        else:
+            wait_until = (
+                job.deadline - self._cloud.margin_ms / 1000
+                if job.deadline is not None
+                else time.monotonic() + self._cloud.timeout_s
+            )
+            self._scheduler.at(wait_until, lambda: self._give_up(request_id, None))
+        return True
+
+    def shadow(self, job: Job, edge: Response) -> bool:
+        """Send a confident edge answer's case to the cloud for comparison only.
+
+        Nobody waits: the app already has its edge answer, and the cloud reply is
+        logged by the relay (with the agreement) and then dropped here.
+        """
+        row = self._store(
+            job, EscalationReason.SHADOW, "shadow sample for calibration", edge, shadow=True
+        )
+        if row is None:
+            return False
+        self._send(row)
+        return True
+
+    def _store(
+        self,
+        job: Job,
+        reason: EscalationReason,
+        reason_text: str,
+        edge: Response | None,
+        *,
+        shadow: bool,
+    ) -> OutboxRow | None:
+        """Redact, build the escalation and write it durably; None when refused."""
         request = job.request
         now = time.time()
         redacted = self._redactor.redact(request.text)
         counts = dict(redacted.counts)
         sensors = [self._redact_reading(r, counts) for r in request.readings] or None
         remaining_s = None if job.deadline is None else job.deadline - time.monotonic()
-        if remaining_s is not None and not request.corrections:
+        corrections = request.corrections and not shadow
+        if remaining_s is not None and not corrections and not shadow:
             expires_at = now + max(remaining_s, 0.0)  # useless to the app after its deadline
         else:
             expires_at = now + self._outbox_settings.ttl_s
@@ -121,7 +167,7 @@ class Escalator:
             reason_text=reason_text,
             edge=_edge_answer(edge),
             redactions={k: v for k, v in counts.items() if v},
-            deadline_ms=max(1, int(remaining_s * 1000)) if remaining_s else None,
+            deadline_ms=max(1, int(remaining_s * 1000)) if remaining_s and not shadow else None,
             expires_at=expires_at,
             created_at=now,
         )
@@ -130,7 +176,7 @@ class Escalator:
             payload=escalation.to_wire(),
             reply_topic=job.route.topic,
             correlation=job.route.correlation_data,
-            corrections=request.corrections,
+            corrections=corrections,
             created_at=now,
             expires_at=expires_at,
         )
@@ -138,18 +184,14 @@ class Escalator:
             self._outbox.add(row)
         except OutboxFull as exc:
             log.warning("escalation_dropped", reason=str(exc), request_id=request.id)
-            return False
+            return None
         except sqlite3.Error as exc:
             # Disk full or failing: keep answering locally, tell the operator.
             log.warning("outbox_unwritable", error=str(exc), request_id=request.id)
             self._set_condition(UNWRITABLE, present=True)
             self.unwritable_drops += 1
-            return False
+            return None
         self._set_condition(UNWRITABLE, present=False)
-        waiting = _Waiting(job=job, reason_text=reason_text, edge=edge)
-        with self._lock:
-            self._waiting[request.id] = waiting
-            unreachable = self._unreachable_since
         log.info(
             "escalated",
             request_id=request.id,
@@ -158,18 +200,7 @@ class Escalator:
             redactions=escalation.redactions,
             edge_confidence=edge.confidence if edge else None,
         )
-        self._send(row)
-        if unreachable is not None:
-            # The cloud has been silent: answer from the edge now, correct later.
-            self._give_up(request.id, f"the cloud has not answered since {_clock(unreachable)}")
-        else:
-            wait_until = (
-                job.deadline - self._cloud.margin_ms / 1000
-                if job.deadline is not None
-                else time.monotonic() + self._cloud.timeout_s
-            )
-            self._scheduler.at(wait_until, lambda: self._give_up(request.id, None))
-        return True
+        return row
 
     def _redact_reading(self, reading: SensorReading, counts: dict[str, int]) -> SensorReading:
         if not isinstance(reading.value, str):

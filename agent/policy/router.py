@@ -10,12 +10,14 @@ confidence is under the task's threshold.
 from __future__ import annotations
 
 import fnmatch
-from collections.abc import Callable
+import random
+import threading
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from agent.config import CloudSettings, PolicySettings
 from agent.policy.complexity import complexity
-from edge_slm.contract import CloudPolicy, EscalationReason, Privacy, Request, Response
+from edge_slm.contract import CloudPolicy, EscalationReason, Privacy, Request, Response, Task
 from edge_slm.topics import matches
 
 
@@ -38,6 +40,37 @@ class Router:
         self._policy = policy
         self._cloud = cloud
         self._budget_left = budget_left
+        # Live settings: a retained DeviceConfig may change them at run time.
+        self._lock = threading.Lock()
+        self._thresholds: dict[Task, float] = dict(policy.thresholds)
+        self._shadow_rate = policy.shadow_rate
+
+    def update(
+        self, *, thresholds: Mapping[Task, float] | None, shadow_rate: float | None
+    ) -> dict[str, object]:
+        """Apply new live settings; return what changed (old -> new) for the log."""
+        changes: dict[str, object] = {}
+        with self._lock:
+            if thresholds is not None:
+                for task, value in thresholds.items():
+                    old = self._thresholds.get(task)
+                    if old != value:
+                        changes[f"threshold.{task.value}"] = [old, value]
+                        self._thresholds[task] = value
+            if shadow_rate is not None and shadow_rate != self._shadow_rate:
+                changes["shadow_rate"] = [self._shadow_rate, shadow_rate]
+                self._shadow_rate = shadow_rate
+        return changes
+
+    def threshold(self, task: Task) -> float:
+        with self._lock:
+            return self._thresholds.get(task, 0.5)
+
+    def sample_shadow(self) -> bool:
+        """Whether this confident edge answer also goes to the cloud for comparison."""
+        with self._lock:
+            rate = self._shadow_rate
+        return rate > 0 and random.random() < rate  # noqa: S311 - sampling, not security
 
     def blocked(self, request: Request, topic: str) -> str | None:  # noqa: PLR0911 - a rule each
         """Why ``request`` must stay on the device, or None."""
@@ -81,7 +114,7 @@ class Router:
     def after(self, request: Request, edge: Response, before: Decision) -> Decision:
         if not edge.ok or edge.confidence is None:
             return Decision(False, before.allowed, None, before.text or "edge error")
-        threshold = self._policy.thresholds.get(request.task, 0.5)
+        threshold = self.threshold(request.task)
         task = request.task.value
         if edge.confidence >= threshold:
             return Decision(

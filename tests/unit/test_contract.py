@@ -325,6 +325,7 @@ def test_wire_strings_of_the_new_enums() -> None:
         "complex",
         "low_confidence",
         "edge_error",
+        "shadow",
     }
     assert {o.value for o in Outcome} == {"ok", "llm_error", "rejected", "budget", "expired"}
 

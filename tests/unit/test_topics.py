@@ -28,6 +28,7 @@ def test_all_lists_every_topic_by_role() -> None:
         "escalation": "slm/kitchen-pi/escalation",
         "cloud": "slm/kitchen-pi/cloud",
         "telemetry": "slm/kitchen-pi/telemetry",
+        "config": "slm/kitchen-pi/config",
     }
     assert len(set(topics.all().values())) == len(topics.all())
 
