@@ -1,4 +1,5 @@
-"""``cloud-relay``: run the relay, and read its log (``logs``, ``stats``)."""
+"""``cloud-relay``: run the relay, read its log (``logs``, ``stats``, ``export``) and the
+fleet view (``devices``)."""
 
 from __future__ import annotations
 
@@ -8,21 +9,13 @@ import sys
 import time
 from pathlib import Path
 
-from pydantic import ValidationError
-
 from cloud_relay import render
-from cloud_relay.config import RelaySettings, load_settings
+from cloud_relay.cli_support import add_common, settings_from, store_from
 from cloud_relay.stats import compute
 from cloud_relay.store import LogQuery, LogRow, RelayStore, StoreError, open_store
 from cloud_relay.timespec import parse_since
 from edge_slm import __version__
 from edge_slm.contract import Outcome
-from edge_slm.settings import describe_errors
-
-
-def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", type=Path, help="TOML config file (e.g. /etc/edge-slm/relay.toml)")
-    p.add_argument("--db", help="store URL: sqlite:///path or postgresql://...")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -39,7 +32,7 @@ def _parser() -> argparse.ArgumentParser:
         description="Answer escalations from the fleet. Flags override CLOUD_RELAY_* "
         "environment variables, which override the TOML config file.",
     )
-    _common(run)
+    add_common(run)
     run.add_argument("--broker", help="broker URL, mqtt://host:port or mqtts://host:port")
     run.add_argument("--llm-url", help="OpenAI-compatible base URL, e.g. http://host:8080/v1")
     run.add_argument("--llm-model", help="model name to ask")
@@ -51,7 +44,7 @@ def _parser() -> argparse.ArgumentParser:
     logs = sub.add_parser(
         "logs", help="show the newest relay log rows (printed oldest first, like a log)"
     )
-    _common(logs)
+    add_common(logs)
     logs.add_argument("--device", help="only this device")
     logs.add_argument("--since", help="ISO time or age: 10m, 2h, 1d")
     logs.add_argument("--outcome", choices=[o.value for o in Outcome], help="only this outcome")
@@ -61,32 +54,47 @@ def _parser() -> argparse.ArgumentParser:
     logs.set_defaults(func=_cmd_logs)
 
     stats = sub.add_parser("stats", help="per-device and fleet-wide figures")
-    _common(stats)
+    add_common(stats)
     stats.add_argument("--device", help="only this device")
     stats.add_argument("--since", help="ISO time or age: 10m, 2h, 1d (default: all)")
     stats.add_argument("--json", action="store_true", help="JSON output")
     stats.set_defaults(func=_cmd_stats)
 
+    devices = sub.add_parser(
+        "devices", help="the fleet: status, model, requests and cost avoided per device"
+    )
+    add_common(devices)
+    devices.add_argument("--device", help="only this device")
+    devices.add_argument("--json", action="store_true", help="JSON output")
+    devices.set_defaults(func=_cmd_devices)
+
+    export = sub.add_parser(
+        "export",
+        help="escalations as training data (one JSON object per line), for distillation",
+        description="Each line: the case as the relay received it (already redacted on the "
+        "device), the cloud's and the edge's answers and whether they agree. Rows logged "
+        "without text (before this version, or with store_prompts off) are skipped.",
+    )
+    add_common(export)
+    export.add_argument("--format", choices=["jsonl"], default="jsonl", help="output format")
+    export.add_argument("--device", help="only this device")
+    export.add_argument("--since", help="ISO time or age: 10m, 2h, 1d (default: all)")
+    export.add_argument("--outcome", choices=[o.value for o in Outcome], help="only this outcome")
+    export.add_argument("--output", "-o", type=Path, help="write here instead of stdout")
+    export.set_defaults(func=_cmd_export)
+
+    from cloud_relay.calibrate_cmd import add_calibrate_command
     from edge_slm.pki import add_pki_command
 
+    add_calibrate_command(sub)
     add_pki_command(sub)
     return parser
-
-
-def _settings(args: argparse.Namespace, **overrides: object) -> RelaySettings | None:
-    try:
-        return load_settings(args.config, db=args.db, **overrides)
-    except ValidationError as exc:
-        print(describe_errors(exc), file=sys.stderr)
-    except (FileNotFoundError, ValueError) as exc:
-        print(f"invalid configuration: {exc}", file=sys.stderr)
-    return None
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
     from edge_slm.logs import configure_logging
 
-    settings = _settings(
+    settings = settings_from(
         args,
         **{"mqtt.broker": args.broker, "llm.url": args.llm_url, "llm.model": args.llm_model},
     )
@@ -111,17 +119,6 @@ def _cmd_run(args: argparse.Namespace) -> int:
         return 2
 
 
-def _open(args: argparse.Namespace) -> RelayStore | None:
-    settings = _settings(args)
-    if settings is None:
-        return None
-    try:
-        return open_store(settings.db)
-    except StoreError as exc:
-        print(f"store problem: {exc}", file=sys.stderr)
-        return None
-
-
 def _since(value: str | None) -> float | None:
     return parse_since(value) if value else None
 
@@ -132,7 +129,7 @@ def _cmd_logs(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(exc, file=sys.stderr)
         return 2
-    store = _open(args)
+    store = store_from(args)
     if store is None:
         return 2
     outcome = Outcome(args.outcome) if args.outcome else None
@@ -186,18 +183,83 @@ def _cmd_stats(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(exc, file=sys.stderr)
         return 2
-    store = _open(args)
+    store = store_from(args)
     if store is None:
         return 2
     try:
         rows = store.logs(LogQuery(device_id=args.device, since=since, limit=None))
+        if since is None:
+            avoided = {
+                d.device_id: d.totals.cost_avoided_usd
+                for d in store.devices(args.device)
+                if d.telemetry is not None
+            }
+        else:
+            avoided = store.cost_avoided_since(since, args.device)
     finally:
         store.close()
-    result = compute(rows)
+    result = compute(rows, avoided)
     if args.json:
         print(json.dumps([s.as_dict() for s in result], indent=2))
     else:
         print(render.table(render.STATS_HEADERS, [render.stats_cells(s) for s in result]))
+    return 0
+
+
+def _cmd_devices(args: argparse.Namespace) -> int:
+    settings = settings_from(args)
+    if settings is None:
+        return 2
+    try:
+        store = open_store(settings.db)
+    except StoreError as exc:
+        print(f"store problem: {exc}", file=sys.stderr)
+        return 2
+    try:
+        rows = store.devices(args.device)
+    finally:
+        store.close()
+    now = time.time()
+    stale = settings.fleet.stale_after_s
+    if args.json:
+        data = [render.device_dict(d, now=now, stale_after_s=stale) for d in rows]
+        print(json.dumps(data, indent=2, ensure_ascii=False))
+    else:
+        cells = [render.device_cells(d, now=now, stale_after_s=stale) for d in rows]
+        print(render.table(render.DEVICE_HEADERS, cells))
+    return 0
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    try:
+        since = _since(args.since)
+    except ValueError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    store = store_from(args)
+    if store is None:
+        return 2
+    outcome = Outcome(args.outcome) if args.outcome else None
+    query = LogQuery(
+        device_id=args.device, since=since, outcome=outcome, limit=None, oldest_first=True
+    )
+    try:
+        rows = store.logs(query)
+    finally:
+        store.close()
+    written = skipped = 0
+    out = args.output.open("w", encoding="utf-8") if args.output else sys.stdout
+    try:
+        for r in rows:
+            if r.outcome is None or (r.text is None and r.sensor is None):
+                skipped += 1  # in flight, or logged without its case
+                continue
+            out.write(json.dumps(render.export_record(r), ensure_ascii=False) + "\n")
+            written += 1
+    finally:
+        if args.output:
+            out.close()
+    print(f"exported {written} escalation(s), skipped {skipped}", file=sys.stderr)
     return 0
 
 

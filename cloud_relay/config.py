@@ -21,7 +21,7 @@ from pydantic_settings import (
 
 from edge_slm.settings import DaemonSettings, MqttSettings
 from edge_slm.settings import Section as _Section
-from edge_slm.topics import escalation_subscription
+from edge_slm.topics import escalation_subscription, status_wildcard, telemetry_wildcard
 
 
 def default_client_id() -> str:
@@ -139,6 +139,54 @@ class LimitSettings(_Section):
     )
 
 
+class FleetSettings(_Section):
+    """The fleet view: device telemetry and status, kept in the shared store."""
+
+    enabled: bool = Field(
+        default=True,
+        description="Subscribe to every device's telemetry and status and keep the fleet view "
+        "(`cloud-relay devices`, cost avoided in `stats`).",
+    )
+    shared_telemetry: bool = Field(
+        default=True,
+        description="Take telemetry through the share group (`$share/<share_group>/...`): "
+        "the store is shared, so one relay writing each sample is enough; false makes every "
+        "relay write every sample (harmless, deduplicated on (device, ts), N times the load). "
+        "Status is always a plain subscription: the broker sends retained messages to plain "
+        "subscriptions only (MQTT 5 §4.8.2), and each relay needs the fleet's state at start.",
+    )
+    stale_after_s: float = Field(
+        default=300.0,
+        gt=0,
+        description="`devices` shows an `online` device as `stale` when nothing was heard "
+        "from it for this long (a dead bridge publishes no will to the cloud broker); set it "
+        "above the agents' `telemetry.interval_s`.",
+    )
+    queue_size: int = Field(
+        default=1000,
+        ge=1,
+        description="Telemetry/status messages waiting for the fleet writer; beyond it they "
+        "are dropped (counters are cumulative, so the next sample makes up for it).",
+    )
+    max_payload_bytes: int = Field(
+        default=65536, ge=1024, description="Larger telemetry or status payloads are dropped."
+    )
+
+
+class MetricsSettings(_Section):
+    port: int = Field(
+        default=0,
+        ge=0,
+        le=65535,
+        description="Serve Prometheus metrics on http://host:port/metrics; 0 = off (default).",
+    )
+    host: str = Field(
+        default="127.0.0.1",
+        description="Address to bind. The endpoint has no authentication: anything other "
+        "than loopback is logged as a warning; put a proxy with TLS and auth in front.",
+    )
+
+
 class ModelPrice(_Section):
     input_per_mtok: float = Field(ge=0, description="USD per 1M input (prompt) tokens.")
     output_per_mtok: float = Field(ge=0, description="USD per 1M output (completion) tokens.")
@@ -184,6 +232,17 @@ class RelaySettings(DaemonSettings):
         description="USD per 1M tokens by model; keys are exact names or glob patterns "
         "(`gpt-4o*`), the most specific match wins, `*` is the fallback.",
     )
+    fleet: FleetSettings = Field(
+        default_factory=FleetSettings, description="Fleet view from device telemetry."
+    )
+    metrics: MetricsSettings = Field(
+        default_factory=MetricsSettings, description="Prometheus /metrics endpoint."
+    )
+    store_prompts: bool = Field(
+        default=True,
+        description="Keep each escalation's text, labels and sensor readings in the log, as "
+        "received (the device redacted them), for `cloud-relay export`; false stores none.",
+    )
     agreement_threshold: float = Field(
         default=0.5,
         ge=0,
@@ -224,6 +283,24 @@ class RelaySettings(DaemonSettings):
     @property
     def subscription(self) -> str:
         return escalation_subscription(self.topic_prefix, self.share_group)
+
+    @property
+    def telemetry_subscription(self) -> str:
+        topic = telemetry_wildcard(self.topic_prefix)
+        # Same shape as escalation_subscription (MQTT 5 §4.8.2); group checked there.
+        return f"$share/{self.share_group}/{topic}" if self.fleet.shared_telemetry else topic
+
+    @property
+    def status_subscription(self) -> str:
+        return status_wildcard(self.topic_prefix)
+
+    @property
+    def subscriptions(self) -> list[tuple[str, int]]:
+        """Every filter the relay subscribes to, QoS 1."""
+        filters = [self.subscription]
+        if self.fleet.enabled:
+            filters += [self.telemetry_subscription, self.status_subscription]
+        return [(f, 1) for f in filters]
 
 
 def load_settings(config_file: Path | None = None, **overrides: Any) -> RelaySettings:

@@ -1,22 +1,27 @@
 """The relay's supervised lifecycle.
 
-Start-up, in order: open the store, the LLM client, the worker pool, then MQTT
-(subscribe to the shared escalation topic on every (re)connect). SIGTERM or
-SIGINT: unsubscribe (the broker sends new escalations to the other relays of
-the group), drain queued and in-flight work up to ``drain_timeout_s``, answer
-what is left with ``shutting_down`` and release its claims so a replay is
-served, then undo start-up in reverse order (ExitStack).
+Start-up, in order: open the store, the LLM client, the worker pool, the
+fleet writer, the metrics endpoint (when ``metrics.port`` is set), then MQTT
+(subscribe on every (re)connect to the shared escalation topic and, for the
+fleet view, to telemetry (shared) and status (plain, for the retained
+copies)). SIGTERM or SIGINT: unsubscribe (the broker sends new escalations to
+the other relays of the group), drain queued and in-flight work up to
+``drain_timeout_s``, answer what is left with ``shutting_down`` and release
+its claims so a replay is served, then undo start-up in reverse order
+(ExitStack).
 """
 
 from __future__ import annotations
 
 from contextlib import ExitStack
 
-from cloud_relay.breaker import CircuitBreaker
+from cloud_relay.breaker import BreakerState, CircuitBreaker
 from cloud_relay.config import RelaySettings
+from cloud_relay.fleet import STATUS, TELEMETRY, FleetWriter, leaf_of
 from cloud_relay.handling import Handler
 from cloud_relay.intake import Envelope, parse_inbound
 from cloud_relay.llm import OpenAiChat
+from cloud_relay.metrics import MetricsServer, RelayMetrics
 from cloud_relay.pool import WorkerPool
 from cloud_relay.store import RelayStore, open_store
 from edge_slm.contract import CloudReply, ErrorCode, ErrorInfo, Outcome
@@ -38,6 +43,9 @@ class RelayDaemon(Lifecycle):
         self._draining = False
         self._store: RelayStore | None = None
         self._pool: WorkerPool[Envelope] | None = None
+        self._fleet: FleetWriter | None = None
+        self.metrics = RelayMetrics()
+        self.metrics_server: MetricsServer | None = None
         s = settings
         self.mqtt = s.mqtt.connection(
             client_id=s.mqtt.client_id,
@@ -50,6 +58,8 @@ class RelayDaemon(Lifecycle):
     def healthy(self) -> bool | str:
         if self._pool is not None and not self._pool.alive:
             return "a relay worker thread died"
+        if self._fleet is not None and not self._fleet.alive:
+            return "the fleet writer thread died"
         if not self.mqtt.loop_alive:
             return "the MQTT network thread is dead"
         return True
@@ -67,20 +77,43 @@ class RelayDaemon(Lifecycle):
         store = open_store(s.db)
         stack.callback(store.close)
         self._store = store
+        breaker = CircuitBreaker(s.breaker.failure_threshold, s.breaker.open_s)
         llm = OpenAiChat(
-            s.llm,
-            model=model,
-            breaker=CircuitBreaker(s.breaker.failure_threshold, s.breaker.open_s),
-            max_concurrency=s.limits.max_concurrency,
+            s.llm, model=model, breaker=breaker, max_concurrency=s.limits.max_concurrency
         )
         stack.callback(llm.close)
-        handler = Handler(s, store=store, llm=llm, publish=self._publish, relay_id=s.mqtt.client_id)
+        handler = Handler(
+            s,
+            store=store,
+            llm=llm,
+            publish=self._publish,
+            relay_id=s.mqtt.client_id,
+            metrics=self.metrics,
+        )
         pool: WorkerPool[Envelope] = WorkerPool(
             handler, workers=s.limits.max_concurrency, queue_size=s.limits.queue_size
         )
         pool.start()
         stack.callback(pool.stop)
         self._pool = pool
+        if s.fleet.enabled:
+            fleet = FleetWriter(
+                store,
+                prefix=s.topic_prefix,
+                queue_size=s.fleet.queue_size,
+                max_payload_bytes=s.fleet.max_payload_bytes,
+            )
+            fleet.start()
+            stack.callback(fleet.stop)
+            self._fleet = fleet
+        self.metrics.bind(
+            in_flight=lambda: pool.depth,
+            breaker_open=lambda: float(breaker.state is not BreakerState.CLOSED),
+            devices_online=lambda: self._fleet.online if self._fleet else 0,
+        )
+        if s.metrics.port:
+            self.metrics_server = MetricsServer(self.metrics, s.metrics.host, s.metrics.port)
+            stack.callback(self.metrics_server.stop)
         connected = self.mqtt.start(connect_timeout_s=s.mqtt.connect_timeout_s)
         stack.callback(self.mqtt.stop)
         if not connected:
@@ -88,7 +121,8 @@ class RelayDaemon(Lifecycle):
         log.info(
             "relay_started",
             client_id=s.mqtt.client_id,
-            subscription=s.subscription,
+            subscriptions=[f for f, _qos in s.subscriptions],
+            metrics_port=s.metrics.port or None,
             llm_url=s.llm.url,
             llm_model=s.llm.model,
             store=s.db.split("://", 1)[0],
@@ -100,7 +134,7 @@ class RelayDaemon(Lifecycle):
             return  # start-up failed before there was anything to drain
         self._draining = True
         try:
-            self.mqtt.unsubscribe([self.settings.subscription])
+            self.mqtt.unsubscribe([f for f, _qos in self.settings.subscriptions])
         except Exception:  # best effort: we are leaving anyway
             log.warning("unsubscribe_failed", exc_info=True)
         timeout = self.settings.limits.drain_timeout_s
@@ -118,9 +152,13 @@ class RelayDaemon(Lifecycle):
 
     def _on_connect(self) -> None:
         if not self._draining:  # a reconnect while draining must not take new work
-            self.mqtt.subscribe([(self.settings.subscription, 1)])
+            self.mqtt.subscribe(self.settings.subscriptions)
 
     def _on_message(self, msg: Inbound) -> None:
+        if leaf_of(msg.topic) in (TELEMETRY, STATUS):
+            if self._fleet is not None:
+                self._fleet.submit(msg)  # size check and enqueue; parsing is the writer's
+            return
         env = parse_inbound(msg, self.settings.topic_prefix)
         if env is None:
             log.warning("escalation_topic_unusable", topic=msg.topic)
@@ -131,6 +169,7 @@ class RelayDaemon(Lifecycle):
     def _shed(self, env: Envelope, code: ErrorCode, message: str) -> None:
         """Answer without a log row: the escalation was never claimed, so a replay is served."""
         log.warning("escalation_shed", device_id=env.device_id, code=code.value)
+        self.metrics.escalation_shed()
         if env.request_id is None:
             return
         reply = CloudReply(

@@ -13,6 +13,7 @@ import hashlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
@@ -34,6 +35,9 @@ from edge_slm.contract import (
     TokenUsage,
 )
 from edge_slm.logs import get_logger
+
+if TYPE_CHECKING:
+    from cloud_relay.metrics import RelayMetrics
 
 log = get_logger("cloud_relay.handling")
 
@@ -64,12 +68,27 @@ class Handler:
         llm: LlmClient,
         publish: Publish,
         relay_id: str,
+        metrics: RelayMetrics | None = None,
     ) -> None:
         self._s = settings
         self._store = store
         self._llm = llm
         self._publish = publish
         self._relay_id = relay_id
+        self._metrics = metrics
+
+    def _case(self, esc: Escalation | None) -> dict[str, Any]:
+        """The case's text, labels and readings, exactly as received (the device redacted
+        them before they left it), unless ``store_prompts`` is off."""
+        if esc is None or not self._s.store_prompts:
+            return {}
+        return {
+            "text": esc.text,
+            "labels": list(esc.labels) if esc.labels is not None else None,
+            "sensor": [r.model_dump(mode="json", exclude_none=True) for r in esc.sensor]
+            if esc.sensor is not None
+            else None,
+        }
 
     def __call__(self, env: Envelope) -> None:
         with structlog.contextvars.bound_contextvars(device_id=env.device_id, request_id=_key(env)):
@@ -91,6 +110,8 @@ class Handler:
                 edge_label=edge.label if edge else None,
                 edge_confidence=edge.confidence if edge else None,
                 redactions=dict(esc.redactions) if esc else {},
+                edge_model=edge.model if edge else None,
+                **self._case(esc),
             ),
             stale_before=time.time() - self._s.limits.claim_ttl_s,
         )
@@ -108,6 +129,8 @@ class Handler:
             log.exception("escalation_failed")
             decision = self._failure(env, Outcome.LLM_ERROR, ErrorCode.INTERNAL, repr(exc))
         self._store.finalize(env.device_id, _key(env), decision.final)
+        if self._metrics is not None:
+            self._metrics.escalation_final(decision.final)
         reply = decision.reply
         log.info(
             "escalation_answered",
@@ -154,6 +177,8 @@ class Handler:
         try:
             answer = ask(self._llm, esc, deadline=deadline)
         except LlmError as exc:
+            if self._metrics is not None:
+                self._metrics.llm_call(exc.failure.value)
             if exc.failure is LlmFailure.DEADLINE:
                 return self._failure(
                     env, Outcome.EXPIRED, ErrorCode.CLOUD_EXPIRED, str(exc), attempts=exc.attempts
@@ -167,6 +192,8 @@ class Handler:
                 attempts=exc.attempts,
                 retry_after_s=exc.retry_after_s,
             )
+        if self._metrics is not None:
+            self._metrics.llm_call("ok", answer.llm_calls)
         return self._success(env, esc, answer)
 
     def _remaining_s(self, esc: Escalation, now: float) -> float | None:

@@ -1,4 +1,4 @@
-"""Human-readable tables and JSON for ``cloud-relay logs`` and ``stats``."""
+"""Human-readable tables and JSON for ``cloud-relay logs``, ``stats``, ``devices``, ``export``."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from cloud_relay.stats import DeviceStats
-from cloud_relay.store import LogRow
+from cloud_relay.store import DeviceRow, LogRow
 
 
 def _when(ts: float | None) -> str:
@@ -90,6 +90,7 @@ STATS_HEADERS = (
     "tok in",
     "tok out",
     "cost $",
+    "cost avoided $",
     "agree %",
 )
 
@@ -109,5 +110,114 @@ def stats_cells(s: DeviceStats) -> list[str]:
         str(s.tokens_in),
         str(s.tokens_out),
         f"{s.cost_usd:.6f}",
+        _num(s.cost_avoided_usd, ".6f"),
         _pct(s.agreement_rate),
     ]
+
+
+def device_state(d: DeviceRow, *, now: float, stale_after_s: float) -> str:
+    """online | offline | stale (online, but silent for longer than ``stale_after_s``)."""
+    if d.state is None:
+        return "unknown"  # telemetry only: no retained status seen yet
+    if d.state == "online" and (d.last_seen is None or now - d.last_seen > stale_after_s):
+        return "stale"
+    return d.state
+
+
+def _ago(ts: float | None, now: float) -> str:
+    if ts is None:
+        return "-"
+    age = max(now - ts, 0.0)
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if age >= size:
+            return f"{age / size:.0f}{unit} ago"
+    return f"{age:.0f}s ago"
+
+
+DEVICE_HEADERS = (
+    "device",
+    "status",
+    "last seen",
+    "model",
+    "provider",
+    "conditions",
+    "edge",
+    "cloud",
+    "fallback",
+    "errors",
+    "esc %",
+    "cost avoided $",
+)
+
+
+def device_cells(d: DeviceRow, *, now: float, stale_after_s: float) -> list[str]:
+    t = d.totals
+    return [
+        d.device_id,
+        device_state(d, now=now, stale_after_s=stale_after_s),
+        _ago(d.last_seen, now),
+        d.model or "-",
+        d.provider or "-",
+        ",".join(d.conditions) or "-",
+        str(t.edge),
+        str(t.cloud),
+        str(t.edge_fallback),
+        str(t.error),
+        _pct(t.escalation_rate),
+        f"{t.cost_avoided_usd:.6f}",
+    ]
+
+
+def device_dict(d: DeviceRow, *, now: float, stale_after_s: float) -> dict[str, Any]:
+    t = d.totals
+    return {
+        "device_id": d.device_id,
+        "status": device_state(d, now=now, stale_after_s=stale_after_s),
+        "state": d.state,
+        "last_seen": d.last_seen,
+        "model": d.model,
+        "provider": d.provider,
+        "version": d.version,
+        "conditions": d.conditions,
+        "requests": {
+            "edge": t.edge,
+            "cloud": t.cloud,
+            "edge-fallback": t.edge_fallback,
+            "error": t.error,
+        },
+        "escalations": t.escalations,
+        "escalation_rate": t.escalation_rate,
+        "cost_avoided_usd": t.cost_avoided_usd,
+        "started_at": d.started_at,
+        "runs": d.runs,
+        "telemetry": d.telemetry,
+    }
+
+
+def export_record(r: LogRow) -> dict[str, Any]:
+    """One escalation as a distillation example: the case, both answers, the verdict."""
+    return {
+        "device_id": r.device_id,
+        "request_id": r.request_id,
+        "received_at": r.received_at,
+        "kind": r.kind,
+        "task": r.task,
+        "text": r.text,
+        "labels": r.labels,
+        "sensor": r.sensor,
+        "reason": r.reason,
+        "outcome": r.outcome.value if r.outcome else None,
+        "cloud": {
+            "answer": r.cloud_answer,
+            "label": r.cloud_label,
+            "confidence": r.cloud_confidence,
+            "model": r.llm_model,
+        },
+        "edge": {
+            "answer": r.edge_answer,
+            "label": r.edge_label,
+            "confidence": r.edge_confidence,
+            "model": r.edge_model,
+        },
+        "agreement": r.agreement,
+    }

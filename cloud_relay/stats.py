@@ -3,13 +3,18 @@
 * error rate: final rows whose outcome is not ``ok``, over all final rows;
 * latency p50/p95: of final rows, linear interpolation between closest ranks;
 * agreement rate: rows with an agreement verdict that agree (rows without an
-  edge answer or without a cloud answer have no verdict and are left out).
+  edge answer or without a cloud answer have no verdict and are left out);
+* cost avoided: from the devices' telemetry, not the log: what the edge answers
+  would have cost in the cloud. Without ``--since``, the device's total over
+  every run the relay has seen (counters are cumulative since ``started_at``;
+  on a restart the previous run's last totals are carried over); with it, what
+  the samples inside the window added. None for a device that sent no telemetry.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -43,12 +48,15 @@ class DeviceStats:
     cost_usd: float
     agreement_rate: float | None
     outcomes: dict[str, int]
+    cost_avoided_usd: float | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
-def _summarize(device_id: str, rows: Sequence[LogRow]) -> DeviceStats:
+def _summarize(
+    device_id: str, rows: Sequence[LogRow], cost_avoided_usd: float | None = None
+) -> DeviceStats:
     final = [r for r in rows if r.outcome is not None]
     errors = sum(1 for r in final if r.outcome is not Outcome.OK)
     latencies = [r.latency_ms for r in final if r.latency_ms is not None]
@@ -69,16 +77,26 @@ def _summarize(device_id: str, rows: Sequence[LogRow]) -> DeviceStats:
         cost_usd=sum(r.cost_usd or 0.0 for r in rows),
         agreement_rate=sum(verdicts) / len(verdicts) if verdicts else None,
         outcomes=dict(sorted(outcomes.items())),
+        cost_avoided_usd=cost_avoided_usd,
     )
 
 
-def compute(rows: Iterable[LogRow]) -> list[DeviceStats]:
-    """One entry per device (sorted by id), then the fleet-wide entry."""
+def compute(
+    rows: Iterable[LogRow], cost_avoided: Mapping[str, float] | None = None
+) -> list[DeviceStats]:
+    """One entry per device (sorted by id), then the fleet-wide entry.
+
+    ``cost_avoided`` (device -> USD, from telemetry) adds its devices even when they
+    have no escalations: a device that never needs the cloud saves the most.
+    """
+    avoided = dict(cost_avoided or {})
     by_device: dict[str, list[LogRow]] = defaultdict(list)
     everything: list[LogRow] = []
     for row in rows:
         by_device[row.device_id].append(row)
         everything.append(row)
-    result = [_summarize(d, by_device[d]) for d in sorted(by_device)]
-    result.append(_summarize(FLEET, everything))
+    devices = sorted(set(by_device) | set(avoided))
+    result = [_summarize(d, by_device.get(d, []), avoided.get(d)) for d in devices]
+    fleet_avoided = sum(avoided.values()) if avoided else None
+    result.append(_summarize(FLEET, everything, fleet_avoided))
     return result

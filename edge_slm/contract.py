@@ -386,7 +386,7 @@ class LatencySummary(_Outbound):
 
 
 class Telemetry(_Outbound):
-    """Agent -> fleet on ``<prefix>/<device_id>/telemetry`` (QoS 0, every interval).
+    """Agent -> fleet on ``<prefix>/<device_id>/telemetry`` (QoS 1, every interval).
 
     Counters are cumulative since the agent started (``started_at``), so a lost
     message loses nothing; percentiles cover the most recent replies.

@@ -5,14 +5,19 @@ from __future__ import annotations
 from pathlib import Path
 
 from cloud_relay.store.base import (
+    REQUEST_SOURCES,
     Claim,
     ClaimState,
+    DeviceRow,
     Final,
     LogQuery,
     LogRow,
     NewEscalation,
     RelayStore,
+    StatusUpdate,
     StoreError,
+    TelemetrySample,
+    Totals,
     Usage,
 )
 
@@ -31,14 +36,19 @@ def open_store(url: str) -> RelayStore:
 
 
 __all__ = [
+    "REQUEST_SOURCES",
     "Claim",
     "ClaimState",
+    "DeviceRow",
     "Final",
     "LogQuery",
     "LogRow",
     "NewEscalation",
     "RelayStore",
+    "StatusUpdate",
     "StoreError",
+    "TelemetrySample",
+    "Totals",
     "Usage",
     "open_store",
 ]

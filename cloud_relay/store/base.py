@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Protocol
+from typing import Any, Protocol
 
 from edge_slm.contract import Outcome
 
@@ -42,6 +42,12 @@ class NewEscalation:
     edge_label: str | None = None
     edge_confidence: float | None = None
     redactions: dict[str, int] = field(default_factory=dict)
+    # The case as the relay received it: already redacted on the device (kept for
+    # `cloud-relay export`; None when `store_prompts` is off).
+    edge_model: str | None = None
+    text: str | None = None
+    labels: list[str] | None = None
+    sensor: list[dict[str, Any]] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,6 +98,10 @@ class LogRow:
     error: str | None
     latency_ms: float | None
     reply: str | None
+    edge_model: str | None = None
+    text: str | None = None
+    labels: list[str] | None = None
+    sensor: list[dict[str, Any]] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,6 +118,83 @@ class LogQuery:
 class Usage:
     llm_calls: int  # rows that reached the LLM since the window start
     tokens: int  # tokens in + out since the day start
+
+
+#: ``Telemetry.requests`` keys kept as columns (the history is for charts: plain columns).
+REQUEST_SOURCES = ("edge", "cloud", "edge-fallback", "error")
+
+
+@dataclass(frozen=True, slots=True)
+class TelemetrySample:
+    """One ``Telemetry`` message, flattened for the store."""
+
+    device_id: str
+    ts: float  # device clock
+    received_at: float  # relay clock
+    started_at: float
+    model: str
+    provider: str
+    requests: dict[str, int]  # by source, see REQUEST_SOURCES
+    escalations: int
+    cost_avoided_usd: float
+    latency_ms: dict[str, tuple[float, float]]  # source -> (p50, p95)
+    conditions: list[str] | None
+    raw: str  # the telemetry JSON as received (validated)
+
+    def count(self, source: str) -> int:
+        return int(self.requests.get(source, 0))
+
+
+@dataclass(frozen=True, slots=True)
+class StatusUpdate:
+    """One retained ``Status`` message."""
+
+    device_id: str
+    state: str  # online | offline
+    received_at: float  # relay clock
+    ts: float  # device clock (the will's is its connect time: not used for ordering)
+    live: bool  # False: the broker's retained copy, sent because we subscribed
+    model: str | None
+    provider: str | None
+    version: str | None
+    conditions: list[str] | None
+
+
+@dataclass(frozen=True, slots=True)
+class Totals:
+    """Cumulative counters of a device over all its runs (restarts added up)."""
+
+    edge: int = 0
+    cloud: int = 0
+    edge_fallback: int = 0
+    error: int = 0
+    escalations: int = 0
+    cost_avoided_usd: float = 0.0
+
+    @property
+    def answered(self) -> int:
+        return self.edge + self.cloud + self.edge_fallback
+
+    @property
+    def escalation_rate(self) -> float | None:
+        return self.escalations / self.answered if self.answered else None
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceRow:
+    device_id: str
+    last_seen: float | None  # relay clock
+    state: str | None  # online | offline, from the retained status; None: never seen
+    state_at: float | None
+    model: str | None
+    provider: str | None
+    version: str | None
+    conditions: list[str]
+    telemetry: dict[str, Any] | None  # the latest Telemetry JSON
+    telemetry_ts: float | None
+    started_at: float | None
+    runs: int  # distinct started_at values seen
+    totals: Totals
 
 
 class StoreError(Exception):
@@ -133,5 +220,30 @@ class RelayStore(Protocol):
     def usage(self, device_id: str, *, calls_since: float, tokens_since: float) -> Usage: ...
 
     def logs(self, query: LogQuery) -> Sequence[LogRow]: ...
+
+    def record_telemetry(self, sample: TelemetrySample) -> bool:
+        """Add ``sample`` to the history; make it the device's latest unless a newer one is.
+
+        When ``started_at`` changes (the agent restarted), the previous run's last
+        totals are added to the device's prior totals, atomically. Returns whether
+        the sample became the latest.
+        """
+        ...
+
+    def record_status(self, status: StatusUpdate) -> None: ...
+
+    def devices(self, device_id: str | None = None) -> Sequence[DeviceRow]: ...
+
+    def telemetry_history(
+        self, device_id: str | None = None, since: float | None = None
+    ) -> Sequence[TelemetrySample]:
+        """History samples, oldest first (``raw`` is empty: not kept per sample)."""
+        ...
+
+    def count_online(self) -> int: ...
+
+    def cost_avoided_since(self, since: float, device_id: str | None = None) -> dict[str, float]:
+        """Cost avoided per device by telemetry samples from ``since`` on (all runs)."""
+        ...
 
     def close(self) -> None: ...

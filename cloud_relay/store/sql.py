@@ -15,11 +15,15 @@ from typing import Any, Protocol
 from cloud_relay.store.base import (
     Claim,
     ClaimState,
+    DeviceRow,
     Final,
     LogQuery,
     LogRow,
     NewEscalation,
+    StatusUpdate,
     StoreError,
+    TelemetrySample,
+    Totals,
     Usage,
 )
 from edge_slm.contract import Outcome
@@ -59,6 +63,59 @@ MIGRATIONS: list[tuple[int, list[str]]] = [
             "CREATE INDEX IF NOT EXISTS relay_log_device ON relay_log (device_id, received_at)",
         ],
     ),
+    (
+        # The case itself, as received (redacted on the device), for `cloud-relay export`.
+        2,
+        [
+            "ALTER TABLE relay_log ADD COLUMN prompt_text TEXT",
+            "ALTER TABLE relay_log ADD COLUMN labels TEXT",  # JSON list
+            "ALTER TABLE relay_log ADD COLUMN sensor TEXT",  # JSON list of readings
+            "ALTER TABLE relay_log ADD COLUMN edge_model TEXT",
+        ],
+    ),
+    (
+        # The fleet view: one row per device (latest status and telemetry, totals over
+        # restarts) and the telemetry history for charts.
+        3,
+        [
+            """CREATE TABLE IF NOT EXISTS fleet_device (
+                device_id TEXT PRIMARY KEY,
+                last_seen {real},
+                state TEXT, state_at {real},
+                model TEXT, provider TEXT, version TEXT,
+                conditions TEXT,
+                telemetry TEXT, telemetry_ts {real}, started_at {real},
+                runs INTEGER NOT NULL DEFAULT 0,
+                cur_edge INTEGER NOT NULL DEFAULT 0,
+                cur_cloud INTEGER NOT NULL DEFAULT 0,
+                cur_fallback INTEGER NOT NULL DEFAULT 0,
+                cur_error INTEGER NOT NULL DEFAULT 0,
+                cur_escalations INTEGER NOT NULL DEFAULT 0,
+                cur_cost_avoided {real} NOT NULL DEFAULT 0,
+                prior_edge INTEGER NOT NULL DEFAULT 0,
+                prior_cloud INTEGER NOT NULL DEFAULT 0,
+                prior_fallback INTEGER NOT NULL DEFAULT 0,
+                prior_error INTEGER NOT NULL DEFAULT 0,
+                prior_escalations INTEGER NOT NULL DEFAULT 0,
+                prior_cost_avoided {real} NOT NULL DEFAULT 0
+            )""",
+            """CREATE TABLE IF NOT EXISTS fleet_telemetry (
+                device_id TEXT NOT NULL,
+                ts {real} NOT NULL,
+                received_at {real} NOT NULL,
+                started_at {real} NOT NULL,
+                req_edge INTEGER NOT NULL, req_cloud INTEGER NOT NULL,
+                req_fallback INTEGER NOT NULL, req_error INTEGER NOT NULL,
+                escalations INTEGER NOT NULL,
+                cost_avoided_usd {real} NOT NULL,
+                edge_p50_ms {real}, edge_p95_ms {real},
+                cloud_p50_ms {real}, cloud_p95_ms {real},
+                fallback_p50_ms {real}, fallback_p95_ms {real},
+                PRIMARY KEY (device_id, ts)
+            )""",
+            "CREATE INDEX IF NOT EXISTS fleet_telemetry_ts ON fleet_telemetry (ts)",
+        ],
+    ),
 ]
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
@@ -66,8 +123,25 @@ _COLUMNS = (
     "device_id, request_id, relay_id, received_at, task, kind, reason, edge_answer, edge_label, "
     "edge_confidence, redactions, llm_start, answered_at, outcome, llm_model, tokens_in, "
     "tokens_out, cost_usd, attempts, cloud_answer, cloud_label, cloud_confidence, agreement, "
-    "error, latency_ms, reply"
+    "error, latency_ms, reply, edge_model, prompt_text, labels, sensor"
 )
+
+_DEVICE_COLUMNS = (
+    "device_id, last_seen, state, state_at, model, provider, version, conditions, telemetry, "
+    "telemetry_ts, started_at, runs, "
+    "prior_edge + cur_edge, prior_cloud + cur_cloud, prior_fallback + cur_fallback, "
+    "prior_error + cur_error, prior_escalations + cur_escalations, "
+    "prior_cost_avoided + cur_cost_avoided"
+)
+
+_HISTORY_COLUMNS = (
+    "device_id, ts, received_at, started_at, req_edge, req_cloud, req_fallback, req_error, "
+    "escalations, cost_avoided_usd, edge_p50_ms, edge_p95_ms, cloud_p50_ms, cloud_p95_ms, "
+    "fallback_p50_ms, fallback_p95_ms"
+)
+
+#: Telemetry latency keys kept as history columns.
+_LATENCY_SOURCES = ("edge", "cloud", "edge-fallback")
 
 
 class Db(Protocol):
@@ -107,6 +181,18 @@ def _bool(value: bool | None) -> int | None:
     return None if value is None else int(value)
 
 
+def _json_or_null(value: object) -> str | None:
+    return None if value is None else json.dumps(value, ensure_ascii=False)
+
+
+def _max_of(column: str) -> str:
+    # Portable MAX(column, ?): SQLite's scalar MAX and PostgreSQL's GREATEST differ.
+    return f"CASE WHEN {column} IS NULL OR {column} < ? THEN ? ELSE {column} END"
+
+
+_LAST_SEEN = _max_of("last_seen")
+
+
 class SqlStore:
     """:class:`~cloud_relay.store.base.RelayStore` over a :class:`Db`."""
 
@@ -116,8 +202,9 @@ class SqlStore:
     def claim(self, esc: NewEscalation, *, stale_before: float) -> Claim:
         inserted = self._db.execute(
             "INSERT INTO relay_log (device_id, request_id, relay_id, claimed_at, received_at, "
-            "task, kind, reason, edge_answer, edge_label, edge_confidence, redactions) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+            "task, kind, reason, edge_answer, edge_label, edge_confidence, redactions, "
+            "edge_model, prompt_text, labels, sensor) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
             "ON CONFLICT (device_id, request_id) DO NOTHING",
             (
                 esc.device_id,
@@ -132,6 +219,10 @@ class SqlStore:
                 esc.edge_label,
                 esc.edge_confidence,
                 json.dumps(esc.redactions, sort_keys=True),
+                esc.edge_model,
+                esc.text,
+                _json_or_null(esc.labels),
+                _json_or_null(esc.sensor),
             ),
         )
         if inserted:
@@ -230,8 +321,200 @@ class SqlStore:
             params.append(query.limit)
         return [_to_row(r) for r in self._db.query(sql, params)]
 
+    # -- the fleet view ------------------------------------------------------
+
+    def _ensure_device(self, device_id: str) -> None:
+        self._db.execute(
+            "INSERT INTO fleet_device (device_id) VALUES (?) ON CONFLICT (device_id) DO NOTHING",
+            (device_id,),
+        )
+
+    def record_telemetry(self, sample: TelemetrySample) -> bool:
+        lat = [sample.latency_ms.get(src, (None, None)) for src in _LATENCY_SOURCES]
+        self._db.execute(
+            f"INSERT INTO fleet_telemetry ({_HISTORY_COLUMNS}) "  # noqa: S608 - fixed columns
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+            "ON CONFLICT (device_id, ts) DO NOTHING",
+            (
+                sample.device_id,
+                sample.ts,
+                sample.received_at,
+                sample.started_at,
+                sample.count("edge"),
+                sample.count("cloud"),
+                sample.count("edge-fallback"),
+                sample.count("error"),
+                sample.escalations,
+                sample.cost_avoided_usd,
+                *(v for pair in lat for v in pair),
+            ),
+        )
+        self._ensure_device(sample.device_id)
+        # One UPDATE, so concurrent relays (shared subscription, round robin) cannot
+        # interleave a read-modify-write: the SET side sees the old row, and under
+        # PostgreSQL READ COMMITTED a waiting UPDATE re-checks WHERE on the new row.
+        # A sample is the latest when it is newer (device clock) or from a later run;
+        # a late copy of the previous run's telemetry is history only.
+        restarted = "CASE WHEN started_at IS NOT NULL AND started_at <> ? THEN {} ELSE 0 END"
+        cols = ("edge", "cloud", "fallback", "error", "escalations", "cost_avoided")
+        prior = ", ".join(f"prior_{c} = prior_{c} + {restarted.format('cur_' + c)}" for c in cols)
+        updated = self._db.execute(
+            f"UPDATE fleet_device SET {prior}, "  # noqa: S608 - fixed column names
+            "runs = runs + CASE WHEN started_at IS NULL OR started_at <> ? THEN 1 ELSE 0 END, "
+            "cur_edge = ?, cur_cloud = ?, cur_fallback = ?, cur_error = ?, "
+            "cur_escalations = ?, cur_cost_avoided = ?, started_at = ?, telemetry = ?, "
+            "telemetry_ts = ?, model = ?, provider = ?, conditions = ?, "
+            f"last_seen = {_LAST_SEEN} "
+            "WHERE device_id = ? AND (telemetry_ts IS NULL OR telemetry_ts < ? OR started_at < ?)",
+            (
+                *([sample.started_at] * len(cols)),
+                sample.started_at,
+                sample.count("edge"),
+                sample.count("cloud"),
+                sample.count("edge-fallback"),
+                sample.count("error"),
+                sample.escalations,
+                sample.cost_avoided_usd,
+                sample.started_at,
+                sample.raw,
+                sample.ts,
+                sample.model,
+                sample.provider,
+                _json_or_null(sample.conditions),
+                sample.received_at,
+                sample.received_at,
+                sample.device_id,
+                sample.ts,
+                sample.started_at,
+            ),
+        )
+        if not updated:  # history only; still proof of life
+            self._db.execute(
+                f"UPDATE fleet_device SET last_seen = {_LAST_SEEN} WHERE device_id = ?",  # noqa: S608
+                (sample.received_at, sample.received_at, sample.device_id),
+            )
+        return bool(updated)
+
+    def record_status(self, status: StatusUpdate) -> None:
+        self._ensure_device(status.device_id)
+        # A retained copy (sent because we subscribed) says nothing about when the
+        # device was last heard from: its own ts (capped at now) is the best guess.
+        seen = status.received_at if status.live else min(status.ts, status.received_at)
+        self._db.execute(
+            f"UPDATE fleet_device SET last_seen = {_LAST_SEEN}, "  # noqa: S608 - constant SQL
+            "state = ?, state_at = ?, model = COALESCE(?, model), "
+            "provider = COALESCE(?, provider), version = COALESCE(?, version), conditions = ? "
+            "WHERE device_id = ?",
+            (
+                seen,
+                seen,
+                status.state,
+                status.received_at,
+                status.model,
+                status.provider,
+                status.version,
+                _json_or_null(status.conditions),
+                status.device_id,
+            ),
+        )
+
+    def devices(self, device_id: str | None = None) -> list[DeviceRow]:
+        sql = f"SELECT {_DEVICE_COLUMNS} FROM fleet_device"  # noqa: S608 - fixed columns
+        params: list[Any] = []
+        if device_id is not None:
+            sql += " WHERE device_id = ?"
+            params.append(device_id)
+        return [_to_device(r) for r in self._db.query(sql + " ORDER BY device_id", params)]
+
+    def telemetry_history(
+        self, device_id: str | None = None, since: float | None = None
+    ) -> list[TelemetrySample]:
+        where: list[str] = []
+        params: list[Any] = []
+        if device_id is not None:
+            where.append("device_id = ?")
+            params.append(device_id)
+        if since is not None:
+            where.append("ts >= ?")
+            params.append(since)
+        sql = f"SELECT {_HISTORY_COLUMNS} FROM fleet_telemetry"  # noqa: S608 - fixed columns
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        return [_to_sample(r) for r in self._db.query(sql + " ORDER BY ts, device_id", params)]
+
+    def cost_avoided_since(self, since: float, device_id: str | None = None) -> dict[str, float]:
+        # Counters are cumulative and monotonic within a run (device, started_at): what a
+        # run added in the window is its highest value in the window minus its highest
+        # value before it (0 for a run that started inside the window).
+        def per_run(op: str) -> dict[tuple[str, float], float]:
+            sql = f"SELECT device_id, started_at, MAX(cost_avoided_usd) FROM fleet_telemetry WHERE ts {op} ?"  # noqa: E501, S608 - op is < or >=
+            params: list[Any] = [since]
+            if device_id is not None:
+                sql += " AND device_id = ?"
+                params.append(device_id)
+            rows = self._db.query(sql + " GROUP BY device_id, started_at", params)
+            return {(r[0], r[1]): float(r[2]) for r in rows}
+
+        before = per_run("<")
+        result: dict[str, float] = {}
+        for (device, started), end in per_run(">=").items():
+            gained = max(end - before.get((device, started), 0.0), 0.0)
+            result[device] = result.get(device, 0.0) + gained
+        return result
+
+    def count_online(self) -> int:
+        rows = self._db.query("SELECT COUNT(*) FROM fleet_device WHERE state = 'online'")
+        return int(rows[0][0])
+
     def close(self) -> None:
         self._db.close()
+
+
+def _to_device(r: Row) -> DeviceRow:
+    return DeviceRow(
+        device_id=r[0],
+        last_seen=r[1],
+        state=r[2],
+        state_at=r[3],
+        model=r[4],
+        provider=r[5],
+        version=r[6],
+        conditions=json.loads(r[7]) if r[7] else [],
+        telemetry=json.loads(r[8]) if r[8] else None,
+        telemetry_ts=r[9],
+        started_at=r[10],
+        runs=int(r[11]),
+        totals=Totals(
+            edge=int(r[12]),
+            cloud=int(r[13]),
+            edge_fallback=int(r[14]),
+            error=int(r[15]),
+            escalations=int(r[16]),
+            cost_avoided_usd=float(r[17]),
+        ),
+    )
+
+
+def _to_sample(r: Row) -> TelemetrySample:
+    latency = {
+        src: (r[10 + 2 * i], r[11 + 2 * i])
+        for i, src in enumerate(_LATENCY_SOURCES)
+        if r[10 + 2 * i] is not None
+    }
+    return TelemetrySample(
+        device_id=r[0],
+        ts=r[1],
+        received_at=r[2],
+        started_at=r[3],
+        model="",
+        provider="",
+        requests={"edge": r[4], "cloud": r[5], "edge-fallback": r[6], "error": r[7]},
+        escalations=r[8],
+        cost_avoided_usd=r[9],
+        latency_ms=latency,
+        conditions=None,
+        raw="",
+    )
 
 
 def _to_row(r: Row) -> LogRow:
@@ -262,4 +545,8 @@ def _to_row(r: Row) -> LogRow:
         error=r[23],
         latency_ms=r[24],
         reply=r[25],
+        edge_model=r[26],
+        text=r[27],
+        labels=json.loads(r[28]) if r[28] else None,
+        sensor=json.loads(r[29]) if r[29] else None,
     )

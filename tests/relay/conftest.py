@@ -41,7 +41,9 @@ def pg_url(pg_schema_url: str) -> Iterator[str]:
     """The shared test schema, emptied for each test."""
     yield pg_schema_url
     with psycopg.connect(pg_schema_url, autocommit=True) as conn:
-        conn.execute("DROP TABLE IF EXISTS relay_log, relay_schema_version")
+        conn.execute(
+            "DROP TABLE IF EXISTS relay_log, relay_schema_version, fleet_device, fleet_telemetry"
+        )
 
 
 @pytest.fixture(params=["sqlite", "postgres"])

@@ -43,6 +43,7 @@ from tests.security.conftest import (
 )
 
 SHARE = "$share/relays/slm/+/escalation"
+TELEMETRY_SHARE = "$share/relays/slm/+/telemetry"
 # PUBACK 0x00 Success, or 0x10 "No matching subscribers" (MQTT 5 §3.4.2.1).
 ACCEPTED = (0x00, 0x10)
 Connect = Callable[..., TlsClient]
@@ -60,10 +61,15 @@ def status(device: str) -> str:
     return f"slm/{device}/status"
 
 
+def telemetry(device: str) -> str:
+    return f"slm/{device}/telemetry"
+
+
 @pytest.fixture
 def relay(connect: Connect) -> TlsClient:
     client = connect(RELAY)
     assert client.subscribe(SHARE) == 1
+    assert client.subscribe(TELEMETRY_SHARE) == 1
     assert client.subscribe("slm/+/status") == 1
     return client
 
@@ -91,13 +97,37 @@ def test_device_status_is_retained_for_relays(connect: Connect, relay: TlsClient
     assert [m.payload for m in relay.received()] == [b"online"]
 
 
+def test_device_telemetry_reaches_relays(connect: Connect, relay: TlsClient) -> None:
+    a = connect(DEVICE_A)
+    assert a.publish(telemetry(DEVICE_A), b"counters") in ACCEPTED
+    assert [(m.topic, m.payload) for m in relay.received()] == [(telemetry(DEVICE_A), b"counters")]
+
+
+def test_only_the_relay_configures_a_device(connect: Connect, relay: TlsClient) -> None:
+    a = connect(DEVICE_A)
+    assert a.subscribe(f"slm/{DEVICE_A}/config") == 1
+    assert relay.publish(f"slm/{DEVICE_A}/config", b"thresholds", retain=True) in ACCEPTED
+    assert [m.payload for m in a.received()] == [b"thresholds"]
+    b = connect(DEVICE_B)
+    for topic in (f"slm/{DEVICE_A}/config", f"slm/{DEVICE_B}/config"):
+        assert b.publish(topic, b"forged", retain=True) == NOT_AUTHORIZED
+    assert a.received(0.3) == []
+
+
 # -- publishing outside one's own topics ----------------------------------------------------
 
 
 @pytest.mark.parametrize(
     "topic",
-    [esc(DEVICE_B), status(DEVICE_B), cloud(DEVICE_B), cloud(DEVICE_A), "slm/dev-a/request"],
-    ids=["B-escalation", "B-status", "B-cloud", "own-cloud", "own-request"],
+    [
+        esc(DEVICE_B),
+        status(DEVICE_B),
+        telemetry(DEVICE_B),
+        cloud(DEVICE_B),
+        cloud(DEVICE_A),
+        "slm/dev-a/request",
+    ],
+    ids=["B-escalation", "B-status", "B-telemetry", "B-cloud", "own-cloud", "own-request"],
 )
 def test_device_cannot_publish(connect: Connect, relay: TlsClient, topic: str) -> None:
     a = connect(DEVICE_A)
@@ -105,6 +135,7 @@ def test_device_cannot_publish(connect: Connect, relay: TlsClient, topic: str) -
     assert b.subscribe(cloud(DEVICE_B)) == 1
     victim_a = connect(RELAY, client_id="relay-1-watch")  # reads status, not share group
     assert victim_a.subscribe("slm/+/status") == 1
+    assert victim_a.subscribe("slm/+/telemetry") == 1
     assert a.subscribe(cloud(DEVICE_A)) == 1
     assert a.publish(topic, b"forged", retain=topic.endswith("status")) == NOT_AUTHORIZED
     assert relay.received() == []
@@ -125,6 +156,7 @@ def test_relay_cannot_forge_escalations_or_status(connect: Connect, relay: TlsCl
     other = connect("relay-1", client_id="relay-1-b")
     assert other.publish(esc(DEVICE_A)) == NOT_AUTHORIZED
     assert other.publish(status(DEVICE_A), retain=True) == NOT_AUTHORIZED
+    assert other.publish(telemetry(DEVICE_A)) == NOT_AUTHORIZED
     assert relay.received() == []
 
 
@@ -140,6 +172,7 @@ def test_relay_cannot_forge_escalations_or_status(connect: Connect, relay: TlsCl
         cloud(DEVICE_B),
         "slm/+/escalation",
         "slm/+/status",
+        "slm/+/telemetry",
         SHARE,
         f"$share/x/{cloud(DEVICE_B)}",
     ],
@@ -153,6 +186,7 @@ def test_device_reads_nothing_of_others(
     assert a.subscribe(topic_filter) in (1, NOT_AUTHORIZED)
     assert b.publish(esc(DEVICE_B), b"b-case") in ACCEPTED
     assert b.publish(status(DEVICE_B), b"b-status", retain=True) in ACCEPTED
+    assert b.publish(telemetry(DEVICE_B), b"b-telemetry") in ACCEPTED
     assert relay.publish(cloud(DEVICE_B), b"b-answer") in ACCEPTED
     # $SYS/broker/version & co. are retained: they would arrive at once if readable.
     assert a.received() == []
@@ -196,7 +230,7 @@ def test_wildcard_client_id_or_username_gains_nothing(
     b = connect(DEVICE_B)
     assert b.subscribe(cloud(DEVICE_B)) == 1
     a.subscribe("#")
-    for topic in (esc(DEVICE_B), status(DEVICE_B), cloud(DEVICE_B)):
+    for topic in (esc(DEVICE_B), status(DEVICE_B), telemetry(DEVICE_B), cloud(DEVICE_B)):
         assert a.publish(topic) == NOT_AUTHORIZED
     assert b.publish(esc(DEVICE_B), b"b") in ACCEPTED
     assert relay.publish(cloud(DEVICE_B), b"b-answer") in ACCEPTED

@@ -1,6 +1,7 @@
 """Device-local broker (edge.conf) bridged to the cloud broker (cloud.conf), both as shipped.
 
-Exactly two topics cross: the device's escalations out, the cloud's answers in.
+Exactly four topics cross: the device's escalations, retained status and telemetry out,
+the cloud's answers in.
 """
 
 from __future__ import annotations
@@ -94,6 +95,31 @@ def test_escalation_goes_out_answer_comes_in(
         app.close()
 
 
+def test_status_and_telemetry_go_out(
+    bridged: tuple[PrivateBroker, PrivateBroker, TlsClient], fleet_pki: FleetPki
+) -> None:
+    cloud, edge, _relay = bridged
+    fleet = TlsClient(cloud.port, fleet_pki, fleet_pki[RELAY], client_id="relay-fleet")
+    assert fleet.connect()
+    assert fleet.subscribe("slm/+/telemetry") == 1
+    app = LocalClient(edge.port)  # stands in for the agent
+    try:
+        app.c.publish(A.status, b"online", qos=1, retain=True).wait_for_publish(5)
+        app.c.publish(A.telemetry, b"counters", qos=1).wait_for_publish(5)
+        assert [(m.topic, m.payload) for m in fleet.received(5)] == [(A.telemetry, b"counters")]
+        # The status is retained in the cloud too: a relay starting later still learns it.
+        late = TlsClient(cloud.port, fleet_pki, fleet_pki[RELAY], client_id="relay-late")
+        assert late.connect()
+        try:
+            assert late.subscribe("slm/+/status") == 1
+            assert [(m.topic, m.payload) for m in late.received(5)] == [(A.status, b"online")]
+        finally:
+            late.close()
+    finally:
+        app.close()
+        fleet.close()
+
+
 def test_nothing_else_crosses(
     bridged: tuple[PrivateBroker, PrivateBroker, TlsClient], fleet_pki: FleetPki
 ) -> None:
@@ -106,7 +132,7 @@ def test_nothing_else_crosses(
         app.c.subscribe("#", 1)
         time.sleep(0.3)
         # Device-local traffic stays local.
-        for topic in (A.request, A.response, A.status, B.escalation, "other/topic"):
+        for topic in (A.request, A.response, B.status, B.telemetry, B.escalation, "other/topic"):
             app.c.publish(topic, b"local", qos=1).wait_for_publish(5)
         assert relay.received() == []
         assert spy.received(0.2) == []

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -83,3 +86,73 @@ def test_a_config_for_another_device_is_refused(system: System) -> None:
     assert not [e for e in agent.log_events() if e.get("event") == "config_applied"]
     system.ask("still-edge", task="classify", labels=LABELS)
     assert system.app.next_reply(timeout=30).payload["source"] == "edge"
+
+
+def test_calibrate_learns_thresholds_from_a_real_run_and_the_device_applies_them(
+    system: System, tmp_path: Path
+) -> None:
+    system.start_relay()
+    agent = system.start_agent(
+        EDGE_AGENT_POLICY__THRESHOLDS=NEVER_ESCALATE, EDGE_AGENT_POLICY__SHADOW_RATE="1.0"
+    )
+    texts = [
+        "turn on the lights",
+        "lights off please",
+        "play some jazz",
+        "switch the lamp on",
+        "it is too dark",
+        "kill the lights",
+        "put on music",
+        "I want to hear a song",
+        "make it brighter",
+        "darkness please",
+        "stop the lights",
+        "some tunes please",
+    ]
+    for k, text in enumerate(texts):
+        system.ask(f"cal-{k}", text=text, task="classify", labels=LABELS)
+    assert len(system.app.collect(len(texts), timeout=120)) == len(texts)
+    deadline = time.monotonic() + 120
+    done: list[dict[str, object]] = []
+    while time.monotonic() < deadline and len(done) < len(texts):
+        done = [r for r in system.relay_rows() if r["outcome"] and r["reason"] == "shadow"]
+        time.sleep(0.5)
+    assert len(done) == len(texts), [r["outcome"] for r in done]
+    pairs = sum(r["edge_confidence"] is not None and r["agreement"] is not None for r in done)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "cloud_relay",
+            "calibrate",
+            "--db",
+            system.db,
+            "--target-escalation",
+            "0.3",
+            "--min-pairs",
+            "4",
+            "--out",
+            str(tmp_path / "cal"),
+            "--apply",
+            "--broker",
+            system.broker.url,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    assert "task=classify: threshold" in out.stdout
+    assert f"{pairs} pairs, {pairs} shadow" in out.stdout
+    assert "applied to 1 device(s)" in out.stdout
+    pngs = sorted(p.name for p in (tmp_path / "cal").glob("*.png"))
+    assert pngs == ["escalation_curve_task-classify.png", "reliability_task-classify.png"]
+    deadline = time.monotonic() + 10
+    while not [e for e in agent.log_events() if e.get("event") == "config_applied"]:
+        assert time.monotonic() < deadline, "the device did not apply the calibrated config"
+        time.sleep(0.05)
+    [applied] = [e for e in agent.log_events() if e.get("event") == "config_applied"]
+    old, new = applied["changes"]["threshold.classify"]  # type: ignore[index]
+    assert old == 0.0
+    assert 0.0 < new <= 1.0
+    assert applied["issued_by"] == "cloud-relay calibrate"

@@ -1,0 +1,39 @@
+"""Shared pieces of the relay's sub-commands: settings and store from the flags."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from cloud_relay.config import RelaySettings, load_settings
+from cloud_relay.store import RelayStore, StoreError, open_store
+from edge_slm.settings import describe_errors
+
+
+def add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", type=Path, help="TOML config file (e.g. /etc/edge-slm/relay.toml)")
+    p.add_argument("--db", help="store URL: sqlite:///path or postgresql://...")
+
+
+def settings_from(args: argparse.Namespace, **overrides: object) -> RelaySettings | None:
+    try:
+        return load_settings(args.config, db=args.db, **overrides)
+    except ValidationError as exc:
+        print(describe_errors(exc), file=sys.stderr)
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"invalid configuration: {exc}", file=sys.stderr)
+    return None
+
+
+def store_from(args: argparse.Namespace) -> RelayStore | None:
+    settings = settings_from(args)
+    if settings is None:
+        return None
+    try:
+        return open_store(settings.db)
+    except StoreError as exc:
+        print(f"store problem: {exc}", file=sys.stderr)
+        return None
