@@ -26,6 +26,7 @@ from agent.cloud.outbox import Outbox
 from agent.cloud.scheduler import Scheduler
 from agent.config import AgentSettings
 from agent.engine.engine import Engine, StopWhen
+from agent.engine.selftest import run_self_test
 from agent.intake import Intake
 from agent.policy.redact import Redactor
 from agent.policy.router import Router
@@ -66,6 +67,7 @@ class AgentDaemon(Lifecycle):
         self.topics = settings.topics
         self._engine: Engine | None = None
         self._escalator: Escalator | None = None
+        self._startup_conditions: set[str] = set()
         self._outbox: Outbox | None = None
         s = settings
         self.scheduler = Scheduler()
@@ -121,12 +123,26 @@ class AgentDaemon(Lifecycle):
     def _start(self, stack: ExitStack) -> None:
         s = self.settings
         self.notifier.extend_timeout(120)  # a big model can take a while to load
+        loading = time.perf_counter()
         self._engine = Engine(
             resolve_model_dir(s),
             name=s.model.name,
             provider=s.model.provider,
             threads=s.model.threads,
         )
+        check = run_self_test(
+            self._engine, load_s=time.perf_counter() - loading, requested=s.model.provider
+        )
+        log.info(
+            "self_test",
+            load_s=round(check.load_s, 2),
+            tok_s=check.tok_s,
+            ttft_ms=check.ttft_ms,
+            provider=check.provider,
+        )
+        if check.fell_back:
+            log.warning("provider_fallback", requested=check.requested, provider=check.provider)
+            self._startup_conditions.add("provider_fallback")
         self._outbox = outbox = Outbox(
             s.outbox_path, max_rows=s.outbox.max_rows, max_bytes=s.outbox.max_bytes
         )
@@ -202,7 +218,7 @@ class AgentDaemon(Lifecycle):
                 "expired": outbox.counter("dropped_expired") if outbox else 0,
                 "unwritable": self.escalator.unwritable_drops,
             },
-            conditions=sorted(self.escalator.conditions),
+            conditions=self._conditions(),
         )
         self.mqtt.publish(self.topics.telemetry, snapshot.to_wire(), qos=1)
 
@@ -213,6 +229,10 @@ class AgentDaemon(Lifecycle):
         server, _thread = start_http_server(m.port, addr=m.host, registry=self.telemetry.registry)
         stack.callback(server.shutdown)
         log.info("metrics_serving", host=m.host, port=m.port)
+
+    def _conditions(self) -> list[str]:
+        escalator = set(self._escalator.conditions) if self._escalator else set()
+        return sorted(self._startup_conditions | escalator)
 
     def _publish_status(self) -> None:
         self.mqtt.publish(self.topics.status, self._status("online"), qos=1, retain=True)
@@ -284,7 +304,7 @@ class AgentDaemon(Lifecycle):
             model=self.settings.model.name,
             provider=self._engine.provider if self._engine else None,
             version=__version__,
-            conditions=sorted(self._escalator.conditions) if self._escalator else None,
+            conditions=self._conditions() or None,
             ts=time.time(),
         )
         return status.to_wire()

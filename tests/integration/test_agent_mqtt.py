@@ -140,6 +140,10 @@ def test_birth_message_is_retained(
     broker: PrivateBroker, topics: DeviceTopics, agent: AgentProcess
 ) -> None:
     status = wait_for_status(broker.port, topics.status, "online", timeout=5)
+    [check] = [e for e in agent.log_events() if e.get("event") == "self_test"]
+    assert check["tok_s"] > 0  # the model generated at start-up, and was measured
+    assert check["provider"] == "cpu"
+    assert "conditions" not in status  # no silent fallback, nothing degraded
     assert status["model"] == "smollm2-135m-instruct"
     assert status["provider"] == "cpu"
     assert status["device_id"] == agent.device_id
