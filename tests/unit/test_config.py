@@ -134,3 +134,18 @@ def test_secrets_come_from_systemd_credentials(
     assert s.mqtt.password is not None
     assert s.mqtt.password.get_secret_value() == "s3cret"
     assert "s3cret" not in repr(s)
+
+
+def test_the_readme_example_config_is_valid(tmp_path: Path) -> None:
+    """The README's agent.toml must load as written (docs cannot drift from code)."""
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    start = readme.index("# /etc/edge-slm/agent.toml")
+    block = readme[start : readme.index("```", start)]
+    toml = tmp_path / "agent.toml"
+    toml.write_text(block)
+    s = load_settings(toml)
+    assert s.device_id == "kitchen"
+    assert s.policy.redact_names == ["Anna", "Schmidt"]
+    assert s.telemetry.interval_s == 60.0
+    assert s.metrics.port == 0
+    assert s.log_level == "INFO"
