@@ -35,6 +35,7 @@ class ErrorCode(StrEnum):
     DEADLINE_EXCEEDED = "deadline_exceeded"
     SHUTTING_DOWN = "shutting_down"
     CLOUD_EXPIRED = "cloud_expired"
+    CLOUD_FAILED = "cloud_failed"
     INTERNAL = "internal"
 
 

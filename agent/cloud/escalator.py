@@ -244,11 +244,37 @@ class Escalator:
     # -- waiting runs out ------------------------------------------------------
 
     def _give_up(self, request_id: str, why: str | None) -> None:
+        """Stop waiting for the cloud: ``why`` None means the wait timed out."""
         with self._lock:
             waiting = self._waiting.get(request_id)
-            reply_now = waiting is not None and self._mark_given_up(waiting, why)
-        if reply_now and waiting is not None and waiting.gave_up is not None:
+            if waiting is None:
+                return
+            reply_now = self._mark_given_up(waiting, why)
+            # At the deadline with no edge answer yet (the job still queued): the app
+            # gets a typed error now, never silence; a cloud answer may still follow
+            # as a correction.
+            too_late = (
+                why is None
+                and not waiting.replied
+                and waiting.edge is None
+                and waiting.job.deadline is not None
+            )
+            if too_late:
+                waiting.replied = True
+        if reply_now and waiting.gave_up is not None:
             self._fallback(waiting, waiting.gave_up)
+        elif too_late:
+            log.warning("deadline_without_answer", request_id=request_id)
+            self._reply(
+                waiting.job.route,
+                Response.failure(
+                    request_id,
+                    ErrorCode.DEADLINE_EXCEEDED,
+                    "no answer before the deadline: the edge answer was still queued and "
+                    "the cloud did not answer in time",
+                ),
+                waiting.job.received_at,
+            )
 
     def _mark_given_up(self, waiting: _Waiting, why: str | None) -> bool:
         """Stop awaiting the cloud; True if the caller must send the fallback now.
@@ -324,8 +350,13 @@ class Escalator:
             self._reply(route, _cloud_response(reply, reason, supersedes=None), received_at)
         elif fallback_now and waiting is not None and waiting.gave_up is not None:
             self._fallback(waiting, waiting.gave_up)
-        elif reply.ok and corrections and (waiting is None or waiting.replied):
-            self._reply(route, _cloud_response(reply, reason, supersedes=True), received_at)
+        elif corrections and (waiting is None or waiting.replied):
+            late = (
+                _cloud_response(reply, reason, supersedes=True)
+                if reply.ok
+                else _no_correction(reply, ErrorCode.CLOUD_FAILED)
+            )
+            self._reply(route, late, received_at)
         self._outbox.remove(reply.id)
 
     def _target(
@@ -441,6 +472,18 @@ def _cloud_response(reply: CloudReply, reason: str, *, supersedes: bool | None) 
         model=reply.model,
         tokens=reply.tokens,
         supersedes=supersedes,
+    )
+
+
+def _no_correction(reply: CloudReply, code: ErrorCode) -> Response:
+    """Tell an app that holds a fallback that no correction will come."""
+    detail = reply.error.message if reply.error else reply.outcome.value
+    return Response(
+        id=reply.id,
+        ok=False,
+        supersedes=True,
+        escalated=True,
+        error=ErrorInfo(code=code, message=f"the cloud failed ({detail}); the edge answer stands"),
     )
 
 

@@ -181,13 +181,42 @@ def test_no_correction_when_the_app_opted_out(make, wire: Wire) -> None:
 
 
 def test_early_escalation_waits_for_the_edge_answer(make, wire: Wire) -> None:
-    esc = make()
-    esc.escalate(_job(deadline_s=0.1), EscalationReason.CLOUD_ALWAYS, "always", None)
-    time.sleep(0.3)  # the wait is over, but there is nothing to fall back on yet
+    esc = make(timeout_s=0.1)
+    esc.escalate(_job(), EscalationReason.CLOUD_ALWAYS, "always", None)
+    time.sleep(0.3)  # the cloud wait is over, but there is nothing to fall back on yet
     assert wire.replies == []
     esc.edge_ready("r1", _edge())
     [reply] = wire.wait_replies(1)
     assert reply.source is Source.EDGE_FALLBACK
+
+
+def test_a_queued_edge_answer_at_the_deadline_is_a_typed_error_not_silence(
+    make, wire: Wire
+) -> None:
+    esc = make()
+    esc.escalate(_job(deadline_s=0.1), EscalationReason.CLOUD_ALWAYS, "always", None)
+    [reply] = wire.wait_replies(1)  # at the deadline, the edge job still queued
+    assert reply.error is not None
+    assert reply.error.code is ErrorCode.DEADLINE_EXCEEDED
+    esc.edge_ready("r1", _edge())  # too late: recorded, not sent
+    time.sleep(0.1)
+    assert len(wire.replies) == 1
+    esc.on_cloud(_cloud())  # the cloud answer still comes, as a correction
+    replies = wire.wait_replies(2)
+    assert replies[1].source is Source.CLOUD
+    assert replies[1].supersedes is True
+
+
+def test_a_failed_cloud_after_the_fallback_says_no_correction_comes(make, wire: Wire) -> None:
+    esc = make()
+    esc.escalate(_job(deadline_s=0.15), EscalationReason.LOW_CONFIDENCE, "low", _edge())
+    assert wire.wait_replies(1)[0].source is Source.EDGE_FALLBACK
+    esc.on_cloud(_cloud(ok=False))
+    notice = wire.wait_replies(2)[1]
+    assert notice.ok is False
+    assert notice.supersedes is True
+    assert notice.error is not None
+    assert notice.error.code is ErrorCode.CLOUD_FAILED
 
 
 def test_cloud_failure_falls_back_at_once(make, wire: Wire) -> None:
