@@ -30,6 +30,7 @@ from agent.engine.selftest import run_self_test
 from agent.intake import Intake
 from agent.policy.redact import Redactor
 from agent.policy.router import Router
+from agent.recent import RecentRequests
 from agent.routing import ReplyRoute
 from agent.telemetry import TelemetryRecorder
 from agent.worker import InferenceWorker, Job
@@ -76,12 +77,14 @@ class AgentDaemon(Lifecycle):
         )
         self.router = Router(s.policy, s.cloud, budget_left=self._budget_left)
         self.worker = InferenceWorker(self._answer, self._finish, queue_size=s.limits.queue_size)
+        self.recent = RecentRequests()
         self.intake = Intake(
             topics=self.topics,
             limits=s.limits,
             submit=self._submit,
             queue_depth=lambda: self.worker.depth,
             send_reply=self.send_reply,
+            recent=self.recent,
         )
         self.mqtt = s.mqtt.connection(
             client_id=s.client_id,
@@ -310,6 +313,8 @@ class AgentDaemon(Lifecycle):
         return status.to_wire()
 
     def send_reply(self, route: ReplyRoute, response: Response) -> None:
+        if response.id is not None and not response.supersedes:
+            self.recent.finish((route.topic, response.id), response)
         self.telemetry.reply(response)
         self.mqtt.publish(
             route.topic,

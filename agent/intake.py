@@ -18,6 +18,7 @@ import structlog
 from pydantic import ValidationError
 
 from agent.config import LimitSettings
+from agent.recent import RecentRequests
 from agent.routing import ReplyRoute, route_for
 from agent.worker import Job
 from edge_slm.contract import WIRE_VERSION, ErrorCode, Request, Response
@@ -68,10 +69,12 @@ class Intake:
         submit: Submit,
         queue_depth: Callable[[], int],
         send_reply: SendReply,
+        recent: RecentRequests | None = None,
     ) -> None:
         self._topics = topics
         self._limits = limits
         self._submit = submit
+        self._recent = recent or RecentRequests()
         self._queue_depth = queue_depth
         self._send_reply = send_reply
         self._open = threading.Event()
@@ -97,7 +100,17 @@ class Intake:
             self._reject(route, Rejected(ErrorCode.INTERNAL, f"intake failed: {exc}"))
             return
         with structlog.contextvars.bound_contextvars(request_id=job.request.id):
+            key = (route.topic, job.request.id)
+            seen = self._recent.begin(key)
+            if isinstance(seen, Response):
+                log.info("duplicate_request_replayed")
+                self._send_reply(route, seen)
+                return
+            if seen:
+                log.info("duplicate_request_absorbed", hint="the first copy is in progress")
+                return
             if not self._submit(job, msg.topic):
+                self._recent.forget(key)
                 retry = self._limits.busy_retry_ms * max(1, self._queue_depth())
                 self._reject(
                     route,

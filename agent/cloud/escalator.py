@@ -319,6 +319,11 @@ class Escalator:
         if reply.device_id != self._topics.device_id or reply.v != 1:
             log.warning("cloud_reply_rejected", request_id=reply.id, device_id=reply.device_id)
             return
+        if not reply.ok and reply.error is not None and reply.error.retry_after_ms is not None:
+            # The relay shed it (busy, rate limit): not a final answer. Keep the row
+            # and send it again after the hint; the app's own wait runs on.
+            self._retry_later(reply.id, reply.error.retry_after_ms)
+            return
         with self._lock:
             self._unreachable_since = None
             waiting = self._waiting.pop(reply.id, None)
@@ -358,6 +363,18 @@ class Escalator:
             )
             self._reply(route, late, received_at)
         self._outbox.remove(reply.id)
+
+    def _retry_later(self, request_id: str, retry_after_ms: int) -> None:
+        with self._lock:
+            self._unreachable_since = None  # it answered: reachable, just busy
+        log.info("cloud_busy", request_id=request_id, retry_after_ms=retry_after_ms)
+
+        def resend() -> None:
+            row = self._outbox.get(request_id)
+            if row is not None and row.expires_at > time.time():
+                self._send(row)
+
+        self._scheduler.at(time.monotonic() + max(retry_after_ms, 100) / 1000, resend)
 
     def _target(
         self, waiting: _Waiting | None, row: OutboxRow | None

@@ -8,6 +8,7 @@ in ``relay_schema_version``; each runs once, inside the backend's lock.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Sequence
 from contextlib import AbstractContextManager
 from typing import Any, Protocol
@@ -200,6 +201,9 @@ class SqlStore:
         self._db = db
 
     def claim(self, esc: NewEscalation, *, stale_before: float) -> Claim:
+        # claimed_at is *now*, not the receipt time: a message that waited in the
+        # relay's queue longer than the claim TTL must not look stale at birth.
+        now = time.time()
         inserted = self._db.execute(
             "INSERT INTO relay_log (device_id, request_id, relay_id, claimed_at, received_at, "
             "task, kind, reason, edge_answer, edge_label, edge_confidence, redactions, "
@@ -210,7 +214,7 @@ class SqlStore:
                 esc.device_id,
                 esc.request_id,
                 esc.relay_id,
-                esc.received_at,
+                now,
                 esc.received_at,
                 esc.task,
                 esc.kind,
@@ -238,7 +242,7 @@ class SqlStore:
         taken = self._db.execute(
             "UPDATE relay_log SET relay_id = ?, claimed_at = ? WHERE device_id = ? AND "
             "request_id = ? AND outcome IS NULL AND claimed_at < ?",
-            (esc.relay_id, esc.received_at, esc.device_id, esc.request_id, stale_before),
+            (esc.relay_id, now, esc.device_id, esc.request_id, stale_before),
         )
         if taken:
             return Claim(ClaimState.CLAIMED)

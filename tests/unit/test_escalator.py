@@ -317,3 +317,23 @@ def test_sweep_resends_quiet_escalations(wire: Wire, outbox: Outbox) -> None:
         assert len(wire.published) == 2
     finally:
         scheduler.stop()
+
+
+def test_a_busy_relay_is_retried_not_taken_as_final(make, wire: Wire, outbox: Outbox) -> None:
+    esc = make(timeout_s=30)
+    esc.escalate(_job(), EscalationReason.LOW_CONFIDENCE, "low", _edge())
+    busy = CloudReply(
+        id="r1",
+        device_id="dev1",
+        ok=False,
+        outcome=Outcome.LLM_ERROR,
+        error={"code": "busy", "message": "queue full", "retry_after_ms": 100},  # type: ignore[arg-type]
+    )
+    esc.on_cloud(Inbound(topic=TOPICS.cloud, payload=busy.to_wire(), qos=1, retain=False))
+    assert outbox.get("r1") is not None  # kept for the retry
+    time.sleep(0.3)
+    assert len(wire.published) == 2  # sent again after the hint
+    assert wire.replies == []  # the app is still waiting, for the real answer
+    esc.on_cloud(_cloud())
+    [reply] = wire.wait_replies(1)
+    assert reply.source is Source.CLOUD
