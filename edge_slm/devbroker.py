@@ -6,6 +6,7 @@ a free loopback port, so it never collides with a system broker on 1883.
 
 from __future__ import annotations
 
+import os
 import shutil
 import signal
 import socket
@@ -81,6 +82,12 @@ class PrivateBroker:
             # for a burst of requests during an agent restart).
             "max_queued_messages 10000",
         ]
+        if os.geteuid() == 0 and not any(
+            line.startswith("user ") for line in self.extra_config.splitlines()
+        ):
+            # As root, mosquitto drops to the `mosquitto` user, which cannot write our
+            # private temp dir: the log and the persistence file would silently fail.
+            lines.append("user root")
         if self.persistence:
             lines += [
                 "persistence true",

@@ -69,13 +69,21 @@ def test_same_request_id_on_other_device_is_independent(store: RelayStore) -> No
 
 
 def test_stale_in_flight_claim_is_taken_over_once(store: RelayStore) -> None:
-    old = time.time() - 1000
-    store.claim(_esc(at=old), stale_before=old - 300)
-    now = time.time()
-    first = store.claim(_esc(at=now, relay_id="b"), stale_before=now - 300)
-    second = store.claim(_esc(at=now, relay_id="c"), stale_before=now - 300)
+    store.claim(_esc(), stale_before=time.time() - 300)
+    # Every claim made before "a second from now" counts as stale: relay b takes over.
+    first = store.claim(_esc(relay_id="b"), stale_before=time.time() + 1)
+    # The takeover stamped a fresh claimed_at, so c sees a live claim.
+    second = store.claim(_esc(relay_id="c"), stale_before=time.time() - 300)
     assert first.state is ClaimState.CLAIMED
     assert second.state is ClaimState.IN_FLIGHT
+
+
+def test_claim_age_counts_from_the_claim_not_from_receipt(store: RelayStore) -> None:
+    """A message that waited long in a relay's queue must not look stale at birth."""
+    received_long_ago = time.time() - 1000
+    store.claim(_esc(at=received_long_ago), stale_before=time.time() - 300)
+    dup = store.claim(_esc(relay_id="b"), stale_before=time.time() - 300)
+    assert dup.state is ClaimState.IN_FLIGHT
 
 
 def test_release_lets_a_replay_claim_again(store: RelayStore) -> None:

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 
 import paho.mqtt.client as paho
@@ -17,7 +18,10 @@ from paho.mqtt.enums import CallbackAPIVersion
 def wait_for_status(port: int, topic: str, state: str, timeout: float = 60.0) -> dict[str, object]:
     """Block until the retained status on ``topic`` says ``state``."""
     seen: list[dict[str, object]] = []
-    client = paho.Client(callback_api_version=CallbackAPIVersion.VERSION2)
+    # A real client id: brokers configured like deploy/ refuse zero-length ones.
+    client = paho.Client(
+        callback_api_version=CallbackAPIVersion.VERSION2, client_id=f"status-{uuid.uuid4().hex[:8]}"
+    )
     client.on_message = lambda _c, _u, msg: seen.append(json.loads(msg.payload))
     client.connect("127.0.0.1", port)
     client.subscribe(topic, 1)
