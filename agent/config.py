@@ -18,7 +18,7 @@ from pydantic_settings import (
 )
 
 from edge_slm.contract import Kind, Task
-from edge_slm.settings import DaemonSettings, MqttSettings
+from edge_slm.settings import DaemonSettings, MetricsSettings, MqttSettings
 from edge_slm.settings import Section as _Section
 from edge_slm.topics import DeviceTopics
 
@@ -206,16 +206,6 @@ class TelemetrySettings(_Section):
     )
     cloud_price_out_per_mtok: float = Field(
         default=0.60, ge=0, description="USD per 1M completion tokens in the cloud."
-    )
-
-
-class MetricsSettings(_Section):
-    port: int = Field(
-        default=0, ge=0, le=65535, description="Prometheus /metrics port; 0 turns it off."
-    )
-    host: str = Field(
-        default="127.0.0.1",
-        description="Address for /metrics; keep it on loopback unless a scraper needs more.",
     )
 
 

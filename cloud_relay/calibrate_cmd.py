@@ -10,10 +10,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from cloud_relay.calibrate import Pair, Recommendation, plot, recommend
-from cloud_relay.cli_support import add_common, settings_from, store_from
+from cloud_relay.cli_support import add_common, settings_from, since_and_store
 from cloud_relay.config import RelaySettings
 from cloud_relay.store import LogQuery, LogRow
-from cloud_relay.timespec import parse_since
 from edge_slm.contract import DeviceConfig, Task
 from edge_slm.logs import configure_logging
 from edge_slm.topics import DeviceTopics
@@ -71,15 +70,12 @@ def _apply(settings: RelaySettings, configs: dict[str, DeviceConfig]) -> None:
 def _cmd_calibrate(args: argparse.Namespace) -> int:
     configure_logging("WARNING", "console")  # stdout carries the report only
     settings = settings_from(args, **{"mqtt.broker": args.broker})
-    store = store_from(args)
-    if settings is None or store is None:
+    opened = since_and_store(args)
+    if settings is None or opened is None:
         return 2
+    since, store = opened
     try:
-        since = parse_since(args.since) if args.since else None
         rows = store.logs(LogQuery(device_id=args.device, since=since, limit=None))
-    except ValueError as exc:
-        print(exc, file=sys.stderr)
-        return 2
     finally:
         store.close()
     recs: dict[tuple[str | None, str], Recommendation] = {}

@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 from cloud_relay import render
-from cloud_relay.cli_support import add_common, settings_from, store_from
+from cloud_relay.cli_support import add_common, settings_from, since_and_store
 from cloud_relay.stats import compute
 from cloud_relay.store import LogQuery, LogRow, RelayStore, StoreError, open_store
 from cloud_relay.timespec import parse_since
@@ -124,14 +124,10 @@ def _since(value: str | None) -> float | None:
 
 
 def _cmd_logs(args: argparse.Namespace) -> int:
-    try:
-        since = _since(args.since)
-    except ValueError as exc:
-        print(exc, file=sys.stderr)
+    opened = since_and_store(args)
+    if opened is None:
         return 2
-    store = store_from(args)
-    if store is None:
-        return 2
+    since, store = opened
     outcome = Outcome(args.outcome) if args.outcome else None
     query = LogQuery(device_id=args.device, since=since, outcome=outcome, limit=args.limit)
     try:
@@ -178,14 +174,10 @@ def _follow(
 
 
 def _cmd_stats(args: argparse.Namespace) -> int:
-    try:
-        since = _since(args.since)
-    except ValueError as exc:
-        print(exc, file=sys.stderr)
+    opened = since_and_store(args)
+    if opened is None:
         return 2
-    store = store_from(args)
-    if store is None:
-        return 2
+    since, store = opened
     try:
         rows = store.logs(LogQuery(device_id=args.device, since=since, limit=None))
         if since is None:
@@ -231,14 +223,10 @@ def _cmd_devices(args: argparse.Namespace) -> int:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    try:
-        since = _since(args.since)
-    except ValueError as exc:
-        print(exc, file=sys.stderr)
+    opened = since_and_store(args)
+    if opened is None:
         return 2
-    store = store_from(args)
-    if store is None:
-        return 2
+    since, store = opened
     outcome = Outcome(args.outcome) if args.outcome else None
     query = LogQuery(
         device_id=args.device, since=since, outcome=outcome, limit=None, oldest_first=True

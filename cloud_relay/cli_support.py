@@ -10,6 +10,7 @@ from pydantic import ValidationError
 
 from cloud_relay.config import RelaySettings, load_settings
 from cloud_relay.store import RelayStore, StoreError, open_store
+from cloud_relay.timespec import parse_since
 from edge_slm.settings import describe_errors
 
 
@@ -37,3 +38,14 @@ def store_from(args: argparse.Namespace) -> RelayStore | None:
     except StoreError as exc:
         print(f"store problem: {exc}", file=sys.stderr)
         return None
+
+
+def since_and_store(args: argparse.Namespace) -> tuple[float | None, RelayStore] | None:
+    """``--since`` parsed and the store opened, or None after printing why not."""
+    try:
+        since = parse_since(args.since) if args.since else None
+    except ValueError as exc:
+        print(exc, file=sys.stderr)
+        return None
+    store = store_from(args)
+    return None if store is None else (since, store)

@@ -19,7 +19,7 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
-from edge_slm.settings import DaemonSettings, MqttSettings
+from edge_slm.settings import DaemonSettings, MetricsSettings, MqttSettings
 from edge_slm.settings import Section as _Section
 from edge_slm.topics import escalation_subscription, status_wildcard, telemetry_wildcard
 
@@ -170,20 +170,6 @@ class FleetSettings(_Section):
     )
     max_payload_bytes: int = Field(
         default=65536, ge=1024, description="Larger telemetry or status payloads are dropped."
-    )
-
-
-class MetricsSettings(_Section):
-    port: int = Field(
-        default=0,
-        ge=0,
-        le=65535,
-        description="Serve Prometheus metrics on http://host:port/metrics; 0 = off (default).",
-    )
-    host: str = Field(
-        default="127.0.0.1",
-        description="Address to bind. The endpoint has no authentication: anything other "
-        "than loopback is logged as a warning; put a proxy with TLS and auth in front.",
     )
 
 

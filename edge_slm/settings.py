@@ -108,6 +108,20 @@ class DaemonSettings(BaseSettings):
         return loaded
 
 
+class MetricsSettings(Section):
+    port: int = Field(
+        default=0,
+        ge=0,
+        le=65535,
+        description="Serve Prometheus metrics on http://host:port/metrics; 0 = off (default).",
+    )
+    host: str = Field(
+        default="127.0.0.1",
+        description="Address to bind. The endpoint has no authentication: anything other "
+        "than loopback is logged as a warning; put a proxy with TLS and auth in front.",
+    )
+
+
 class MqttSettings(Section):
     broker: str = Field(
         default="mqtt://127.0.0.1:1883",
