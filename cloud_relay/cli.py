@@ -13,7 +13,6 @@ from cloud_relay import render
 from cloud_relay.cli_support import add_common, settings_from, since_and_store
 from cloud_relay.stats import compute
 from cloud_relay.store import LogQuery, LogRow, RelayStore, StoreError, open_store
-from cloud_relay.timespec import parse_since
 from edge_slm import __version__
 from edge_slm.contract import Outcome
 
@@ -117,10 +116,6 @@ def _cmd_run(args: argparse.Namespace) -> int:
     except StoreError as exc:
         print(f"store problem: {exc}", file=sys.stderr)
         return 2
-
-
-def _since(value: str | None) -> float | None:
-    return parse_since(value) if value else None
 
 
 def _cmd_logs(args: argparse.Namespace) -> int:
