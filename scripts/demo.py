@@ -315,6 +315,8 @@ def main() -> int:  # noqa: PLR0915 - a linear script reads best in one piece
                 "EDGE_AGENT_OUTBOX__PATH": str(workdir / "outbox.db"),
                 "EDGE_AGENT_LOG_FORMAT": "json",
                 "EDGE_AGENT_POLICY__REDACT_NAMES": '["Anna", "Schmidt"]',
+                # Frequent telemetry so the fleet view has numbers before the demo ends.
+                "EDGE_AGENT_TELEMETRY__INTERVAL_S": "2",
             },
         )
         wait_http(f"http://127.0.0.1:{llm_port}/health", llm, "the cloud LLM server")
@@ -362,7 +364,9 @@ def main() -> int:  # noqa: PLR0915 - a linear script reads best in one piece
             say(row(n0, l0, t0, reply))
             corrections_due.discard(reply["id"])
 
-        time.sleep(0.5)  # let the relay commit its last rows
+        time.sleep(2.5)  # one more telemetry interval, and the relay's last rows
+        say("\n$ cloud-relay devices")
+        subprocess.run([py, "-m", "cloud_relay", "devices", "--db", db], check=False)
         say("\n$ cloud-relay stats")
         subprocess.run([py, "-m", "cloud_relay", "stats", "--db", db], check=False)
         say("\n$ cloud-relay logs --limit 6")
