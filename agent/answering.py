@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from typing import TYPE_CHECKING
 
 from agent.engine.engine import (
     Cancelled,
@@ -14,18 +15,34 @@ from agent.engine.engine import (
     PromptTooLong,
     StopWhen,
 )
-from agent.engine.prompts import build_messages
+from agent.engine.prompts import build_messages, user_content
 from edge_slm.contract import ErrorCode, Request, Response, Source, Task, TokenUsage
 
+if TYPE_CHECKING:
+    from agent.skills import Skill
 
-def answer(engine: Engine, request: Request, *, max_tokens: int, stop: StopWhen) -> Response:
-    """Answer on the edge. Engine failures become typed error responses."""
+
+def answer(
+    engine: Engine,
+    request: Request,
+    *,
+    max_tokens: int,
+    stop: StopWhen,
+    skill: Skill | None = None,
+) -> Response:
+    """Answer on the edge. Engine failures become typed error responses.
+
+    With a ``skill`` (resolved at intake for a request naming one), classify uses
+    the skill's fixed prompt, kept prefilled by the engine, and its verbalizers.
+    """
     messages = build_messages(request)
     try:
-        if request.task is Task.CLASSIFY:
-            result: Classification | Generation = engine.classify(
-                messages, request.labels or [], stop=stop
+        if skill is not None:
+            result: Classification | Generation = engine.classify_fixed(
+                skill.prompt(), user_content(request), stop=stop
             )
+        elif request.task is Task.CLASSIFY:
+            result = engine.classify(messages, request.labels or [], stop=stop)
         else:
             result = engine.generate(messages, max_tokens=max_tokens, stop=stop)
     except DeadlineExceeded as exc:

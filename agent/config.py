@@ -17,7 +17,7 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
-from edge_slm.contract import Kind, Task
+from edge_slm.contract import Kind, SkillName, SkillSpec, Task
 from edge_slm.settings import DaemonSettings, MetricsSettings, MqttSettings
 from edge_slm.settings import Section as _Section
 from edge_slm.topics import DeviceTopics
@@ -48,6 +48,17 @@ class ModelSettings(_Section):
         default=0,
         ge=0,
         description="Intra-op threads; 0 means one per available core.",
+    )
+    idle_unload_s: float = Field(
+        default=0.0,
+        ge=0,
+        description="Unload the model after this many seconds without a request, giving its "
+        "memory back; the next request loads it again (and waits for the load). 0 = never.",
+    )
+    pin: bool = Field(
+        default=False,
+        description="Keep the model loaded: never unload it when idle. A desired-model "
+        "message's `pin` overrides it.",
     )
 
 
@@ -209,6 +220,38 @@ class TelemetrySettings(_Section):
     )
 
 
+class OtaSettings(_Section):
+    enabled: bool = Field(
+        default=True, description="Accept desired-model messages (over-the-air model updates)."
+    )
+    work_dir: Path | None = Field(
+        default=None,
+        description="Scratch folder for downloads and unpacking; default <state dir>/ota.",
+    )
+    state_path: Path | None = Field(
+        default=None,
+        description="Where the installed over-the-air choice is kept, so a restart runs the "
+        "same model; default <state dir>/model-<device_id>.json.",
+    )
+    max_archive_bytes: int = Field(
+        default=8 * 1024**3, ge=1024, description="Largest archive the agent downloads."
+    )
+    max_unpacked_bytes: int = Field(
+        default=16 * 1024**3, ge=1024, description="Largest total size of the unpacked files."
+    )
+    http_timeout_s: float = Field(
+        default=30.0, gt=0, description="Connect/read timeout of the archive download."
+    )
+    retries: int = Field(
+        default=5, ge=0, description="Download retries (resumed with HTTP Range) on network errors."
+    )
+    swap_timeout_s: float = Field(
+        default=300.0,
+        gt=0,
+        description="How long the swap may wait for the request in progress to finish.",
+    )
+
+
 class AgentSettings(DaemonSettings):
     """Everything the edge agent daemon reads at start-up."""
 
@@ -236,6 +279,15 @@ class AgentSettings(DaemonSettings):
     metrics: MetricsSettings = Field(
         default_factory=MetricsSettings, description="Optional Prometheus endpoint."
     )
+    skills: dict[SkillName, SkillSpec] = Field(
+        default_factory=dict,
+        description="Classify skills by name, `[skills.<name>]` (see README, Skills); a "
+        "name here replaces the built-in skill of that name.",
+    )
+    builtin_skills: bool = Field(
+        default=True, description="Offer the built-in skills (`home_intents`, `sensor_state`)."
+    )
+    ota: OtaSettings = Field(default_factory=OtaSettings, description="Over-the-air model updates.")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
         default="INFO", description="Log level."
     )
@@ -255,6 +307,14 @@ class AgentSettings(DaemonSettings):
     @property
     def outbox_path(self) -> Path:
         return self.outbox.path or _state_dir() / f"outbox-{self.device_id}.db"
+
+    @property
+    def ota_work_dir(self) -> Path:
+        return self.ota.work_dir or _state_dir() / "ota"
+
+    @property
+    def ota_state_path(self) -> Path:
+        return self.ota.state_path or _state_dir() / f"model-{self.device_id}.json"
 
     @property
     def client_id(self) -> str:

@@ -86,6 +86,11 @@ class TelemetryRecorder:
             "edge_agent_outbox_depth", "Escalations awaiting a reply", registry=reg
         )
 
+    def set_model(self, name: str) -> None:
+        """The model in use changed (an over-the-air update)."""
+        with self._lock:
+            self._model = name
+
     # -- recording -----------------------------------------------------------
 
     def reply(self, response: Response) -> None:

@@ -13,6 +13,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import structlog
 
@@ -20,6 +21,9 @@ from agent.policy.router import Decision
 from agent.routing import ReplyRoute
 from edge_slm.contract import ErrorCode, Request, Response
 from edge_slm.logs import get_logger
+
+if TYPE_CHECKING:
+    from agent.skills import Skill
 
 log = get_logger("agent.worker")
 
@@ -32,6 +36,7 @@ class Job:
     deadline: float | None  # absolute, time.monotonic() clock
     max_tokens: int
     decision: Decision | None = None  # the routing decision made before generation
+    skill: Skill | None = None  # resolved at intake for a request naming a skill
 
 
 Answerer = Callable[[Job], Response]
@@ -41,10 +46,22 @@ Replier = Callable[[Job, Response], None]
 class InferenceWorker:
     """Runs ``answerer`` for each job on a dedicated thread and hands the result to ``reply``."""
 
-    def __init__(self, answerer: Answerer, reply: Replier, *, queue_size: int) -> None:
+    def __init__(
+        self,
+        answerer: Answerer,
+        reply: Replier,
+        *,
+        queue_size: int,
+        on_idle: Callable[[], None] | None = None,
+        idle_tick_s: float = 0.25,
+    ) -> None:
         self._answerer = answerer
         self._reply = reply
         self._queue: queue.Queue[Job | None] = queue.Queue(maxsize=queue_size)
+        #: Work that must run on this thread between two jobs (a model swap).
+        self._calls: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
+        self._on_idle = on_idle  # called every idle_tick_s without a job (idle unload)
+        self._idle_tick_s = idle_tick_s
         self._thread = threading.Thread(target=self._run, name="inference", daemon=True)
         self._outstanding = 0  # queued + running; guarded by _lock
         self._lock = threading.Lock()
@@ -78,6 +95,25 @@ class InferenceWorker:
                 return False
             self._outstanding += 1
         return True
+
+    def call_soon(self, fn: Callable[[], None]) -> None:
+        """Run ``fn`` on the worker thread before the next job (at once when idle).
+
+        It never runs in the middle of a job, so a model swapped by ``fn`` is
+        seen whole by every request.
+        """
+        self._calls.put(fn)
+
+    def _run_calls(self) -> None:
+        while True:
+            try:
+                fn = self._calls.get_nowait()
+            except queue.Empty:
+                return
+            try:
+                fn()
+            except Exception:
+                log.exception("worker_call_failed")
 
     def _wait_idle(self, timeout_s: float) -> bool:
         deadline = time.monotonic() + timeout_s
@@ -120,12 +156,15 @@ class InferenceWorker:
 
     def _run(self) -> None:
         while True:
+            self._run_calls()
             try:
-                job = self._queue.get(timeout=1.0)
+                job = self._queue.get(timeout=self._idle_tick_s)
             except queue.Empty:
+                self._idle()
                 continue
             if job is None:
                 return
+            self._run_calls()  # a swap asked for while we waited goes before the job
             self._job_started = time.monotonic()
             try:
                 self._handle(job)
@@ -134,6 +173,14 @@ class InferenceWorker:
                 with self._lock:
                     self._outstanding -= 1
                 self.completed += 1
+
+    def _idle(self) -> None:
+        if self._on_idle is None:
+            return
+        try:
+            self._on_idle()
+        except Exception:
+            log.exception("worker_idle_hook_failed")
 
     def _handle(self, job: Job) -> None:
         with structlog.contextvars.bound_contextvars(request_id=job.request.id):

@@ -8,12 +8,13 @@ without a model.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from edge_slm.contract import Request, Task
 
@@ -54,6 +55,24 @@ def load_family(family: str, root: Path = EVAL_DIR) -> list[EvalItem]:
 
 def load_all(root: Path = EVAL_DIR) -> list[EvalItem]:
     return [item for family in FAMILIES for item in load_family(family, root)]
+
+
+Split = Literal["dev", "heldout"]
+
+
+def split_of(item_id: str) -> Split:
+    """The item's split, from its id alone: ``heldout`` when the first byte of
+    sha256(id) is even (about half), else ``dev``.
+
+    Held-out items are never used for skill exemplars, calibration or tuning (a test
+    checks the built-in skills); ``dev`` items may be. Hashing the stable id keeps an
+    item's split fixed when items are added or reordered.
+    """
+    return "heldout" if hashlib.sha256(item_id.encode()).digest()[0] % 2 == 0 else "dev"
+
+
+def split(items: list[EvalItem], which: Split) -> list[EvalItem]:
+    return [item for item in items if split_of(item.id) == which]
 
 
 _ARTICLES = re.compile(r"\b(a|an|the)\b")

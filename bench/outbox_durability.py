@@ -112,7 +112,7 @@ def run_mode(mode: str, n: int, directory: Path) -> float:
         box.add(row)
         if mode == "full add-only":
             continue
-        box.mark_published(row.request_id, time.time())
+        box.mark_published([row.request_id], time.time())
         if mode == "full+remove":
             box.remove(row.request_id)
     elapsed = time.perf_counter() - start
@@ -164,7 +164,7 @@ def child(path: Path, sync_off: bool, fd: int) -> None:
         row = _escalation_row(i)
         box.add(row)
         os.write(fd, row.request_id.encode() + b"\n")  # acknowledged: add() returned
-        box.mark_published(row.request_id, time.time())
+        box.mark_published([row.request_id], time.time())
         i += 1
 
 

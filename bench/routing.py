@@ -94,6 +94,19 @@ def auroc(scores: np.ndarray, positive: np.ndarray) -> float:
     return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
+def ece(conf: np.ndarray, correct: np.ndarray, bins: int = 10) -> float:
+    """Expected calibration error: bin by confidence (``bins`` equal-width bins over
+    [0, 1]), then the items-weighted mean of |accuracy - mean confidence| per bin."""
+    if not len(conf):
+        return float("nan")
+    which = np.minimum((conf * bins).astype(int), bins - 1)
+    total = 0.0
+    for b in np.unique(which):
+        m = which == b
+        total += m.sum() * abs(float(correct[m].mean()) - float(conf[m].mean()))
+    return total / len(conf)
+
+
 def escalation_curve(conf: np.ndarray, edge: np.ndarray, cloud: np.ndarray) -> np.ndarray:
     """System accuracy for k = 0..n escalated, the k least-confident going to the cloud."""
     order = np.argsort(conf, kind="mergesort")

@@ -1,5 +1,5 @@
-"""``cloud-relay``: run the relay, read its log (``logs``, ``stats``, ``export``) and the
-fleet view (``devices``)."""
+"""``cloud-relay``: run the relay, read its log (``logs``, ``stats``, ``export``), the
+fleet view (``devices``) and the web ``dashboard``."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from cloud_relay import render
 from cloud_relay.cli_support import add_common, settings_from, since_and_store
@@ -15,6 +16,9 @@ from cloud_relay.stats import compute
 from cloud_relay.store import LogQuery, LogRow, RelayStore, StoreError, open_store
 from edge_slm import __version__
 from edge_slm.contract import Outcome
+
+if TYPE_CHECKING:
+    from cloud_relay.config import RelaySettings
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -82,10 +86,28 @@ def _parser() -> argparse.ArgumentParser:
     export.add_argument("--output", "-o", type=Path, help="write here instead of stdout")
     export.set_defaults(func=_cmd_export)
 
+    dashboard = sub.add_parser(
+        "dashboard",
+        help="serve the read-only web dashboard over the log store",
+        description="A web page for fleet operators: the escalation log (filterable, paged), "
+        "charts over time, the device list, updated live. Binds 127.0.0.1 unless told "
+        "otherwise; any other host needs dashboard.token or dashboard.username/password. "
+        "Flags override CLOUD_RELAY_DASHBOARD__* environment variables and the TOML file.",
+    )
+    add_common(dashboard)
+    dashboard.add_argument("--host", help="address to bind (default 127.0.0.1)")
+    dashboard.add_argument("--port", type=int, help="TCP port (default 8787)")
+    dashboard.add_argument(
+        "--check-config", action="store_true", help="validate and print the configuration, exit"
+    )
+    dashboard.set_defaults(func=_cmd_dashboard)
+
     from cloud_relay.calibrate_cmd import add_calibrate_command
+    from cloud_relay.models_cmd import add_models_command
     from edge_slm.pki import add_pki_command
 
     add_calibrate_command(sub)
+    add_models_command(sub)
     add_pki_command(sub)
     return parser
 
@@ -103,9 +125,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         print("invalid configuration: llm.model is required (--llm-model)", file=sys.stderr)
         return 2
     if args.check_config:
-        print(json.dumps(settings.model_dump(mode="json"), indent=2))  # secrets as ****
-        print("configuration OK", file=sys.stderr)
-        return 0
+        return _show_config(settings)
     configure_logging(settings.log_level, settings.log_format)
     from cloud_relay.daemon import RelayDaemon
 
@@ -113,6 +133,31 @@ def _cmd_run(args: argparse.Namespace) -> int:
         daemon = RelayDaemon(settings)
         daemon.install_signal_handlers()
         return daemon.run()
+    except StoreError as exc:
+        print(f"store problem: {exc}", file=sys.stderr)
+        return 2
+
+
+def _show_config(settings: RelaySettings) -> int:
+    """``--check-config``: the validated settings (secrets as ****), then exit 0."""
+    print(json.dumps(settings.model_dump(mode="json"), indent=2))
+    print("configuration OK", file=sys.stderr)
+    return 0
+
+
+def _cmd_dashboard(args: argparse.Namespace) -> int:
+    from edge_slm.logs import configure_logging
+
+    settings = settings_from(args, **{"dashboard.host": args.host, "dashboard.port": args.port})
+    if settings is None:
+        return 2
+    if args.check_config:
+        return _show_config(settings)
+    configure_logging(settings.log_level, settings.log_format)
+    from cloud_relay.dashboard.server import serve
+
+    try:
+        return serve(settings)
     except StoreError as exc:
         print(f"store problem: {exc}", file=sys.stderr)
         return 2

@@ -19,7 +19,7 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
-from edge_slm.settings import DaemonSettings, MetricsSettings, MqttSettings
+from edge_slm.settings import DaemonSettings, MetricsSettings, MqttSettings, is_loopback
 from edge_slm.settings import Section as _Section
 from edge_slm.topics import escalation_subscription, status_wildcard, telemetry_wildcard
 
@@ -173,6 +173,59 @@ class FleetSettings(_Section):
     )
 
 
+class DashboardSettings(_Section):
+    """``cloud-relay dashboard``: the read-only web page for fleet operators."""
+
+    host: str = Field(
+        default="127.0.0.1",
+        description="Address to bind. Loopback by default; any other address needs `token` "
+        "or `username`/`password` (or `allow_unauthenticated`), and TLS from a proxy in front.",
+    )
+    port: int = Field(default=8787, ge=1, le=65535, description="TCP port to listen on.")
+    token: SecretStr | None = Field(
+        default=None,
+        description="Bearer token for the JSON API (`Authorization: Bearer <token>`); the page "
+        "asks for it once, or takes it from the URL fragment `#token=...`. Prefer a systemd "
+        "credential named `dashboard__token`.",
+    )
+    username: str | None = Field(
+        default=None, description="HTTP basic auth user (the browser asks); with `password`."
+    )
+    password: SecretStr | None = Field(
+        default=None,
+        description="HTTP basic auth password (prefer a credential: `dashboard__password`).",
+    )
+    allow_unauthenticated: bool = Field(
+        default=False,
+        description="Serve without any auth on a non-loopback host. Only behind a proxy that "
+        "authenticates; loopback never needs it.",
+    )
+    refresh_s: float = Field(
+        default=5.0,
+        ge=1,
+        le=3600,
+        description="How often the page polls the API for new rows and samples (live updates).",
+    )
+    max_page_size: int = Field(
+        default=200, ge=10, le=5000, description="Most log rows one API page may return."
+    )
+
+    @model_validator(mode="after")
+    def _auth_off_loopback(self) -> DashboardSettings:
+        if (self.username is None) != (self.password is None):
+            raise ValueError("dashboard.username and dashboard.password must be given together")
+        if not (self.has_auth or self.allow_unauthenticated or is_loopback(self.host)):
+            raise ValueError(
+                f"dashboard.host {self.host!r} is not loopback: set dashboard.token or "
+                "dashboard.username/password (or dashboard.allow_unauthenticated = true)"
+            )
+        return self
+
+    @property
+    def has_auth(self) -> bool:
+        return self.token is not None or self.username is not None
+
+
 class ModelPrice(_Section):
     input_per_mtok: float = Field(ge=0, description="USD per 1M input (prompt) tokens.")
     output_per_mtok: float = Field(ge=0, description="USD per 1M output (completion) tokens.")
@@ -223,6 +276,9 @@ class RelaySettings(DaemonSettings):
     )
     metrics: MetricsSettings = Field(
         default_factory=MetricsSettings, description="Prometheus /metrics endpoint."
+    )
+    dashboard: DashboardSettings = Field(
+        default_factory=DashboardSettings, description="`cloud-relay dashboard` web page."
     )
     store_prompts: bool = Field(
         default=True,

@@ -5,6 +5,12 @@ finalized (with the reply JSON) before the reply is published, so a replay
 after a crash either finds the stored reply or, once the claim went stale
 (``claim_ttl_s``), is answered afresh; it never reaches the LLM twice while
 a live relay works on it.
+
+The checks that need no LLM (a refused payload, an expired escalation, a
+spent budget) run just before the claim, so an escalation that will go to the
+LLM is claimed with its ``llm_start`` in the same INSERT: two store writes per
+escalation (claim, finalize) instead of three. Their log lines and answers
+still come after the claim, so a duplicate is only ever logged as one.
 """
 
 from __future__ import annotations
@@ -49,6 +55,24 @@ Publish = Callable[[str, bytes, bytes | None], None]
 class _Decision:
     reply: CloudReply
     final: Final
+
+
+@dataclass(frozen=True, slots=True)
+class _Refusal:
+    outcome: Outcome
+    code: ErrorCode
+    message: str
+    retry_after_s: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class _Gate:
+    """What the checks before the claim found: ask the LLM, or answer without it."""
+
+    refusal: _Refusal | None = None  # None: go to the LLM
+    deadline: float | None = None  # monotonic instant the device stops waiting (None: no limit)
+    warning: tuple[str, dict[str, Any]] | None = None  # (event, context), logged once claimed
+    error: Exception | None = None  # a check failed: logged once claimed
 
 
 def _key(env: Envelope) -> str:
@@ -97,6 +121,7 @@ class Handler:
     def handle(self, env: Envelope) -> None:
         esc = env.escalation
         edge = esc.edge if esc else None
+        gate = self._gate(env)
         claim = self._store.claim(
             NewEscalation(
                 device_id=env.device_id,
@@ -111,6 +136,7 @@ class Handler:
                 edge_confidence=edge.confidence if edge else None,
                 redactions=dict(esc.redactions) if esc else {},
                 edge_model=edge.model if edge else None,
+                llm_start=time.time() if gate.refusal is None else None,
                 **self._case(esc),
             ),
             stale_before=time.time() - self._s.limits.claim_ttl_s,
@@ -124,7 +150,7 @@ class Handler:
                 self._publish(env.topics.cloud, claim.reply.encode(), self._correlation(env))
             return
         try:
-            decision = self._decide(env)
+            decision = self._decide(env, gate)
         except Exception as exc:  # a bug must still end the row and answer the device
             log.exception("escalation_failed")
             decision = self._failure(env, Outcome.LLM_ERROR, ErrorCode.INTERNAL, repr(exc))
@@ -152,28 +178,53 @@ class Handler:
 
     # -- the decision ----------------------------------------------------
 
-    def _decide(self, env: Envelope) -> _Decision:
+    def _gate(self, env: Envelope) -> _Gate:
+        """The checks that need no LLM, run before the claim; nothing is logged here."""
         esc = env.escalation
         if env.problem is not None or esc is None:
             problem = env.problem
             code = problem.code if problem else ErrorCode.INVALID_REQUEST
-            log.warning("escalation_rejected", code=code.value, error=str(problem))
-            return self._failure(env, Outcome.REJECTED, code, str(problem))
+            return _Gate(
+                refusal=_Refusal(Outcome.REJECTED, code, str(problem)),
+                warning=("escalation_rejected", {"code": code.value, "error": str(problem)}),
+            )
         now = time.time()
         remaining_s = self._remaining_s(esc, now)
         if remaining_s is not None and remaining_s <= 0:
-            return self._failure(
-                env, Outcome.EXPIRED, ErrorCode.CLOUD_EXPIRED, "expired before the LLM call"
+            return _Gate(
+                refusal=_Refusal(
+                    Outcome.EXPIRED, ErrorCode.CLOUD_EXPIRED, "expired before the LLM call"
+                )
             )
-        over = check_budget(self._store, self._s.limits, env.device_id, now)
+        try:
+            over = check_budget(self._store, self._s.limits, env.device_id, now)
+        except Exception as exc:  # noqa: BLE001 - logged and answered once claimed
+            return _Gate(
+                refusal=_Refusal(Outcome.LLM_ERROR, ErrorCode.INTERNAL, repr(exc)),
+                error=exc,
+            )
         if over is not None:
-            log.warning("escalation_over_budget", reason=over.message)
-            return self._failure(
-                env, Outcome.BUDGET, ErrorCode.BUSY, over.message, retry_after_s=over.retry_after_s
+            return _Gate(
+                refusal=_Refusal(
+                    Outcome.BUDGET, ErrorCode.BUSY, over.message, retry_after_s=over.retry_after_s
+                ),
+                warning=("escalation_over_budget", {"reason": over.message}),
             )
-        self._store.mark_llm_start(env.device_id, _key(env), time.time())
-        mono = time.monotonic()
-        deadline = mono + (remaining_s if remaining_s is not None else self._s.llm.total_timeout_s)
+        return _Gate(deadline=None if remaining_s is None else time.monotonic() + remaining_s)
+
+    def _decide(self, env: Envelope, gate: _Gate) -> _Decision:
+        esc = env.escalation
+        if gate.error is not None:
+            log.error("escalation_failed", exc_info=gate.error)
+        if gate.warning is not None:
+            event, context = gate.warning
+            log.warning(event, **context)
+        if gate.refusal is not None or esc is None:
+            r = gate.refusal or _Refusal(Outcome.REJECTED, ErrorCode.INVALID_REQUEST, "no payload")
+            return self._failure(env, r.outcome, r.code, r.message, retry_after_s=r.retry_after_s)
+        deadline = gate.deadline
+        if deadline is None:
+            deadline = time.monotonic() + self._s.llm.total_timeout_s
         try:
             answer = ask(self._llm, esc, deadline=deadline)
         except LlmError as exc:

@@ -10,6 +10,14 @@
 * a circuit breaker (5xx, timeouts and connection errors count as failures;
   a 429 means the provider is alive and pacing us, so it does not);
 * a global concurrency limit (a semaphore held only while a request is out).
+
+Each worker thread sends through its own :class:`httpx.HTTPTransport` (one
+keep-alive connection per thread) rather than through one shared
+``httpx.Client``: at hundreds of escalations per second the shared pool's lock
+was the relay's busiest spot, and the client layers (auth, redirects, cookies)
+cost ~0.15 ms of CPU per request for features this POST never uses. httpx's
+exceptions, timeouts and response decoding are unchanged. Proxies come from
+the usual ``HTTPS_PROXY``/``HTTP_PROXY``/``NO_PROXY`` variables, as before.
 """
 
 from __future__ import annotations
@@ -18,6 +26,7 @@ import json
 import math
 import threading
 import time
+import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
@@ -125,6 +134,14 @@ def parse_completion(body: dict[str, Any], *, model: str, attempts: int) -> Comp
     )
 
 
+def _proxy_for(url: httpx.URL) -> str | None:
+    """The proxy from the environment for ``url``, as httpx.Client(trust_env=True) finds it."""
+    if urllib.request.proxy_bypass(url.host):
+        return None
+    proxies = urllib.request.getproxies()
+    return proxies.get(url.scheme) or proxies.get("all")
+
+
 class OpenAiChat:
     """:class:`LlmClient` for any OpenAI-compatible server."""
 
@@ -142,17 +159,44 @@ class OpenAiChat:
         self._breaker = breaker
         self._slots = threading.BoundedSemaphore(max_concurrency)
         self._sleep = sleep
-        headers = {"Accept": "application/json"}
+        headers = {
+            "Accept": "application/json",
+            "Content-Type": "application/json",
+            "User-Agent": f"python-httpx/{httpx.__version__}",
+        }
         if settings.api_key is not None:
             headers["Authorization"] = f"Bearer {settings.api_key.get_secret_value()}"
-        self._http = httpx.Client(
-            base_url=settings.url,
-            headers=headers,
-            limits=httpx.Limits(max_connections=max_concurrency),
-        )
+        self._headers = httpx.Headers(headers)
+        self._url = httpx.URL(settings.url.rstrip("/") + "/chat/completions")
+        self._proxy = _proxy_for(self._url)
+        self._local = threading.local()
+        self._transports: list[httpx.HTTPTransport] = []
+        self._transports_lock = threading.Lock()
+        self._closed = False
+
+    def _transport(self) -> httpx.HTTPTransport:
+        """This thread's transport (created on first use)."""
+        transport: httpx.HTTPTransport | None = getattr(self._local, "transport", None)
+        if transport is None:
+            # One connection per thread: a thread has at most one request out.
+            transport = httpx.HTTPTransport(
+                limits=httpx.Limits(max_connections=1, max_keepalive_connections=1),
+                proxy=self._proxy,
+            )
+            with self._transports_lock:
+                if self._closed:
+                    transport.close()
+                    raise RuntimeError("the LLM client is closed")
+                self._transports.append(transport)
+            self._local.transport = transport
+        return transport
 
     def close(self) -> None:
-        self._http.close()
+        with self._transports_lock:
+            self._closed = True
+            transports, self._transports = self._transports, []
+        for transport in transports:
+            transport.close()
 
     def complete(self, request: ChatRequest, *, deadline: float) -> Completion:
         deadline = min(deadline, time.monotonic() + self._s.total_timeout_s)
@@ -232,16 +276,22 @@ class OpenAiChat:
         if self._s.request_logprobs:
             payload["logprobs"] = True
         remaining = max(deadline - time.monotonic(), 0.001)
-        timeout = httpx.Timeout(
-            connect=min(self._s.connect_timeout_s, remaining),
-            read=min(self._s.read_timeout_s, remaining),
-            write=min(self._s.read_timeout_s, remaining),
-            pool=min(self._s.connect_timeout_s, remaining),
+        timeout = {
+            "connect": min(self._s.connect_timeout_s, remaining),
+            "read": min(self._s.read_timeout_s, remaining),
+            "write": min(self._s.read_timeout_s, remaining),
+            "pool": min(self._s.connect_timeout_s, remaining),
+        }
+        # What httpx.Client(json=...) sends: compact UTF-8 JSON, NaN refused.
+        body = json.dumps(
+            payload, ensure_ascii=False, separators=(",", ":"), allow_nan=False
+        ).encode()
+        http_request = httpx.Request(
+            "POST", self._url, headers=self._headers, content=body, extensions={"timeout": timeout}
         )
         try:
-            with self._http.stream(
-                "POST", "/chat/completions", json=payload, timeout=timeout
-            ) as resp:
+            resp = self._transport().handle_request(http_request)
+            try:
                 chunks = []
                 for chunk in resp.iter_bytes():
                     chunks.append(chunk)
@@ -252,6 +302,8 @@ class OpenAiChat:
                             retry_after_s=None,
                         )
                 raw = b"".join(chunks)
+            finally:
+                resp.close()
         except httpx.TimeoutException as exc:
             raise _Retryable(
                 f"timeout: {type(exc).__name__}", breaker_failure=True, retry_after_s=None

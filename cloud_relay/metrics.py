@@ -12,7 +12,6 @@ and a non-loopback bind is logged as a warning.
 
 from __future__ import annotations
 
-import ipaddress
 import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING
@@ -20,6 +19,7 @@ from typing import TYPE_CHECKING
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 from edge_slm.logs import get_logger
+from edge_slm.settings import is_loopback
 
 if TYPE_CHECKING:
     from cloud_relay.store import Final
@@ -30,15 +30,6 @@ NAMESPACE = "cloud_relay"
 
 #: Seconds; escalations span a fast classify (~0.2 s) to a long answer with retries.
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False  # a host name: it may resolve anywhere
 
 
 class RelayMetrics:

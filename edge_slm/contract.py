@@ -36,6 +36,7 @@ class ErrorCode(StrEnum):
     SHUTTING_DOWN = "shutting_down"
     CLOUD_EXPIRED = "cloud_expired"
     CLOUD_FAILED = "cloud_failed"
+    UNKNOWN_SKILL = "unknown_skill"
     INTERNAL = "internal"
 
 
@@ -112,6 +113,78 @@ def new_request_id() -> str:
 
 
 TopicName = Annotated[str, Field(min_length=1, max_length=512)]
+LabelName = Annotated[str, Field(min_length=1, max_length=64)]
+#: A skill's name: lowercase, digits, ``_ . -``; it is also a TOML key and a log field.
+SkillName = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_.-]{0,63}$")]
+
+
+def default_verbalizer(label: str) -> str:
+    """The words scored for a label without its own verbalizer: ``lights_on`` -> ``lights on``."""
+    return " ".join(label.replace("_", " ").replace("-", " ").split())
+
+
+class SkillLabel(BaseModel):
+    """One label of a skill: what it means, the words scored for it, and examples."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    description: str = Field(
+        default="", max_length=512, description="What the label means, shown to the model."
+    )
+    verbalizer: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=64,
+        description="The words the model is scored on for this label, e.g. `turn on the "
+        "lights` for `lights_on`; default: the name with `_` and `-` as spaces. The reply "
+        "still carries the label name.",
+    )
+    exemplars: list[Annotated[str, Field(min_length=1, max_length=512)]] = Field(
+        default_factory=list,
+        max_length=16,
+        description="Example inputs of this label, shown to the model as earlier turns.",
+    )
+
+    def words(self, name: str) -> str:
+        return self.verbalizer or default_verbalizer(name)
+
+
+class SkillSpec(BaseModel):
+    """A named classify task: a label set with descriptions, verbalizers and exemplars."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    description: str = Field(default="", max_length=512, description="What the skill is for.")
+    instructions: str | None = Field(
+        default=None,
+        max_length=4096,
+        description="Opening of the system prompt; default: a generic classify instruction.",
+    )
+    labels: dict[LabelName, SkillLabel] = Field(
+        min_length=2, max_length=64, description="The labels, by name, in prompt order."
+    )
+    calibrate: bool = Field(
+        default=True,
+        description="Divide the label distribution by the one a content-free request "
+        "(`N/A`) gets, removing the prompt's own lean towards some labels. Turn it off "
+        "where an empty request has a real answer (a sensor report with nothing in it "
+        "reads as `normal`).",
+    )
+
+    @model_validator(mode="after")
+    def _distinct_verbalizers(self) -> SkillSpec:
+        seen: dict[str, str] = {}
+        for name, label in self.labels.items():
+            words = label.words(name)
+            key = " ".join(words.lower().split())
+            if not key:
+                raise ValueError(f"label {name!r} has an empty verbalizer")
+            if key in seen:
+                raise ValueError(
+                    f"labels {seen[key]!r} and {name!r} have the same verbalizer {words!r}"
+                )
+            seen[key] = name
+        return self
 
 
 class SensorReading(_Inbound):
@@ -145,7 +218,12 @@ class Request(_Inbound):
         default=None,
         min_length=2,
         max_length=64,
-        description="Candidate labels; required when task is `classify`.",
+        description="Candidate labels; `classify` needs these or `skill`.",
+    )
+    skill: SkillName | None = Field(
+        default=None,
+        description="A skill configured on the device (e.g. `home_intents`): its label set, "
+        "descriptions and exemplars; `classify` only, instead of `labels`.",
     )
     max_tokens: int | None = Field(
         default=None, ge=1, description="Generation budget; capped by the agent's config."
@@ -192,8 +270,12 @@ class Request(_Inbound):
 
     @model_validator(mode="after")
     def _task_needs(self) -> Request:
-        if self.task is Task.CLASSIFY and not self.labels:
-            raise ValueError("task 'classify' requires 'labels'")
+        if self.task is Task.CLASSIFY and not self.labels and self.skill is None:
+            raise ValueError("task 'classify' requires 'labels' or 'skill'")
+        if self.labels and self.skill is not None:
+            raise ValueError("give 'labels' or 'skill', not both")
+        if self.skill is not None and self.task is not Task.CLASSIFY:
+            raise ValueError("'skill' applies to task 'classify' only")
         if not self.text.strip() and not self.readings:
             raise ValueError("a request needs 'text' or 'sensor' readings")
         return self
@@ -274,6 +356,53 @@ class Response(_Outbound):
         )
 
 
+class ModelState(_Outbound):
+    """The model in memory: loaded or idle-unloaded, pinned, and its load times."""
+
+    version: str | None = Field(
+        default=None,
+        description="Version of the running model: the first 12 hex digits of the sha256 of "
+        "the archive it was installed from over the air; absent for a configured model.",
+    )
+    loaded: bool = Field(description="In memory now (false after an idle unload).")
+    pinned: bool = Field(description="Kept loaded: never unloaded when idle.")
+    idle_unload_s: float | None = Field(
+        default=None, description="Unloaded after this many idle seconds; absent: never."
+    )
+    loads: int = Field(ge=0, description="Loads since the agent started (start-up included).")
+    last_load_ms: float | None = Field(
+        default=None, ge=0.0, description="Duration of the latest load, in ms."
+    )
+
+
+class ModelUpdateState(StrEnum):
+    """Steps of an over-the-air model update, then its outcome."""
+
+    DOWNLOADING = "downloading"
+    VERIFYING = "verifying"
+    UNPACKING = "unpacking"
+    IMPORTING = "importing"
+    LOADING = "loading"
+    SELF_TEST = "self_test"
+    SWAPPING = "swapping"
+    DONE = "done"
+    FAILED = "failed"
+
+
+class ModelUpdate(_Outbound):
+    """Where the latest desired-model update stands (in the retained Status)."""
+
+    name: str = Field(description="The desired model's name.")
+    sha256: str = Field(description="sha256 of the desired archive.")
+    state: ModelUpdateState = Field(description="The step under way, or `done` / `failed`.")
+    failed_step: ModelUpdateState | None = Field(
+        default=None, description="With `failed`: the step that failed (the model was rolled back)."
+    )
+    reason: str | None = Field(default=None, description="With `failed`: why.")
+    issued_at: float = Field(description="`issued_at` of the DesiredModel it answers.")
+    ts: float = Field(description="Epoch seconds of this state.")
+
+
 class Status(_Outbound):
     """Retained on ``<prefix>/<device_id>/status``: birth message and last will."""
 
@@ -290,6 +419,12 @@ class Status(_Outbound):
         description="Degraded conditions the operator should know about, e.g. "
         "`outbox_unwritable` (disk full: escalations are not queued, local answers go on) "
         "or `outbox_was_corrupt` (the file was moved aside at start).",
+    )
+    model_state: ModelState | None = Field(
+        default=None, description="Whether the model is loaded, pinned, and how long loads take."
+    )
+    model_update: ModelUpdate | None = Field(
+        default=None, description="Progress or outcome of the latest over-the-air model update."
     )
     ts: float = Field(description="Epoch seconds when published.")
 
@@ -442,6 +577,53 @@ class DeviceConfig(_DeviceToCloud):
         le=1.0,
         description="Share of confident edge answers also sent to the cloud for comparison.",
     )
+    skills: dict[SkillName, SkillSpec] | None = Field(
+        default=None,
+        max_length=32,
+        description="Skills pushed to the device, by name. They replace the previously "
+        "pushed set (`{}` clears it) and take precedence over built-in and configured "
+        "skills of the same name.",
+    )
+    issued_at: float = Field(description="Epoch seconds when the operator issued it.")
+    issued_by: str | None = Field(default=None, max_length=128, description="Who or what.")
+
+
+_SHA256 = r"^[0-9a-f]{64}$"
+_MODEL_NAME = r"^[a-z0-9][a-z0-9._-]*$"
+
+
+class DesiredModel(_DeviceToCloud):
+    """Relay -> agent, retained on ``<prefix>/<device_id>/model``: the model to run.
+
+    Only the relay identity may publish it (broker ACL), e.g. with ``cloud-relay
+    models push``. The agent downloads the archive, verifies its size and sha256,
+    unpacks and imports it, loads and self-tests it, then swaps it in between two
+    requests; any failed step leaves the previous model serving (see
+    ``Status.model_update``).
+    """
+
+    v: Literal[1] = Field(default=1, description="Contract major version.")
+    device_id: str = Field(min_length=1, max_length=64, description="The device it is for.")
+    name: str = Field(
+        min_length=1, max_length=64, pattern=_MODEL_NAME, description="Model name on the device."
+    )
+    url: str = Field(
+        min_length=1,
+        max_length=2048,
+        pattern=r"^https?://",
+        description="Where the archive is served (http or https; the sha256 pins the content).",
+    )
+    sha256: str = Field(pattern=_SHA256, description="sha256 of the archive, lowercase hex.")
+    size: int | None = Field(default=None, gt=0, description="Size of the archive in bytes.")
+    format: Literal["tar", "zip"] = Field(
+        default="tar",
+        description="An onnxruntime-genai model folder packed as a tar (optionally gzip, bzip2 "
+        "or xz compressed) or a zip archive; its genai_config.json may sit at the top or in "
+        "one top-level folder.",
+    )
+    pin: bool | None = Field(
+        default=None, description="Keep the model loaded (no idle unload); absent: unchanged."
+    )
     issued_at: float = Field(description="Epoch seconds when the operator issued it.")
     issued_by: str | None = Field(default=None, max_length=128, description="Who or what.")
 
@@ -455,10 +637,11 @@ WIRE_MODELS: dict[str, type[BaseModel]] = {
     "CloudReply": CloudReply,
     "Telemetry": Telemetry,
     "DeviceConfig": DeviceConfig,
+    "DesiredModel": DesiredModel,
 }
 
 #: Models whose receivers validate them (schemas exported in validation mode).
-_RECEIVED = (Request, Escalation, CloudReply, DeviceConfig)
+_RECEIVED = (Request, Escalation, CloudReply, DeviceConfig, DesiredModel)
 
 
 def json_schemas() -> dict[str, dict[str, Any]]:

@@ -81,6 +81,8 @@ class PrivateBroker:
             # Queue QoS 1 messages for offline persistent sessions (the default 1000 is low
             # for a burst of requests during an agent restart).
             "max_queued_messages 10000",
+            # As deploy/mosquitto/edge.conf: more than the agent's queue of unacked requests.
+            "max_inflight_messages 64",
         ]
         if os.geteuid() == 0 and not any(
             line.startswith("user ") for line in self.extra_config.splitlines()

@@ -11,12 +11,17 @@ Both daemons use :class:`MqttConnection`; nothing else imports paho. It gives:
   a broker that comes back; ``on_connect`` runs on every (re)connect so the
   caller re-subscribes and re-publishes its birth message;
 * inbound messages as frozen :class:`Inbound` values, and paho return codes
-  turned into :class:`MqttError`.
+  turned into :class:`MqttError`;
+* optional manual acknowledgement: with ``manual_ack=True`` a QoS 1 message is
+  PUBACKed only when the caller calls :meth:`MqttConnection.ack`, so a message
+  the process dies holding is redelivered by the broker (MQTT 5 §4.4) instead
+  of being lost with it.
 """
 
 from __future__ import annotations
 
 import logging
+import queue
 import random
 import socket
 import ssl
@@ -89,6 +94,13 @@ class Inbound:
     response_topic: str | None = None
     correlation_data: bytes | None = None
     user_properties: tuple[tuple[str, str], ...] = ()
+    #: The broker's redelivery of a message it holds no PUBACK for (MQTT 5 §3.3.1.1).
+    dup: bool = False
+    #: The packet id to acknowledge (manual-ack connections, QoS > 0); 0 otherwise.
+    mid: int = 0
+    #: Which connection delivered it: a PUBACK on a later connection would hit a
+    #: packet id the broker may have reused for another message.
+    connection: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,6 +109,20 @@ class Will:
     payload: bytes
     qos: int = 1
     retain: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class _Delivery:
+    info: paho.MQTTMessageInfo
+    callback: Callable[[], None]
+    connection: int
+
+
+def _published(info: paho.MQTTMessageInfo) -> bool:
+    try:
+        return info.is_published()
+    except (RuntimeError, ValueError):  # queued while disconnected: not on this connection
+        return False
 
 
 def _jittered(delay: float) -> float:
@@ -126,8 +152,10 @@ class MqttConnection:
         session_expiry_s: int = 3600,
         reconnect_min_s: float = 0.5,
         reconnect_max_s: float = 30.0,
+        manual_ack: bool = False,
     ) -> None:
         self.url = url
+        self._client_id = client_id
         self._on_connect_cb = on_connect
         self._on_message_cb = on_message
         self._keepalive = keepalive_s
@@ -137,13 +165,24 @@ class MqttConnection:
         self._connected = threading.Event()
         self._pending: dict[int, paho.MQTTMessageInfo] = {}
         self._pending_lock = threading.Lock()
+        self._delivered: queue.SimpleQueue[_Delivery | None] = queue.SimpleQueue()
+        self._watcher: threading.Thread | None = None
         self.connect_count = 0
 
         client = paho.Client(
             callback_api_version=CallbackAPIVersion.VERSION2,
             client_id=client_id,
             protocol=MQTTProtocolVersion.MQTTv5,
+            manual_ack=manual_ack,
         )
+        self._manual_ack = manual_ack
+        if manual_ack:
+            # paho holds QoS 1 publishes past 20 unacknowledged ones in its own queue,
+            # while a PUBACK goes straight out: a reply could then be overtaken by the
+            # ack of its request and die with the process. Unlimited, both go to the
+            # socket in call order (mosquitto PUBACKs QoS 1 at once; no receive
+            # maximum applies to it).
+            client.max_inflight_messages_set(0)
         if username is not None:
             client.username_pw_set(username, password)
         if url.tls or tls is not None:
@@ -200,6 +239,10 @@ class MqttConnection:
             properties=props,
         )
         self._client.loop_start()
+        self._watcher = threading.Thread(
+            target=self._watch_deliveries, name=f"{self._client_id}-delivered", daemon=True
+        )
+        self._watcher.start()
         if connect_timeout_s is None:
             return self.is_connected
         return self._connected.wait(connect_timeout_s)
@@ -220,6 +263,9 @@ class MqttConnection:
         self._stopping = True
         self._client.disconnect()
         self._client.loop_stop()
+        if self._watcher is not None:
+            self._delivered.put(None)
+            self._watcher.join(flush_timeout_s)
         self._connected.clear()
 
     @property
@@ -259,8 +305,15 @@ class MqttConnection:
         content_type: str | None = "application/json",
         message_expiry_s: int | None = None,
         user_properties: Sequence[tuple[str, str]] = (),
+        on_delivered: Callable[[], None] | None = None,
     ) -> paho.MQTTMessageInfo:
-        """Publish; QoS>0 messages are queued by paho while disconnected."""
+        """Publish; QoS>0 messages are queued by paho while disconnected.
+
+        ``on_delivered`` runs (on a helper thread) once the broker has PUBACKed this
+        QoS 1 message on the current connection; never if the connection drops first
+        (paho re-sends the message after the reconnect, but the caller's own state,
+        such as an ack owed for it, belongs to the old connection).
+        """
         props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
         if response_topic is not None:
             props.ResponseTopic = response_topic
@@ -275,12 +328,49 @@ class MqttConnection:
         info = self._client.publish(topic, payload, qos=qos, retain=retain, properties=props)
         if info.rc not in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_NO_CONN):
             raise MqttError(f"publish to {topic}", info.rc)
+        if on_delivered is not None and qos > 0:
+            self._delivered.put(_Delivery(info, on_delivered, self.connect_count))
         if qos > 0:
             with self._pending_lock:
                 self._pending[info.mid] = info
                 if len(self._pending) > 1024:  # drop entries whose ack raced the insert
                     self._pending = {m: i for m, i in self._pending.items() if not i.is_published()}
         return info
+
+    def ack(self, message: Inbound) -> bool:
+        """PUBACK a message received with ``manual_ack=True``; at most once per message.
+
+        A message from an earlier connection is not acknowledged: the broker already
+        redelivered it on this one (with the DUP flag), where its copy is acked.
+        Returns whether a PUBACK was sent.
+        """
+        if not self._manual_ack or message.qos == 0 or message.mid == 0:
+            return False
+        if message.connection != self.connect_count or not self.is_connected:
+            log.info("ack_skipped_stale", mid=message.mid, connection=message.connection)
+            return False
+        rc = self._client.ack(message.mid, message.qos)
+        if rc not in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_NO_CONN):
+            raise MqttError(f"ack of {message.topic}", rc)
+        return rc == MQTTErrorCode.MQTT_ERR_SUCCESS
+
+    def _watch_deliveries(self) -> None:
+        # paho calls on_publish before it marks the message published, and under a
+        # lock that publish() also takes, so waiting here is simpler than a callback.
+        while (item := self._delivered.get()) is not None:
+            while not _published(item.info):
+                if self._stopping or item.connection != self.connect_count:
+                    log.debug("delivery_not_confirmed", mid=item.info.mid)
+                    break
+                try:
+                    item.info.wait_for_publish(0.05)
+                except (RuntimeError, ValueError):  # queued while disconnected
+                    time.sleep(0.05)
+            else:
+                try:
+                    item.callback()
+                except Exception:
+                    log.exception("on_delivered_failed", mid=item.info.mid)
 
     # -- paho callbacks (network thread) -----------------------------------
 
@@ -332,6 +422,9 @@ class MqttConnection:
             response_topic=getattr(props, "ResponseTopic", None),
             correlation_data=getattr(props, "CorrelationData", None),
             user_properties=tuple(getattr(props, "UserProperty", None) or ()),
+            dup=bool(msg.dup),
+            mid=msg.mid if self._manual_ack and msg.qos > 0 else 0,
+            connection=self.connect_count,
         )
         try:
             self._on_message_cb(inbound)

@@ -2,14 +2,14 @@
 
 Mosquitto authenticates every client by its certificate (``require_certificate
 true``) and takes the certificate's CN as the MQTT username
-(``use_identity_as_username true``); the ACL (``deploy/mosquitto/acl``) then
-scopes a device to ``slm/<CN>/...``. So the CN *is* the authorization identity,
-and this module guards it:
+(``use_identity_as_username true``); the broker's dynamic security plugin then
+scopes a device to ``slm/<CN>/...`` (:mod:`edge_slm.authz`). So the CN *is* the
+authorization identity, and this module guards it:
 
 * device CNs are device ids, validated as topic segments by
   :class:`edge_slm.topics.DeviceTopics` (no ``/ + # $``, not empty), and may
   not start with ``relay-``, the prefix reserved for relay identities, which
-  the ACL grants fleet-wide rights;
+  the broker grants fleet-wide rights;
 * a CN is issued at most once while its certificate is valid: two live
   certificates with one CN would be one identity on two machines;
 * every key (the CA's too) is created with ``O_CREAT | O_EXCL`` and mode 0600,
@@ -18,8 +18,13 @@ and this module guards it:
 
 Layout of the PKI directory::
 
-    ca.crt  ca.key  crl.pem  index.json
+    ca.crt  ca.key  crl.pem  dynamic-security.json  index.json
     devices/<id>.crt|.key   relays/<name>.crt|.key   servers/<host>.crt|.key
+
+``dynamic-security.json`` is the cloud broker's authorization: a client entry
+per device and relay holding a valid certificate (:func:`edge_slm.authz.dynsec_config`),
+rewritten on every issue and revoke. Install it on the broker and restart
+mosquitto for a change to apply (the 2.0 plugin does not re-read it on SIGHUP).
 
 ``crl.pem`` is written by ``init-ca`` (mosquitto refuses to start with a
 missing ``crlfile``) and rewritten on every ``revoke``. It carries a
@@ -55,6 +60,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from edge_slm import authz
 from edge_slm.topics import DeviceTopics
 
 __all__ = [
@@ -72,9 +78,10 @@ _INDEX = "index.json"
 _CA_CERT = "ca.crt"
 _CA_KEY = "ca.key"
 _CRL = "crl.pem"
+_DYNSEC = "dynamic-security.json"
 _MAX_CN = 64  # RFC 5280 ub-common-name
-# Relay names are listed one by one in the ACL file (mosquitto cannot glob
-# users), so keep them to characters that need no quoting there.
+# Relay names become broker usernames and dynamic-security client entries; keep them
+# to characters that need no quoting anywhere.
 _RELAY_RE = re.compile(r"relay-[A-Za-z0-9._-]{1,58}")
 _HOST_RE = re.compile(
     r"[A-Za-z0-9*]([A-Za-z0-9-]*[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?)*"
@@ -150,7 +157,7 @@ def validate_relay_name(name: str) -> str:
     if not _RELAY_RE.fullmatch(name):
         raise PkiError(
             f"relay name {name!r} must look like {RELAY_PREFIX}<letters, digits, . _ ->, "
-            "e.g. relay-1 (the ACL lists relays by this name)"
+            "e.g. relay-1 (the broker knows relays by this name)"
         )
     return name
 
@@ -211,6 +218,11 @@ class Pki:
     @property
     def crl_path(self) -> Path:
         return self.dir / _CRL
+
+    @property
+    def dynsec_path(self) -> Path:
+        """The cloud broker's authorization (``plugin_opt_config_file``)."""
+        return self.dir / _DYNSEC
 
     def cert_path(self, kind: CertKind, cn: str) -> Path:
         return self.dir / kind.folder / f"{cn}.crt"
@@ -293,6 +305,7 @@ class Pki:
             row = self._row(CertKind.CA, name, cert, _CA_CERT, _CA_KEY)
             self._save_index({"crl_number": 0, "issued": [_as_json(row)]})
             self._write_crl(days=30)
+            self._write_dynsec()
             return row
 
     def issue(
@@ -397,6 +410,7 @@ class Pki:
             data = self._load_index()
             data["issued"].append(_as_json(row))
             self._save_index(data)
+            self._write_dynsec()
             return row
 
     def _retire(self, path: Path) -> None:
@@ -436,6 +450,7 @@ class Pki:
                     row["key"] = None
             self._save_index(data)
             self._write_crl(days=crl_days)
+            self._write_dynsec()
             return self.find(target.serial)
 
     def write_crl(self, *, days: int = 30) -> Path:
@@ -471,6 +486,34 @@ class Pki:
         self._save_index(data)
         return self.crl_path
 
+    def write_dynsec(self, *, prefix: str | None = None, share_group: str | None = None) -> Path:
+        """Rewrite ``dynamic-security.json``; a given topic prefix or share group is kept
+        in the index for every later rewrite (defaults: those of the agent and relay)."""
+        with self._locked():
+            if prefix is not None or share_group is not None:
+                data = self._load_index()
+                settings = data.setdefault("broker", {})
+                if prefix is not None:
+                    settings["topic_prefix"] = prefix
+                if share_group is not None:
+                    settings["share_group"] = share_group
+                # Validate before saving: a bad value must not stick in the index.
+                authz.dynsec_json([], [], **_broker_settings(data))
+                self._save_index(data)
+            return self._write_dynsec()
+
+    def _write_dynsec(self) -> Path:
+        """A client entry per CN with a valid (neither revoked nor expired) certificate."""
+        now = _now()
+        live = [e for e in self.entries() if not e.revoked and not e.expired(now)]
+        text = authz.dynsec_json(
+            (e.cn for e in live if e.kind is CertKind.DEVICE),
+            (e.cn for e in live if e.kind is CertKind.RELAY),
+            **_broker_settings(self._load_index()),
+        )
+        _replace(self.dynsec_path, text.encode())
+        return self.dynsec_path
+
     def _row(
         self, kind: CertKind, cn: str, cert: x509.Certificate, cert_rel: str, key_rel: str
     ) -> Issued:
@@ -483,6 +526,14 @@ class Pki:
             cert=cert_rel,
             key=key_rel,
         )
+
+
+def _broker_settings(index: dict[str, Any]) -> dict[str, str]:
+    settings = index.get("broker", {})
+    return {
+        "prefix": settings.get("topic_prefix", authz.DEFAULT_PREFIX),
+        "share_group": settings.get("share_group", authz.DEFAULT_SHARE_GROUP),
+    }
 
 
 def _as_json(row: Issued) -> dict[str, Any]:
@@ -526,6 +577,9 @@ def _cmd_issue(kind: CertKind) -> Any:
         if kind is CertKind.SERVER:
             san = [args.cn, *san]
         _print_issued(pki.issue(kind, args.cn, days=args.days, san=san), pki)
+        if kind is not CertKind.SERVER:
+            print(f"  broker authorization updated: {pki.dynsec_path}")
+            print("  (install it on the cloud broker and restart mosquitto to admit this client)")
         return 0
 
     return run
@@ -535,13 +589,25 @@ def _cmd_revoke(args: argparse.Namespace) -> int:
     pki = Pki(args.dir)
     row = pki.revoke(args.ref, crl_days=args.crl_days)
     print(f"revoked {row.kind} {row.cn} (serial {row.serial}); CRL written to {pki.crl_path}")
-    print("copy crl.pem to the brokers and reload them (SIGHUP) so that they read it")
+    print("copy crl.pem to the brokers and reload them (SIGHUP) so that they read it;")
+    print(f"{pki.dynsec_path.name} no longer lists it: install it and restart to drop it there too")
     return 0
 
 
 def _cmd_crl(args: argparse.Namespace) -> int:
     pki = Pki(args.dir)
     print(f"CRL written to {pki.write_crl(days=args.crl_days)} (valid {args.crl_days} days)")
+    return 0
+
+
+def _cmd_dynsec(args: argparse.Namespace) -> int:
+    pki = Pki(args.dir)
+    try:
+        path = pki.write_dynsec(prefix=args.topic_prefix, share_group=args.share_group)
+    except ValueError as exc:
+        raise PkiError(str(exc)) from None
+    print(f"broker authorization written to {path}")
+    print("install it as the broker's plugin_opt_config_file and restart mosquitto")
     return 0
 
 
@@ -628,6 +694,21 @@ def _add_commands(pki: argparse.ArgumentParser) -> None:
     _dir_arg(p)
     p.add_argument("--crl-days", type=int, default=30, help="CRL validity (default 30)")
     p.set_defaults(func=_guard(_cmd_crl))
+
+    p = sub.add_parser(
+        "dynsec",
+        help="rewrite dynamic-security.json, the cloud broker's authorization "
+        "(issue and revoke do so too)",
+    )
+    _dir_arg(p)
+    p.add_argument(
+        "--topic-prefix", help=f"MQTT topic prefix, kept (default {authz.DEFAULT_PREFIX})"
+    )
+    p.add_argument(
+        "--share-group",
+        help=f"the relays' shared-subscription group, kept (default {authz.DEFAULT_SHARE_GROUP})",
+    )
+    p.set_defaults(func=_guard(_cmd_dynsec))
 
     p = sub.add_parser("list", help="issued certificates: kind, CN, serial, not-after, state")
     _dir_arg(p)

@@ -8,6 +8,7 @@ named by its dotted path with ``__``, e.g. ``mqtt__password``), then defaults.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -186,6 +187,7 @@ class MqttSettings(Section):
         on_connect: Callable[[], None],
         on_message: Callable[[Inbound], None],
         will: Will | None = None,
+        manual_ack: bool = False,
     ) -> MqttConnection:
         """The one way a daemon builds its broker connection from settings."""
         return MqttConnection(
@@ -201,4 +203,15 @@ class MqttSettings(Section):
             session_expiry_s=self.session_expiry_s,
             reconnect_min_s=self.reconnect_min_s,
             reconnect_max_s=self.reconnect_max_s,
+            manual_ack=manual_ack,
         )
+
+
+def is_loopback(host: str) -> bool:
+    """``localhost`` or a loopback address (127.0.0.0/8, ::1): what may listen without auth."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a host name: it may resolve anywhere

@@ -76,6 +76,11 @@ class DeviceTopics:
         """Relay -> agent, retained: run-time settings (thresholds, shadow rate)."""
         return f"{self.base}/config"
 
+    @property
+    def model(self) -> str:
+        """Relay -> agent, retained: the desired model (over-the-air update)."""
+        return f"{self.base}/model"
+
     def all(self) -> dict[str, str]:
         """Every topic of this device by role (the AsyncAPI document lists the same)."""
         return {
@@ -86,6 +91,7 @@ class DeviceTopics:
             "cloud": self.cloud,
             "telemetry": self.telemetry,
             "config": self.config,
+            "model": self.model,
         }
 
 

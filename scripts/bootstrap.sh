@@ -8,6 +8,9 @@ cd "$(dirname "$0")/.."
 missing=()
 command -v mosquitto >/dev/null || [ -x /usr/sbin/mosquitto ] || missing+=(mosquitto)
 command -v mosquitto_rr >/dev/null || missing+=(mosquitto-clients)
+# The dashboard's browser test: headless Chromium, driven by Playwright (and chromedriver).
+[ -x /usr/bin/chromium ] || missing+=(chromium)
+[ -x /usr/bin/chromedriver ] || missing+=(chromium-driver)
 if ((${#missing[@]})); then
   echo "==> installing ${missing[*]} with apt-get"
   sudo=""

@@ -371,8 +371,45 @@ def main() -> int:  # noqa: PLR0915 - a linear script reads best in one piece
         subprocess.run([py, "-m", "cloud_relay", "stats", "--db", db], check=False)
         say("\n$ cloud-relay logs --limit 6")
         subprocess.run([py, "-m", "cloud_relay", "logs", "--db", db, "--limit", "6"], check=False)
-        say("\nstopping: agent, relay, cloud LLM, broker (SIGTERM, in reverse order)")
-    return 0
+        dash_port = free_port()
+        say(f"\n$ cloud-relay dashboard --db {db} --port {dash_port}   (asking its API)")
+        dash = procs.spawn(
+            "dashboard",
+            [py, "-m", "cloud_relay", "dashboard", "--db", db, "--port", str(dash_port)],
+            {"CLOUD_RELAY_LOG_FORMAT": "json"},
+        )
+        base = f"http://127.0.0.1:{dash_port}"
+        wait_http(f"{base}/health", dash, "the dashboard", timeout=30)
+        shown = check_dashboard(base)
+        say("\nstopping: dashboard, agent, relay, cloud LLM, broker (SIGTERM, in reverse order)")
+    say(f"\nThe relay log stays in {workdir}. To browse it (read-only, 127.0.0.1 only):")
+    say(f"  .venv/bin/cloud-relay dashboard --db {db}")
+    say("  then open http://127.0.0.1:8787/")
+    return 0 if shown else 1
+
+
+def _get_json(url: str) -> Any:
+    with urllib.request.urlopen(url, timeout=10) as resp:  # noqa: S310 - loopback
+        return json.loads(resp.read())
+
+
+def check_dashboard(base: str) -> bool:
+    """What the dashboard's API shows for the demo's store; False if telemetry is missing."""
+    summary = _get_json(f"{base}/api/summary")
+    devices = _get_json(f"{base}/api/devices")["devices"]
+    series = _get_json(f"{base}/api/series")
+    fleet = ", ".join(f"{d['device_id']} {d['status']}" for d in devices) or "none"
+    avoided = summary["cost_avoided_usd"]
+    say(
+        f"dashboard  {summary['escalations']} escalations, devices: {fleet}, cost avoided "
+        f"{'-' if avoided is None else f'${avoided:.6f}'} (telemetry), "
+        f"{len(series['t'])} chart buckets of {series['bucket_s']} s"
+    )
+    with_telemetry = [d for d in devices if d["telemetry"] is not None]
+    if not with_telemetry or avoided is None or summary["escalations"] == 0:
+        say(paint("the dashboard shows no telemetry or no escalations: see the logs", "error"))
+        return False
+    return True
 
 
 if __name__ == "__main__":

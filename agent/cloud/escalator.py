@@ -210,17 +210,21 @@ class Escalator:
             counts[kind] = counts.get(kind, 0) + n
         return reading.model_copy(update={"value": redacted.text})
 
-    def _send(self, row: OutboxRow) -> None:
+    def _send(self, *rows: OutboxRow) -> None:
+        if not rows:
+            return
         now = time.time()
-        expiry = max(1, math.ceil(row.expires_at - now))
-        self._publish(self._topics.escalation, row.payload, row.request_id.encode(), expiry)
-        self._outbox.mark_published(row.request_id, now)
+        for row in rows:
+            expiry = max(1, math.ceil(row.expires_at - now))
+            self._publish(self._topics.escalation, row.payload, row.request_id.encode(), expiry)
+        # One transaction for a whole sweep: the outbox lock is shared with intake, which
+        # must not queue behind one fsync per re-sent row during a long outage.
+        self._outbox.mark_published([row.request_id for row in rows], now)
 
     def republish(self) -> int:
         """Publish every pending escalation again (on each connect)."""
         rows = self._outbox.pending(time.time())
-        for row in rows:
-            self._send(row)
+        self._send(*rows)
         if rows:
             log.info("outbox_republished", count=len(rows))
         return len(rows)
@@ -353,6 +357,11 @@ class Escalator:
         )
         if in_time:
             self._reply(route, _cloud_response(reply, reason, supersedes=None), received_at)
+        elif waiting is None and row is not None and not row.replied:
+            # A previous run accepted it and died before any reply: the cloud's answer
+            # is the app's first one (a redelivered copy of the request is then dropped
+            # as already answered).
+            self._reply(route, _orphan_response(reply, reason), None)
         elif fallback_now and waiting is not None and waiting.gave_up is not None:
             self._fallback(waiting, waiting.gave_up)
         elif corrections and (waiting is None or waiting.replied):
@@ -413,9 +422,10 @@ class Escalator:
         relay (a relay crash, a broker restart without persistence, a bridge
         that was down); the relay's idempotency makes the copies harmless.
         """
-        for row in self._outbox.due(time.time(), self._outbox_settings.republish_s):
+        due = self._outbox.due(time.time(), self._outbox_settings.republish_s)
+        for row in due:
             log.info("escalation_resent", request_id=row.request_id, publishes=row.publishes)
-            self._send(row)
+        self._send(*due)
         expired = self._outbox.take_expired(time.time())
         for row in expired:
             with self._lock:
@@ -428,6 +438,18 @@ class Escalator:
             log.warning("escalation_expired", request_id=row.request_id, outcome="expired")
             if fallback_now and waiting is not None:
                 self._fallback(waiting, "the escalation expired")
+            elif waiting is None and not row.replied:
+                # Accepted by a run that died before replying, and now too late.
+                self._reply(
+                    ReplyRoute(row.reply_topic, row.correlation),
+                    Response.failure(
+                        row.request_id,
+                        ErrorCode.CLOUD_EXPIRED,
+                        "the agent restarted before answering, and no cloud answer came "
+                        "before the escalation expired",
+                    ).model_copy(update={"escalated": True}),
+                    None,
+                )
             elif row.corrections and (waiting is None or waiting.replied):
                 # The app holds a fallback and awaits the correction: tell it none comes.
                 route = ReplyRoute(row.reply_topic, row.correlation)
@@ -452,6 +474,12 @@ class Escalator:
         if received_at is not None:
             response = with_latency(response, received_at)
         self._send_reply(route, response)
+        if response.id is not None and not response.supersedes:
+            # Remembered across a crash: a later cloud answer is then only a correction.
+            try:
+                self._outbox.mark_replied(response.id)
+            except sqlite3.Error as exc:
+                log.warning("outbox_unwritable", error=str(exc), request_id=response.id)
 
     def forget(self, request_id: str) -> None:
         """Stop waiting for a request the app was refused; a cloud answer becomes a correction."""
@@ -489,6 +517,19 @@ def _cloud_response(reply: CloudReply, reason: str, *, supersedes: bool | None) 
         model=reply.model,
         tokens=reply.tokens,
         supersedes=supersedes,
+    )
+
+
+def _orphan_response(reply: CloudReply, reason: str) -> Response:
+    """The first reply to a request whose accepting run died: the cloud's, or its failure."""
+    if reply.ok:
+        return _cloud_response(reply, reason, supersedes=None)
+    detail = reply.error.message if reply.error else reply.outcome.value
+    return Response(
+        id=reply.id,
+        ok=False,
+        escalated=True,
+        error=ErrorInfo(code=ErrorCode.CLOUD_FAILED, message=f"the cloud failed ({detail})"),
     )
 
 

@@ -15,7 +15,7 @@ import datetime as dt
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,7 +35,8 @@ CREATE TABLE IF NOT EXISTS outbox (
     created_at   REAL NOT NULL,        -- epoch seconds
     expires_at   REAL NOT NULL,        -- epoch seconds
     publishes    INTEGER NOT NULL DEFAULT 0,
-    published_at REAL NOT NULL DEFAULT 0   -- epoch seconds of the last publish
+    published_at REAL NOT NULL DEFAULT 0,  -- epoch seconds of the last publish
+    replied      INTEGER NOT NULL DEFAULT 0  -- the app has its final (edge) answer
 );
 CREATE TABLE IF NOT EXISTS counters (
     name  TEXT PRIMARY KEY,
@@ -58,6 +59,9 @@ class OutboxRow:
     created_at: float
     expires_at: float
     publishes: int = 0
+    #: The app already has its final answer (the edge fallback); the cloud's can
+    #: only be a correction. False after a crash before any reply.
+    replied: bool = False
 
 
 class Outbox:
@@ -156,12 +160,17 @@ class Outbox:
                 db.execute("DELETE FROM outbox WHERE request_id = ?", (request_id,)).rowcount
             )
 
-    def mark_published(self, request_id: str, when: float) -> None:
+    def mark_replied(self, request_id: str) -> None:
         with self._tx() as db:
-            db.execute(
+            db.execute("UPDATE outbox SET replied = 1 WHERE request_id = ?", (request_id,))
+
+    def mark_published(self, request_ids: Sequence[str], when: float) -> None:
+        """Count a publish of each row, in one transaction (one fsync for a whole sweep)."""
+        with self._tx() as db:
+            db.executemany(
                 "UPDATE outbox SET publishes = publishes + 1, published_at = ?"
                 " WHERE request_id = ?",
-                (when, request_id),
+                [(when, request_id) for request_id in request_ids],
             )
 
     def due(self, now: float, quiet_s: float) -> list[OutboxRow]:
@@ -217,6 +226,9 @@ def _open(path: Path) -> sqlite3.Connection:
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=FULL")
         db.executescript(SCHEMA)
+        columns = {row[1] for row in db.execute("PRAGMA table_info(outbox)")}
+        if "replied" not in columns:  # an outbox written by 0.1.0 before the column
+            db.execute("ALTER TABLE outbox ADD COLUMN replied INTEGER NOT NULL DEFAULT 0")
         db.execute("SELECT COUNT(*) FROM outbox").fetchone()
     except sqlite3.DatabaseError:
         db.close()
@@ -226,12 +238,12 @@ def _open(path: Path) -> sqlite3.Connection:
 
 _SELECT = (
     "SELECT request_id, payload, reply_topic, correlation, corrections, created_at, expires_at,"
-    " publishes FROM outbox"
+    " publishes, replied FROM outbox"
 )
 
 
 def _row(r: tuple[Any, ...]) -> OutboxRow:
-    request_id, payload, topic, corr, corrections, created, expires, publishes = r
+    request_id, payload, topic, corr, corrections, created, expires, publishes, replied = r
     return OutboxRow(
         request_id=str(request_id),
         payload=bytes(payload),
@@ -241,6 +253,7 @@ def _row(r: tuple[Any, ...]) -> OutboxRow:
         created_at=float(created),
         expires_at=float(expires),
         publishes=int(publishes),
+        replied=bool(replied),
     )
 
 

@@ -7,6 +7,21 @@ speed), applies the model's chat template, decodes greedily while reading the
 logits of every step for confidence (streaming each token as it is chosen),
 and scores classification labels without
 free generation.
+
+Classify scores each label in one multi-token ``append_tokens``: the model's
+``logits`` output holds one row per appended token (``Generator.get_output``),
+so a label costs one forward pass, then ``rewind_to`` back to the prompt. A
+:class:`FixedPrompt` (a skill's instructions and exemplars) is prefilled once
+into a kept generator; each request appends only its own turn, scores, and
+rewinds to the end of the fixed part, so few-shot costs no per-request prefill.
+
+Two scoring rules. ``full``: a label's score is the log-likelihood of all its
+tokens and the end-of-turn token (inline labels; the routing thresholds were
+fitted on it). ``prefix`` (skills): the log-likelihood of its *distinguishing
+prefix*, the shortest start of its tokens (end-of-turn included) that no other
+label shares, i.e. the probability that the model's reply commits to that label.
+The events are disjoint, so their softmax is a distribution over the labels, and
+a label whose first token is its own costs no forward pass at all.
 """
 
 from __future__ import annotations
@@ -17,8 +32,9 @@ import os
 import platform
 import threading
 import time
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from collections import OrderedDict
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -131,12 +147,62 @@ class Classification:
     total_s: float
 
 
-@dataclass
-class _Trie:
-    """Label token sequences sharing prefixes, so shared tokens are decoded once."""
+@dataclass(frozen=True, slots=True)
+class FixedPrompt:
+    """The fixed part of a classify prompt (a skill's), prefilled once and kept.
 
-    children: dict[int, _Trie] = field(default_factory=dict)
-    labels: list[tuple[int, str]] = field(default_factory=list)  # (final token, label)
+    ``messages`` are the turns before the request's own user turn (system prompt,
+    exemplar turns); ``choices`` maps each label to the words scored for it (its
+    verbalizer). ``key`` identifies the content: a changed prompt needs a new key,
+    and a new key under the same ``name`` replaces the kept state of the old one.
+    """
+
+    name: str
+    key: str
+    messages: tuple[Message, ...]
+    choices: Mapping[str, str]
+    calibrate: bool = True  # the default of ``Engine.classify_fixed(calibrate=...)``
+
+
+@dataclass(slots=True)
+class _Prefix:
+    """A generator holding a fixed prompt's KV cache, and what a request needs with it."""
+
+    key: str
+    gen: Any
+    length: int  # tokens of the fixed part; every request rewinds to here
+    tail: str  # chat-template text after the user content (end of turn, assistant header)
+    capacity: int  # the generator's max_length
+
+
+#: Stands in for the request's text when a chat template is split around it.
+_SLOT = "@@EDGE_SLM_REQUEST_SLOT@@"
+#: Room for the request's own turn in a kept generator (longer ones take the fresh path).
+PREFIX_ROOM = 256
+#: The content-free request whose label distribution calibrates a fixed prompt.
+CONTENT_FREE = "N/A"
+
+
+def distinguishing_prefixes(choices: Mapping[str, list[int]]) -> dict[str, list[int]]:
+    """Each choice cut to the shortest start that no other choice begins with.
+
+    Choices are token lists ending in the end-of-turn token, so one that is a
+    prefix of another keeps its end token and stays distinguishable.
+    """
+
+    def common(a: list[int], b: list[int]) -> int:
+        n = 0
+        for x, y in zip(a, b, strict=False):
+            if x != y:
+                break
+            n += 1
+        return n
+
+    cut = {}
+    for label, tokens in choices.items():
+        shared = max((common(tokens, t) for o, t in choices.items() if o != label), default=0)
+        cut[label] = tokens[: min(len(tokens), shared + 1)]
+    return cut
 
 
 def _candidates(requested: str, og: Any) -> list[str]:
@@ -174,7 +240,13 @@ class Engine:
     """A loaded onnxruntime-genai model."""
 
     def __init__(
-        self, model_dir: Path, *, name: str, provider: str = "auto", threads: int = 0
+        self,
+        model_dir: Path,
+        *,
+        name: str,
+        provider: str = "auto",
+        threads: int = 0,
+        max_prefixes: int = 4,
     ) -> None:
         import onnxruntime_genai as og
 
@@ -192,6 +264,12 @@ class Engine:
         self._tokenizer = og.Tokenizer(self._model)
         #: Decode speed of the latest free-text generation (telemetry reads it).
         self.last_decode_tok_s: float | None = None
+        #: Fixed prompts kept prefilled, least recently used first; 0 turns reuse off.
+        #: Each holds a KV cache of up to ``len(prefix) + PREFIX_ROOM`` tokens.
+        self.max_prefixes = max_prefixes
+        self._prefixes: OrderedDict[str, _Prefix] = OrderedDict()
+        #: Content-free label distributions of fixed prompts, for calibration.
+        self._priors: OrderedDict[str, dict[str, float]] = OrderedDict()
 
     def _load(self, requested: str) -> tuple[str, Any]:
         og = self._og
@@ -353,71 +431,213 @@ class Engine:
     ) -> Classification:
         """Score every label's likelihood as the reply; no free generation.
 
-        The prompt is prefilled once; labels are walked as a token trie with
-        ``rewind_to`` between branches, so shared prefixes cost one step.
+        The prompt is prefilled once; each label is appended in one forward pass,
+        read position by position, and rewound.
         """
         start = time.perf_counter()
         stop.check()
         ids = self.encode_chat(messages)
-        trie = _Trie()
-        depth = 0
-        for label in labels:
-            tokens = [int(t) for t in self._tokenizer.encode(label)] + [self._end_id]
-            depth = max(depth, len(tokens))
-            node = trie
-            for token in tokens[:-1]:
-                node = node.children.setdefault(token, _Trie())
-            node.labels.append((tokens[-1], label))
-        gen = self._generator(ids, depth + 1)
+        choices = self._choice_tokens({label: label for label in labels})
+        gen = self._generator(ids, max(map(len, choices.values())))
         gen.append_tokens(ids)
-        scores: dict[str, float] = {}
-        steps = self._walk(
-            gen,
-            trie,
-            logp=log_softmax(gen.get_logits()),
-            acc=0.0,
-            length=len(ids),
-            scores=scores,
-            stop=stop,
+        scores, steps = self._score(gen, len(ids), choices, stop)
+        return self._classification(scores, len(ids), steps, start)
+
+    def classify_fixed(
+        self,
+        prompt: FixedPrompt,
+        user: str,
+        *,
+        reuse: bool = True,
+        scoring: Literal["prefix", "full"] = "full",
+        calibrate: bool | None = None,
+        stop: StopWhen = _NEVER,
+    ) -> Classification:
+        """Classify ``user`` (the request's turn) after a fixed prompt, scoring its choices.
+
+        With ``reuse`` the fixed part comes from a kept generator (prefilled on first
+        use), so only the request's own tokens are run; without it, or when the
+        request does not fit the kept generator's room, everything is prefilled
+        afresh. Both run the same tokens, so they score the same up to float noise.
+        ``scoring``: see the module docstring. ``calibrate``: divide the label
+        distribution by the one the prompt gives a content-free request (``N/A``),
+        then renormalize ("contextual calibration", Zhao et al. 2021): it removes the
+        prompt's own bias towards some labels (the last exemplar's, a frequent first
+        token). The prior costs one extra classification per prompt and is kept.
+        ``None``: as the prompt says (``FixedPrompt.calibrate``).
+        """
+        start = time.perf_counter()
+        stop.check()
+        scores, prompt_tokens, steps = self._fixed_scores(prompt, user, reuse, scoring, stop)
+        if prompt.calibrate if calibrate is None else calibrate:
+            prior = self._prior(prompt, reuse, scoring, stop)
+            scores = {
+                label: math.log(p) - math.log(prior[label])
+                for label, p in label_distribution(scores).items()
+            }
+        return self._classification(scores, prompt_tokens, steps, start)
+
+    def _prior(
+        self,
+        prompt: FixedPrompt,
+        reuse: bool,
+        scoring: Literal["prefix", "full"],
+        stop: StopWhen,
+    ) -> dict[str, float]:
+        key = f"{prompt.name}@{prompt.key}:{scoring}"
+        prior = self._priors.get(key)
+        if prior is None:
+            raw, _, _ = self._fixed_scores(prompt, CONTENT_FREE, reuse, scoring, stop)
+            prior = label_distribution(raw)
+            for old in [k for k in self._priors if k.startswith(f"{prompt.name}@")]:
+                if not old.startswith(f"{prompt.name}@{prompt.key}:"):
+                    del self._priors[old]  # the same prompt name with older content
+            self._priors[key] = prior
+            while len(self._priors) > 4 * max(1, self.max_prefixes):
+                self._priors.popitem(last=False)
+        return prior
+
+    def _fixed_scores(
+        self,
+        prompt: FixedPrompt,
+        user: str,
+        reuse: bool,
+        scoring: Literal["prefix", "full"],
+        stop: StopWhen,
+    ) -> tuple[dict[str, float], int, int]:
+        """Raw label log-likelihoods, prompt tokens and scored tokens."""
+        choices = self._choice_tokens(prompt.choices)
+        if scoring == "prefix":
+            choices = distinguishing_prefixes(choices)
+        depth = max(map(len, choices.values()))
+        if reuse and self.max_prefixes > 0:
+            entry = self._prefix(prompt, depth)
+            suffix = self._encode(user + entry.tail)
+            if entry.length + len(suffix) + depth <= entry.capacity:
+                return self._score_kept(entry, suffix, choices, stop)
+            log.info("prefix_room_exceeded", prompt=prompt.name, tokens=len(suffix))
+            head_ids, tail = self._encode(self._split_template(prompt.messages)[0]), entry.tail
+        else:
+            head, tail = self._split_template(prompt.messages)
+            head_ids = self._encode(head)
+        ids = head_ids + self._encode(user + tail)
+        gen = self._generator(ids, depth)
+        gen.append_tokens(ids)
+        scores, steps = self._score(gen, len(ids), choices, stop)
+        return scores, len(ids), steps
+
+    def clear_prefixes(self) -> None:
+        """Drop every kept prefix and prior (worker thread only, like every other call)."""
+        self._prefixes.clear()
+        self._priors.clear()
+
+    @property
+    def kept_prefixes(self) -> list[str]:
+        """``name@key`` of the fixed prompts kept prefilled, least recently used first."""
+        return list(self._prefixes)
+
+    def _score_kept(
+        self,
+        entry: _Prefix,
+        suffix: list[int],
+        choices: dict[str, list[int]],
+        stop: StopWhen,
+    ) -> tuple[dict[str, float], int, int]:
+        gen = entry.gen
+        try:
+            gen.append_tokens(suffix)
+            length = entry.length + len(suffix)
+            scores, steps = self._score(gen, length, choices, stop)
+        finally:
+            try:
+                gen.rewind_to(entry.length)
+            except Exception:  # a generator we cannot rewind must not serve again
+                self._prefixes.pop(entry.key, None)
+                raise
+        return scores, length, steps
+
+    def _prefix(self, prompt: FixedPrompt, depth: int) -> _Prefix:
+        key = f"{prompt.name}@{prompt.key}"
+        entry = self._prefixes.get(key)
+        if entry is not None:
+            self._prefixes.move_to_end(key)
+            return entry
+        for old in [k for k in self._prefixes if k.startswith(f"{prompt.name}@")]:
+            del self._prefixes[old]  # the same prompt name with older content
+        head, tail = self._split_template(prompt.messages)
+        ids = self._encode(head)
+        capacity = min(self.context_length, len(ids) + PREFIX_ROOM + depth)
+        gen = self._generator(ids, capacity - len(ids))
+        prefill = time.perf_counter()
+        gen.append_tokens(ids)
+        entry = _Prefix(key=key, gen=gen, length=len(ids), tail=tail, capacity=capacity)
+        self._prefixes[key] = entry
+        while len(self._prefixes) > self.max_prefixes:
+            self._prefixes.popitem(last=False)
+        log.info(
+            "prefix_prefilled",
+            prompt=prompt.name,
+            tokens=len(ids),
+            ms=round((time.perf_counter() - prefill) * 1000, 1),
+            kept=len(self._prefixes),
         )
+        return entry
+
+    def _split_template(self, messages: Sequence[Message]) -> tuple[str, str]:
+        """The chat template rendered around a user turn: (text before it, text after it)."""
+        turns = [*messages, {"role": "user", "content": _SLOT}]
+        text = str(
+            self._tokenizer.apply_chat_template(json.dumps(turns), add_generation_prompt=True)
+        )
+        head, found, tail = text.partition(_SLOT)
+        if not found or _SLOT in tail:
+            raise EngineError("the model's chat template does not keep the user turn verbatim")
+        return head, tail
+
+    def _encode(self, text: str) -> list[int]:
+        return [int(t) for t in self._tokenizer.encode(text)]
+
+    def _choice_tokens(self, choices: Mapping[str, str]) -> dict[str, list[int]]:
+        """Each label's scored tokens: its words, then the end-of-turn token."""
+        return {label: [*self._encode(words), self._end_id] for label, words in choices.items()}
+
+    def _score(
+        self, gen: Any, length: int, choices: Mapping[str, list[int]], stop: StopWhen
+    ) -> tuple[dict[str, float], int]:
+        """Log-likelihood of each choice's tokens after the ``length`` tokens in ``gen``.
+
+        A choice of one token costs nothing beyond the prompt's own logits.
+        The first token is read from the prompt's last logits; the rest take one
+        multi-token pass per label (one logits row per appended token), then a
+        rewind. Returns the scores and the tokens run through the model.
+        """
+        first = log_softmax(gen.get_logits())
+        scores: dict[str, float] = {}
+        steps = 0
+        for label, tokens in choices.items():
+            total = float(first[tokens[0]])
+            if len(tokens) > 1:
+                stop.check()
+                gen.append_tokens(tokens[:-1])
+                rows = np.asarray(gen.get_output("logits")).reshape(len(tokens) - 1, -1)
+                for row, token in zip(rows, tokens[1:], strict=True):
+                    total += float(log_softmax(row)[token])
+                gen.rewind_to(length)
+                steps += len(tokens) - 1
+            scores[label] = total
+        return scores, steps
+
+    @staticmethod
+    def _classification(
+        scores: dict[str, float], prompt_tokens: int, steps: int, start: float
+    ) -> Classification:
         dist = label_distribution(scores)
         best = max(dist, key=dist.__getitem__)
         return Classification(
             label=best,
             confidence=dist[best],
             scores=dist,
-            prompt_tokens=len(ids),
+            prompt_tokens=prompt_tokens,
             scored_tokens=steps,
             total_s=time.perf_counter() - start,
         )
-
-    def _walk(
-        self,
-        gen: Any,
-        node: _Trie,
-        *,
-        logp: Any,
-        acc: float,
-        length: int,
-        scores: dict[str, float],
-        stop: StopWhen,
-    ) -> int:
-        for final, label in node.labels:
-            scores[label] = acc + float(logp[final])
-        steps = 0
-        for token, child in node.children.items():
-            stop.check()
-            gen.append_tokens([token])
-            steps += 1
-            child_logp = log_softmax(gen.get_logits())
-            steps += self._walk(
-                gen,
-                child,
-                logp=child_logp,
-                acc=acc + float(logp[token]),
-                length=length + 1,
-                scores=scores,
-                stop=stop,
-            )
-            gen.rewind_to(length)
-        return steps

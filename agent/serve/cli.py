@@ -10,13 +10,13 @@ is visible to every user in ``ps``.
 from __future__ import annotations
 
 import argparse
-import ipaddress
 import os
 import signal
 import sys
 from pathlib import Path
 
 from edge_slm.logs import configure_logging, get_logger
+from edge_slm.settings import is_loopback
 
 API_KEY_ENV = "EDGE_AGENT_SERVE_API_KEY"
 API_KEY_CREDENTIAL = "serve-api-key"  # LoadCredential= name under $CREDENTIALS_DIRECTORY
@@ -78,15 +78,6 @@ def _api_key(flag: str | None) -> str | None:
     return None
 
 
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 def _cmd_serve(args: argparse.Namespace) -> int:
     from agent.models import DEFAULT_MODEL, ModelCache, ModelError, default_cache_dir
 
@@ -108,7 +99,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
             print(f"model problem: {exc}", file=sys.stderr)
             return 2
     api_key = _api_key(args.api_key)
-    if api_key is None and not _is_loopback(args.host):
+    if api_key is None and not is_loopback(args.host):
         log.warning("serve_open_to_network", host=args.host, hint="set an API key")
 
     import uvicorn

@@ -10,6 +10,7 @@ from cloud_relay.store.base import (
     ClaimState,
     DeviceRow,
     Final,
+    LogPoint,
     LogQuery,
     LogRow,
     NewEscalation,
@@ -22,16 +23,23 @@ from cloud_relay.store.base import (
 )
 
 
-def open_store(url: str) -> RelayStore:
-    """Open (and migrate) the store named by ``url``."""
+def open_store(url: str, *, read_only: bool = False) -> RelayStore:
+    """Open (and migrate) the store named by ``url``.
+
+    ``read_only``: for readers that must never write (the dashboard): no migration
+    (the schema must already be this code's; the relay creates and migrates it), and
+    the engine itself refuses writes (SQLite ``query_only``, PostgreSQL read-only
+    transactions).
+    """
     if url.startswith("sqlite:///"):
         from cloud_relay.store.sqlite import open_sqlite
 
-        return open_sqlite(Path(url.removeprefix("sqlite:///")).expanduser())
+        path = Path(url.removeprefix("sqlite:///")).expanduser()
+        return open_sqlite(path, read_only=read_only)
     if url.startswith(("postgresql://", "postgres://")):
         from cloud_relay.store.postgres import open_postgres
 
-        return open_postgres(url)
+        return open_postgres(url, read_only=read_only)
     raise StoreError(f"unsupported store URL {url!r}: use sqlite:///path or postgresql://...")
 
 
@@ -41,6 +49,7 @@ __all__ = [
     "ClaimState",
     "DeviceRow",
     "Final",
+    "LogPoint",
     "LogQuery",
     "LogRow",
     "NewEscalation",

@@ -48,6 +48,8 @@ class NewEscalation:
     text: str | None = None
     labels: list[str] | None = None
     sensor: list[dict[str, Any]] | None = None
+    #: Set when the claimer is about to call the LLM: saves a separate mark_llm_start.
+    llm_start: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,6 +114,22 @@ class LogQuery:
     answered_after: float | None = None  # for --follow: final rows answered after this
     limit: int | None = 100  # newest first; None = all
     oldest_first: bool = False
+    until: float | None = None  # received_at < until
+    #: Case-insensitive substring of the device, request id, reason, text, answers or error.
+    search: str | None = None
+    offset: int = 0  # rows to skip (paging), after ordering
+
+
+@dataclass(frozen=True, slots=True)
+class LogPoint:
+    """The few columns of a log row that charts need (no texts, no reply)."""
+
+    device_id: str
+    received_at: float
+    outcome: Outcome | None
+    latency_ms: float | None
+    cost_usd: float | None
+    agreement: bool | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -206,6 +224,7 @@ class RelayStore(Protocol):
         """Insert the row as in flight, or report what is already there.
 
         An in-flight row claimed before ``stale_before`` (its relay died) is taken over.
+        ``esc.llm_start``, when set, is stored with the claim (insert or takeover).
         """
         ...
 
@@ -220,6 +239,16 @@ class RelayStore(Protocol):
     def usage(self, device_id: str, *, calls_since: float, tokens_since: float) -> Usage: ...
 
     def logs(self, query: LogQuery) -> Sequence[LogRow]: ...
+
+    def count_logs(self, query: LogQuery) -> int:
+        """How many rows match ``query``'s filters (its limit, offset and order ignored)."""
+        ...
+
+    def log_points(
+        self, device_id: str | None = None, since: float | None = None, until: float | None = None
+    ) -> Sequence[LogPoint]:
+        """Chart columns of the rows received in [since, until), oldest first."""
+        ...
 
     def record_telemetry(self, sample: TelemetrySample) -> bool:
         """Add ``sample`` to the history; make it the device's latest unless a newer one is.

@@ -15,7 +15,7 @@ from typing import Any
 import psycopg
 
 from cloud_relay.store.base import StoreError
-from cloud_relay.store.sql import Row, SqlStore, migrate
+from cloud_relay.store.sql import Row, SqlStore, open_on
 
 #: Serializes migrations between relays starting at once (any constant works).
 _MIGRATION_LOCK_KEY = 0x5E1A7
@@ -34,16 +34,21 @@ class PostgresDb:
     server dropped it.
     """
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, *, read_only: bool = False) -> None:
         self._url = url
+        self._read_only = read_only
         self._lock = threading.RLock()
         self._conn = self._connect()
 
     def _connect(self) -> psycopg.Connection[Any]:
         try:
-            return psycopg.connect(self._url, autocommit=True, connect_timeout=10)
+            conn = psycopg.connect(self._url, autocommit=True, connect_timeout=10)
+            if self._read_only:
+                # Every autocommit statement is its own transaction: all of them read-only.
+                conn.execute("SET default_transaction_read_only = on")
         except psycopg.OperationalError as exc:
             raise StoreError(f"cannot connect to PostgreSQL: {exc}") from exc
+        return conn
 
     def _run(self, sql: str, params: Sequence[Any], fetch: bool) -> tuple[int, list[Row]]:
         with self._lock:
@@ -76,7 +81,7 @@ class PostgresDb:
             self._conn.close()
 
 
-def open_postgres(url: str) -> SqlStore:
-    db = PostgresDb(url)
-    migrate(db, real_type="DOUBLE PRECISION")
-    return SqlStore(db)
+def open_postgres(url: str, *, read_only: bool = False) -> SqlStore:
+    return open_on(
+        PostgresDb(url, read_only=read_only), real_type="DOUBLE PRECISION", read_only=read_only
+    )

@@ -18,6 +18,7 @@ from cloud_relay.store.base import (
     ClaimState,
     DeviceRow,
     Final,
+    LogPoint,
     LogQuery,
     LogRow,
     NewEscalation,
@@ -178,6 +179,26 @@ def migrate(db: Db, real_type: str) -> None:
             db.execute("INSERT INTO relay_schema_version (version) VALUES (?)", (version,))
 
 
+def check_schema(db: Db) -> None:
+    """For read-only readers: the schema must be exactly this code's (nothing is migrated)."""
+    try:
+        rows = db.query("SELECT MAX(version) FROM relay_schema_version")
+    except Exception as exc:
+        raise StoreError(
+            "the store has no relay schema yet: start `cloud-relay run` on it once"
+        ) from exc
+    current = rows[0][0] or 0
+    if current != SCHEMA_VERSION:
+        hint = (
+            "start this version's `cloud-relay run` on it once"
+            if current < SCHEMA_VERSION
+            else ("upgrade this reader")
+        )
+        raise StoreError(
+            f"store schema version {current}, this code reads {SCHEMA_VERSION}: {hint}"
+        )
+
+
 def _bool(value: bool | None) -> int | None:
     return None if value is None else int(value)
 
@@ -194,6 +215,52 @@ def _max_of(column: str) -> str:
 _LAST_SEEN = _max_of("last_seen")
 
 
+#: Columns that ``LogQuery.search`` looks in.
+_SEARCHED = (
+    "device_id",
+    "request_id",
+    "reason",
+    "prompt_text",
+    "edge_answer",
+    "edge_label",
+    "cloud_answer",
+    "cloud_label",
+    "error",
+)
+
+
+def _like_pattern(text: str) -> str:
+    escaped = text.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return f"%{escaped}%"
+
+
+def _log_filters(query: LogQuery) -> tuple[str, list[Any]]:
+    """`` WHERE ...`` (or "") and its parameters, for :class:`LogQuery`'s filters."""
+    where: list[str] = []
+    params: list[Any] = []
+    if query.device_id is not None:
+        where.append("device_id = ?")
+        params.append(query.device_id)
+    if query.since is not None:
+        where.append("received_at >= ?")
+        params.append(query.since)
+    if query.until is not None:
+        where.append("received_at < ?")
+        params.append(query.until)
+    if query.outcome is not None:
+        where.append("outcome = ?")
+        params.append(query.outcome.value)
+    if query.answered_after is not None:
+        where.append("answered_at > ?")
+        params.append(query.answered_after)
+    if query.search:
+        # LOWER + LIKE: PostgreSQL's LIKE is case-sensitive and ILIKE is not SQLite's.
+        pattern = _like_pattern(query.search)
+        where.append("(" + " OR ".join(f"LOWER({c}) LIKE ? ESCAPE '\\'" for c in _SEARCHED) + ")")
+        params.extend([pattern] * len(_SEARCHED))
+    return (" WHERE " + " AND ".join(where) if where else ""), params
+
+
 class SqlStore:
     """:class:`~cloud_relay.store.base.RelayStore` over a :class:`Db`."""
 
@@ -207,8 +274,8 @@ class SqlStore:
         inserted = self._db.execute(
             "INSERT INTO relay_log (device_id, request_id, relay_id, claimed_at, received_at, "
             "task, kind, reason, edge_answer, edge_label, edge_confidence, redactions, "
-            "edge_model, prompt_text, labels, sensor) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+            "edge_model, prompt_text, labels, sensor, llm_start) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
             "ON CONFLICT (device_id, request_id) DO NOTHING",
             (
                 esc.device_id,
@@ -227,6 +294,7 @@ class SqlStore:
                 esc.text,
                 _json_or_null(esc.labels),
                 _json_or_null(esc.sensor),
+                esc.llm_start,
             ),
         )
         if inserted:
@@ -240,9 +308,9 @@ class SqlStore:
         # In flight. Take it over only if its claimer has been silent too long; the
         # conditional UPDATE lets exactly one contender win.
         taken = self._db.execute(
-            "UPDATE relay_log SET relay_id = ?, claimed_at = ? WHERE device_id = ? AND "
-            "request_id = ? AND outcome IS NULL AND claimed_at < ?",
-            (esc.relay_id, now, esc.device_id, esc.request_id, stale_before),
+            "UPDATE relay_log SET relay_id = ?, claimed_at = ?, llm_start = COALESCE(?, llm_start) "
+            "WHERE device_id = ? AND request_id = ? AND outcome IS NULL AND claimed_at < ?",
+            (esc.relay_id, now, esc.llm_start, esc.device_id, esc.request_id, stale_before),
         )
         if taken:
             return Claim(ClaimState.CLAIMED)
@@ -300,30 +368,48 @@ class SqlStore:
         return Usage(llm_calls=int(calls), tokens=int(tokens))
 
     def logs(self, query: LogQuery) -> list[LogRow]:
-        where: list[str] = []
-        params: list[Any] = []
-        if query.device_id is not None:
-            where.append("device_id = ?")
-            params.append(query.device_id)
-        if query.since is not None:
-            where.append("received_at >= ?")
-            params.append(query.since)
-        if query.outcome is not None:
-            where.append("outcome = ?")
-            params.append(query.outcome.value)
-        if query.answered_after is not None:
-            where.append("answered_at > ?")
-            params.append(query.answered_after)
-        sql = f"SELECT {_COLUMNS} FROM relay_log"  # noqa: S608 - fixed column list
-        if where:
-            sql += " WHERE " + " AND ".join(where)
+        where, params = _log_filters(query)
+        sql = f"SELECT {_COLUMNS} FROM relay_log{where}"  # noqa: S608 - fixed column list
         order_col = "answered_at" if query.answered_after is not None else "received_at"
         direction = "ASC" if query.oldest_first else "DESC"
-        sql += f" ORDER BY {order_col} {direction}, request_id {direction}"
+        sql += f" ORDER BY {order_col} {direction}, device_id {direction}, request_id {direction}"
         if query.limit is not None:
             sql += " LIMIT ?"
             params.append(query.limit)
+        if query.offset:
+            # LIMIT -1 is SQLite's "no limit"; PostgreSQL takes LIMIT ALL. Paging always
+            # has a limit, so an offset without one is refused rather than made portable.
+            if query.limit is None:
+                raise ValueError("offset needs a limit")
+            sql += " OFFSET ?"
+            params.append(query.offset)
         return [_to_row(r) for r in self._db.query(sql, params)]
+
+    def count_logs(self, query: LogQuery) -> int:
+        where, params = _log_filters(query)
+        rows = self._db.query(f"SELECT COUNT(*) FROM relay_log{where}", params)  # noqa: S608
+        return int(rows[0][0])
+
+    def log_points(
+        self, device_id: str | None = None, since: float | None = None, until: float | None = None
+    ) -> list[LogPoint]:
+        where, params = _log_filters(LogQuery(device_id=device_id, since=since, until=until))
+        rows = self._db.query(
+            "SELECT device_id, received_at, outcome, latency_ms, cost_usd, agreement "  # noqa: S608
+            f"FROM relay_log{where} ORDER BY received_at, device_id, request_id",
+            params,
+        )
+        return [
+            LogPoint(
+                device_id=r[0],
+                received_at=r[1],
+                outcome=Outcome(r[2]) if r[2] is not None else None,
+                latency_ms=r[3],
+                cost_usd=r[4],
+                agreement=None if r[5] is None else bool(r[5]),
+            )
+            for r in rows
+        ]
 
     # -- the fleet view ------------------------------------------------------
 
@@ -554,3 +640,16 @@ def _to_row(r: Row) -> LogRow:
         labels=json.loads(r[28]) if r[28] else None,
         sensor=json.loads(r[29]) if r[29] else None,
     )
+
+
+def open_on(db: Db, *, real_type: str, read_only: bool) -> SqlStore:
+    """A store on ``db``: migrated for the relay, or schema-checked for read-only readers."""
+    try:
+        if read_only:
+            check_schema(db)
+        else:
+            migrate(db, real_type=real_type)
+    except BaseException:
+        db.close()
+        raise
+    return SqlStore(db)

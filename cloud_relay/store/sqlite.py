@@ -9,7 +9,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from cloud_relay.store.sql import Row, SqlStore, migrate
+from cloud_relay.store.base import StoreError
+from cloud_relay.store.sql import Row, SqlStore, open_on
 
 
 class SqliteDb:
@@ -19,14 +20,23 @@ class SqliteDb:
     makes several processes on one file wait for each other instead of failing.
     """
 
-    def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
+    def __init__(self, path: Path, *, read_only: bool = False) -> None:
+        if read_only:
+            if not path.is_file():
+                raise StoreError(f"no relay store at {str(path)!r}: start `cloud-relay run` first")
+        else:
+            path.parent.mkdir(parents=True, exist_ok=True)
         # isolation_level=None: autocommit; transactions are explicit (``locked``).
         self._conn = sqlite3.connect(
             str(path), timeout=30.0, isolation_level=None, check_same_thread=False
         )
-        self._conn.execute("PRAGMA journal_mode=WAL")
-        self._conn.execute("PRAGMA synchronous=NORMAL")
+        if read_only:
+            # Not `mode=ro`: a read-only *file* cannot create the WAL index (-shm) when
+            # no writer has it open. query_only makes this connection refuse writes.
+            self._conn.execute("PRAGMA query_only=ON")
+        else:
+            self._conn.execute("PRAGMA journal_mode=WAL")
+            self._conn.execute("PRAGMA synchronous=NORMAL")
         self._conn.execute("PRAGMA busy_timeout=30000")
         self._lock = threading.RLock()
 
@@ -54,7 +64,5 @@ class SqliteDb:
             self._conn.close()
 
 
-def open_sqlite(path: Path) -> SqlStore:
-    db = SqliteDb(path)
-    migrate(db, real_type="REAL")
-    return SqlStore(db)
+def open_sqlite(path: Path, *, read_only: bool = False) -> SqlStore:
+    return open_on(SqliteDb(path, read_only=read_only), real_type="REAL", read_only=read_only)

@@ -182,14 +182,15 @@ def test_emqx_acl_mirrors_the_mosquitto_acl() -> None:
     assert '"slm/${cert_common_name}/escalation"' in device_pub.group(1)
     assert device_sub
     assert device_sub.group(1) == (
-        '"slm/${cert_common_name}/cloud", "slm/${cert_common_name}/config"'
+        '"slm/${cert_common_name}/cloud", "slm/${cert_common_name}/config", '
+        '"slm/${cert_common_name}/model"'
     )
     relay_sub = re.search(r'\{allow, \{username, \{re, "\^relay-"\}\}, subscribe, (.*)\}\.', rules)
     assert relay_sub
     assert '"$share/relays/slm/+/escalation"' in relay_sub.group(1)
     assert re.search(
         r'\{allow, \{username, \{re, "\^relay-"\}\}, publish, '
-        r'\["slm/\+/cloud", "slm/\+/config"\]',
+        r'\["slm/\+/cloud", "slm/\+/config", "slm/\+/model"\]',
         rules,
     )
     # Relay rules come before the device rules (first match wins); deny-all is last.

@@ -37,7 +37,7 @@ from edge_slm.pki import CertKind, Pki
 from tests.security.conftest import FleetPki, Identity, render_cloud_conf, render_edge_conf
 from tests.support.app import AppClient
 
-RELAY_CN = "relay-1"  # listed in deploy/mosquitto/acl
+RELAY_CN = "relay-1"  # a relay: the PKI's dynamic-security.json gives it the relay role
 LINK_CUT_METHOD = "cloud broker stopped (SIGTERM) and restarted on the same port"
 
 

@@ -17,14 +17,18 @@ kill can land between the row's commit and its log line). Pass, strictly:
 * the LLM generates once per request id: the server counts exactly one completion
   per accepted id (``answer`` tasks only: ``classify`` may legitimately take two
   calls when a label is retried), and a row with ``attempts > 1`` is explained by
-  that many ``HTTP 429`` refusals in the relay log (the server sheds the burst that
-  follows the relay's return, before generating);
-* nothing is answered twice in time: per id at most one reply without
-  ``supersedes`` and at most one correction (``supersedes: true``).
+  that many ``HTTP 429`` refusals or dropped connections in the relay log (the
+  server sheds the burst that follows the relay's return, before generating);
+* nothing is answered twice: per id one answer without ``supersedes`` and at most
+  one correction (``supersedes: true``). QoS 1 is at-least-once, so a reply whose
+  PUBACK the killed run never saw may reach the app again, but only byte for byte
+  the same (apps match replies by id); two different answers fail the test.
 
-Measured, not asserted (a known gap): requests the agent had PUBACKed but that died
-queued or mid-generation with the process. Their apps get no reply; the count is
-printed. ``EDGE_SLM_KILL_ROUNDS`` (default 20) and ``EDGE_SLM_FAULT_SEED`` override
+* no request is lost: every id gets a reply. The agent PUBACKs a request only after
+  its final reply, so what a killed process held (queued, mid-generation, waiting
+  for the cloud) is redelivered by the broker to the next agent.
+
+``EDGE_SLM_KILL_ROUNDS`` (default 20) and ``EDGE_SLM_FAULT_SEED`` override
 the round count and the seed.
 """
 
@@ -126,6 +130,20 @@ def _app_replies(sys_: System, sent: list[str]) -> dict[str, list[dict[str, Any]
     return replies
 
 
+def _distinct(payloads: list[dict[str, Any]]) -> set[str]:
+    return {json.dumps(p, sort_keys=True) for p in payloads}
+
+
+def _shed(error: str) -> bool:
+    """Refused before generating: a 429, or a connection the overloaded server dropped."""
+    return error == "HTTP 429" or error.startswith("connection error")
+
+
+def _merge(into: dict[str, list[dict[str, Any]]], more: dict[str, list[dict[str, Any]]]) -> None:
+    for request_id, payloads in more.items():
+        into.setdefault(request_id, []).extend(payloads)
+
+
 def test_agent_sigkilled_at_random_points_loses_no_escalation(
     system: System,  # noqa: F811
 ) -> None:
@@ -138,11 +156,16 @@ def test_agent_sigkilled_at_random_points_loses_no_escalation(
     # The last agent drains what the killed ones left behind.
     final = system.start_agent(EDGE_AGENT_POLICY__THRESHOLDS=ALWAYS_ESCALATE)
     _wait_started(final)
+    # It also gets, redelivered by the broker, the requests the killed ones held unanswered.
+    replies: dict[str, list[dict[str, Any]]] = {i: [] for i in run.sent}
     deadline = time.monotonic() + 180
-    while outbox_state(outbox)[0] > 0:
-        assert time.monotonic() < deadline, f"outbox not drained: {outbox_ids(outbox)}"
+    while outbox_state(outbox)[0] > 0 or not all(replies.values()):
+        if time.monotonic() > deadline:
+            break  # the asserts below say what is missing
         time.sleep(0.5)
+        _merge(replies, _app_replies(system, run.sent))
     time.sleep(3)  # outbox re-sends and late replies would arrive now
+    _merge(replies, _app_replies(system, run.sent))
     assert final.terminate() == 0
     relay.terminate()
 
@@ -153,12 +176,12 @@ def test_agent_sigkilled_at_random_points_loses_no_escalation(
     rows = [r for r in system.relay_rows() if r["request_id"] in set(run.sent)]
     by_id = Counter(r["request_id"] for r in rows)
     llm_calls = system.llm.completions - llm_before
-    replies = _app_replies(system, run.sent)
     firsts = {i: [p for p in ps if not p.get("supersedes")] for i, ps in replies.items()}
     fixes = {i: [p for p in ps if p.get("supersedes")] for i, ps in replies.items()}
     lost = [i for i in run.sent if not replies[i]]
-    double_first = {i: ps for i, ps in firsts.items() if len(ps) > 1}
-    double_fix = {i: ps for i, ps in fixes.items() if len(ps) > 1}
+    double_first = {i: ps for i, ps in firsts.items() if len(_distinct(ps)) > 1}
+    double_fix = {i: ps for i, ps in fixes.items() if len(_distinct(ps)) > 1}
+    resent = sum(len(ps) - len(_distinct(ps)) for ps in [*firsts.values(), *fixes.values()])
     print(
         f"\nseed={SEED} rounds={ROUNDS} kill delay s: median={statistics.median(run.delays):.2f} "
         f"min={min(run.delays):.2f} max={max(run.delays):.2f}; relay down in rounds "
@@ -169,8 +192,9 @@ def test_agent_sigkilled_at_random_points_loses_no_escalation(
         f"correction-only={len([i for i in run.sent if fixes[i] and not firsts[i]])} "
         f"corrections={sum(map(len, fixes.values()))} "
         f"lost (no reply at all)={len(lost)}, of which escalated={len(set(lost) & accepted)}; "
-        f"double in-time={len(double_first)} double corrections={len(double_fix)}\n"
-        f"rows retried after a 429 from the LLM server: "
+        f"double in-time={len(double_first)} double corrections={len(double_fix)} "
+        f"identical re-sends={resent}\n"
+        f"rows retried after the LLM server shed them: "
         f"{sum(r['attempts'] > 1 for r in rows)}\nlost ids: {lost}"
     )
 
@@ -187,7 +211,7 @@ def test_agent_sigkilled_at_random_points_loses_no_escalation(
         str(e["request_id"])
         for r in system.relays
         for e in r.log_events()
-        if e.get("event") == "llm_attempt_failed" and e.get("error") == "HTTP 429"
+        if e.get("event") == "llm_attempt_failed" and _shed(str(e.get("error")))
     )
     assert {r["request_id"]: r["attempts"] - 1 for r in rows if r["attempts"] != 1} == {
         i: n for i, n in failed.items() if i in accepted
@@ -195,3 +219,4 @@ def test_agent_sigkilled_at_random_points_loses_no_escalation(
     assert outbox_state(outbox)[0] == 0
     assert double_first == {}
     assert double_fix == {}
+    assert lost == [], "requests the killed agents held must be redelivered and answered"

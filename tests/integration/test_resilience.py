@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 import uuid
 
 import pytest
@@ -73,3 +74,44 @@ def test_will_marks_device_offline_when_agent_dies(
     agent.proc.wait()
     status = wait_for_status(broker.port, topics.status, "offline", timeout=60)
     assert status["device_id"] == agent.device_id
+
+
+def test_requests_a_sigkilled_agent_was_holding_are_answered_after_restart(
+    broker: PrivateBroker, topics: DeviceTopics, start_agent: object, app: AppClient
+) -> None:
+    """Accepted-but-unanswered QoS 1 requests die with the process, not with the request.
+
+    The agent PUBACKs a request only once its reply is out, so the broker still
+    holds (and redelivers) whatever the killed process had queued or was generating.
+    """
+    first: AgentProcess = start_agent()  # type: ignore[operator]
+    reply_topic = f"apps/{uuid.uuid4().hex}/reply"
+    app.subscribe(reply_topic)
+    ids = [f"held-{k}" for k in range(6)]
+    for request_id in ids:  # ~1 s of generation each: most are still queued at the kill
+        body = {"v": 1, "id": request_id, "text": "Describe the sea.", "max_tokens": 48}
+        app.publish(topics.request, body, response_topic=reply_topic)
+    accepted: set[str] = set()
+    deadline = time.monotonic() + 30
+    while len(accepted) < len(ids):  # every request reached the agent's queue
+        assert time.monotonic() < deadline, f"accepted only {sorted(accepted)}"
+        time.sleep(0.05)
+        accepted = {
+            str(e["request_id"]) for e in first.log_events() if e.get("event") == "request_accepted"
+        }
+    answered_before = {
+        str(e["request_id"]) for e in first.log_events() if e.get("event") == "request_answered"
+    }
+    first.proc.kill()
+    first.proc.wait()
+    assert len(answered_before) < len(ids), "the kill came too late to test anything"
+
+    start_agent()  # type: ignore[operator]
+    replies = app.collect(len(ids), timeout=120)
+    by_id: dict[str, int] = {}
+    for reply in replies:
+        by_id[reply.payload["id"]] = by_id.get(reply.payload["id"], 0) + 1
+        assert reply.payload["ok"] is True, reply.payload
+    assert sorted(by_id) == ids  # none lost
+    time.sleep(2)
+    assert app.replies.empty(), "a request was answered twice"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 
@@ -91,6 +92,22 @@ def test_release_lets_a_replay_claim_again(store: RelayStore) -> None:
     store.claim(_esc(), stale_before=now - 300)
     store.release("d1", "r1")
     assert store.claim(_esc(), stale_before=now - 300).state is ClaimState.CLAIMED
+
+
+def test_claim_carries_llm_start_into_insert_and_takeover(store: RelayStore) -> None:
+    # The handler claims what it is about to send to the LLM with llm_start set: one
+    # write instead of claim + mark_llm_start. A takeover without one keeps the old value.
+    now = time.time()
+    store.claim(dataclasses.replace(_esc(at=now), llm_start=now + 0.5), stale_before=0)
+    (row,) = store.logs(LogQuery())
+    assert row.llm_start == now + 0.5
+    taken = store.claim(_esc(at=now, relay_id="relay-b"), stale_before=time.time() + 1)
+    assert taken.state is ClaimState.CLAIMED
+    assert store.logs(LogQuery())[0].llm_start == now + 0.5
+    again = dataclasses.replace(_esc(at=now, relay_id="relay-c"), llm_start=now + 2)
+    assert store.claim(again, stale_before=time.time() + 1).state is ClaimState.CLAIMED
+    (row,) = store.logs(LogQuery())
+    assert (row.relay_id, row.llm_start) == ("relay-c", now + 2)
 
 
 def test_finalize_round_trips_every_field(store: RelayStore) -> None:

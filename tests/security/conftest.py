@@ -9,6 +9,7 @@ instead of silently testing something else.
 from __future__ import annotations
 
 import datetime as dt
+import json
 import os
 import pwd
 import queue
@@ -16,7 +17,7 @@ import shutil
 import ssl
 import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,13 +27,13 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from paho.mqtt.reasoncodes import ReasonCode
 
+from edge_slm.authz import AclType
 from edge_slm.devbroker import PrivateBroker
 from edge_slm.pki import CertKind, Pki
 
 REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy" / "mosquitto"
 CLOUD_CONF = DEPLOY / "cloud.conf"
-CLOUD_ACL = DEPLOY / "acl"
 EDGE_CONF = DEPLOY / "edge.conf"
 
 DEVICE_A = "dev-a"
@@ -100,18 +101,38 @@ def _substitute(text: str, replacements: dict[str, str]) -> str:
 
 
 def render_cloud_conf(
-    fleet: FleetPki, workdir: Path, *, acl_extra: str = "", crl: Path | None = None
+    fleet: FleetPki,
+    workdir: Path,
+    *,
+    grants: Mapping[str, Sequence[tuple[AclType, str]]] | None = None,
+    crl: Path | None = None,
 ) -> str:
     """``deploy/mosquitto/cloud.conf`` for a PrivateBroker in ``workdir``.
 
     PrivateBroker writes the ``listener <free port> 127.0.0.1`` line; the deployed
     file's own ``listener 8883`` line is dropped so every listener option of the
     deployed file applies to that one. ``log_dest`` lines are dropped (the broker
-    logs to its own file). The ACL is the deployed one, plus ``acl_extra`` where a
-    test needs a documented addition.
+    logs to its own file). Authorization is the fleet PKI's own
+    ``dynamic-security.json`` as ``cloud-relay pki`` wrote it, plus ``grants``
+    (username -> ACLs, in a role of their own) where a test needs a documented
+    addition.
     """
-    acl = workdir / "acl"
-    acl.write_text(CLOUD_ACL.read_text() + acl_extra)
+    dynsec = json.loads(Pki(fleet.dir).dynsec_path.read_text())
+    for username, acls in (grants or {}).items():
+        (client,) = [c for c in dynsec["clients"] if c["username"] == username]
+        role = f"test-extra-{username}"
+        client["roles"].append({"rolename": role})
+        dynsec["roles"].append(
+            {
+                "rolename": role,
+                "acls": [
+                    {"acltype": kind.value, "topic": topic, "priority": 0, "allow": True}
+                    for kind, topic in acls
+                ],
+            }
+        )
+    dynsec_file = workdir / "dynamic-security.json"
+    dynsec_file.write_text(json.dumps(dynsec, indent=2))
     text = _substitute(
         CLOUD_CONF.read_text(),
         {
@@ -120,7 +141,7 @@ def render_cloud_conf(
             "/etc/mosquitto/certs/server.crt": str(fleet.server.cert),
             "/etc/mosquitto/certs/server.key": str(fleet.server.key),
             "/etc/mosquitto/certs/crl.pem": str(crl or fleet.crl),
-            "/etc/mosquitto/acl": str(acl),
+            "/etc/mosquitto/dynamic-security.json": str(dynsec_file),
             "/var/lib/mosquitto/": f"{workdir}/",
         },
     )

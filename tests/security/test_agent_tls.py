@@ -7,10 +7,10 @@ and the cloud ACL deliberately grants no request/response topics: widening it
 would let the cloud broker carry app traffic that has no business leaving the
 device. The TLS case for the agent is a device-local broker that apps reach over
 the LAN with fleet certificates. So this test runs the cloud broker's TLS
-listener as shipped (mTLS, CN = username, CRL) with the shipped ACL plus the
-device-local block such a broker would add (``DEVICE_LOCAL_ACL`` below), and
-checks the negative too: under the shipped cloud ACL alone nobody's request
-reaches the agent.
+listener as shipped (mTLS, CN = username, CRL) with the authorization
+``cloud-relay pki`` generates plus the device-local grants such a broker would
+add (``DEVICE_LOCAL_GRANTS`` below), and checks the negative too: under the
+generated cloud authorization alone nobody's request reaches the agent.
 """
 
 from __future__ import annotations
@@ -23,8 +23,9 @@ from pathlib import Path
 import pytest
 
 from agent.models import DEFAULT_MODEL, ModelCache, default_cache_dir
+from edge_slm.authz import AclType
 from edge_slm.devbroker import PrivateBroker
-from edge_slm.topics import DeviceTopics
+from edge_slm.topics import DeviceTopics, status_wildcard
 from tests.security.conftest import (
     APP,
     DEVICE_A,
@@ -39,15 +40,20 @@ from tests.support.agent import AgentProcess
 pytestmark = pytest.mark.integration
 
 TOPICS = DeviceTopics("slm", DEVICE_A)
-DEVICE_LOCAL_ACL = f"""
-# device-local broker over TLS: the agent (CN = device id) serves its requests ...
-pattern read slm/%u/request/#
-pattern write slm/%u/response
-# ... and a LAN app of this device may ask it
-user {APP}
-topic write {TOPICS.request}/#
-topic read {TOPICS.response}
-"""
+# Device-local broker over TLS: the agent (CN = device id) serves its requests ...
+# ... and a LAN app of this device may ask it.
+DEVICE_LOCAL_GRANTS = {
+    DEVICE_A: [
+        (AclType.SUBSCRIBE, TOPICS.request_filter()),
+        (AclType.RECEIVE, TOPICS.request_filter()),
+        (AclType.PUBLISH, TOPICS.response),
+    ],
+    APP: [
+        (AclType.PUBLISH, TOPICS.request_filter()),
+        (AclType.SUBSCRIBE, TOPICS.response),
+        (AclType.RECEIVE, TOPICS.response),
+    ],
+}
 
 
 @pytest.fixture(scope="module")
@@ -58,10 +64,12 @@ def model_dir() -> Path:
     return cache.require(DEFAULT_MODEL)
 
 
-def _broker(fleet: FleetPki, workdir: Path, acl_extra: str) -> PrivateBroker:
+def _broker(
+    fleet: FleetPki, workdir: Path, grants: dict[str, list[tuple[AclType, str]]]
+) -> PrivateBroker:
     workdir.mkdir()
     return PrivateBroker(
-        extra_config=render_cloud_conf(fleet, workdir, acl_extra=acl_extra), workdir=workdir
+        extra_config=render_cloud_conf(fleet, workdir, grants=grants), workdir=workdir
     )
 
 
@@ -91,10 +99,10 @@ def agent_on(
     fleet_pki: FleetPki, tmp_path: Path, model_dir: Path
 ) -> Iterator[tuple[PrivateBroker, AgentProcess, TlsClient]]:
     del model_dir
-    with _broker(fleet_pki, tmp_path / "broker", DEVICE_LOCAL_ACL) as broker:
+    with _broker(fleet_pki, tmp_path / "broker", DEVICE_LOCAL_GRANTS) as broker:
         watcher = TlsClient(broker.port, fleet_pki, fleet_pki[RELAY])  # relays read status
         assert watcher.connect()
-        assert watcher.subscribe(TOPICS.status) == 1
+        assert watcher.subscribe(status_wildcard(TOPICS.prefix)) == 1
         agent = _start_agent(broker.port, fleet_pki, tmp_path)
         try:
             _wait_online(watcher, agent)
@@ -136,14 +144,14 @@ def test_agent_answers_over_mutual_tls(
 
 
 def test_shipped_cloud_acl_carries_no_app_traffic(fleet_pki: FleetPki, tmp_path: Path) -> None:
-    """Without the device-local block, an app cannot even send a request over the cloud."""
-    with _broker(fleet_pki, tmp_path / "broker", "") as broker:
+    """Without the device-local grants, an app cannot even send a request over the cloud."""
+    with _broker(fleet_pki, tmp_path / "broker", {}) as broker:
         app = TlsClient(broker.port, fleet_pki, fleet_pki[APP])
         device = TlsClient(broker.port, fleet_pki, fleet_pki[DEVICE_A])
         assert app.connect()
         assert device.connect()
         try:
-            device.subscribe(TOPICS.request_filter())
+            assert device.subscribe(TOPICS.request_filter()) == NOT_AUTHORIZED
             assert app.publish(TOPICS.request, b"{}") == NOT_AUTHORIZED
             assert device.publish(TOPICS.response, b"{}") == NOT_AUTHORIZED
             assert device.received() == []

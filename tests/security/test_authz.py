@@ -1,19 +1,22 @@
 """The cloud broker's authorization matrix, against a real mosquitto with real certificates.
 
-The broker is ``deploy/mosquitto/cloud.conf`` + ``deploy/mosquitto/acl`` as
-shipped (see ``render_cloud_conf``). Every denied row also asserts that nothing
-leaked to a would-be victim; positive rows (first) prove the same observation
-would have seen the message.
+The broker is ``deploy/mosquitto/cloud.conf`` as shipped, with the
+``dynamic-security.json`` that ``cloud-relay pki`` wrote for the session PKI
+(see ``render_cloud_conf``). Every denied row also asserts that nothing leaked to
+a would-be victim; positive rows (first) prove the same observation would have
+seen the message.
 
-What mosquitto 2.0.11 does, as these tests pin down:
+What mosquitto 2.0.11 with its dynamic security plugin does, as these tests pin down:
 
 * a denied PUBLISH gets PUBACK 0x87 (MQTT v5 "Not authorized") and is dropped;
-* a SUBSCRIBE is *always* granted by ``acl_file`` (SUBACK 0x01, whatever the
-  filter: ``#``, ``$SYS/#``, another device's topic; eclipse/mosquitto#803);
-  the ``read`` rule is applied per message on delivery instead, so nothing
-  leaks -- but see ``test_device_in_relay_share_group_blackholes_escalations``;
+* a SUBSCRIBE outside one's grants gets SUBACK 0x87 and no subscription (with
+  ``acl_file`` it was always granted, eclipse/mosquitto#2042, which let a device
+  join the relays' share group and black-hole escalations:
+  ``test_device_cannot_join_the_relay_share_group``); delivery is checked too;
+* a certificate of the fleet CA whose CN has no entry in the broker's file
+  connects but may do nothing;
 * the client id is free-form: the username is the certificate CN whatever the
-  client sends, and no ACL rule here uses ``%c``, so a chosen client id gains
+  client sends, and no rule depends on the client id, so a chosen client id gains
   nothing -- except taking over another client's *connection* (MQTT 5 §3.1.4:
   the broker disconnects the older one), which mosquitto cannot restrict.
 """
@@ -27,6 +30,7 @@ from pathlib import Path
 
 import pytest
 
+from edge_slm.authz import DEFAULT_SHARE_GROUP
 from edge_slm.devbroker import PrivateBroker
 from edge_slm.pki import CertKind, Pki
 from tests.security.conftest import (
@@ -42,8 +46,9 @@ from tests.security.conftest import (
     render_cloud_conf,
 )
 
-SHARE = "$share/relays/slm/+/escalation"
-TELEMETRY_SHARE = "$share/relays/slm/+/telemetry"
+SHARE = f"$share/{DEFAULT_SHARE_GROUP}/slm/+/escalation"
+TELEMETRY_SHARE = f"$share/{DEFAULT_SHARE_GROUP}/slm/+/telemetry"
+CONTROL = "$CONTROL/dynamic-security/v1"  # the plugin's admin API: nobody is granted it
 # PUBACK 0x00 Success, or 0x10 "No matching subscribers" (MQTT 5 §3.4.2.1).
 ACCEPTED = (0x00, 0x10)
 Connect = Callable[..., TlsClient]
@@ -160,6 +165,14 @@ def test_relay_cannot_forge_escalations_or_status(connect: Connect, relay: TlsCl
     assert relay.received() == []
 
 
+def test_nobody_reaches_the_plugin_admin_api(connect: Connect, relay: TlsClient) -> None:
+    a = connect(DEVICE_A)
+    payload = b'{"commands":[{"command":"createClient","username":"x"}]}'
+    for client in (a, relay):
+        assert client.publish(CONTROL, payload) == NOT_AUTHORIZED
+        assert client.subscribe("$CONTROL/#") == NOT_AUTHORIZED
+
+
 # -- subscribing outside one's own topics ---------------------------------------------------
 
 
@@ -168,13 +181,20 @@ def test_relay_cannot_forge_escalations_or_status(connect: Connect, relay: TlsCl
     [
         "slm/#",
         "#",
+        "+/#",
         "$SYS/#",
+        "$CONTROL/#",
         cloud(DEVICE_B),
+        f"slm/{DEVICE_B}/config",
+        "slm/+/cloud",
         "slm/+/escalation",
         "slm/+/status",
         "slm/+/telemetry",
+        esc(DEVICE_A),
         SHARE,
+        TELEMETRY_SHARE,
         f"$share/x/{cloud(DEVICE_B)}",
+        f"$share/x/{cloud(DEVICE_A)}",
     ],
 )
 def test_device_reads_nothing_of_others(
@@ -182,8 +202,8 @@ def test_device_reads_nothing_of_others(
 ) -> None:
     a = connect(DEVICE_A)
     b = connect(DEVICE_B)
-    # acl_file grants every SUBSCRIBE (eclipse/mosquitto#803); what matters is delivery.
-    assert a.subscribe(topic_filter) in (1, NOT_AUTHORIZED)
+    # The plugin refuses the SUBSCRIBE itself; delivery is checked as well.
+    assert a.subscribe(topic_filter) == NOT_AUTHORIZED
     assert b.publish(esc(DEVICE_B), b"b-case") in ACCEPTED
     assert b.publish(status(DEVICE_B), b"b-status", retain=True) in ACCEPTED
     assert b.publish(telemetry(DEVICE_B), b"b-telemetry") in ACCEPTED
@@ -192,22 +212,39 @@ def test_device_reads_nothing_of_others(
     assert a.received() == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="mosquitto 2.0.11 acl_file cannot deny SUBSCRIBE (eclipse/mosquitto#803): a device "
-    "that joins the relays' share group is handed its share of escalations, which the "
-    "delivery-time read check then drops. Fix: see deploy/mosquitto/acl.",
-)
-def test_device_in_relay_share_group_blackholes_escalations(
-    connect: Connect, relay: TlsClient
+@pytest.mark.parametrize("share", [SHARE, TELEMETRY_SHARE])
+def test_device_cannot_join_the_relay_share_group(
+    connect: Connect, relay: TlsClient, share: str
 ) -> None:
+    """The row acl_file could not close: a device in the relays' group is dealt every
+    other message (round robin, MQTT 5 §4.8.2) and, unable to read it, black-holes it.
+    The plugin refuses the SUBSCRIBE, so every message still reaches the relay."""
     intruder = connect(DEVICE_B)
-    intruder.subscribe(SHARE)
+    assert intruder.subscribe(share) == NOT_AUTHORIZED
     a = connect(DEVICE_A)
-    for i in range(6):
-        assert a.publish(esc(DEVICE_A), str(i).encode()) in ACCEPTED
-    assert intruder.received(0.2) == []  # never leaks to the intruder ...
-    assert len(relay.received()) == 6  # ... but half of them never reach a relay
+    topic = esc(DEVICE_A) if share == SHARE else telemetry(DEVICE_A)
+    sent = [str(i).encode() for i in range(8)]
+    for payload in sent:
+        assert a.publish(topic, payload) in ACCEPTED
+    got = relay.received()
+    assert [(m.topic, m.payload) for m in got] == [(topic, p) for p in sent]
+    assert intruder.received(0.2) == []
+
+
+def test_fleet_certificate_without_broker_entry_gets_nothing(
+    connect: Connect, relay: TlsClient, fleet_pki: FleetPki
+) -> None:
+    """Issued after the broker loaded its dynamic-security.json: TLS accepts the
+    certificate, the plugin knows no such client. (Install the new file and restart.)"""
+    pki = Pki(fleet_pki.dir)
+    row = pki.issue(CertKind.DEVICE, "dev-late")
+    assert row.key is not None
+    assert '"username": "dev-late"' in pki.dynsec_path.read_text()  # the PKI's file has it
+    fleet_pki.ids["dev-late"] = Identity(cert=pki.dir / row.cert, key=pki.dir / row.key)
+    late = connect("dev-late")
+    assert late.publish(esc("dev-late")) == NOT_AUTHORIZED
+    assert late.subscribe(cloud("dev-late")) == NOT_AUTHORIZED
+    assert relay.received() == []
 
 
 # -- identities -----------------------------------------------------------------------------
@@ -339,3 +376,45 @@ def test_revocation_takes_effect_on_sighup(tmp_path: Path) -> None:
         time.sleep(1.0)
         assert not _connects(broker.port, fleet, DEVICE_A)
         assert _connects(broker.port, fleet, DEVICE_B)
+
+
+def test_broker_authorization_changes_on_restart(tmp_path: Path) -> None:
+    """The procedure of README "Security model": ``pki issue-device`` / ``pki revoke``
+    rewrite dynamic-security.json; installed on the broker, it applies from the next
+    restart (the 2.0.11 plugin ignores SIGHUP). A revoked device then has no rights
+    even on a broker still holding the old CRL."""
+    pki, fleet = _own_fleet(tmp_path)
+    workdir = tmp_path / "broker"
+    workdir.mkdir()
+    stale_crl = tmp_path / "stale-crl.pem"
+    stale_crl.write_bytes(fleet.crl.read_bytes())
+
+    def install() -> str:  # copy the PKI's current files to the broker, as an operator would
+        return render_cloud_conf(fleet, workdir, crl=stale_crl)
+
+    broker = PrivateBroker(extra_config=install(), workdir=workdir)
+    with broker:
+        row = pki.issue(CertKind.DEVICE, "dev-new")
+        assert row.key is not None
+        fleet.ids["dev-new"] = Identity(cert=pki.dir / row.cert, key=pki.dir / row.key)
+        pki.revoke(DEVICE_A)
+        install()
+        assert broker._proc is not None
+        broker._proc.send_signal(signal.SIGHUP)
+        time.sleep(1.0)
+        assert _publishes(broker.port, fleet, "dev-new") == NOT_AUTHORIZED, "not before restart"
+        assert _publishes(broker.port, fleet, DEVICE_A) in ACCEPTED
+        broker.restart()
+        assert _publishes(broker.port, fleet, "dev-new") in ACCEPTED
+        assert _publishes(broker.port, fleet, DEVICE_A) == NOT_AUTHORIZED  # old CRL: connects
+        assert _publishes(broker.port, fleet, DEVICE_B) in ACCEPTED
+
+
+def _publishes(port: int, fleet: FleetPki, cn: str) -> int:
+    """PUBACK reason code for ``cn`` publishing its own escalation."""
+    client = TlsClient(port, fleet, fleet[cn])
+    try:
+        assert client.connect(timeout=3), cn
+        return client.publish(esc(cn))
+    finally:
+        client.close()

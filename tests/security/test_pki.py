@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import datetime as dt
+import json
 import stat
 import subprocess
 import sys
@@ -162,3 +164,40 @@ def test_cli_in_process_returns_exit_codes(
     captured = capsys.readouterr()
     assert "no certificate" in captured.err
     assert "PRIVATE KEY" not in captured.out + captured.err
+
+
+def _dynsec_users(pki: Pki) -> dict[str, list[str]]:
+    doc = json.loads(pki.dynsec_path.read_text())
+    return {c["username"]: [r["rolename"] for r in c["roles"]] for c in doc["clients"]}
+
+
+def test_broker_authorization_follows_issue_and_revoke(pki: Pki) -> None:
+    """dynamic-security.json lists exactly the devices and relays with a valid certificate."""
+    assert _dynsec_users(pki) == {}  # written by init-ca: the broker starts with it
+    pki.issue(CertKind.DEVICE, "dev-1")
+    pki.issue(CertKind.DEVICE, "dev-2")
+    pki.issue(CertKind.RELAY, "relay-1")
+    pki.issue(CertKind.SERVER, "broker.example.com")
+    past = dt.datetime.now(dt.UTC) - dt.timedelta(days=10)
+    pki.issue(CertKind.DEVICE, "dev-old", days=1, not_before=past)
+    assert _dynsec_users(pki) == {
+        "dev-1": ["device-dev-1"],
+        "dev-2": ["device-dev-2"],
+        "relay-1": ["relay"],
+    }
+    pki.revoke("dev-1")
+    assert set(_dynsec_users(pki)) == {"dev-2", "relay-1"}
+    pki.issue(CertKind.DEVICE, "dev-1")  # re-issued: admitted again
+    assert set(_dynsec_users(pki)) == {"dev-1", "dev-2", "relay-1"}
+    assert _mode(pki.dynsec_path) == 0o644  # no secrets in it: no passwords, no keys
+
+
+def test_dynsec_command_keeps_prefix_and_group(tmp_path: Path) -> None:
+    d = tmp_path / "p"
+    assert main(["init-ca", "--dir", str(d)]) == 0
+    assert main(["dynsec", "--dir", str(d), "--topic-prefix", "fleet", "--share-group", "g"]) == 0
+    assert main(["dynsec", "--dir", str(d), "--share-group", "bad/group"]) == 2
+    assert main(["issue-relay", "relay-1", "--dir", str(d)]) == 0  # rewrites with the kept ones
+    text = Pki(d).dynsec_path.read_text()
+    assert '"$share/g/fleet/+/escalation"' in text
+    assert "slm/" not in text

@@ -192,14 +192,15 @@ def test_operations_say_who_sends_what(spec: dict[str, Any]) -> None:
         "cloud": "receive",
         "telemetry": "send",
         "config": "receive",
+        "model": "receive",
     }
 
 
-def test_only_status_and_config_are_retained(spec: dict[str, Any]) -> None:
+def test_only_status_config_and_model_are_retained(spec: dict[str, Any]) -> None:
     for name, op in _operations_by_channel(spec).items():
         mqtt = op["bindings"]["mqtt"]
         assert mqtt["qos"] == 1, name
-        assert mqtt.get("retain", False) is (name in ("status", "config")), name
+        assert mqtt.get("retain", False) is (name in ("status", "config", "model")), name
     assert "retain" in spec["channels"]["status"]["description"].lower()
 
 

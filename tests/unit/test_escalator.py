@@ -272,9 +272,25 @@ def test_after_restart_pending_rows_are_republished_and_answered(
     assert outbox.get("r1").publishes == 2  # type: ignore[union-attr]
     fresh.on_cloud(_cloud())
     [reply] = wire.wait_replies(1)
-    assert reply.supersedes is True
+    # The dead process never replied, so the cloud's answer is the app's first one.
+    assert reply.supersedes is None
+    assert reply.ok is True
     assert reply.source is Source.CLOUD
     assert outbox.get("r1") is None
+
+
+def test_after_restart_a_request_that_got_its_fallback_gets_a_correction(
+    make, wire: Wire, outbox: Outbox
+) -> None:
+    job = _job(corrections=True)
+    make(timeout_s=0.05).escalate(job, EscalationReason.LOW_CONFIDENCE, "low", _edge())
+    [fallback] = wire.wait_replies(1)
+    assert fallback.source is Source.EDGE_FALLBACK
+    assert outbox.get("r1").replied is True  # type: ignore[union-attr]
+    make().on_cloud(_cloud())  # a new process gets the late cloud answer
+    _, correction = wire.wait_replies(2)
+    assert correction.supersedes is True
+    assert correction.source is Source.CLOUD
 
 
 def test_reply_for_another_device_is_ignored(make, wire: Wire, outbox: Outbox) -> None:

@@ -90,8 +90,8 @@ def test_publish_count_is_recorded(tmp_path: Path) -> None:
     box.add(_row("a"))
     now = time.time()
     assert [r.request_id for r in box.due(now, 30)] == ["a"]  # never published yet
-    box.mark_published("a", now)
-    box.mark_published("a", now)
+    box.mark_published(["a"], now)
+    box.mark_published(["a"], now)
     got = box.get("a")
     assert got is not None
     assert got.publishes == 2

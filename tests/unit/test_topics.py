@@ -29,6 +29,7 @@ def test_all_lists_every_topic_by_role() -> None:
         "cloud": "slm/kitchen-pi/cloud",
         "telemetry": "slm/kitchen-pi/telemetry",
         "config": "slm/kitchen-pi/config",
+        "model": "slm/kitchen-pi/model",
     }
     assert len(set(topics.all().values())) == len(topics.all())
 

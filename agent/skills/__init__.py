@@ -1,0 +1,145 @@
+"""Skills: named classify tasks (a label set with descriptions, verbalizers, exemplars).
+
+A request names a skill (``"skill": "home_intents"``) instead of listing labels.
+Where skills come from, later layers winning by name:
+
+1. built-in: ``agent/skills/builtin/<name>.toml``, shipped with the package
+   (off with ``builtin_skills = false``);
+2. the agent's TOML config, ``[skills.<name>]``;
+3. the retained ``DeviceConfig`` on the config topic (``skills``), applied live.
+
+The wire model of one skill is :class:`edge_slm.contract.SkillSpec`; this module
+turns specs into :class:`Skill` objects with their prompt, and keeps the lookup
+table that the network thread reads and config pushes replace.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from importlib import resources
+from typing import Literal
+
+from agent.engine.engine import FixedPrompt
+from agent.engine.prompts import Message
+from edge_slm.contract import SkillSpec
+
+Origin = Literal["builtin", "config", "pushed"]
+
+_DEFAULT_INSTRUCTIONS = "You classify requests to a smart-home device."
+
+
+@dataclass(frozen=True, slots=True)
+class Skill:
+    name: str
+    spec: SkillSpec
+    origin: Origin
+    fingerprint: str  # sha256 of the spec's canonical JSON, 16 hex digits
+
+    @classmethod
+    def of(cls, name: str, spec: SkillSpec, origin: Origin) -> Skill:
+        canonical = spec.model_dump_json().encode()
+        return cls(name, spec, origin, hashlib.sha256(canonical).hexdigest()[:16])
+
+    @property
+    def labels(self) -> list[str]:
+        return list(self.spec.labels)
+
+    @property
+    def verbalizers(self) -> dict[str, str]:
+        """Label name -> the words the model is scored on."""
+        return {name: label.words(name) for name, label in self.spec.labels.items()}
+
+    def messages(self) -> list[Message]:
+        """The fixed turns: a system prompt listing the answers, then exemplar turns.
+
+        Exemplars are user/assistant pairs whose reply is the label's verbalizer, the
+        same words scored for a request, so the examples show the model the answer
+        format. They are interleaved label by label (first exemplar of every label,
+        then the second, ...) so that no label is only near the end of the prompt.
+        """
+        words = self.verbalizers
+        lines = [
+            f"- {words[name]}" + (f": {label.description}" if label.description else "")
+            for name, label in self.spec.labels.items()
+        ]
+        system = (
+            (self.spec.instructions or _DEFAULT_INSTRUCTIONS).strip()
+            + "\n\nPossible answers:\n"
+            + "\n".join(lines)
+            + "\n\nReply with one answer only, exactly as written."
+        )
+        turns: list[Message] = [{"role": "system", "content": system}]
+        rounds = max((len(label.exemplars) for label in self.spec.labels.values()), default=0)
+        for i in range(rounds):
+            for name, label in self.spec.labels.items():
+                if i < len(label.exemplars):
+                    turns.append({"role": "user", "content": label.exemplars[i]})
+                    turns.append({"role": "assistant", "content": words[name]})
+        return turns
+
+    def prompt(self) -> FixedPrompt:
+        return FixedPrompt(
+            name=self.name,
+            key=self.fingerprint,
+            messages=tuple(self.messages()),
+            choices=self.verbalizers,
+            calibrate=self.spec.calibrate,
+        )
+
+
+def parse_skill(text: str) -> SkillSpec:
+    """One skill from TOML text (the format of ``builtin/*.toml``)."""
+    return SkillSpec.model_validate(tomllib.loads(text))
+
+
+def builtin_specs() -> dict[str, SkillSpec]:
+    """The skills shipped in ``agent/skills/builtin/``, by file stem."""
+    folder = resources.files(__package__).joinpath("builtin")
+    specs = {}
+    for entry in sorted(folder.iterdir(), key=lambda e: e.name):
+        if entry.name.endswith(".toml"):
+            try:
+                specs[entry.name.removesuffix(".toml")] = parse_skill(entry.read_text("utf-8"))
+            except ValueError as exc:  # tomllib and pydantic errors; a packaging bug
+                raise ValueError(f"built-in skill {entry.name}: {exc}") from exc
+    return specs
+
+
+class SkillRegistry:
+    """Skills by name, read from any thread; the pushed layer is replaced atomically."""
+
+    def __init__(
+        self,
+        configured: Mapping[str, SkillSpec] | None = None,
+        *,
+        builtin: bool = True,
+    ) -> None:
+        self._base: dict[str, Skill] = {}
+        if builtin:
+            self._base |= {n: Skill.of(n, s, "builtin") for n, s in builtin_specs().items()}
+        self._base |= {n: Skill.of(n, s, "config") for n, s in (configured or {}).items()}
+        self._lock = threading.Lock()
+        self._skills = dict(self._base)
+
+    def get(self, name: str) -> Skill | None:
+        return self._skills.get(name)
+
+    def names(self) -> list[str]:
+        return sorted(self._skills)
+
+    def set_pushed(self, specs: Mapping[str, SkillSpec]) -> list[str]:
+        """Replace the pushed layer; returns the names whose content changed."""
+        pushed = {n: Skill.of(n, s, "pushed") for n, s in specs.items()}
+        with self._lock:
+            before = self._skills
+            after = self._base | pushed
+            self._skills = after  # one reference swap: readers see old or new, never half
+        return sorted(
+            n
+            for n in before.keys() | after.keys()
+            if (before.get(n) and before[n].fingerprint) != (after.get(n) and after[n].fingerprint)
+        )

@@ -1,0 +1,207 @@
+"""Skills with the real SmolLM2 build: prefix-KV reuse scores as a fresh prefill does,
+and a request naming a skill gets one of its labels through the real agent."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from agent.engine.confidence import log_softmax
+from agent.engine.engine import DeadlineExceeded, Engine, FixedPrompt, StopWhen
+from agent.engine.prompts import build_messages
+from agent.skills import SkillRegistry
+from edge_slm.contract import Request
+from edge_slm.topics import DeviceTopics
+from tests.support.agent import AgentProcess
+from tests.support.app import AppClient
+
+pytestmark = pytest.mark.integration
+
+TEXTS = ["turn on the lights", "it's too quiet", "what's the forecast for tomorrow"]
+TOLERANCE = 0.02  # probability; int8 matmuls quantize activations per call
+
+
+@pytest.fixture(scope="module")
+def engine(model_dir: Path) -> Engine:
+    return Engine(model_dir, name="smollm2-135m-instruct", provider="cpu", threads=2)
+
+
+@pytest.fixture(scope="module")
+def prompt() -> FixedPrompt:
+    skill = SkillRegistry().get("home_intents")
+    assert skill is not None
+    return skill.prompt()
+
+
+class _StopOnCall(StopWhen):
+    """Raises DeadlineExceeded on the n-th check: a deadline in the middle of scoring."""
+
+    def __init__(self, n: int) -> None:
+        super().__init__()
+        object.__setattr__(self, "_left", [n])  # StopWhen is a frozen dataclass
+
+    def check(self) -> None:
+        self._left[0] -= 1
+        if self._left[0] < 0:
+            raise DeadlineExceeded("test deadline")
+
+
+def _close(a: dict[str, float], b: dict[str, float]) -> float:
+    assert a.keys() == b.keys()
+    return max(abs(a[k] - b[k]) for k in a)
+
+
+def test_prefix_reuse_scores_like_a_fresh_prefill(engine: Engine, prompt: FixedPrompt) -> None:
+    engine.clear_prefixes()
+    for text in TEXTS:
+        kept = engine.classify_fixed(prompt, text)
+        fresh = engine.classify_fixed(prompt, text, reuse=False)
+        assert kept.label == fresh.label
+        assert kept.prompt_tokens == fresh.prompt_tokens > 500  # the exemplars are in
+        assert _close(kept.scores, fresh.scores) < TOLERANCE
+    assert engine.kept_prefixes == [f"home_intents@{prompt.key}"]
+    # a request after many others still starts from the bare prefix (rewound each time)
+    again = engine.classify_fixed(prompt, TEXTS[0])
+    assert _close(again.scores, engine.classify_fixed(prompt, TEXTS[0], reuse=False).scores) < (
+        TOLERANCE
+    )
+
+
+def test_reuse_is_faster_than_a_fresh_prefill(engine: Engine, prompt: FixedPrompt) -> None:
+    engine.classify_fixed(prompt, TEXTS[0])  # kept
+    kept = min(engine.classify_fixed(prompt, TEXTS[1]).total_s for _ in range(3))
+    fresh = min(engine.classify_fixed(prompt, TEXTS[1], reuse=False).total_s for _ in range(3))
+    assert kept < fresh / 2, (kept, fresh)
+
+
+def test_a_deadline_mid_scoring_leaves_the_kept_prefix_intact(
+    engine: Engine, prompt: FixedPrompt
+) -> None:
+    before = engine.classify_fixed(prompt, TEXTS[1])
+    with pytest.raises(DeadlineExceeded):
+        engine.classify_fixed(prompt, TEXTS[2], stop=_StopOnCall(2))
+    after = engine.classify_fixed(prompt, TEXTS[1])
+    assert _close(before.scores, after.scores) < 1e-6
+
+
+def test_a_changed_skill_replaces_its_kept_prefix_and_the_cache_is_bounded(
+    model_dir: Path, prompt: FixedPrompt
+) -> None:
+    small = Engine(model_dir, name="s", provider="cpu", threads=2, max_prefixes=2)
+    short = FixedPrompt(
+        name="home_intents",
+        key="changed",
+        messages=prompt.messages[:1],
+        choices=prompt.choices,
+    )
+    small.classify_fixed(prompt, TEXTS[0])
+    small.classify_fixed(short, TEXTS[0])
+    assert small.kept_prefixes == ["home_intents@changed"]
+    other = FixedPrompt(name="b", key="1", messages=prompt.messages[:1], choices=prompt.choices)
+    third = FixedPrompt(name="c", key="1", messages=prompt.messages[:1], choices=prompt.choices)
+    small.classify_fixed(other, TEXTS[0])
+    small.classify_fixed(third, TEXTS[0])
+    assert small.kept_prefixes == ["b@1", "c@1"]
+    none = Engine(model_dir, name="s", provider="cpu", threads=2, max_prefixes=0)
+    none.classify_fixed(prompt, TEXTS[0])
+    assert none.kept_prefixes == []
+
+
+def test_full_scoring_of_a_split_template_matches_plain_classify(engine: Engine) -> None:
+    """Splitting the chat template around the user turn tokenizes as the whole prompt."""
+    labels = ["lights_on", "lights_off", "play_music"]
+    request = Request.model_validate(
+        {"v": 1, "text": "turn on the lights", "task": "classify", "labels": labels}
+    )
+    system, user = build_messages(request)
+    plain = engine.classify([system, user], labels)
+    fixed = FixedPrompt(name="inline", key="1", messages=(system,), choices={x: x for x in labels})
+    split = engine.classify_fixed(
+        fixed, user["content"], reuse=False, scoring="full", calibrate=False
+    )
+    assert split.prompt_tokens == plain.prompt_tokens
+    assert _close(plain.scores, split.scores) < TOLERANCE
+
+
+def test_multi_token_scoring_matches_token_by_token(engine: Engine) -> None:
+    """One multi-token append reads one logits row per token, as single steps do."""
+    og = engine._og
+    ids = engine.encode_chat([{"role": "user", "content": "turn on the lights"}])
+    label = engine._encode("turn the lights on")
+    params = og.GeneratorParams(engine._model)
+    params.set_search_options(do_sample=False, max_length=len(ids) + 16)
+    gen = og.Generator(engine._model, params)
+    gen.append_tokens(ids)
+    first = float(log_softmax(gen.get_logits())[label[0]])
+    stepwise = [first]
+    for i, token in enumerate(label[:-1]):
+        gen.append_tokens([token])
+        stepwise.append(float(log_softmax(gen.get_logits())[label[i + 1]]))
+    # a new generator: after rewind_to, get_logits still holds the last step's row
+    gen = og.Generator(engine._model, params)
+    gen.append_tokens(ids)
+    scores, steps = engine._score(gen, len(ids), {"x": label}, StopWhen())
+    assert steps == len(label) - 1
+    assert scores["x"] == pytest.approx(sum(stepwise), abs=0.05 * len(label))  # int8 noise
+
+
+# -- through the real agent ------------------------------------------------------
+
+
+def _ask(app: AppClient, topics: DeviceTopics, **body: Any) -> dict[str, Any]:
+    request = {"v": 1, "id": uuid.uuid4().hex, "kind": "voice", "task": "classify", **body}
+    app.publish(topics.request, request)
+    reply = app.next_reply(timeout=60)
+    assert reply.payload["id"] == request["id"]
+    return reply.payload
+
+
+def test_a_request_naming_a_skill_gets_one_of_its_labels(
+    app: AppClient, topics: DeviceTopics, agent: AgentProcess
+) -> None:
+    app.subscribe(topics.response)
+    skill = SkillRegistry().get("home_intents")
+    assert skill is not None
+    reply = _ask(app, topics, text="switch off the lights in the hall", skill="home_intents")
+    assert reply["ok"] is True, reply
+    assert reply["label"] in skill.labels
+    assert reply["answer"] == reply["label"]  # the label name, not the verbalizer
+    assert set(reply["scores"]) == set(skill.labels)
+    assert reply["tokens"]["prompt"] > 500
+
+    unknown = _ask(app, topics, text="hi there", skill="no_such_skill")
+    assert unknown["ok"] is False
+    assert unknown["error"]["code"] == "unknown_skill"
+
+
+def test_a_skill_pushed_on_the_config_topic_is_served(
+    app: AppClient, topics: DeviceTopics, device_id: str, agent: AgentProcess
+) -> None:
+    app.subscribe(topics.response)
+    config = {
+        "v": 1,
+        "device_id": device_id,
+        "issued_at": time.time(),
+        "skills": {
+            "garage": {
+                "labels": {
+                    "door_open": {"exemplars": ["the garage door is open"]},
+                    "door_closed": {"exemplars": ["the garage is shut"]},
+                }
+            }
+        },
+    }
+    app.publish(topics.config, config)
+    deadline = time.monotonic() + 10
+    while True:  # the config and the request travel on different topics
+        reply = _ask(app, topics, text="garage door status: open", skill="garage")
+        if reply["ok"] or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert reply["ok"] is True, reply
+    assert reply["label"] in ("door_open", "door_closed")
+    assert set(reply["scores"]) == {"door_open", "door_closed"}
