@@ -180,7 +180,12 @@ class OpenAiChat:
         if transport is None:
             # One connection per thread: a thread has at most one request out.
             transport = httpx.HTTPTransport(
-                limits=httpx.Limits(max_connections=1, max_keepalive_connections=1),
+                # Expire an idle connection before the server does: uvicorn and gunicorn
+                # close idle keep-alives after 5 s, and a request written into that close
+                # fails with a reset (a wasted, billed-looking attempt).
+                limits=httpx.Limits(
+                    max_connections=1, max_keepalive_connections=1, keepalive_expiry=4.0
+                ),
                 proxy=self._proxy,
             )
             with self._transports_lock:

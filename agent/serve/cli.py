@@ -126,6 +126,9 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         log_config=None,  # keep our structlog pipeline; uvicorn's loggers propagate to it
         access_log=False,  # every request is logged once, with its numbers, by the app
         timeout_graceful_shutdown=10,
+        # Longer than clients' own idle expiry (httpx: 5 s), so an idle keep-alive is
+        # closed by the client, never under a request it is writing.
+        timeout_keep_alive=30,
     )
     server = uvicorn.Server(config)
     # uvicorn turns SIGINT/SIGTERM into a graceful shutdown (stop accepting, finish
