@@ -30,7 +30,6 @@ from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as paho
-from paho.mqtt.enums import CallbackAPIVersion
 
 from edge_slm.devbroker import PrivateBroker
 from edge_slm.pki import CertKind, Pki
@@ -238,27 +237,3 @@ def relay_rows(db: str) -> list[dict[str, Any]]:
         timeout=60,
     )
     return [json.loads(line) for line in out.stdout.splitlines() if line.strip()]
-
-
-def wait_online(port: int, topic: str, timeout: float = 60.0) -> None:
-    """Like ``tests.support.agent.wait_for_status(..., "online")``, with a client id.
-
-    The shipped edge.conf says ``allow_zero_length_clientid false``, which refuses
-    that helper's anonymous client id.
-    """
-    seen: list[dict[str, Any]] = []
-    client = paho.Client(
-        callback_api_version=CallbackAPIVersion.VERSION2, client_id=f"wait-{uuid.uuid4().hex[:8]}"
-    )
-    client.on_message = lambda _c, _u, msg: seen.append(json.loads(msg.payload))
-    client.connect("127.0.0.1", port)
-    client.subscribe(topic, 1)
-    client.loop_start()
-    try:
-        deadline = time.monotonic() + timeout
-        while not (seen and seen[-1].get("state") == "online"):
-            assert time.monotonic() < deadline, f"{topic}: not online within {timeout}s: {seen}"
-            time.sleep(0.05)
-    finally:
-        client.disconnect()
-        client.loop_stop()

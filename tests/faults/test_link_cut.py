@@ -66,10 +66,9 @@ from tests.faults._bridge import (
     outbox_state,
     percentile,
     relay_rows,
-    wait_online,
 )
 from tests.relay.faultserver import FaultServer, Step
-from tests.support.agent import AgentProcess, read_events
+from tests.support.agent import AgentProcess, read_events, wait_for_status
 from tests.support.procs import Relay
 
 pytestmark = pytest.mark.integration
@@ -224,7 +223,7 @@ def test_link_cut_keeps_local_answers_and_drains_escalations(
 
 def _run_phases(bridged: BridgedBrokers, app: TimedApp, outbox: Path, cut_s: float) -> Phases:
     topic = DeviceTopics("slm", bridged.device_id).request
-    wait_online(bridged.edge.port, DeviceTopics("slm", bridged.device_id).status)
+    wait_for_status(bridged.edge.port, DeviceTopics("slm", bridged.device_id).status, "online")
     _warm_up(app, topic)
     p = Phases()
     p.before = _drive(app, topic, 0, BASELINE_S)
