@@ -16,10 +16,12 @@ from agent.engine.engine import (
     StopWhen,
 )
 from agent.engine.prompts import build_messages, user_content
+from agent.skills.classify import classify_skill
 from edge_slm.contract import ErrorCode, Request, Response, Source, Task, TokenUsage
 
 if TYPE_CHECKING:
     from agent.skills import Skill
+    from agent.skills.embedding import Embedder
 
 
 def answer(
@@ -29,17 +31,19 @@ def answer(
     max_tokens: int,
     stop: StopWhen,
     skill: Skill | None = None,
+    embedder: Embedder | None = None,
 ) -> Response:
     """Answer on the edge. Engine failures become typed error responses.
 
     With a ``skill`` (resolved at intake for a request naming one), classify uses
-    the skill's fixed prompt, kept prefilled by the engine, and its verbalizers.
+    the skill's fixed prompt, kept prefilled by the engine, its verbalizers, and,
+    per the skill's fit for this model, the ``embedder`` and a calibrated confidence.
     """
     messages = build_messages(request)
     try:
         if skill is not None:
-            result: Classification | Generation = engine.classify_fixed(
-                skill.prompt(), user_content(request), stop=stop
+            result: Classification | Generation = classify_skill(
+                engine, skill, user_content(request), embedder=embedder, stop=stop
             )
         elif request.task is Task.CLASSIFY:
             result = engine.classify(messages, request.labels or [], stop=stop)

@@ -80,6 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
     from agent.models.cli import add_models_commands
     from agent.profiles import build_parser as build_profile_parser
     from agent.serve.cli import add_serve_command
+    from agent.skills.cli import add_skills_commands
 
     parser = argparse.ArgumentParser(
         prog="edge-agent", description="Edge SLM agent with cloud fallback over MQTT."
@@ -89,6 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
     _run_parser(sub)
     add_models_commands(sub)
     add_serve_command(sub)
+    add_skills_commands(sub)
     build_profile_parser(sub.add_parser("profile", help="device profiles (deploy/profiles.toml)"))
     return parser
 

@@ -17,6 +17,7 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
+from agent.models.embedders import DEFAULT_EMBEDDER
 from edge_slm.contract import Kind, SkillName, SkillSpec, Task
 from edge_slm.settings import DaemonSettings, MetricsSettings, MqttSettings
 from edge_slm.settings import Section as _Section
@@ -48,6 +49,12 @@ class ModelSettings(_Section):
         default=0,
         ge=0,
         description="Intra-op threads; 0 means one per available core.",
+    )
+    embedder: str = Field(
+        default=DEFAULT_EMBEDDER,
+        description="Sentence-embedding model of the skills' embedding stage, from the model "
+        "cache (`edge-agent models build NAME --install-source`); empty: off. When it is not "
+        "installed, skills run on the SLM alone and the agent logs `embedder_missing`.",
     )
     idle_unload_s: float = Field(
         default=0.0,

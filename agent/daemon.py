@@ -37,6 +37,7 @@ from agent.policy.router import Router
 from agent.recent import RecentRequests
 from agent.routing import ReplyRoute
 from agent.skills import SkillRegistry
+from agent.skills.embedding import Embedder
 from agent.telemetry import TelemetryRecorder
 from agent.worker import InferenceWorker, Job
 from edge_slm import __version__
@@ -78,6 +79,30 @@ def resolve_model_dir(settings: AgentSettings) -> Path:
     return resolve_model(settings).path
 
 
+def load_embedder(settings: AgentSettings) -> Embedder | None:
+    """The skills' embedding stage, or None when off or not installed (then skills
+    run on the SLM alone, with their ``slm_only`` fit)."""
+    from agent.models import ModelCache, default_cache_dir
+    from agent.models.embedders import installed
+
+    name = settings.model.embedder
+    if not name:
+        return None
+    folder = installed(ModelCache(settings.model.cache_dir or default_cache_dir()), name)
+    if folder is None:
+        log.warning(
+            "embedder_missing",
+            embedder=name,
+            hint=f"`edge-agent models build {name} --install-source`; skills use the SLM alone",
+        )
+        return None
+    try:
+        return Embedder(folder, name=name, threads=settings.model.threads)
+    except Exception:  # onnxruntime's load errors share no base class: degrade, don't die
+        log.exception("embedder_load_failed", embedder=name)
+        return None
+
+
 class AgentDaemon(Lifecycle):
     name = "agent"
 
@@ -90,6 +115,7 @@ class AgentDaemon(Lifecycle):
         self._escalator: Escalator | None = None
         self._startup_conditions: set[str] = set()
         self._outbox: Outbox | None = None
+        self._embedder: Embedder | None = None
         s = settings
         self.scheduler = Scheduler()
         self.telemetry = TelemetryRecorder(
@@ -190,6 +216,7 @@ class AgentDaemon(Lifecycle):
             on_change=self._model_changed,
         )
         del engine
+        self._embedder = load_embedder(s)
         self.telemetry.set_model(spec.name)
         if spec.version is not None:
             log.info("model_from_ota", model=spec.name, version=spec.version, path=str(spec.path))
@@ -539,7 +566,12 @@ class AgentDaemon(Lifecycle):
         engine = self.engine  # loads the model first when it was unloaded
         try:
             response = answer(
-                engine, job.request, max_tokens=job.max_tokens, stop=stop, skill=job.skill
+                engine,
+                job.request,
+                max_tokens=job.max_tokens,
+                stop=stop,
+                skill=job.skill,
+                embedder=self._embedder,
             )
         finally:
             self.models.touch()

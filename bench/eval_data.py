@@ -109,3 +109,23 @@ def is_correct(item: EvalItem, *, label: str | None, text: str | None) -> bool:
     if item.request.task is Task.CLASSIFY:
         return bool(label == item.gold["label"])
     return answer_correct(text or "", item.gold["answers"])
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Print one split of families as JSONL (e.g. the dev split for `edge-agent skills fit`)."""
+    import argparse
+    import sys
+
+    parser = argparse.ArgumentParser(prog="python -m bench.eval_data", description=main.__doc__)
+    parser.add_argument("split", choices=["dev", "heldout"])
+    parser.add_argument("--families", nargs="+", choices=list(FAMILIES), default=list(FAMILIES))
+    args = parser.parse_args(argv)
+    for family in args.families:
+        for line in (EVAL_DIR / FAMILIES[family]).read_text(encoding="utf-8").splitlines():
+            if line.strip() and split_of(json.loads(line)["request"]["id"]) == args.split:
+                sys.stdout.write(line + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

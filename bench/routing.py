@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from agent.skills.calibration import auroc
 from bench._common import RESULTS_DIR, table, write_results
 from bench.eval_data import FAMILIES, EvalItem, is_correct, load_family
 from edge_slm.contract import Task
@@ -78,33 +79,6 @@ def run_model(name: str, items: Sequence[EvalItem], *, reuse: bool, threads: int
     for item, row in zip(items, rows, strict=True):  # re-scored every run: rules may change
         row["correct"] = is_correct(item, label=row.get("label"), text=row.get("text"))
     return rows
-
-
-def auroc(scores: np.ndarray, positive: np.ndarray) -> float:
-    """P(score of a correct item > score of a wrong one), ties counted half (Mann-Whitney)."""
-    n_pos, n_neg = int(positive.sum()), int((~positive).sum())
-    if not n_pos or not n_neg:
-        return float("nan")
-    order = np.argsort(scores, kind="mergesort")
-    ranks = np.empty(len(scores))
-    ranks[order] = np.arange(1, len(scores) + 1)
-    for value in np.unique(scores):  # average ranks over ties
-        tied = scores == value
-        ranks[tied] = ranks[tied].mean()
-    return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
-
-
-def ece(conf: np.ndarray, correct: np.ndarray, bins: int = 10) -> float:
-    """Expected calibration error: bin by confidence (``bins`` equal-width bins over
-    [0, 1]), then the items-weighted mean of |accuracy - mean confidence| per bin."""
-    if not len(conf):
-        return float("nan")
-    which = np.minimum((conf * bins).astype(int), bins - 1)
-    total = 0.0
-    for b in np.unique(which):
-        m = which == b
-        total += m.sum() * abs(float(correct[m].mean()) - float(conf[m].mean()))
-    return total / len(conf)
 
 
 def escalation_curve(conf: np.ndarray, edge: np.ndarray, cloud: np.ndarray) -> np.ndarray:

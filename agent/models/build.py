@@ -59,7 +59,7 @@ def check_build_extra() -> None:
         raise BuildExtraMissing(missing)
 
 
-def _tail(log: Path, lines: int = LOG_TAIL_LINES) -> str:
+def log_tail(log: Path, lines: int = LOG_TAIL_LINES) -> str:
     try:
         text = log.read_text(encoding="utf-8", errors="replace")
     except OSError:
@@ -67,7 +67,7 @@ def _tail(log: Path, lines: int = LOG_TAIL_LINES) -> str:
     return "\n".join(text.splitlines()[-lines:])
 
 
-def _child_env() -> dict[str, str]:
+def child_env() -> dict[str, str]:
     env = dict(os.environ)
     env["HF_HUB_OFFLINE"] = "1"
     # The conversion runs `-m agent.models.convert`: make this source tree
@@ -77,7 +77,7 @@ def _child_env() -> dict[str, str]:
     return env
 
 
-def _run_logged(
+def run_logged(
     argv: list[str],
     *,
     name: str,
@@ -90,7 +90,7 @@ def _run_logged(
 ) -> None:
     with log.open("wb") as out:
         proc = subprocess.Popen(
-            argv, stdout=out, stderr=subprocess.STDOUT, cwd=cwd, env=_child_env()
+            argv, stdout=out, stderr=subprocess.STDOUT, cwd=cwd, env=child_env()
         )
         while True:
             try:
@@ -103,13 +103,47 @@ def _run_logged(
     kept = cache.root / ".logs" / f"{name}-{stage}.log"
     kept.parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(log, kept)
-    tail = _tail(log)
+    tail = log_tail(log)
     if "No space left on device" in tail:
         raise DiskFull(cache.root, needed_bytes, shutil.disk_usage(cache.root).free)
     raise BuildFailed(name, stage, f"exit code {rc}; last lines:\n{tail}", kept)
 
 
-def _builder_version() -> str:
+def run_convert(
+    gguf: Path,
+    hf_out: Path,
+    reference: Path,
+    *,
+    workdir: Path,
+    name: str,
+    cache: ModelCache,
+    progress: Progress,
+    needed_bytes: int,
+) -> None:
+    """``python -m agent.models.convert``: GGUF -> HF float32 folder + reference logits."""
+    run_logged(
+        [
+            sys.executable,
+            "-m",
+            "agent.models.convert",
+            "--gguf",
+            str(gguf),
+            "--hf-out",
+            str(hf_out),
+            "--reference",
+            str(reference),
+        ],
+        stage="convert",
+        log=workdir / "convert.log",
+        cwd=workdir,
+        progress=progress,
+        name=name,
+        cache=cache,
+        needed_bytes=needed_bytes,
+    )
+
+
+def builder_version() -> str:
     try:
         return f"onnxruntime-genai {metadata.version('onnxruntime-genai')}"
     except metadata.PackageNotFoundError:
@@ -177,24 +211,14 @@ def build(
 
         hf_dir, reference = tmp / "hf", tmp / "reference.npz"
         with progress.stage("convert: GGUF -> HF float32 + reference logits"):
-            _run_logged(
-                [
-                    sys.executable,
-                    "-m",
-                    "agent.models.convert",
-                    "--gguf",
-                    str(gguf),
-                    "--hf-out",
-                    str(hf_dir),
-                    "--reference",
-                    str(reference),
-                ],
-                stage="convert",
-                log=tmp / "convert.log",
-                cwd=tmp,
-                progress=progress,
+            run_convert(
+                gguf,
+                hf_dir,
+                reference,
+                workdir=tmp,
                 name=name,
                 cache=cache,
+                progress=progress,
                 needed_bytes=recipe.scratch_bytes,
             )
             if gguf.is_relative_to(tmp):
@@ -202,7 +226,7 @@ def build(
 
         out_dir, builder_cache = tmp / "model", tmp / "builder-cache"
         with progress.stage(f"onnx: builder -p {recipe.precision} -e {recipe.execution_provider}"):
-            _run_logged(
+            run_logged(
                 builder_argv(entry, hf_dir, out_dir, builder_cache),
                 stage="onnx",
                 log=tmp / "builder.log",
@@ -240,7 +264,7 @@ def build(
                 recipe_version=RECIPE_VERSION,
                 precision=recipe.precision,
                 execution_provider=recipe.execution_provider,
-                builder=_builder_version(),
+                builder=builder_version(),
                 build_seconds=round(time.monotonic() - started, 1),
                 fidelity=Fidelity(
                     prompts=result.prompts,

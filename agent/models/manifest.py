@@ -41,10 +41,60 @@ class Fidelity(BaseModel):
 class SourceRecord(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    kind: Literal["pypi-gguf", "hub-onnx", "import"]
+    kind: Literal["pypi-gguf", "hub-onnx", "import", "pypi-files", "tuned"]
     packages: list[str] = Field(default_factory=list, description="pinned requirements")
     url: str | None = Field(default=None, description="base URL or imported folder")
     sha256: str | None = Field(default=None, description="sha256 of the source GGUF")
+
+
+class EvalFigures(BaseModel):
+    """Classify quality on one held-out split (``edge-agent models tune``)."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    examples: int = Field(ge=0)
+    accuracy: float
+    auroc: float | None = Field(
+        description="of confidence vs correctness; None when all or none are right"
+    )
+    ece: float = Field(description="expected calibration error, 10 equal-width bins")
+
+
+class TuneRecord(BaseModel):
+    """How a tuned model was made: its base, its data, its settings, its figures."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    base: str = Field(description="catalog name of the model it was tuned from")
+    key: str = Field(description="sha256 of base, data, settings and recipe: the name's suffix")
+    data_file: str = Field(description="name of the JSONL it was tuned on")
+    data_sha256: str
+    examples: int = Field(description="usable classify examples in the file")
+    train_examples: int
+    heldout_examples: int = Field(description="the data's own held-out split, never trained")
+    official_heldout_examples: int = Field(
+        description="held-out items of the project's eval set measured (never trained)"
+    )
+    skipped: dict[str, int] = Field(default_factory=dict, description="lines skipped, by reason")
+    method: Literal["full"] = "full"
+    epochs: int
+    lr: float
+    batch_size: int
+    seed: int
+    max_examples: int | None = None
+    heldout_fraction: float
+    prompt: str = Field(
+        description="how it must be prompted: skills without exemplars, inline labels bare"
+    )
+    train_seconds: float
+    final_loss: float
+    base_agreement: float | None = Field(
+        default=None,
+        description="top-1 agreement with the base model's source weights on the fidelity "
+        "prompts: how far the tune moved its general behaviour",
+    )
+    before: dict[str, EvalFigures] = Field(description="the base model, by held-out split")
+    after: dict[str, EvalFigures] = Field(description="the tuned model, by held-out split")
 
 
 class Manifest(BaseModel):
@@ -61,6 +111,12 @@ class Manifest(BaseModel):
     created: datetime = Field(default_factory=lambda: datetime.now(UTC))
     build_seconds: float | None = None
     fidelity: Fidelity | None = None
+    embedding_cosine: float | None = Field(
+        default=None,
+        description="embedders: the lowest cosine between these vectors and the fp32 "
+        "source's over the check sentences; None when not checked",
+    )
+    tune: TuneRecord | None = Field(default=None, description="set on tuned models only")
     files: list[FileRecord]
 
     @property

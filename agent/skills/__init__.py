@@ -21,11 +21,12 @@ import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from importlib import resources
+from pathlib import Path
 from typing import Literal
 
 from agent.engine.engine import FixedPrompt
 from agent.engine.prompts import Message
-from edge_slm.contract import SkillSpec
+from edge_slm.contract import SkillFit, SkillSpec
 
 Origin = Literal["builtin", "config", "pushed"]
 
@@ -41,8 +42,13 @@ class Skill:
 
     @classmethod
     def of(cls, name: str, spec: SkillSpec, origin: Origin) -> Skill:
-        canonical = spec.model_dump_json().encode()
+        # What does not change the prompt is left out, so a refit keeps kept prefixes.
+        canonical = spec.model_dump_json(exclude={"fits", "embedding"}).encode()
         return cls(name, spec, origin, hashlib.sha256(canonical).hexdigest()[:16])
+
+    def fit_for(self, model: str) -> SkillFit | None:
+        """The calibration fitted for edge model ``model``, if any."""
+        return self.spec.fits.get(model)
 
     @property
     def labels(self) -> list[str]:
@@ -53,8 +59,11 @@ class Skill:
         """Label name -> the words the model is scored on."""
         return {name: label.words(name) for name, label in self.spec.labels.items()}
 
-    def messages(self) -> list[Message]:
+    def messages(self, *, exemplars: bool = True) -> list[Message]:
         """The fixed turns: a system prompt listing the answers, then exemplar turns.
+
+        ``exemplars=False`` gives the system prompt alone: the prompt of a model tuned
+        on the skill (``edge-agent models tune``), which has the examples in its weights.
 
         Exemplars are user/assistant pairs whose reply is the label's verbalizer, the
         same words scored for a request, so the examples show the model the answer
@@ -73,7 +82,11 @@ class Skill:
             + "\n\nReply with one answer only, exactly as written."
         )
         turns: list[Message] = [{"role": "system", "content": system}]
-        rounds = max((len(label.exemplars) for label in self.spec.labels.values()), default=0)
+        rounds = (
+            max((len(label.exemplars) for label in self.spec.labels.values()), default=0)
+            if exemplars
+            else 0
+        )
         for i in range(rounds):
             for name, label in self.spec.labels.items():
                 if i < len(label.exemplars):
@@ -94,6 +107,11 @@ class Skill:
 def parse_skill(text: str) -> SkillSpec:
     """One skill from TOML text (the format of ``builtin/*.toml``)."""
     return SkillSpec.model_validate(tomllib.loads(text))
+
+
+def builtin_path(name: str) -> Path:
+    """The file of built-in skill ``name`` (where ``edge-agent skills fit`` writes its fit)."""
+    return Path(str(resources.files(__package__).joinpath("builtin", f"{name}.toml")))
 
 
 def builtin_specs() -> dict[str, SkillSpec]:
@@ -130,6 +148,10 @@ class SkillRegistry:
 
     def names(self) -> list[str]:
         return sorted(self._skills)
+
+    def all(self) -> list[Skill]:
+        skills = self._skills
+        return [skills[name] for name in sorted(skills)]
 
     def set_pushed(self, specs: Mapping[str, SkillSpec]) -> list[str]:
         """Replace the pushed layer; returns the names whose content changed."""

@@ -4,9 +4,7 @@ and a request naming a skill gets one of its labels through the real agent."""
 from __future__ import annotations
 
 import time
-import uuid
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -152,28 +150,22 @@ def test_multi_token_scoring_matches_token_by_token(engine: Engine) -> None:
 # -- through the real agent ------------------------------------------------------
 
 
-def _ask(app: AppClient, topics: DeviceTopics, **body: Any) -> dict[str, Any]:
-    request = {"v": 1, "id": uuid.uuid4().hex, "kind": "voice", "task": "classify", **body}
-    app.publish(topics.request, request)
-    reply = app.next_reply(timeout=60)
-    assert reply.payload["id"] == request["id"]
-    return reply.payload
-
-
 def test_a_request_naming_a_skill_gets_one_of_its_labels(
     app: AppClient, topics: DeviceTopics, agent: AgentProcess
 ) -> None:
     app.subscribe(topics.response)
     skill = SkillRegistry().get("home_intents")
     assert skill is not None
-    reply = _ask(app, topics, text="switch off the lights in the hall", skill="home_intents")
+    reply = app.classify(
+        topics.request, text="switch off the lights in the hall", skill="home_intents"
+    )
     assert reply["ok"] is True, reply
     assert reply["label"] in skill.labels
     assert reply["answer"] == reply["label"]  # the label name, not the verbalizer
     assert set(reply["scores"]) == set(skill.labels)
     assert reply["tokens"]["prompt"] > 500
 
-    unknown = _ask(app, topics, text="hi there", skill="no_such_skill")
+    unknown = app.classify(topics.request, text="hi there", skill="no_such_skill")
     assert unknown["ok"] is False
     assert unknown["error"]["code"] == "unknown_skill"
 
@@ -198,7 +190,7 @@ def test_a_skill_pushed_on_the_config_topic_is_served(
     app.publish(topics.config, config)
     deadline = time.monotonic() + 10
     while True:  # the config and the request travel on different topics
-        reply = _ask(app, topics, text="garage door status: open", skill="garage")
+        reply = app.classify(topics.request, text="garage door status: open", skill="garage")
         if reply["ok"] or time.monotonic() > deadline:
             break
         time.sleep(0.2)

@@ -82,6 +82,15 @@ class AppClient:
         except queue.Empty:
             raise AssertionError(f"no reply within {timeout}s") from None
 
+    def classify(self, request_topic: str, **body: Any) -> dict[str, Any]:
+        """Publish one classify request (fields in ``body``) and return its reply payload."""
+        request = {"v": 1, "id": uuid.uuid4().hex, "kind": "voice", "task": "classify", **body}
+        self.publish(request_topic, request)
+        reply = self.next_reply(timeout=60)
+        assert reply.payload["id"] == request["id"]
+        payload: dict[str, Any] = reply.payload
+        return payload
+
     def collect(self, count: int, timeout: float = 60.0) -> list[Reply]:
         return [self.next_reply(timeout) for _ in range(count)]
 

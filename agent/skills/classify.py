@@ -1,0 +1,80 @@
+"""Classify with a skill: the embedding stage, the SLM's label scores, the skill's fit.
+
+With a fit for this model that was made with the loaded embedder, the request is
+embedded first; when the embedding stage alone is confident enough (the fit's
+``accept``), that is the answer and the SLM is skipped. Otherwise the SLM scores
+the labels after the skill's kept prefix (``Engine.classify_fixed``) and the fit
+mixes both into one distribution and a calibrated confidence
+(``agent/skills/calibration.py``). Without the embedder the fit's ``slm_only``
+calibrator is used; a model the skill has no fit for gets the SLM's raw
+distribution and top share.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+
+from agent.engine.engine import Classification, Engine, StopWhen
+from agent.skills import Skill
+from agent.skills.calibration import Decision, Evidence, decide
+from agent.skills.embedding import Embedder
+from edge_slm.contract import SkillFit
+
+
+def uses_embedding(fit: SkillFit | None, embedder: Embedder | None) -> bool:
+    """Whether ``fit`` has a combined calibrator made with this ``embedder``."""
+    return (
+        fit is not None
+        and fit.combined is not None
+        and embedder is not None
+        and fit.embedder == embedder.name
+    )
+
+
+def decide_skill(
+    fit: SkillFit | None,
+    sims: Mapping[str, float] | None,
+    slm: Callable[[], Mapping[str, float]],
+) -> tuple[Decision, bool]:
+    """The decision, and whether the SLM ran. ``sims`` is None without the embedding
+    stage; ``slm`` runs the model (called only when the cascade does not accept)."""
+    if sims is not None and fit is not None and fit.accept is not None and fit.embedding_only:
+        first = decide(Evidence(None, sims), fit.embedding_only)
+        if first.confidence >= fit.accept:
+            return first, False
+    calibrator = None
+    if fit is not None:
+        calibrator = fit.combined if sims is not None else fit.slm_only
+    return decide(Evidence(slm(), sims), calibrator), True
+
+
+def classify_skill(
+    engine: Engine,
+    skill: Skill,
+    text: str,
+    *,
+    embedder: Embedder | None = None,
+    stop: StopWhen = StopWhen(),  # noqa: B008  (frozen dataclass: never mutated)
+) -> Classification:
+    start = time.perf_counter()
+    fit = skill.fit_for(engine.name)
+    sims = None
+    if embedder is not None and skill.spec.embedding and uses_embedding(fit, embedder):
+        sims = embedder.similarities(skill, text)
+    raw: list[Classification] = []
+
+    def run_slm() -> Mapping[str, float]:
+        raw.append(engine.classify_fixed(skill.prompt(), text, stop=stop))
+        return raw[0].scores
+
+    decision, _ = decide_skill(fit, sims, run_slm)
+    scored = raw[0] if raw else None
+    return Classification(
+        label=decision.label,
+        confidence=decision.confidence,
+        scores=decision.scores,
+        prompt_tokens=scored.prompt_tokens if scored else 0,
+        scored_tokens=scored.scored_tokens if scored else 0,
+        total_s=time.perf_counter() - start,
+    )

@@ -1,0 +1,130 @@
+"""``edge-agent skills ...``: list the skills, fit a skill's calibration for a model."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from pydantic import ValidationError
+
+EXIT_BAD_INPUT = 2
+
+
+def add_skills_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    skills = sub.add_parser("skills", help="classify skills: list them, fit their calibration")
+    verbs = skills.add_subparsers(dest="skills_command", required=True)
+
+    ls = verbs.add_parser("list", help="the built-in skills, their labels and fitted models")
+    ls.set_defaults(func=_cmd_list)
+
+    fit = verbs.add_parser(
+        "fit",
+        help="fit a skill's calibration for one edge model on labelled data",
+        description="Run the model (and the embedder) on every labelled example, fit the "
+        "skill's calibrators, print the expected calibration error before and after "
+        "(5-fold cross-validated), and store the fit in the skill's TOML file.",
+    )
+    fit.add_argument("skill", help="skill name, e.g. home_intents")
+    fit.add_argument(
+        "--data",
+        type=Path,
+        required=True,
+        help="JSONL of labelled requests: the eval format ({request, gold: {label}}), "
+        "{request, answer}, or the relay's `cloud-relay export` (the cloud's label)",
+    )
+    fit.add_argument("--model", default=None, help="edge model (catalog name); default: config")
+    fit.add_argument("--config", type=Path, help="agent TOML config (model, cache, embedder)")
+    fit.add_argument(
+        "--skill-file",
+        type=Path,
+        help="TOML file of the skill to write the fit into (default: the built-in skill's "
+        "file, for a built-in skill)",
+    )
+    fit.add_argument("--no-embedder", action="store_true", help="fit the SLM alone")
+    fit.add_argument("--dry-run", action="store_true", help="print the fit, write nothing")
+    fit.set_defaults(func=_cmd_fit)
+
+
+def _cmd_list(_args: argparse.Namespace) -> int:
+    from agent.skills import SkillRegistry
+
+    registry = SkillRegistry()
+    for skill in registry.all():
+        name = skill.name
+        fits = ", ".join(sorted(skill.spec.fits)) or "none"
+        print(f"{name} ({skill.origin}): {len(skill.labels)} labels; fitted for: {fits}")
+    return 0
+
+
+def _cmd_fit(args: argparse.Namespace) -> int:
+    from agent.config import load_settings
+    from agent.daemon import load_embedder, resolve_model
+    from agent.engine.engine import Engine
+    from agent.models.errors import ModelError
+    from agent.models.tune_data import load_examples
+    from agent.skills import SkillRegistry, builtin_path
+    from agent.skills.fitting import fit_skill, render_fit, write_fit
+
+    try:
+        # The fit needs the model section only; a device id is required by the schema.
+        settings = load_settings(
+            args.config,
+            device_id=None if args.config else "skills-fit",
+            **{"model.name": args.model},
+        )
+    except (ValidationError, FileNotFoundError, ValueError) as exc:
+        print(f"invalid configuration: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    registry = SkillRegistry(settings.skills, builtin=settings.builtin_skills)
+    skill = registry.get(args.skill)
+    if skill is None:
+        print(
+            f"error: no skill {args.skill!r}; known: {', '.join(registry.names())}", file=sys.stderr
+        )
+        return EXIT_BAD_INPUT
+    target = args.skill_file or (builtin_path(skill.name) if skill.origin == "builtin" else None)
+    if target is None and not args.dry_run:
+        print("error: give --skill-file for a skill that is not built in", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    try:
+        loaded = load_examples(args.data, registry)
+        spec = resolve_model(settings)
+    except ModelError as exc:  # TuneDataError (with file:line) is one
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    # The skill's own lines, and inline-label lines with exactly its labels.
+    examples = [
+        e
+        for e in loaded.examples
+        if e.prompt_name == skill.name
+        or (e.prompt_name == "inline" and set(e.choices) == set(skill.labels))
+    ]
+    engine = Engine(spec.path, name=spec.name, provider="cpu", threads=settings.model.threads)
+    embedder = None if args.no_embedder else load_embedder(settings)
+    try:
+        report = fit_skill(engine, skill, examples, embedder)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    fit = report.fit
+    print(
+        f"{skill.name} on {spec.name}"
+        + (f" + {fit.embedder}" if fit.embedder else " (SLM alone)")
+        + f": {report.used} examples ({report.skipped_exemplars} exemplars and "
+        f"{report.skipped_unknown} unknown labels left out), {report.seconds:.0f} s\n"
+        f"  accuracy {report.accuracy_before:.3f} -> {report.accuracy_after:.3f}\n"
+        f"  expected calibration error (5-fold cross-validated): "
+        f"{fit.ece_before:.3f} -> {fit.ece_after:.3f}\n"
+        + (
+            f"  cascade: the embedding stage answers alone at confidence >= {fit.accept:.3f}"
+            if fit.accept is not None
+            else "  cascade: off"
+            + (" (the embedding stage alone loses too much accuracy)" if fit.embedder else "")
+        )
+    )
+    print(render_fit(spec.name, fit))
+    if not args.dry_run and target is not None:
+        write_fit(target, spec.name, fit)
+        print(f"wrote the fit into {target}", file=sys.stderr)
+    return 0
