@@ -120,7 +120,11 @@ def run_convert(
     progress: Progress,
     needed_bytes: int,
 ) -> None:
-    """``python -m agent.models.convert``: GGUF -> HF float32 folder + reference logits."""
+    """``python -m agent.models.convert``: GGUF -> HF float32 folder + reference logits.
+
+    A GGUF inside ``workdir`` (a multi-part source concatenated there) is deleted
+    afterwards: the HF folder replaces it.
+    """
     run_logged(
         [
             sys.executable,
@@ -141,6 +145,8 @@ def run_convert(
         cache=cache,
         needed_bytes=needed_bytes,
     )
+    if gguf.is_relative_to(workdir):
+        gguf.unlink()
 
 
 def builder_version() -> str:
@@ -221,8 +227,6 @@ def build(
                 progress=progress,
                 needed_bytes=recipe.scratch_bytes,
             )
-            if gguf.is_relative_to(tmp):
-                gguf.unlink()  # the concatenated copy; the HF folder replaces it
 
         out_dir, builder_cache = tmp / "model", tmp / "builder-cache"
         with progress.stage(f"onnx: builder -p {recipe.precision} -e {recipe.execution_provider}"):

@@ -285,8 +285,6 @@ def _train_and_build(
             progress=progress,
             needed_bytes=recipe.scratch_bytes,
         )
-        if gguf.is_relative_to(tmp):
-            gguf.unlink()
 
     with progress.stage(f"train: {len(train)} examples, {params.epochs} epochs"):
         _write_examples(tmp / "train.jsonl", train)
