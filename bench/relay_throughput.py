@@ -25,7 +25,8 @@ property, exactly as the agent does, and takes every ``CloudReply`` on ``slm/+/c
 CPU is read from /proc for every process of the tree, so each row also gives the
 relay's CPU milliseconds per escalation, and the CPU other people's work took.
 ``--profile`` adds one saturation run of a single SQLite relay under ``py-spy record``
-and prints where its CPU goes (inclusive share per function).
+and prints where its threads spend their time (inclusive share per function);
+``--profile-gil`` samples only the thread holding the GIL, i.e. where the CPU goes.
 """
 
 from __future__ import annotations
@@ -339,11 +340,12 @@ def _profile_summary(raw: Path, top: int = 30) -> list[tuple[str, float, float]]
 #: frame that matches, so a log call inside the store counts as logging.
 CATEGORIES = (
     ("log store (SQLite/PostgreSQL)", ("store/", "sqlite3", "psycopg")),
-    ("LLM HTTP client (httpx/httpcore)", ("httpx", "httpcore", "h11")),
+    ("LLM HTTP client (httpx/httpcore/http11)", ("httpx", "httpcore", "h11", "http11.py")),
     ("logging (structlog/stdlib)", ("structlog", "logging/", "edge_slm/logs")),
     ("MQTT (paho)", ("paho", "edge_slm/mqtt")),
     ("validation/JSON (pydantic, json)", ("pydantic", "json/", "contract.py", "intake.py")),
     ("other relay code", ("cloud_relay/",)),
+    ("asyncio event loop (select, scheduling)", ("asyncio/", "selectors.py")),
 )
 
 
@@ -377,6 +379,12 @@ def main(argv: list[str] | None = None) -> int:  # noqa: PLR0915 - one linear sc
     parser.add_argument("--window", type=int, default=400, help="max unanswered at saturation")
     parser.add_argument("--concurrency", type=int, default=16, help="relay MAX_CONCURRENCY")
     parser.add_argument("--profile", action="store_true", help="add a py-spy profiled run")
+    parser.add_argument(
+        "--profile-gil",
+        action="store_true",
+        help="profile only the thread holding the GIL (py-spy --gil): shares of CPU, not of "
+        "thread time (threads blocked in select or on a queue are left out)",
+    )
     parser.add_argument("--quiet-wait", type=float, default=60, help="seconds to wait for idle")
     parser.add_argument("--worker", choices=("echo",), help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
@@ -428,7 +436,8 @@ def main(argv: list[str] | None = None) -> int:  # noqa: PLR0915 - one linear sc
                     if kind == "sqlite-profiled":
                         raw = RESULTS_DIR / "relay_profile.txt"
                         spy = subprocess.Popen(
-                            ["py-spy", "record", "--nonblocking", "-p", str(pids[0]),
+                            ["py-spy", "record", "--nonblocking", *["--gil"] * args.profile_gil,
+                             "-p", str(pids[0]),
                              "-r", "250", "-f", "raw", "-o", str(raw)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                         )  # fmt: skip
@@ -494,6 +503,7 @@ def main(argv: list[str] | None = None) -> int:  # noqa: PLR0915 - one linear sc
         "profile_top": profile,
         "profile_categories": categories,
         "py_spy": shutil.which("py-spy"),
+        "py_spy_gil": args.profile_gil,
     }
     print(f"\nwrote {write_results('relay_throughput', data)}")
     return 0

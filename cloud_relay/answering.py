@@ -45,9 +45,9 @@ def _from(
     )
 
 
-def ask(llm: LlmClient, esc: Escalation, *, deadline: float) -> CloudAnswer:
+async def ask(llm: LlmClient, esc: Escalation, *, deadline: float) -> CloudAnswer:
     """Raises :class:`LlmError` when the first call fails."""
-    first = llm.complete(ChatRequest(build_messages(esc), esc.max_tokens), deadline=deadline)
+    first = await llm.complete(ChatRequest(build_messages(esc), esc.max_tokens), deadline=deadline)
     if esc.task is not Task.CLASSIFY or not esc.labels:
         return _from(first, answer=first.text.strip(), label=None, confidence=first.confidence)
     label = match_label(first.text, esc.labels)
@@ -56,7 +56,7 @@ def ask(llm: LlmClient, esc: Escalation, *, deadline: float) -> CloudAnswer:
     log.info("classify_reply_not_a_label", labels=len(esc.labels))
     log.debug("classify_reply_text", reply=first.text[:200])  # model text: debug only
     try:
-        second = llm.complete(
+        second = await llm.complete(
             ChatRequest(stricter_messages(esc, first.text), esc.max_tokens), deadline=deadline
         )
     except LlmError as exc:

@@ -1,14 +1,20 @@
 """The relay's supervised lifecycle.
 
-Start-up, in order: open the store, the LLM client, the worker pool, the
-fleet writer, the metrics endpoint (when ``metrics.port`` is set), then MQTT
+Start-up, in order: open the store and its group-commit writer thread, the
+event loop thread, the LLM client, the handler pool on that loop, the fleet
+writer, the metrics endpoint (when ``metrics.port`` is set), then MQTT
 (subscribe on every (re)connect to the shared escalation topic and, for the
 fleet view, to telemetry (shared) and status (plain, for the retained
 copies)). SIGTERM or SIGINT: unsubscribe (the broker sends new escalations to
 the other relays of the group), drain queued and in-flight work up to
-``drain_timeout_s``, answer what is left with ``shutting_down`` and release
-its claims so a replay is served, then undo start-up in reverse order
-(ExitStack).
+``drain_timeout_s``, cancel what still runs, answer what is left with
+``shutting_down`` and release its claims so a replay is served, then undo
+start-up in reverse order (ExitStack): the store writer stops last but one,
+committing every row still queued, and the store closes last.
+
+Threads: paho's network thread (parse, check, hand over), the event loop
+thread (every escalation as a task: LLM over HTTP, replies), the store
+writer thread (group commit) and the fleet writer thread.
 """
 
 from __future__ import annotations
@@ -22,8 +28,9 @@ from cloud_relay.handling import Handler
 from cloud_relay.intake import Envelope, parse_inbound
 from cloud_relay.llm import OpenAiChat
 from cloud_relay.metrics import MetricsServer, RelayMetrics
-from cloud_relay.pool import WorkerPool
-from cloud_relay.store import RelayStore, open_store
+from cloud_relay.pool import LoopThread, TaskPool
+from cloud_relay.store import open_store
+from cloud_relay.store.writer import StoreWriter
 from edge_slm.contract import CloudReply, ErrorCode, ErrorInfo, Outcome
 from edge_slm.lifecycle import Lifecycle
 from edge_slm.logs import get_logger
@@ -41,8 +48,9 @@ class RelayDaemon(Lifecycle):
         super().__init__()
         self.settings = settings
         self._draining = False
-        self._store: RelayStore | None = None
-        self._pool: WorkerPool[Envelope] | None = None
+        self._writer: StoreWriter | None = None
+        self._loop: LoopThread | None = None
+        self._pool: TaskPool[Envelope] | None = None
         self._fleet: FleetWriter | None = None
         self.metrics = RelayMetrics()
         self.metrics_server: MetricsServer | None = None
@@ -56,8 +64,10 @@ class RelayDaemon(Lifecycle):
     # -- lifecycle -------------------------------------------------------
 
     def healthy(self) -> bool | str:
-        if self._pool is not None and not self._pool.alive:
-            return "a relay worker thread died"
+        if self._loop is not None and not self._loop.alive:
+            return "the relay's event loop thread died"
+        if self._writer is not None and not self._writer.alive:
+            return "the store writer thread died"
         if self._fleet is not None and not self._fleet.alive:
             return "the fleet writer thread died"
         if not self.mqtt.loop_alive:
@@ -76,24 +86,33 @@ class RelayDaemon(Lifecycle):
         model = s.llm.model or ""  # checked in __init__
         store = open_store(s.db)
         stack.callback(store.close)
-        self._store = store
+        writer = StoreWriter(store)
+        writer.start()
+        stack.callback(writer.stop)  # after everything else: commits what is still queued
+        self._writer = writer
+        loop = LoopThread("relay-loop")
+        loop.start()
+        stack.callback(loop.stop)
+        self._loop = loop
         breaker = CircuitBreaker(s.breaker.failure_threshold, s.breaker.open_s)
         llm = OpenAiChat(
             s.llm, model=model, breaker=breaker, max_concurrency=s.limits.max_concurrency
         )
-        stack.callback(llm.close)
+        stack.callback(lambda: loop.run(llm.aclose(), 5.0))
         handler = Handler(
             s,
-            store=store,
+            store=writer,
             llm=llm,
             publish=self._publish,
             relay_id=s.mqtt.client_id,
             metrics=self.metrics,
         )
-        pool: WorkerPool[Envelope] = WorkerPool(
-            handler, workers=s.limits.max_concurrency, queue_size=s.limits.queue_size
+        pool: TaskPool[Envelope] = TaskPool(
+            handler,
+            loop=loop.loop,
+            workers=s.limits.max_concurrency,
+            queue_size=s.limits.queue_size,
         )
-        pool.start()
         stack.callback(pool.stop)
         self._pool = pool
         if s.fleet.enabled:
@@ -130,7 +149,7 @@ class RelayDaemon(Lifecycle):
         )
 
     def _drain(self) -> None:
-        if self._pool is None or self._store is None:
+        if self._pool is None or self._writer is None:
             return  # start-up failed before there was anything to drain
         self._draining = True
         try:
@@ -140,9 +159,13 @@ class RelayDaemon(Lifecycle):
         timeout = self.settings.limits.drain_timeout_s
         log.info("draining", in_flight=self._pool.depth, timeout_s=timeout)
         queued, running = self._pool.drain(timeout)
-        for env in running:
-            if env.request_id is not None:
-                self._store.release(env.device_id, env.request_id)
+        # Cancelled by the pool: their claims go, so a replay is served.
+        keys = [(env.device_id, env.request_id) for env in running if env.request_id is not None]
+        if keys:
+            try:
+                self._writer.release(keys)
+            except Exception:  # the store is failing: the claims go stale instead
+                log.warning("release_failed", claims=len(keys), exc_info=True)
         for env in [*queued, *running]:
             self._shed(env, ErrorCode.SHUTTING_DOWN, "the relay stopped before answering")
         if queued or running:

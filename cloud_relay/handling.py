@@ -1,4 +1,4 @@
-"""One escalation, end to end, on a worker thread: claim, decide, log, reply.
+"""One escalation, end to end, as a coroutine on the relay's loop: claim, decide, log, reply.
 
 Order matters for idempotency: the row is claimed before any LLM call and
 finalized (with the reply JSON) before the reply is published, so a replay
@@ -11,15 +11,26 @@ spent budget) run just before the claim, so an escalation that will go to the
 LLM is claimed with its ``llm_start`` in the same INSERT: two store writes per
 escalation (claim, finalize) instead of three. Their log lines and answers
 still come after the claim, so a duplicate is only ever logged as one.
+
+Store calls go through the group-commit writer (:mod:`cloud_relay.store.writer`):
+``await claim(...)`` returns once the claim is committed, and the final row is
+committed before the reply is published, exactly as when each was its own
+transaction; only the commits are shared with the other escalations in flight.
+
+An escalation runs in two parts. The head (checks, claim, LLM) holds one of the
+pool's ``max_concurrency`` slots; it returns the tail (commit the final row,
+log, publish), which runs outside the slots: waiting for a commit is not work,
+and with a slow disk (a PostgreSQL commit is an fsync) it would otherwise cap
+the relay at slots / commit time.
 """
 
 from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import structlog
 
@@ -29,9 +40,9 @@ from cloud_relay.config import RelaySettings
 from cloud_relay.intake import Envelope
 from cloud_relay.limits import check_budget
 from cloud_relay.llm import LlmClient, LlmError, LlmFailure
-from cloud_relay.pricing import estimate_cost
+from cloud_relay.pricing import PriceBook
 from cloud_relay.prompting import UNKNOWN_LABEL
-from cloud_relay.store import ClaimState, Final, NewEscalation, RelayStore
+from cloud_relay.store import Claim, ClaimState, Final, NewEscalation, Usage
 from edge_slm.contract import (
     CloudReply,
     ErrorCode,
@@ -49,6 +60,18 @@ log = get_logger("cloud_relay.handling")
 
 #: publish(topic, payload, correlation_data)
 Publish = Callable[[str, bytes, bytes | None], None]
+#: What is left of an escalation once its decision is made: commit, log, reply.
+Tail = Coroutine[Any, Any, None]
+
+
+class EscalationLog(Protocol):
+    """The store calls the handler makes; each returns once committed (the store writer)."""
+
+    async def claim(self, esc: NewEscalation, *, stale_before: float) -> Claim: ...
+
+    async def finalize(self, device_id: str, request_id: str, final: Final) -> None: ...
+
+    async def usage(self, device_id: str, *, calls_since: float, tokens_since: float) -> Usage: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,7 +111,7 @@ class Handler:
         self,
         settings: RelaySettings,
         *,
-        store: RelayStore,
+        store: EscalationLog,
         llm: LlmClient,
         publish: Publish,
         relay_id: str,
@@ -100,6 +123,7 @@ class Handler:
         self._publish = publish
         self._relay_id = relay_id
         self._metrics = metrics
+        self._prices = PriceBook(settings.prices)
 
     def _case(self, esc: Escalation | None) -> dict[str, Any]:
         """The case's text, labels and readings, exactly as received (the device redacted
@@ -114,15 +138,29 @@ class Handler:
             else None,
         }
 
-    def __call__(self, env: Envelope) -> None:
+    async def __call__(self, env: Envelope) -> Tail | None:
+        """The head of ``env``'s handling; returns its tail (None: nothing left to do)."""
+        # Each task runs in its own copy of the context: the binding is this escalation's.
         with structlog.contextvars.bound_contextvars(device_id=env.device_id, request_id=_key(env)):
-            self.handle(env)
+            tail = await self.handle(env)
+        return None if tail is None else self._bound(env, tail)
 
-    def handle(self, env: Envelope) -> None:
+    async def run(self, env: Envelope) -> None:
+        """Head and tail, one after the other."""
+        tail = await self(env)
+        if tail is not None:
+            await tail
+
+    async def _bound(self, env: Envelope, tail: Tail) -> None:
+        with structlog.contextvars.bound_contextvars(device_id=env.device_id, request_id=_key(env)):
+            await tail
+
+    async def handle(self, env: Envelope) -> Tail | None:
+        """Claim and decide; returns the rest (:meth:`_finish`), or None for a duplicate."""
         esc = env.escalation
         edge = esc.edge if esc else None
-        gate = self._gate(env)
-        claim = self._store.claim(
+        gate = await self._gate(env)
+        claim = await self._store.claim(
             NewEscalation(
                 device_id=env.device_id,
                 request_id=_key(env),
@@ -143,18 +181,22 @@ class Handler:
         )
         if claim.state is ClaimState.IN_FLIGHT:
             log.info("escalation_duplicate_in_flight")
-            return
+            return None
         if claim.state is ClaimState.FINAL:
             log.info("escalation_duplicate_resent")
             if claim.reply is not None:
                 self._publish(env.topics.cloud, claim.reply.encode(), self._correlation(env))
-            return
+            return None
         try:
-            decision = self._decide(env, gate)
+            decision = await self._decide(env, gate)
         except Exception as exc:  # a bug must still end the row and answer the device
             log.exception("escalation_failed")
             decision = self._failure(env, Outcome.LLM_ERROR, ErrorCode.INTERNAL, repr(exc))
-        self._store.finalize(env.device_id, _key(env), decision.final)
+        return self._finish(env, decision)
+
+    async def _finish(self, env: Envelope, decision: _Decision) -> None:
+        """Commit the final row, then log and publish the reply."""
+        await self._store.finalize(env.device_id, _key(env), decision.final)
         if self._metrics is not None:
             self._metrics.escalation_final(decision.final)
         reply = decision.reply
@@ -178,7 +220,7 @@ class Handler:
 
     # -- the decision ----------------------------------------------------
 
-    def _gate(self, env: Envelope) -> _Gate:
+    async def _gate(self, env: Envelope) -> _Gate:
         """The checks that need no LLM, run before the claim; nothing is logged here."""
         esc = env.escalation
         if env.problem is not None or esc is None:
@@ -197,7 +239,7 @@ class Handler:
                 )
             )
         try:
-            over = check_budget(self._store, self._s.limits, env.device_id, now)
+            over = await check_budget(self._store, self._s.limits, env.device_id, now)
         except Exception as exc:  # noqa: BLE001 - logged and answered once claimed
             return _Gate(
                 refusal=_Refusal(Outcome.LLM_ERROR, ErrorCode.INTERNAL, repr(exc)),
@@ -212,7 +254,7 @@ class Handler:
             )
         return _Gate(deadline=None if remaining_s is None else time.monotonic() + remaining_s)
 
-    def _decide(self, env: Envelope, gate: _Gate) -> _Decision:
+    async def _decide(self, env: Envelope, gate: _Gate) -> _Decision:
         esc = env.escalation
         if gate.error is not None:
             log.error("escalation_failed", exc_info=gate.error)
@@ -226,7 +268,7 @@ class Handler:
         if deadline is None:
             deadline = time.monotonic() + self._s.llm.total_timeout_s
         try:
-            answer = ask(self._llm, esc, deadline=deadline)
+            answer = await ask(self._llm, esc, deadline=deadline)
         except LlmError as exc:
             if self._metrics is not None:
                 self._metrics.llm_call(exc.failure.value)
@@ -299,7 +341,7 @@ class Handler:
             llm_model=a.model,
             tokens_in=a.tokens_in,
             tokens_out=a.tokens_out,
-            cost_usd=estimate_cost(self._s.prices, a.model, a.tokens_in, a.tokens_out),
+            cost_usd=self._prices.cost(a.model, a.tokens_in, a.tokens_out),
             attempts=a.attempts,
             cloud_answer=a.answer,
             cloud_label=a.label,

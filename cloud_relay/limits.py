@@ -10,9 +10,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Protocol
 
 from cloud_relay.config import LimitSettings
-from cloud_relay.store import RelayStore
+from cloud_relay.store import Usage
 
 RATE_WINDOW_S = 60.0
 
@@ -28,14 +29,20 @@ def _utc_midnight(now: float) -> float:
     return day.timestamp()
 
 
-def check_budget(
-    store: RelayStore, limits: LimitSettings, device_id: str, now: float
+class UsageSource(Protocol):
+    """Where usage is counted: the store, through its writer."""
+
+    async def usage(self, device_id: str, *, calls_since: float, tokens_since: float) -> Usage: ...
+
+
+async def check_budget(
+    store: UsageSource, limits: LimitSettings, device_id: str, now: float
 ) -> OverBudget | None:
-    """Why ``device_id`` may not call the LLM now, or None when it may."""
+    """Why ``device_id`` may not call the LLM now, or None when it may (no read if no limits)."""
     if not limits.rate_per_minute and not limits.daily_tokens:
         return None
     day_start = _utc_midnight(now)
-    usage = store.usage(device_id, calls_since=now - RATE_WINDOW_S, tokens_since=day_start)
+    usage = await store.usage(device_id, calls_since=now - RATE_WINDOW_S, tokens_since=day_start)
     if limits.rate_per_minute and usage.llm_calls >= limits.rate_per_minute:
         return OverBudget(
             f"rate limit: {usage.llm_calls} LLM calls in the last minute "

@@ -86,8 +86,11 @@ class RelayMetrics:
             namespace=NAMESPACE,
             registry=r,
         )
-        for label in ("in", "out"):
-            self.tokens.labels(label)  # exported as 0 before the first call
+        self._tokens_in = self.tokens.labels("in")  # exported as 0 before the first call
+        self._tokens_out = self.tokens.labels("out")
+        # labels() validates and locks on every call: keep each labelled child once found.
+        self._by_outcome: dict[str, Counter] = {}
+        self._by_result: dict[str, Counter] = {}
 
     def bind(
         self,
@@ -101,19 +104,28 @@ class RelayMetrics:
         self.breaker_open.set_function(breaker_open)
         self.devices_online.set_function(devices_online)
 
+    def _escalations(self, outcome: str) -> Counter:
+        child = self._by_outcome.get(outcome)
+        if child is None:
+            child = self._by_outcome[outcome] = self.escalations.labels(outcome)
+        return child
+
     def escalation_final(self, final: Final) -> None:
-        self.escalations.labels(final.outcome.value).inc()
+        self._escalations(final.outcome.value).inc()
         self.latency.observe(final.latency_ms / 1000)
-        self.tokens.labels("in").inc(final.tokens_in)
-        self.tokens.labels("out").inc(final.tokens_out)
+        self._tokens_in.inc(final.tokens_in)
+        self._tokens_out.inc(final.tokens_out)
         if final.cost_usd:
             self.cost.inc(final.cost_usd)
 
     def escalation_shed(self) -> None:
-        self.escalations.labels("shed").inc()
+        self._escalations("shed").inc()
 
     def llm_call(self, result: str, count: int = 1) -> None:
-        self.llm_calls.labels(result).inc(count)
+        child = self._by_result.get(result)
+        if child is None:
+            child = self._by_result[result] = self.llm_calls.labels(result)
+        child.inc(count)
 
 
 class MetricsServer:

@@ -8,6 +8,7 @@ reaches the LLM twice, even with several relays sharing one database.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Protocol
@@ -220,6 +221,11 @@ class StoreError(Exception):
 
 
 class RelayStore(Protocol):
+    def transaction(self) -> AbstractContextManager[None]:
+        """One write transaction around the calls inside (for group commit): they commit
+        together when the block ends, or are rolled back together if it raises."""
+        ...
+
     def claim(self, esc: NewEscalation, *, stale_before: float) -> Claim:
         """Insert the row as in flight, or report what is already there.
 
@@ -228,9 +234,17 @@ class RelayStore(Protocol):
         """
         ...
 
+    def claim_many(self, claims: Sequence[tuple[NewEscalation, float]]) -> list[Claim]:
+        """:meth:`claim` for each (escalation, stale_before), in order, sent together."""
+        ...
+
     def mark_llm_start(self, device_id: str, request_id: str, at: float) -> None: ...
 
     def finalize(self, device_id: str, request_id: str, final: Final) -> None: ...
+
+    def finalize_many(self, finals: Sequence[tuple[str, str, Final]]) -> None:
+        """:meth:`finalize` for each (device_id, request_id, final), sent together."""
+        ...
 
     def release(self, device_id: str, request_id: str) -> None:
         """Drop an in-flight claim that was never answered (shutdown), so a replay is served."""

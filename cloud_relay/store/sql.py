@@ -155,8 +155,23 @@ class Db(Protocol):
 
     def query(self, sql: str, params: Sequence[Any] = ()) -> list[Row]: ...
 
+    def execute_each(self, sql: str, rows: Sequence[Sequence[Any]]) -> list[int]:
+        """Run one statement per parameter row; each one's affected row count, in order.
+
+        PostgreSQL sends them all before reading any answer (pipeline mode).
+        """
+        ...
+
+    def execute_many(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        """Run one statement per parameter row (``executemany``); no counts."""
+        ...
+
     def locked(self) -> AbstractContextManager[None]:
         """A write transaction that serializes schema changes between processes."""
+        ...
+
+    def transaction(self) -> AbstractContextManager[None]:
+        """A write transaction: the statements inside commit together, or not at all."""
         ...
 
     def close(self) -> None: ...
@@ -261,44 +276,70 @@ def _log_filters(query: LogQuery) -> tuple[str, list[Any]]:
     return (" WHERE " + " AND ".join(where) if where else ""), params
 
 
+_CLAIM_INSERT = (
+    "INSERT INTO relay_log (device_id, request_id, relay_id, claimed_at, received_at, "
+    "task, kind, reason, edge_answer, edge_label, edge_confidence, redactions, "
+    "edge_model, prompt_text, labels, sensor, llm_start) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+    "ON CONFLICT (device_id, request_id) DO NOTHING"
+)
+
+_FINALIZE = (
+    "UPDATE relay_log SET outcome = ?, answered_at = ?, reply = ?, latency_ms = ?, "
+    "llm_model = ?, tokens_in = ?, tokens_out = ?, cost_usd = ?, attempts = ?, "
+    "cloud_answer = ?, cloud_label = ?, cloud_confidence = ?, agreement = ?, error = ? "
+    "WHERE device_id = ? AND request_id = ?"
+)
+
+
+def _claim_row(esc: NewEscalation, now: float) -> tuple[Any, ...]:
+    return (
+        esc.device_id,
+        esc.request_id,
+        esc.relay_id,
+        now,
+        esc.received_at,
+        esc.task,
+        esc.kind,
+        esc.reason,
+        esc.edge_answer,
+        esc.edge_label,
+        esc.edge_confidence,
+        json.dumps(esc.redactions, sort_keys=True),
+        esc.edge_model,
+        esc.text,
+        _json_or_null(esc.labels),
+        _json_or_null(esc.sensor),
+        esc.llm_start,
+    )
+
+
 class SqlStore:
     """:class:`~cloud_relay.store.base.RelayStore` over a :class:`Db`."""
 
     def __init__(self, db: Db) -> None:
         self._db = db
 
+    def transaction(self) -> AbstractContextManager[None]:
+        return self._db.transaction()
+
     def claim(self, esc: NewEscalation, *, stale_before: float) -> Claim:
+        return self.claim_many([(esc, stale_before)])[0]
+
+    def claim_many(self, claims: Sequence[tuple[NewEscalation, float]]) -> list[Claim]:
+        """:meth:`claim` for each (escalation, stale_before), in order; the INSERTs go out
+        together (one round trip on PostgreSQL), the rare conflicts are resolved after."""
         # claimed_at is *now*, not the receipt time: a message that waited in the
         # relay's queue longer than the claim TTL must not look stale at birth.
         now = time.time()
-        inserted = self._db.execute(
-            "INSERT INTO relay_log (device_id, request_id, relay_id, claimed_at, received_at, "
-            "task, kind, reason, edge_answer, edge_label, edge_confidence, redactions, "
-            "edge_model, prompt_text, labels, sensor, llm_start) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
-            "ON CONFLICT (device_id, request_id) DO NOTHING",
-            (
-                esc.device_id,
-                esc.request_id,
-                esc.relay_id,
-                now,
-                esc.received_at,
-                esc.task,
-                esc.kind,
-                esc.reason,
-                esc.edge_answer,
-                esc.edge_label,
-                esc.edge_confidence,
-                json.dumps(esc.redactions, sort_keys=True),
-                esc.edge_model,
-                esc.text,
-                _json_or_null(esc.labels),
-                _json_or_null(esc.sensor),
-                esc.llm_start,
-            ),
-        )
-        if inserted:
-            return Claim(ClaimState.CLAIMED)
+        inserted = self._db.execute_each(_CLAIM_INSERT, [_claim_row(esc, now) for esc, _ in claims])
+        return [
+            Claim(ClaimState.CLAIMED) if n else self._contended(esc, stale_before, now)
+            for (esc, stale_before), n in zip(claims, inserted, strict=True)
+        ]
+
+    def _contended(self, esc: NewEscalation, stale_before: float, now: float) -> Claim:
+        """The key exists: re-send a final row, take over a stale claim, or step aside."""
         rows = self._db.query(
             "SELECT outcome, reply FROM relay_log WHERE device_id = ? AND request_id = ?",
             (esc.device_id, esc.request_id),
@@ -325,29 +366,33 @@ class SqlStore:
         )
 
     def finalize(self, device_id: str, request_id: str, final: Final) -> None:
-        self._db.execute(
-            "UPDATE relay_log SET outcome = ?, answered_at = ?, reply = ?, latency_ms = ?, "
-            "llm_model = ?, tokens_in = ?, tokens_out = ?, cost_usd = ?, attempts = ?, "
-            "cloud_answer = ?, cloud_label = ?, cloud_confidence = ?, agreement = ?, error = ? "
-            "WHERE device_id = ? AND request_id = ?",
-            (
-                final.outcome.value,
-                final.answered_at,
-                final.reply,
-                final.latency_ms,
-                final.llm_model,
-                final.tokens_in,
-                final.tokens_out,
-                final.cost_usd,
-                final.attempts,
-                final.cloud_answer,
-                final.cloud_label,
-                final.cloud_confidence,
-                _bool(final.agreement),
-                final.error,
-                device_id,
-                request_id,
-            ),
+        self.finalize_many([(device_id, request_id, final)])
+
+    def finalize_many(self, finals: Sequence[tuple[str, str, Final]]) -> None:
+        """:meth:`finalize` for each (device_id, request_id, final), as one statement batch."""
+        self._db.execute_many(
+            _FINALIZE,
+            [
+                (
+                    final.outcome.value,
+                    final.answered_at,
+                    final.reply,
+                    final.latency_ms,
+                    final.llm_model,
+                    final.tokens_in,
+                    final.tokens_out,
+                    final.cost_usd,
+                    final.attempts,
+                    final.cloud_answer,
+                    final.cloud_label,
+                    final.cloud_confidence,
+                    _bool(final.agreement),
+                    final.error,
+                    device_id,
+                    request_id,
+                )
+                for device_id, request_id, final in finals
+            ],
         )
 
     def release(self, device_id: str, request_id: str) -> None:

@@ -14,7 +14,7 @@ from cloud_relay.store.sql import Row, SqlStore, open_on
 
 
 class SqliteDb:
-    """One connection shared by the worker threads, serialized by a lock.
+    """One connection shared by the store writer and the fleet writer, serialized by a lock.
 
     WAL lets readers (``cloud-relay logs``) run beside the writer; ``busy_timeout``
     makes several processes on one file wait for each other instead of failing.
@@ -48,16 +48,32 @@ class SqliteDb:
         with self._lock:
             return list(self._conn.execute(sql, tuple(params)).fetchall())
 
+    def execute_each(self, sql: str, rows: Sequence[Sequence[Any]]) -> list[int]:
+        with self._lock:  # in-process: no round trips to save, just one lock
+            return [self._conn.execute(sql, tuple(row)).rowcount for row in rows]
+
+    def execute_many(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        with self._lock:
+            self._conn.executemany(sql, [tuple(row) for row in rows])
+
     @contextmanager
     def locked(self) -> Iterator[None]:
+        with self.transaction():
+            yield
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        # IMMEDIATE: take the write lock up front, so a batch never fails half-way on a
+        # read-to-write upgrade; other processes wait for it (busy_timeout).
         with self._lock:
             self._conn.execute("BEGIN IMMEDIATE")
             try:
                 yield
+                self._conn.execute("COMMIT")
             except BaseException:
-                self._conn.execute("ROLLBACK")
+                if self._conn.in_transaction:  # also when COMMIT itself failed
+                    self._conn.execute("ROLLBACK")
                 raise
-            self._conn.execute("COMMIT")
 
     def close(self) -> None:
         with self._lock:

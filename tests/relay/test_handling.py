@@ -1,4 +1,7 @@
-"""Handler (claim, budget, classify, outcome, reply) with a real store and HTTP server."""
+"""Handler (claim, budget, classify, outcome, reply) with a real store and HTTP server.
+
+The store is reached through the group-commit writer, as in the daemon.
+"""
 
 from __future__ import annotations
 
@@ -6,25 +9,33 @@ import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 
 from cloud_relay.breaker import CircuitBreaker
 from cloud_relay.config import RelaySettings
 from cloud_relay.handling import Handler
-from cloud_relay.intake import parse_inbound
+from cloud_relay.intake import Envelope, parse_inbound
 from cloud_relay.llm import OpenAiChat
 from cloud_relay.store import LogQuery, RelayStore, open_store
+from cloud_relay.store.writer import StoreWriter
 from edge_slm.contract import Outcome
 from edge_slm.mqtt import Inbound
+from tests.relay.aio import LoopRunner
 from tests.relay.faultserver import FaultServer, Step
 
 
 class Rig:
+    live: ClassVar[list[Rig]] = []  # closed after each test
+
     def __init__(self, server: FaultServer, store: RelayStore, **limits: Any) -> None:
         self.server = server
         self.store = store
+        self.runner = LoopRunner()
+        self.writer = StoreWriter(store)
+        self.writer.start()
+        Rig.live.append(self)
         self.sent: list[tuple[str, dict[str, Any], bytes | None]] = []
         self.settings = RelaySettings.model_validate(
             {
@@ -41,7 +52,7 @@ class Rig:
         )
         self.handler = Handler(
             self.settings,
-            store=store,
+            store=self.writer,
             llm=self.llm,
             publish=lambda t, p, c: self.sent.append((t, json.loads(p), c)),
             relay_id="test-relay",
@@ -75,11 +86,26 @@ class Rig:
         )
         env = parse_inbound(msg, "slm")
         assert env is not None
-        self.handler(env)
+        self.handle(env)
         topic, reply, corr = self.sent[-1]
         assert topic == f"slm/{device}/cloud"
         assert corr == rid.encode()
         return reply
+
+    def handle(self, env: Envelope) -> None:
+        self.runner.run(self.handler.run(env))
+
+    def close(self) -> None:
+        self.writer.stop()
+        self.runner.run(self.llm.aclose())
+        self.runner.close()
+
+
+@pytest.fixture(autouse=True)
+def _close_rigs() -> Iterator[None]:
+    yield
+    while Rig.live:
+        Rig.live.pop().close()
 
 
 @pytest.fixture
@@ -235,7 +261,7 @@ def test_bad_json_and_version_are_rejected_not_crashing(
     )
     env = parse_inbound(msg, "slm")
     assert env is not None
-    rig.handler(env)
+    rig.handle(env)
     topic, reply, _ = rig.sent[-1]
     assert (topic, reply["id"], reply["error"]["code"]) == (
         "slm/dev1/cloud",

@@ -12,6 +12,7 @@ from cloud_relay.backoff import parse_retry_after
 from cloud_relay.breaker import BreakerState, CircuitBreaker
 from cloud_relay.config import LlmSettings
 from cloud_relay.llm import ChatRequest, LlmError, LlmFailure, OpenAiChat
+from tests.relay.aio import SyncChat
 from tests.relay.faultserver import FaultServer, Step
 
 REQ = ChatRequest([{"role": "user", "content": "hi"}], max_tokens=8)
@@ -25,7 +26,7 @@ def server() -> Iterator[FaultServer]:
 
 def _client(
     server: FaultServer, breaker: CircuitBreaker | None = None, **overrides: object
-) -> OpenAiChat:
+) -> SyncChat:
     fields: dict[str, object] = {
         "url": server.url,
         "connect_timeout_s": 1.0,
@@ -36,11 +37,13 @@ def _client(
         "backoff_max_s": 0.2,
     }
     fields.update(overrides)
-    return OpenAiChat(
-        LlmSettings.model_validate(fields),
-        model="fault-model",
-        breaker=breaker or CircuitBreaker(5, 30.0),
-        max_concurrency=2,
+    return SyncChat(
+        OpenAiChat(
+            LlmSettings.model_validate(fields),
+            model="fault-model",
+            breaker=breaker or CircuitBreaker(5, 30.0),
+            max_concurrency=2,
+        )
     )
 
 
@@ -194,11 +197,13 @@ def test_connection_refused_is_a_failure() -> None:
     dead = FaultServer()  # bound but never serving: take its port, then close it
     url = dead.url
     dead._httpd.server_close()
-    client = OpenAiChat(
-        LlmSettings(url=url, max_attempts=2, backoff_base_s=0.01, connect_timeout_s=0.5),
-        model="m",
-        breaker=CircuitBreaker(5, 30),
-        max_concurrency=1,
+    client = SyncChat(
+        OpenAiChat(
+            LlmSettings(url=url, max_attempts=2, backoff_base_s=0.01, connect_timeout_s=0.5),
+            model="m",
+            breaker=CircuitBreaker(5, 30),
+            max_concurrency=1,
+        )
     )
     with pytest.raises(LlmError) as info:
         client.complete(REQ, deadline=_in(3))

@@ -6,6 +6,8 @@ import dataclasses
 import threading
 import time
 
+import pytest
+
 from cloud_relay.store import (
     ClaimState,
     Final,
@@ -108,6 +110,37 @@ def test_claim_carries_llm_start_into_insert_and_takeover(store: RelayStore) -> 
     assert store.claim(again, stale_before=time.time() + 1).state is ClaimState.CLAIMED
     (row,) = store.logs(LogQuery())
     assert (row.relay_id, row.llm_start) == ("relay-c", now + 2)
+
+
+def test_claim_many_in_one_transaction_has_one_winner_per_key(store: RelayStore) -> None:
+    now = time.time()
+    with store.transaction():
+        got = store.claim_many(
+            [
+                (_esc(rid="a", at=now), now - 300),
+                (_esc(rid="a", at=now, relay_id="relay-b"), now - 300),
+                (_esc(rid="b", at=now), now - 300),
+            ]
+        )
+    assert [c.state for c in got] == [ClaimState.CLAIMED, ClaimState.IN_FLIGHT, ClaimState.CLAIMED]
+    store.finalize_many([("d1", "a", _final()), ("d1", "b", _final(Outcome.EXPIRED))])
+    rows = {r.request_id: r for r in store.logs(LogQuery())}
+    assert (rows["a"].outcome, rows["a"].relay_id) == (Outcome.OK, "relay-a")
+    assert rows["b"].outcome is Outcome.EXPIRED
+    again = store.claim_many([(_esc(rid="a"), now - 300)])
+    assert again[0].state is ClaimState.FINAL
+
+
+def test_a_rolled_back_transaction_leaves_nothing(store: RelayStore) -> None:
+    def failing_batch() -> None:
+        with store.transaction():
+            store.claim(_esc(rid="gone"), stale_before=0)
+            raise RuntimeError("the batch failed")
+
+    with pytest.raises(RuntimeError):
+        failing_batch()
+    assert store.logs(LogQuery()) == []
+    assert store.claim(_esc(rid="gone"), stale_before=0).state is ClaimState.CLAIMED
 
 
 def test_finalize_round_trips_every_field(store: RelayStore) -> None:

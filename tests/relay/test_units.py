@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
-import threading
 import time
+from collections.abc import Awaitable
 
 import pytest
 
@@ -12,7 +13,7 @@ from cloud_relay.agreement import agrees, word_overlap
 from cloud_relay.breaker import BreakerState, CircuitBreaker, CircuitOpen
 from cloud_relay.config import ModelPrice, default_prices
 from cloud_relay.intake import IdentityMismatch, UnsupportedVersion, parse_inbound
-from cloud_relay.pool import WorkerPool
+from cloud_relay.pool import LoopThread, TaskPool
 from cloud_relay.pricing import estimate_cost, price_for
 from cloud_relay.prompting import SYSTEM_PROMPTS, build_messages, match_label
 from cloud_relay.stats import FLEET, compute, percentile
@@ -247,23 +248,91 @@ def test_breaker_state_machine_with_a_fake_clock() -> None:
 
 
 def test_pool_bounds_the_queue_and_drains() -> None:
-    gate = threading.Event()
+    loop = LoopThread("test-loop")
+    loop.start()
+    gate = asyncio.Event()
     done: list[int] = []
 
-    def work(item: int) -> None:
-        gate.wait(5)
+    async def work(item: int) -> None:
+        await gate.wait()
         done.append(item)
 
-    pool: WorkerPool[int] = WorkerPool(work, workers=1, queue_size=2)
-    pool.start()
-    assert pool.submit(1)
-    time.sleep(0.1)  # the worker holds item 1
-    assert pool.submit(2)
-    assert pool.submit(3)
-    assert not pool.submit(4)  # full: the caller sheds it
-    queued, running = pool.drain(0.2)
-    assert (queued, running) == ([2, 3], [1])
-    assert not pool.submit(5)  # intake closed
-    gate.set()
-    pool.stop()
-    assert done == [1]
+    pool: TaskPool[int] = TaskPool(work, loop=loop.loop, workers=1, queue_size=2)
+    try:
+        assert pool.submit(1)
+        time.sleep(0.1)  # the one worker slot holds item 1
+        assert pool.submit(2)
+        assert pool.submit(3)
+        assert not pool.submit(4)  # full: the caller sheds it
+        assert pool.depth == 3
+        queued, running = pool.drain(0.2)
+        assert (queued, running) == ([2, 3], [1])  # 1 was cancelled at its await
+        assert pool.depth == 0
+        assert not pool.submit(5)  # intake closed
+        loop.loop.call_soon_threadsafe(gate.set)
+        time.sleep(0.1)
+        assert done == []  # nothing handed back runs afterwards
+    finally:
+        pool.stop()
+        loop.stop()
+
+
+def test_pool_runs_at_most_workers_at_once_and_survives_a_failing_item() -> None:
+    loop = LoopThread("test-loop")
+    loop.start()
+    active = 0
+    peak = 0
+    done: list[int] = []
+
+    async def work(item: int) -> None:
+        nonlocal active, peak
+        active += 1
+        peak = max(peak, active)
+        await asyncio.sleep(0.01)
+        active -= 1
+        if item == 3:
+            raise RuntimeError("a handler bug")
+        done.append(item)
+
+    pool: TaskPool[int] = TaskPool(work, loop=loop.loop, workers=4, queue_size=100)
+    try:
+        assert all(pool.submit(i) for i in range(20))
+        queued, running = pool.drain(5.0)
+        assert (queued, running) == ([], [])
+        assert sorted(done) == [i for i in range(20) if i != 3]
+        assert peak == 4
+    finally:
+        pool.stop()
+        loop.stop()
+
+
+def test_pool_tail_gives_its_slot_back_but_stays_pending() -> None:
+    loop = LoopThread("test-loop")
+    loop.start()
+    gate = asyncio.Event()
+    heads: list[int] = []
+    tails: list[int] = []
+
+    async def work(item: int) -> Awaitable[None]:
+        heads.append(item)
+
+        async def tail() -> None:  # e.g. waiting for a commit, then publishing
+            await gate.wait()
+            tails.append(item)
+
+        return tail()
+
+    pool: TaskPool[int] = TaskPool(work, loop=loop.loop, workers=1, queue_size=5)
+    try:
+        for i in (1, 2, 3):
+            assert pool.submit(i)
+        time.sleep(0.1)
+        assert heads == [1, 2, 3]  # one slot, yet every head ran: tails do not hold it
+        assert pool.depth == 3  # ... but they are still pending
+        loop.loop.call_soon_threadsafe(gate.set)
+        queued, running = pool.drain(2.0)
+        assert (queued, running) == ([], [])
+        assert sorted(tails) == [1, 2, 3]
+    finally:
+        pool.stop()
+        loop.stop()
