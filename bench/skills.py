@@ -43,10 +43,11 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import re
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -66,6 +67,7 @@ from bench.routing import at_rate, auroc, escalation_curve
 DEFAULT_MODEL = "smollm2-135m-instruct"
 MODELS = ("smollm2-135m-instruct", "qwen2.5-coder-0.5b-instruct", "qwen2.5-coder-1.5b-instruct")
 SKILL_OF = {"voice": "home_intents", "sensor": "sensor_state"}
+Scoring = Literal["full", "prefix"]
 
 
 def _engine(name: str, threads: int) -> Any:
@@ -168,12 +170,19 @@ def latency(model: str, threads: int, limit: int, quiet_wait: float) -> dict[str
 
 
 def _observe(
-    model: str, threads: int, items: Sequence[EvalItem], *, tuned: bool, bare: bool
+    model: str,
+    threads: int,
+    items: Sequence[EvalItem],
+    *,
+    tuned: bool,
+    bare: bool,
+    scoring: Scoring = "full",
 ) -> dict[str, dict[str, Any]]:
     """Per item id: the SLM's skill scores (and bare scores) and their wall times.
 
     A ``tuned`` model gets the prompt it was tuned on: these items list their labels
     inline, so ``models tune`` trained it on the bare prompt; it runs that, held out only.
+    ``scoring``: the skill prompt's scoring rule (``Engine.classify_fixed``).
     """
     from agent.engine.prompts import build_messages, user_content
     from agent.skills import SkillRegistry
@@ -188,7 +197,7 @@ def _observe(
     for family, prompt in prompts.items():  # prefill the kept prefixes outside the timings
         warm = next(i for i in items if i.family == family)
         if not tuned:
-            engine.classify_fixed(prompt, user_content(warm.request))
+            engine.classify_fixed(prompt, user_content(warm.request), scoring=scoring)
         if bare or tuned:
             engine.classify(build_messages(warm.request), warm.request.labels or [])
     out: dict[str, dict[str, Any]] = {}
@@ -196,7 +205,9 @@ def _observe(
         row: dict[str, Any] = {}
         if not tuned:
             start = time.perf_counter()
-            c = engine.classify_fixed(prompts[item.family], user_content(item.request))
+            c = engine.classify_fixed(
+                prompts[item.family], user_content(item.request), scoring=scoring
+            )
             row |= {"skill": c.scores, "skill_ms": (time.perf_counter() - start) * 1e3}
         if (bare or tuned) and split_of(item.id) == "heldout":
             start = time.perf_counter()
@@ -211,36 +222,54 @@ def _observe(
 OBS_DIR = RESULTS_DIR / "skill_observations"
 
 
+def _model_identity(model: str) -> Any:
+    """What a model is, independent of one build: its catalog entry and the recipe version
+    (a rebuild from the same source by the same recipe is the same model, within the
+    fidelity gate; the int8/int4 files are not byte-identical between builds). A tuned
+    model's name carries the hash of its base, data, settings and recipe."""
+    from agent.models import CATALOG, RECIPE_VERSION
+
+    entry = CATALOG.get(model)
+    if entry is None:
+        return model
+    return {"catalog": entry.model_dump(mode="json"), "recipe": RECIPE_VERSION}
+
+
 def _observe_cached(
-    model: str, threads: int, items: Sequence[EvalItem], *, tuned: bool, bare: bool, fresh: bool
+    model: str,
+    threads: int,
+    items: Sequence[EvalItem],
+    *,
+    tuned: bool,
+    bare: bool,
+    fresh: bool,
+    scoring: Scoring = "full",
 ) -> dict[str, dict[str, Any]]:
-    """``_observe``, kept in ``bench/results/skill_observations/<model>.json`` under a key
-    of everything that decides the scores (model files, eval items, skill prompts), so
-    a re-analysis (new methods, fits) does not rerun the models."""
-    from agent.models import ModelCache, default_cache_dir
+    """``_observe``, kept in ``bench/results/skill_observations/<model>.json`` (with
+    ``scoring="prefix"``: ``<model>.prefix.json``) under a key of everything that decides
+    the scores (the model, eval items, skill prompts), so a re-analysis (new methods,
+    fits) does not rerun the models, and a model need not be installed to be reported."""
     from agent.skills import SkillRegistry
 
-    manifest = ModelCache(default_cache_dir()).manifest(model)
     registry = SkillRegistry()
-    key = hashlib.sha256(
-        json.dumps(
-            {
-                "model": [f.sha256 for f in manifest.files] if manifest else model,
-                "items": [i.request.model_dump(mode="json") for i in items],
-                "skills": [registry.get(n).fingerprint for n in SKILL_OF.values()],  # type: ignore[union-attr]
-                "tuned": tuned,
-                "bare": bare,
-            },
-            sort_keys=True,
-        ).encode()
-    ).hexdigest()
-    path = OBS_DIR / f"{model}.json"
+    parts: dict[str, Any] = {
+        "model": _model_identity(model),
+        "items": [i.request.model_dump(mode="json") for i in items],
+        "skills": [registry.get(n).fingerprint for n in SKILL_OF.values()],  # type: ignore[union-attr]
+        "tuned": tuned,
+        "bare": bare,
+    }
+    if scoring != "full":
+        parts["scoring"] = scoring
+    key = hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
+    suffix = "" if scoring == "full" else f".{scoring}"
+    path = OBS_DIR / f"{model}{suffix}.json"
     if not fresh and path.is_file():
         kept = json.loads(path.read_text(encoding="utf-8"))
         if kept.get("key") == key:
             print(f"  {model}: observations from {path.name}", flush=True)
             return dict(kept["items"])
-    out = _observe(model, threads, items, tuned=tuned, bare=bare)
+    out = _observe(model, threads, items, tuned=tuned, bare=bare, scoring=scoring)
     OBS_DIR.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({"key": key, "items": out}), encoding="utf-8")
     return out
@@ -286,11 +315,15 @@ def _predictions(
     exemplars: set[str],
     *,
     tuned: bool,
+    prefix: dict[str, dict[str, Any]] | None = None,
 ) -> tuple[dict[str, list[dict[str, Any]]], dict[str, Any]]:
     """Per method, one row per held-out item (label, confidence, correct, ms); and the fits.
 
     Each skill is fitted with the product's code (``fit_observed``, as ``edge-agent
     skills fit`` does) on the dev split minus the items its prompt shows as exemplars.
+    With ``prefix`` (the same model's observations with distinguishing-prefix scoring),
+    two more methods: ``skill, prefix`` (raw) and ``agent, prefix`` (the agent's path
+    with a fit made on prefix scores, i.e. a fit with ``scoring = "prefix"``).
     """
     from agent.models.embedders import DEFAULT_EMBEDDER
     from agent.skills import SkillRegistry
@@ -298,29 +331,37 @@ def _predictions(
     from agent.skills.classify import decide_skill
     from agent.skills.fitting import Observed, fit_observed
 
-    def observed(item: EvalItem) -> Observed:
-        return Observed(Evidence(obs[item.id]["skill"], sims[item.id]["sims"]), item.gold["label"])
-
-    def dev(family: str) -> list[Observed]:
-        return [
-            observed(i)
-            for i in items
-            if i.family == family and split_of(i.id) == "dev" and i.id not in exemplars
-        ]
-
     registry = SkillRegistry()
-    # With the embedder for every skill (the ablation rows), and as each skill says (the
-    # agent's row: `sensor_state` turns the embedding stage off).
-    fits: dict[str, Any] = {}
-    shipped: dict[str, Any] = {}
-    if not tuned:  # a tuned model was trained on dev items: no fit on them
-        fits = {family: fit_observed(dev(family), DEFAULT_EMBEDDER)[0] for family in SKILL_OF}
+
+    def fitted(
+        source: dict[str, dict[str, Any]], scoring: Scoring = "full"
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
+        """With the embedder for every skill (the ablation rows), and as each skill says
+        (the agent's row: `sensor_state` turns the embedding stage off)."""
+
+        def dev(family: str) -> list[Observed]:
+            return [
+                Observed(Evidence(source[i.id]["skill"], sims[i.id]["sims"]), i.gold["label"])
+                for i in items
+                if i.family == family and split_of(i.id) == "dev" and i.id not in exemplars
+            ]
+
+        fits = {f: fit_observed(dev(f), DEFAULT_EMBEDDER, scoring)[0] for f in SKILL_OF}
         shipped = {
             family: fits[family]
             if registry.get(name).spec.embedding  # type: ignore[union-attr]
-            else fit_observed(dev(family), None)[0]
+            else fit_observed(dev(family), None, scoring)[0]
             for family, name in SKILL_OF.items()
         }
+        return fits, shipped
+
+    fits: dict[str, Any] = {}
+    shipped: dict[str, Any] = {}
+    prefix_shipped: dict[str, Any] = {}
+    if not tuned:  # a tuned model was trained on dev items: no fit on them
+        fits, shipped = fitted(obs)
+        if prefix is not None:
+            prefix_shipped = fitted(prefix, "prefix")[1]
     rows: dict[str, list[dict[str, Any]]] = {}
     for item in items:
         if split_of(item.id) != "heldout":
@@ -340,10 +381,20 @@ def _predictions(
                 decide(Evidence(o["skill"], s["sims"]), fit.combined),
                 o["skill_ms"] + s["ms"],
             )
-            agent = shipped[item.family]
-            sim = s["sims"] if agent.embedder else None
-            d, ran = decide_skill(agent, sim, lambda o=o: o["skill"])
-            ways["agent"] = (d, (s["ms"] if sim else 0.0) + (o["skill_ms"] if ran else 0.0))
+            for method, source, chosen in (
+                ("agent", o, shipped),
+                ("agent, prefix", prefix and prefix[item.id], prefix_shipped),
+            ):
+                if not source:
+                    continue
+                agent = chosen[item.family]
+                sim = s["sims"] if agent.embedder else None
+                d, ran = decide_skill(agent, sim, lambda o=source: o["skill"])
+                ms = (s["ms"] if sim else 0.0) + (source["skill_ms"] if ran else 0.0)
+                ways[method] = (d, ms)
+            if prefix is not None:
+                p = prefix[item.id]
+                ways["skill, prefix"] = (decide(Evidence(p["skill"]), None), p["skill_ms"])
         for method, (d, ms) in ways.items():
             rows.setdefault(method, []).append(
                 {
@@ -354,7 +405,9 @@ def _predictions(
                     "ms": ms,
                 }
             )
-    return rows, {f: fit.model_dump() for f, fit in shipped.items()}
+    out = {f: fit.model_dump() for f, fit in shipped.items()}
+    out |= {f"{f}, prefix": fit.model_dump() for f, fit in prefix_shipped.items()}
+    return rows, out
 
 
 RATES = (10, 25, 40)
@@ -392,8 +445,11 @@ def accuracy(
     *,
     bare: bool,
     fresh: bool,
+    prefix_models: Sequence[str] = (),
 ) -> dict[str, Any]:
-    """Every method of every model on the held-out split; the last model is the local cloud."""
+    """Every method of every model on the held-out split; the last model is the local cloud.
+
+    ``prefix_models`` are also observed with distinguishing-prefix scoring."""
     items = [i for family in SKILL_OF for i in load_family(family)]
     if limit:
         items = [i for family in SKILL_OF for i in [x for x in items if x.family == family][:limit]]
@@ -410,7 +466,14 @@ def accuracy(
             bare=bare and model not in tuned,
             fresh=fresh,
         )
-        preds[model], fits[model] = _predictions(obs, sims, items, exemplars, tuned=model in tuned)
+        prefix = None
+        if model in prefix_models and model not in tuned:
+            prefix = _observe_cached(
+                model, threads, items, tuned=False, bare=False, fresh=fresh, scoring="prefix"
+            )
+        preds[model], fits[model] = _predictions(
+            obs, sims, items, exemplars, tuned=model in tuned, prefix=prefix
+        )
     cloud_model = models[-1]
     # The local cloud is the biggest model on the skill prompt; calibration does not
     # change its labels, and the embedding stage would make it the edge's twin.
@@ -441,7 +504,9 @@ def _tuned_base(name: str) -> str:
     from agent.models import ModelCache, default_cache_dir
 
     manifest = ModelCache(default_cache_dir()).manifest(name)
-    return manifest.tune.base if manifest and manifest.tune else name
+    if manifest is not None:
+        return manifest.tune.base if manifest.tune else name
+    return re.sub(r"-tuned-[0-9a-f]{8}$", "", name)  # `models tune` names it so
 
 
 def plot(result: dict[str, Any], path: Path) -> Path:
@@ -528,6 +593,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--fresh", action="store_true", help="accuracy: rerun the models, ignore kept observations"
     )
+    parser.add_argument(
+        "--prefix-models",
+        nargs="*",
+        default=[DEFAULT_MODEL],
+        help="accuracy: models also scored with distinguishing-prefix scoring (the methods "
+        "`skill, prefix` and `agent, prefix`)",
+    )
     parser.add_argument("--threads", type=int, default=2, help="intra-op threads")
     parser.add_argument("--limit", type=int, default=0, help="first N held-out items per family")
     parser.add_argument("--quiet-wait", type=float, default=30, help="seconds to wait for idle")
@@ -544,6 +616,7 @@ def main(argv: list[str] | None = None) -> int:
             args.tuned,
             bare=not args.no_bare,
             fresh=args.fresh,
+            prefix_models=args.prefix_models,
         )
         print(report_accuracy(data["accuracy"]) + "\n")
         print(f"wrote {plot(data['accuracy'], RESULTS_DIR / 'accuracy_vs_escalation.png')}")

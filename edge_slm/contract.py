@@ -201,6 +201,13 @@ class SkillFit(BaseModel):
         "answer from it and skip the SLM (fitted to give up at most 2 points of "
         "cross-validated accuracy); none: always run the SLM.",
     )
+    scoring: Literal["full", "prefix"] = Field(
+        default="full",
+        description="How the SLM's label scores were computed for this fit, and must be at "
+        "run time: `full` (every token of each verbalizer: one forward pass per label) or "
+        "`prefix` (each verbalizer's distinguishing prefix: a label whose first token is its "
+        "own costs no pass).",
+    )
     items: int = Field(default=0, ge=0, description="Labelled items the fit was made on.")
     ece_before: float | None = Field(
         default=None,

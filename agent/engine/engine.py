@@ -48,6 +48,7 @@ from agent.engine.confidence import (
     token_stat,
 )
 from agent.engine.prompts import Message
+from agent.models.manifest import tuned_without_exemplars
 from edge_slm.logs import get_logger
 
 log = get_logger("agent.engine")
@@ -260,6 +261,8 @@ class Engine:
         self._eos_ids = frozenset(eos if isinstance(eos, list) else [eos])
         # The token that ends an assistant turn; a label must be followed by it.
         self._end_id = eos[0] if isinstance(eos, list) else eos
+        #: Whether skill prompts carry their exemplars: not for a model tuned on them.
+        self.skill_exemplars = not tuned_without_exemplars(model_dir)
         self.provider, self._model = self._load(provider)
         self._tokenizer = og.Tokenizer(self._model)
         #: Decode speed of the latest free-text generation (telemetry reads it).

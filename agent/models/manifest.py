@@ -135,6 +135,16 @@ class Manifest(BaseModel):
         return cls.model_validate_json((model_dir / MANIFEST_NAME).read_text(encoding="utf-8"))
 
 
+def tuned_without_exemplars(model_dir: Path) -> bool:
+    """Whether the model in ``model_dir`` was made by ``edge-agent models tune``: it was
+    trained on skill prompts without exemplars (they are in its weights), and must be
+    prompted the same way. False when there is no readable manifest (a bare folder)."""
+    try:
+        return Manifest.read(model_dir).tune is not None
+    except (OSError, ValueError):
+        return False
+
+
 def record_files(model_dir: Path) -> list[FileRecord]:
     """Size and sha256 of every file under ``model_dir`` except the manifest."""
     records = []

@@ -94,11 +94,12 @@ class Skill:
                     turns.append({"role": "assistant", "content": words[name]})
         return turns
 
-    def prompt(self) -> FixedPrompt:
+    def prompt(self, *, exemplars: bool = True) -> FixedPrompt:
+        """The kept prefix; ``exemplars=False`` for a model tuned on the skill."""
         return FixedPrompt(
             name=self.name,
-            key=self.fingerprint,
-            messages=tuple(self.messages()),
+            key=self.fingerprint if exemplars else f"{self.fingerprint}:bare",
+            messages=tuple(self.messages(exemplars=exemplars)),
             choices=self.verbalizers,
             calibrate=self.spec.calibrate,
         )

@@ -65,7 +65,9 @@ def classify_skill(
     raw: list[Classification] = []
 
     def run_slm() -> Mapping[str, float]:
-        raw.append(engine.classify_fixed(skill.prompt(), text, stop=stop))
+        prompt = skill.prompt(exemplars=engine.skill_exemplars)
+        scoring = fit.scoring if fit is not None else "full"
+        raw.append(engine.classify_fixed(prompt, text, scoring=scoring, stop=stop))
         return raw[0].scores
 
     decision, _ = decide_skill(fit, sims, run_slm)

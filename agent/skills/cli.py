@@ -42,6 +42,14 @@ def add_skills_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]
         "file, for a built-in skill)",
     )
     fit.add_argument("--no-embedder", action="store_true", help="fit the SLM alone")
+    fit.add_argument(
+        "--scoring",
+        choices=["full", "prefix"],
+        default="full",
+        help="the SLM's label scores: every token of each verbalizer (full), or only its "
+        "distinguishing prefix (prefix: fewer forward passes, faster); the fit records it "
+        "and the agent scores that way",
+    )
     fit.add_argument("--dry-run", action="store_true", help="print the fit, write nothing")
     fit.set_defaults(func=_cmd_fit)
 
@@ -103,7 +111,7 @@ def _cmd_fit(args: argparse.Namespace) -> int:
     engine = Engine(spec.path, name=spec.name, provider="cpu", threads=settings.model.threads)
     embedder = None if args.no_embedder else load_embedder(settings)
     try:
-        report = fit_skill(engine, skill, examples, embedder)
+        report = fit_skill(engine, skill, examples, embedder, args.scoring)
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT

@@ -30,6 +30,8 @@ from edge_slm.contract import SkillFit
 FOLDS = 5
 #: The accuracy the embedding-first cascade may give up, cross-validated, to skip the SLM.
 MAX_CASCADE_LOSS = 0.02
+#: The SLM's scoring rule (``Engine.classify_fixed``); the fit records which it was made on.
+Scoring = Literal["full", "prefix"]
 
 
 class Labelled(Protocol):
@@ -60,11 +62,15 @@ class FitReport:
 
 
 def observe(
-    engine: Engine, skill: Skill, examples: Sequence[Labelled], embedder: Embedder | None
+    engine: Engine,
+    skill: Skill,
+    examples: Sequence[Labelled],
+    embedder: Embedder | None,
+    scoring: Scoring = "full",
 ) -> tuple[list[Observed], int, int]:
     """Evidence for every usable example; also the counts of skipped exemplars/unknown labels."""
     shown = {e for label in skill.spec.labels.values() for e in label.exemplars}
-    prompt = skill.prompt()
+    prompt = skill.prompt(exemplars=engine.skill_exemplars)
     out: list[Observed] = []
     exemplars = unknown = 0
     for ex in examples:
@@ -74,7 +80,7 @@ def observe(
         if ex.user in shown:
             exemplars += 1
             continue
-        scores = engine.classify_fixed(prompt, ex.user).scores
+        scores = engine.classify_fixed(prompt, ex.user, scoring=scoring).scores
         sims = embedder.similarities(skill, ex.user) if embedder else None
         out.append(Observed(Evidence(scores, sims), ex.label))
     return out, exemplars, unknown
@@ -137,17 +143,21 @@ def _accuracy(pairs: Sequence[tuple[float, bool]]) -> float:
     return sum(ok for _, ok in pairs) / len(pairs)
 
 
-def fit_observed(items: Sequence[Observed], embedder: str | None) -> tuple[SkillFit, float, float]:
+def fit_observed(
+    items: Sequence[Observed], embedder: str | None, scoring: Scoring = "full"
+) -> tuple[SkillFit, float, float]:
     """The fit of observed items, with the cross-validated accuracy before and after.
 
     With an ``embedder`` (the items carry similarities), also the embedding stage
-    alone and the cascade threshold ``accept``.
+    alone and the cascade threshold ``accept``. ``scoring``: the rule the items' SLM
+    scores were computed with, recorded in the fit.
     """
     if len(items) < 2 * FOLDS:
         raise ValueError(f"{len(items)} usable examples; need at least {2 * FOLDS}")
     before = [decide(Evidence(o.evidence.slm), None) for o in items]
     raw = [(d.confidence, d.label == o.gold) for d, o in zip(before, items, strict=True)]
     result = SkillFit(
+        scoring=scoring,
         slm_only=fit([(_evidence(o, "slm"), o.gold) for o in items], embedding=False),
         items=len(items),
         ece_before=round(_ece(raw), 4),
@@ -177,12 +187,13 @@ def fit_skill(
     skill: Skill,
     examples: Sequence[Labelled],
     embedder: Embedder | None,
+    scoring: Scoring = "full",
 ) -> FitReport:
     start = time.monotonic()
     if not skill.spec.embedding:
         embedder = None
-    items, exemplars, unknown = observe(engine, skill, examples, embedder)
-    result, before, after = fit_observed(items, embedder.name if embedder else None)
+    items, exemplars, unknown = observe(engine, skill, examples, embedder, scoring)
+    result, before, after = fit_observed(items, embedder.name if embedder else None, scoring)
     return FitReport(
         fit=result,
         used=len(items),

@@ -17,11 +17,12 @@ from pathlib import Path
 
 import pytest
 
-from agent.engine.engine import Engine, FixedPrompt
+from agent.engine.engine import Engine
 from agent.engine.prompts import build_messages
 from agent.models import CATALOG, DEFAULT_MODEL, RECIPE_VERSION, ModelCache
 from agent.models.tune_data import load_examples
 from agent.skills import SkillRegistry
+from agent.skills.classify import classify_skill
 from bench.eval_data import EVAL_DIR, split_of
 from edge_slm.contract import Request
 
@@ -171,14 +172,19 @@ def test_the_tuned_model_loads_and_classifies(tuned):
 
     skill = SkillRegistry().get("home_intents")
     assert skill is not None
-    fixed = FixedPrompt(
-        name="home_intents-tuned",
-        key=skill.fingerprint,
-        messages=tuple(skill.messages(exemplars=False)),
-        choices=skill.verbalizers,
-        calibrate=skill.spec.calibrate,
-    )
-    assert engine.classify_fixed(fixed, "it's too dark in here").label in skill.labels
+    # The manifest's tune record tells the engine: skills without their exemplars, the
+    # prompt it was trained on (the exemplars are in its weights).
+    assert engine.skill_exemplars is False
+    agent_way = classify_skill(engine, skill, "it's too dark in here")
+    assert agent_way.label in skill.labels
+    with_exemplars = engine.classify_fixed(skill.prompt(), "it's too dark in here")
+    assert 0 < agent_way.prompt_tokens < with_exemplars.prompt_tokens
+    bare = engine.classify_fixed(skill.prompt(exemplars=False), "it's too dark in here")
+    assert agent_way.prompt_tokens == bare.prompt_tokens
+
+
+def test_a_base_model_keeps_the_exemplars(model_dir):
+    assert Engine(model_dir, name="base", provider="cpu", threads=2).skill_exemplars is True
 
 
 def test_it_is_listed_and_a_rerun_reuses_it(tuned):

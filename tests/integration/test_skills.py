@@ -11,8 +11,9 @@ import pytest
 from agent.engine.confidence import log_softmax
 from agent.engine.engine import DeadlineExceeded, Engine, FixedPrompt, StopWhen
 from agent.engine.prompts import build_messages
-from agent.skills import SkillRegistry
-from edge_slm.contract import Request
+from agent.skills import Skill, SkillRegistry
+from agent.skills.classify import classify_skill
+from edge_slm.contract import Request, SkillFit
 from edge_slm.topics import DeviceTopics
 from tests.support.agent import AgentProcess
 from tests.support.app import AppClient
@@ -197,3 +198,27 @@ def test_a_skill_pushed_on_the_config_topic_is_served(
     assert reply["ok"] is True, reply
     assert reply["label"] in ("door_open", "door_closed")
     assert set(reply["scores"]) == {"door_open", "door_closed"}
+
+
+def test_a_fit_made_on_prefix_scores_is_run_with_prefix_scoring(engine: Engine) -> None:
+    """The fit records the scoring rule its calibrator saw; ``classify_skill`` scores that
+    way (and a skill without a fit for this model keeps full scoring)."""
+    skill = SkillRegistry().get("home_intents")
+    assert skill is not None
+    identity = {"slm_weight": 1.0, "bias": -50.0, "top_weight": 100.0}  # keeps the argmax
+    text = "turn on the lights"
+    ran: dict[str, int] = {}
+    for scoring in ("full", "prefix"):
+        spec = skill.spec.model_copy(
+            update={"fits": {engine.name: SkillFit(slm_only=identity, scoring=scoring)}}
+        )
+        fitted = Skill.of("home_intents", spec, "config")
+        got = classify_skill(engine, fitted, text)
+        want = engine.classify_fixed(fitted.prompt(), text, scoring=scoring)
+        assert got.scored_tokens == want.scored_tokens
+        assert got.label == want.label
+        ran[scoring] = got.scored_tokens
+    # 9 of the 12 verbalizers start with a token of their own: far fewer passes.
+    assert ran["prefix"] < ran["full"] / 2
+    unfitted = Skill.of("home_intents", skill.spec.model_copy(update={"fits": {}}), "config")
+    assert classify_skill(engine, unfitted, text).scored_tokens == ran["full"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import tomllib
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import pytest
@@ -109,8 +110,9 @@ def test_cross_validated_predictions_come_from_fits_that_did_not_see_the_item() 
     assert max(c for c, _ in out) < 0.2
 
 
-def _fit(weight: float) -> SkillFit:
+def _fit(weight: float, scoring: Literal["full", "prefix"] = "full") -> SkillFit:
     return SkillFit(
+        scoring=scoring,
         embedder="minilm-l6-v2-int8",
         combined=SkillCalibrator(slm_weight=weight, embed_weight=12.5, bias=-1, top_weight=3),
         slm_only=SkillCalibrator(slm_weight=0.8, bias=-0.5, top_weight=2),
@@ -126,10 +128,12 @@ def test_a_fit_is_written_into_the_skill_file_and_read_back(tmp_path: Path) -> N
     path.write_text(original, encoding="utf-8")
     write_fit(path, "smollm2-135m-instruct", _fit(1.0))
     write_fit(path, "qwen2.5-coder-0.5b-instruct", _fit(0.5))
-    write_fit(path, "smollm2-135m-instruct", _fit(2.0))  # replaces, never duplicates
+    write_fit(path, "smollm2-135m-instruct", _fit(2.0, "prefix"))  # replaces, never duplicates
     text = path.read_text(encoding="utf-8")
     spec = parse_skill(text)
-    assert spec.fits["smollm2-135m-instruct"] == _fit(2.0)
+    assert spec.fits["smollm2-135m-instruct"] == _fit(2.0, "prefix")
+    assert spec.fits["smollm2-135m-instruct"].scoring == "prefix"
+    assert spec.fits["qwen2.5-coder-0.5b-instruct"].scoring == "full"  # the default
     assert spec.fits["qwen2.5-coder-0.5b-instruct"] == _fit(0.5)
     assert text.count('[fits."smollm2-135m-instruct"]') == 1
     assert text.startswith(original.split("[fits.")[0].rstrip())  # comments and labels kept

@@ -121,6 +121,11 @@ def test_verbalizers_map_label_names_to_words() -> None:
     assert prompt.choices == skill.verbalizers
     assert prompt.key == skill.fingerprint
     assert prompt.calibrate is True
+    bare = skill.prompt(exemplars=False)  # for a model tuned on the skill
+    assert bare.messages == tuple(skill.messages(exemplars=False))
+    assert len(bare.messages) == 1
+    assert len(prompt.messages) > 1
+    assert bare.key != prompt.key  # its own kept prefix
     off = Skill.of("g", SkillSpec.model_validate(dict(GARAGE, calibrate=False)), "config")
     assert off.prompt().calibrate is False
     assert off.fingerprint != skill.fingerprint
