@@ -65,7 +65,7 @@ from bench._common import (
 )
 from edge_slm.devbroker import PrivateBroker, free_port
 from tests.relay.device import escalation
-from tests.relay.procs import RelayProcess
+from tests.support.procs import Relay
 
 PG_ADMIN = os.environ.get("BENCH_PG_ADMIN", "postgresql://postgres@127.0.0.1:5432/postgres")
 DEVICES = [f"bench-dev-{i:02d}" for i in range(50)]
@@ -254,10 +254,11 @@ def responders(  # noqa: PLR0917 - a bench helper
             db = stack.enter_context(postgres_db())
         relays = []
         for i in range(processes):
-            relay = RelayProcess(
+            relay = Relay(
                 broker_url=broker.url,
                 llm_url=stub_url,
-                llm_model="bench-stub",
+                model="bench-stub",
+                ready=True,
                 db=db,
                 log_path=workdir / f"relay{i}.log",
                 CLOUD_RELAY_LIMITS__RATE_PER_MINUTE="0",

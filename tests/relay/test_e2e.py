@@ -14,18 +14,18 @@ import pytest
 from edge_slm.devbroker import PrivateBroker, free_port
 from tests.relay.device import FakeDevice, escalation
 from tests.relay.faultserver import FaultServer, Step
-from tests.relay.procs import RelayProcess, ServeProcess, relay_cli
+from tests.support.procs import LlmServer, Relay, relay_cli
 
 pytestmark = pytest.mark.integration
 
-MODEL = ServeProcess.MODEL
+MODEL = "smollm2-135m-instruct"
 
 
 @pytest.fixture(scope="module")
-def serve(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServeProcess]:
-    proc = ServeProcess(free_port(), tmp_path_factory.mktemp("serve") / "serve.log")
+def serve(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LlmServer]:
+    log = tmp_path_factory.mktemp("serve") / "serve.log"
+    proc = LlmServer(MODEL, free_port(), log, "--queue-size", "16")
     try:
-        proc.wait_ready()
         yield proc
     finally:
         proc.stop()
@@ -43,14 +43,15 @@ def db(tmp_path: Path) -> str:
 
 
 @pytest.fixture
-def relays(broker: PrivateBroker, serve: ServeProcess, tmp_path: Path) -> Iterator[object]:
-    started: list[RelayProcess] = []
+def relays(broker: PrivateBroker, serve: LlmServer, tmp_path: Path) -> Iterator[object]:
+    started: list[Relay] = []
 
-    def start(db: str, **env: str) -> RelayProcess:
-        proc = RelayProcess(
+    def start(db: str, **env: str) -> Relay:
+        proc = Relay(
             broker_url=broker.url,
-            llm_url=serve.url,
-            llm_model=MODEL,
+            llm_url=serve.base_url,
+            model=MODEL,
+            ready=True,
             db=db,
             log_path=tmp_path / f"relay-{len(started)}.log",
             **env,
@@ -77,7 +78,7 @@ def _logs(db: str, *args: str) -> list[dict[str, object]]:
 
 
 def test_answer_round_trip_duplicate_and_logs(
-    relays: object, device: FakeDevice, serve: ServeProcess, db: str
+    relays: object, device: FakeDevice, serve: LlmServer, db: str
 ) -> None:
     relay = relays(db)  # type: ignore[operator]
     body = escalation(device.topics.device_id)
@@ -126,7 +127,7 @@ def test_answer_round_trip_duplicate_and_logs(
 
 
 def test_identity_mismatch_is_rejected_on_the_topic_device(
-    relays: object, device: FakeDevice, broker: PrivateBroker, serve: ServeProcess, db: str
+    relays: object, device: FakeDevice, broker: PrivateBroker, serve: LlmServer, db: str
 ) -> None:
     relays(db)  # type: ignore[operator]
     victim = FakeDevice(broker.port, f"victim-{uuid.uuid4().hex[:6]}")
@@ -179,7 +180,7 @@ def test_classify_answers_a_label_or_unknown(relays: object, device: FakeDevice,
 def test_two_relays_split_the_load_and_answer_each_once(
     relays: object,
     device: FakeDevice,
-    serve: ServeProcess,
+    serve: LlmServer,
     request: pytest.FixtureRequest,
     tmp_path: Path,
 ) -> None:
@@ -229,7 +230,7 @@ def test_two_relays_split_the_load_and_answer_each_once(
 
 
 def test_back_to_back_duplicate_while_in_flight_is_answered_once(
-    relays: object, device: FakeDevice, serve: ServeProcess, db: str
+    relays: object, device: FakeDevice, serve: LlmServer, db: str
 ) -> None:
     relay = relays(db)  # type: ignore[operator]
     body = escalation(device.topics.device_id, max_tokens=48)
@@ -248,10 +249,11 @@ def test_sigterm_drains_then_answers_shutting_down(
 ) -> None:
     with FaultServer().running() as llm:
         llm.default = Step(stall_s=5.0)
-        relay = RelayProcess(
+        relay = Relay(
             broker_url=broker.url,
             llm_url=llm.url,
-            llm_model="slow-model",
+            model="slow-model",
+            ready=True,
             db=db,
             log_path=tmp_path / "relay.log",
             CLOUD_RELAY_LIMITS__DRAIN_TIMEOUT_S="0.5",

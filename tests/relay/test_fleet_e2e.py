@@ -20,7 +20,7 @@ from edge_slm.contract import LatencySummary, Status, Telemetry, TokenUsage
 from edge_slm.devbroker import PrivateBroker, free_port
 from tests.relay.device import FakeDevice, escalation
 from tests.relay.faultserver import FaultServer
-from tests.relay.procs import RelayProcess, relay_cli
+from tests.support.procs import Relay, relay_cli
 
 REDACTED = "Email [EMAIL] that the washing machine at [IP] finished, call [PHONE]"
 
@@ -92,11 +92,12 @@ def metrics_port() -> int:
 @pytest.fixture
 def relay(
     broker: PrivateBroker, llm: FaultServer, db: str, tmp_path: Path, metrics_port: int
-) -> Iterator[RelayProcess]:
-    proc = RelayProcess(
+) -> Iterator[Relay]:
+    proc = Relay(
         broker_url=broker.url,
         llm_url=llm.url,
-        llm_model="fault-model",
+        model="fault-model",
+        ready=True,
         db=db,
         log_path=tmp_path / "relay.log",
         CLOUD_RELAY_METRICS__PORT=str(metrics_port),
@@ -134,7 +135,7 @@ def _gauge(port: int, name: str) -> float:
 
 
 def test_devices_and_stats_from_telemetry_and_status(
-    relay: RelayProcess, broker: PrivateBroker, db: str, metrics_port: int
+    relay: Relay, broker: PrivateBroker, db: str, metrics_port: int
 ) -> None:
     pub = Publisher(broker.port)
     try:
@@ -197,7 +198,7 @@ def _assert_state(db: str, device: str, state: str) -> None:
 
 
 def test_identity_mismatch_and_garbage_are_rejected(
-    relay: RelayProcess, broker: PrivateBroker, db: str
+    relay: Relay, broker: PrivateBroker, db: str
 ) -> None:
     pub = Publisher(broker.port)
     try:
@@ -222,7 +223,7 @@ def test_identity_mismatch_and_garbage_are_rejected(
         pub.close()
 
 
-def _rejections(relay: RelayProcess, count: int) -> list[dict[str, Any]]:
+def _rejections(relay: Relay, count: int) -> list[dict[str, Any]]:
     found = relay.events("fleet_message_rejected")
     assert len(found) >= count
     return found
@@ -235,7 +236,7 @@ def _devices(db: str, count: int) -> list[dict[str, Any]]:
 
 
 def test_export_holds_the_redacted_case_and_metrics_count_it(
-    relay: RelayProcess, broker: PrivateBroker, llm: FaultServer, db: str, metrics_port: int
+    relay: Relay, broker: PrivateBroker, llm: FaultServer, db: str, metrics_port: int
 ) -> None:
     device = FakeDevice(broker.port, "washer")
     try:
@@ -299,10 +300,11 @@ def test_metrics_are_off_by_default(
     broker: PrivateBroker, llm: FaultServer, tmp_path: Path
 ) -> None:
     port = free_port()
-    proc = RelayProcess(
+    proc = Relay(
         broker_url=broker.url,
         llm_url=llm.url,
-        llm_model="fault-model",
+        model="fault-model",
+        ready=True,
         db=f"sqlite:///{tmp_path / 'r.db'}",
         log_path=tmp_path / "relay.log",
     )
@@ -322,10 +324,11 @@ def test_a_relay_started_later_learns_the_retained_status(
              retain=True)  # fmt: skip
     pub.close()
     db = f"sqlite:///{tmp_path / 'late.db'}"
-    proc = RelayProcess(
+    proc = Relay(
         broker_url=broker.url,
         llm_url=llm.url,
-        llm_model="fault-model",
+        model="fault-model",
+        ready=True,
         db=db,
         log_path=tmp_path / "late.log",
     )

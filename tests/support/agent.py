@@ -41,7 +41,7 @@ def wait_for_status(port: int, topic: str, state: str, timeout: float = 60.0) ->
 def read_events(path: Path) -> list[dict[str, object]]:
     """The JSON log lines of a daemon (other lines are skipped)."""
     events = []
-    for line in path.read_text().splitlines():
+    for line in path.read_text(errors="replace").splitlines():
         try:
             events.append(json.loads(line))
         except json.JSONDecodeError:

@@ -20,7 +20,7 @@ from typing import Any
 
 import httpx
 import pytest
-from playwright.sync_api import Browser, Page, expect, sync_playwright
+from playwright.sync_api import Browser, ConsoleMessage, Page, expect, sync_playwright
 
 from cloud_relay.store import LogQuery, open_store
 from edge_slm.devbroker import free_port
@@ -63,6 +63,10 @@ def wait_until(what: str, check: Callable[[], bool], timeout: float = 60.0) -> N
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         time.sleep(0.25)
+
+
+#: Chromium's console warning for repeated ``getImageData`` calls (``colour_pixels``).
+CANVAS_READBACK = "Canvas2D: Multiple readback operations using getImageData"
 
 
 def colour_pixels(page: Page, chart_id: str, rgb: tuple[int, int, int]) -> int:
@@ -205,14 +209,25 @@ def _healthy(url: str) -> bool:
         return False
 
 
+def _page_problems(page: Page) -> list[str]:
+    """The page's errors and console errors and warnings, collected as they come."""
+    problems: list[str] = []
+    page.on("pageerror", lambda exc: problems.append(f"page error: {exc}"))
+
+    def console(m: ConsoleMessage) -> None:
+        # Chromium warns when a canvas is read back repeatedly: that is this test's own
+        # pixel probe (``colour_pixels``), not the page.
+        if m.type in {"error", "warning"} and not m.text.startswith(CANVAS_READBACK):
+            problems.append(m.text)
+
+    page.on("console", console)
+    return problems
+
+
 def _drive(page: Page, url: str, fleet: Fleet, in_store: dict[str, str]) -> None:
     """Everything the browser does and checks."""
     kitchen, garage = fleet.kitchen.device_id, fleet.garage.device_id
-    problems: list[str] = []
-    page.on("pageerror", lambda exc: problems.append(f"page error: {exc}"))
-    page.on(
-        "console", lambda m: problems.append(m.text) if m.type in {"error", "warning"} else None
-    )
+    problems = _page_problems(page)
 
     # Without the token: the login form, no data.
     page.goto(f"{url}/")
