@@ -33,16 +33,16 @@ Pass:
   escalated = delivered + expired, ``dropped_expired`` = expired, ``dropped_full`` = 0,
   the outbox ends empty, and every delivered escalation has an ``ok`` relay row.
 
-Durations: the 30 s cut always runs (~2.5 min). ``EDGE_SLM_LONG_FAULTS=1`` adds 2 min
-and 5 min cuts (with ``outbox.ttl_s`` = 60 s, so the early part of the queue expires
-and the app gets ``cloud_expired``): about 13 minutes more, which fits the 90 min CI
-budget, so CI may set it on a nightly or pre-release run. Last opt-in run (2026-11-24,
-two shared cores, a benchmark running beside it): for both long cuts every request got
-its replies and the books balanced, but the tail criterion failed (edge-only p99 during
-the 2 min cut 2,357 ms against a baseline of 880 ms), while the agent's own
-receipt-to-reply latency stayed flat (p50 ~290 ms, max 574 ms) and the device broker
-alone does not stall while its bridge retries (probed: p99 under 10 ms). The delay
-sits between the broker and the agent's network thread; not yet explained.
+Durations: the 30 s cut takes ~2.5 min, the 2 min cut ~3.5 and the 5 min cut ~7 (with
+``outbox.ttl_s`` = 60 s, so the early part of the queue expires and the app gets
+``cloud_expired``). All three run by default, so CI proves the whole row;
+``EDGE_SLM_LONG_FAULTS=0`` skips the two long ones for a quicker local run. Runs alone
+on a quiet machine (2026-11-24 13:15 and 13:19 UTC): edge-only p99 during the 2 min cut
+113 ms against 124 ms before it, during the 5 min cut 106 ms against 131 ms; the books
+balanced in both (2 min: 73 escalated = 31 delivered + 42 expired; 5 min: 145 = 24 +
+121). An earlier run beside a benchmark failed the tail check (2,357 ms against 880 ms),
+most likely the neighbour's load (run alone, both tails stay under their baselines): a
+test cannot tell that load from the cut's, hence the tail slack and the overload guard.
 """
 
 from __future__ import annotations
@@ -73,8 +73,8 @@ from tests.support.procs import Relay
 
 pytestmark = pytest.mark.integration
 
-LONG = os.environ.get("EDGE_SLM_LONG_FAULTS") == "1"
-LONG_REASON = "long link cuts run only with EDGE_SLM_LONG_FAULTS=1"
+LONG = os.environ.get("EDGE_SLM_LONG_FAULTS", "1") != "0"
+LONG_REASON = "long link cuts skipped: EDGE_SLM_LONG_FAULTS=0"
 LABELS = ["lights_on", "lights_off", "play_music"]
 TEXTS = [
     "turn on the kitchen lights",
