@@ -47,7 +47,7 @@ import re
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 
@@ -63,11 +63,11 @@ from bench._common import (
 )
 from bench.eval_data import EvalItem, load_family, split, split_of
 from bench.routing import at_rate, auroc, escalation_curve
+from edge_slm.contract import Scoring
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
 MODELS = ("smollm2-135m-instruct", "qwen2.5-coder-0.5b-instruct", "qwen2.5-coder-1.5b-instruct")
 SKILL_OF = {"voice": "home_intents", "sensor": "sensor_state"}
-Scoring = Literal["full", "prefix"]
 
 
 def _engine(name: str, threads: int) -> Any:

@@ -175,6 +175,11 @@ class SkillCalibrator(BaseModel):
     )
 
 
+#: How the SLM scores a skill's labels (``Engine.classify_fixed``): every token of each
+#: verbalizer, or only its distinguishing prefix.
+Scoring = Literal["full", "prefix"]
+
+
 class SkillFit(BaseModel):
     """A skill's calibration on one edge model, fitted on labelled data by
     ``edge-agent skills fit``; stored in the skill under ``[fits."<model>"]``."""
@@ -201,7 +206,7 @@ class SkillFit(BaseModel):
         "answer from it and skip the SLM (fitted to give up at most 2 points of "
         "cross-validated accuracy); none: always run the SLM.",
     )
-    scoring: Literal["full", "prefix"] = Field(
+    scoring: Scoring = Field(
         default="full",
         description="How the SLM's label scores were computed for this fit, and must be at "
         "run time: `full` (every token of each verbalizer: one forward pass per label) or "

@@ -49,6 +49,7 @@ from agent.engine.confidence import (
 )
 from agent.engine.prompts import Message
 from agent.models.manifest import tuned_without_exemplars
+from edge_slm.contract import Scoring
 from edge_slm.logs import get_logger
 
 log = get_logger("agent.engine")
@@ -452,7 +453,7 @@ class Engine:
         user: str,
         *,
         reuse: bool = True,
-        scoring: Literal["prefix", "full"] = "full",
+        scoring: Scoring = "full",
         calibrate: bool | None = None,
         stop: StopWhen = _NEVER,
     ) -> Classification:
@@ -484,7 +485,7 @@ class Engine:
         self,
         prompt: FixedPrompt,
         reuse: bool,
-        scoring: Literal["prefix", "full"],
+        scoring: Scoring,
         stop: StopWhen,
     ) -> dict[str, float]:
         key = f"{prompt.name}@{prompt.key}:{scoring}"
@@ -505,7 +506,7 @@ class Engine:
         prompt: FixedPrompt,
         user: str,
         reuse: bool,
-        scoring: Literal["prefix", "full"],
+        scoring: Scoring,
         stop: StopWhen,
     ) -> tuple[dict[str, float], int, int]:
         """Raw label log-likelihoods, prompt tokens and scored tokens."""

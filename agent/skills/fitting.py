@@ -25,13 +25,11 @@ from agent.engine.engine import Engine
 from agent.skills import Skill
 from agent.skills.calibration import Evidence, decide, ece, fit
 from agent.skills.embedding import Embedder
-from edge_slm.contract import SkillFit
+from edge_slm.contract import Scoring, SkillFit
 
 FOLDS = 5
 #: The accuracy the embedding-first cascade may give up, cross-validated, to skip the SLM.
 MAX_CASCADE_LOSS = 0.02
-#: The SLM's scoring rule (``Engine.classify_fixed``); the fit records which it was made on.
-Scoring = Literal["full", "prefix"]
 
 
 class Labelled(Protocol):
