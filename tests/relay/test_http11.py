@@ -11,6 +11,7 @@ import json
 import ssl
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -205,24 +206,26 @@ def test_http_target_through_a_forwarding_proxy(runner: LoopRunner) -> None:
         assert f"Proxy-Authorization: Basic {token}".encode() in head
 
 
+@dataclass(frozen=True)
+class Tls:
+    ca: Path  # the CA certificate that signed the server's
+    server: ssl.SSLContext  # the origin's context, for ``localhost``
+
+
 @pytest.fixture(scope="module")
-def tls_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
-    """(CA certificate, server certificate, server key) for ``localhost``."""
+def tls(tmp_path_factory: pytest.TempPathFactory) -> Tls:
     pki = Pki(tmp_path_factory.mktemp("pki"))
     pki.init_ca("http11 test CA")
     row = pki.issue(CertKind.SERVER, "localhost", san=["localhost", "127.0.0.1"])
     assert row.key is not None
-    return pki.ca_cert_path, pki.dir / row.cert, pki.dir / row.key
+    server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server.load_cert_chain(pki.dir / row.cert, pki.dir / row.key)
+    return Tls(pki.ca_cert_path, server)
 
 
-def test_https_target_through_a_connect_tunnel(
-    runner: LoopRunner, tls_files: tuple[Path, Path, Path]
-) -> None:
-    ca, cert, key = tls_files
-    server_tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    server_tls.load_cert_chain(cert, key)
-    trust = ssl.create_default_context(cafile=str(ca))
-    with RawServer(tls=server_tls).running() as origin, ConnectProxy().running() as proxy:
+def test_https_target_through_a_connect_tunnel(runner: LoopRunner, tls: Tls) -> None:
+    trust = ssl.create_default_context(cafile=str(tls.ca))
+    with RawServer(tls=tls.server).running() as origin, ConnectProxy().running() as proxy:
         client = _client(origin.url, proxy=f"http://u:pw@127.0.0.1:{proxy.port}", ssl_context=trust)
         assert _post(runner, client).status == 200
         assert _post(runner, client).status == 200
@@ -236,13 +239,8 @@ def test_https_target_through_a_connect_tunnel(
         assert origin.requests[0].startswith(b"POST /v1/chat/completions HTTP/1.1\r\n")
 
 
-def test_https_direct_checks_the_certificate(
-    runner: LoopRunner, tls_files: tuple[Path, Path, Path]
-) -> None:
-    _ca, cert, key = tls_files
-    server_tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    server_tls.load_cert_chain(cert, key)
-    with RawServer(tls=server_tls).running() as origin:
+def test_https_direct_checks_the_certificate(runner: LoopRunner, tls: Tls) -> None:
+    with RawServer(tls=tls.server).running() as origin:
         with pytest.raises(HttpError) as info:  # the default trust store lacks our CA
             _post(runner, _client(origin.url))
         assert info.value.kind == "ConnectError"
