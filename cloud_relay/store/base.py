@@ -177,6 +177,9 @@ class StatusUpdate:
     provider: str | None
     version: str | None
     conditions: list[str] | None
+    #: The running model's version (``model_state.version``: the sha256 prefix of the
+    #: archive it came from over the air); None for a configured model.
+    model_version: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -214,6 +217,7 @@ class DeviceRow:
     started_at: float | None
     runs: int  # distinct started_at values seen
     totals: Totals
+    model_version: str | None = None  # of ``model``; None: a configured model
 
 
 class StoreError(Exception):

@@ -118,6 +118,11 @@ MIGRATIONS: list[tuple[int, list[str]]] = [
             "CREATE INDEX IF NOT EXISTS fleet_telemetry_ts ON fleet_telemetry (ts)",
         ],
     ),
+    (
+        # Which build of the model a device runs (an over-the-air install's version).
+        4,
+        ["ALTER TABLE fleet_device ADD COLUMN model_version TEXT"],
+    ),
 ]
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
@@ -133,7 +138,7 @@ _DEVICE_COLUMNS = (
     "telemetry_ts, started_at, runs, "
     "prior_edge + cur_edge, prior_cloud + cur_cloud, prior_fallback + cur_fallback, "
     "prior_error + cur_error, prior_escalations + cur_escalations, "
-    "prior_cost_avoided + cur_cost_avoided"
+    "prior_cost_avoided + cur_cost_avoided, model_version"
 )
 
 _HISTORY_COLUMNS = (
@@ -538,6 +543,9 @@ class SqlStore:
         self._db.execute(
             f"UPDATE fleet_device SET last_seen = {_LAST_SEEN}, "  # noqa: S608 - constant SQL
             "state = ?, state_at = ?, model = COALESCE(?, model), "
+            # The version belongs to the model: it changes with it, to none for a
+            # configured model, and stays when a status names no model.
+            "model_version = CASE WHEN CAST(? AS TEXT) IS NULL THEN model_version ELSE ? END, "
             "provider = COALESCE(?, provider), version = COALESCE(?, version), conditions = ? "
             "WHERE device_id = ?",
             (
@@ -546,6 +554,8 @@ class SqlStore:
                 status.state,
                 status.received_at,
                 status.model,
+                status.model,
+                status.model_version,
                 status.provider,
                 status.version,
                 _json_or_null(status.conditions),
@@ -627,6 +637,7 @@ def _to_device(r: Row) -> DeviceRow:
             escalations=int(r[16]),
             cost_avoided_usd=float(r[17]),
         ),
+        model_version=r[18],
     )
 
 

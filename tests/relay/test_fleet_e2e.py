@@ -16,7 +16,7 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from prometheus_client.parser import text_string_to_metric_families
 
-from edge_slm.contract import LatencySummary, Status, Telemetry, TokenUsage
+from edge_slm.contract import LatencySummary, ModelState, Status, Telemetry, TokenUsage
 from edge_slm.devbroker import PrivateBroker, free_port
 from tests.relay.device import FakeDevice, escalation
 from tests.relay.faultserver import FaultServer
@@ -140,9 +140,10 @@ def test_devices_and_stats_from_telemetry_and_status(
     pub = Publisher(broker.port)
     try:
         started = time.time() - 600
+        installed = ModelState(version="9f2c4e1a0b3d", loaded=True, pinned=False, loads=1)
         status = Status(device_id="kitchen", state="online", model="smollm2-135m-instruct",
                         provider="cpu", version="0.1.0", conditions=["outbox_was_corrupt"],
-                        ts=time.time())  # fmt: skip
+                        model_state=installed, ts=time.time())  # fmt: skip
         pub.send("slm/kitchen/status", status.to_wire(), retain=True)
         pub.send("slm/kitchen/telemetry", telemetry("kitchen", started_at=started, edge=10,
                                                     cost=0.01).to_wire())  # fmt: skip
@@ -163,6 +164,7 @@ def test_devices_and_stats_from_telemetry_and_status(
         assert kitchen["status"] == "online"
         assert kitchen["conditions"] is None or kitchen["conditions"] == []  # telemetry's, later
         assert kitchen["model"] == "smollm2-135m-instruct"
+        assert kitchen["model_version"] == "9f2c4e1a0b3d"  # the over-the-air install's
         assert kitchen["provider"] == "cpu"
         assert kitchen["requests"] == {"edge": 11, "cloud": 4, "edge-fallback": 2, "error": 0}
         assert kitchen["escalations"] == 6
@@ -174,6 +176,7 @@ def test_devices_and_stats_from_telemetry_and_status(
         assert table.returncode == 0, table.stderr
         assert "cost avoided $" in table.stdout
         assert "0.011000" in table.stdout
+        assert "smollm2-135m-instruct@9f2c4e1a0b3d" in table.stdout
 
         stats = {s["device_id"]: s for s in _json("stats", "--db", db, "--json")}
         assert stats["kitchen"]["cost_avoided_usd"] == pytest.approx(0.011)

@@ -6,10 +6,12 @@ import json
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
+from cloud_relay import render
 from cloud_relay.store import (
     Final,
     LogQuery,
@@ -86,7 +88,7 @@ def test_a_version_1_store_is_migrated_and_keeps_its_rows(
     new = open_store(store_url)
     try:
         versions = new._db.query("SELECT version FROM relay_schema_version ORDER BY version")  # type: ignore[attr-defined]
-        assert [v for (v,) in versions] == [1, 2, 3] == [v for v, _ in sqlmod.MIGRATIONS]
+        assert [v for (v,) in versions] == [1, 2, 3, 4] == [v for v, _ in sqlmod.MIGRATIONS]
         (row,) = new.logs(LogQuery())
         assert (row.request_id, row.text, row.labels, row.sensor) == ("r0", None, None, None)
         assert new.devices() == []
@@ -95,7 +97,7 @@ def test_a_version_1_store_is_migrated_and_keeps_its_rows(
 
 
 def test_a_newer_schema_is_refused(store_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    open_store(store_url).close()  # at version 3
+    open_store(store_url).close()  # at the latest version
     with only_first_migration(monkeypatch), pytest.raises(StoreError, match="newer"):
         open_store(store_url)
 
@@ -185,6 +187,29 @@ def test_status_online_offline_and_count(store: RelayStore) -> None:
     store.record_telemetry(sample("a", ts=2000, edge=3))
     (a,) = store.devices("a")
     assert (a.state, a.totals.edge, a.provider) == ("online", 3, "cpu")
+
+
+def test_the_model_version_follows_the_model(store: RelayStore) -> None:
+    def update(model: str | None, version: str | None) -> None:
+        s = status("d")
+        store.record_status(replace(s, model=model, model_version=version))
+
+    def shown() -> tuple[str | None, str | None]:
+        (d,) = store.devices("d")
+        return d.model, d.model_version
+
+    update("smol", "9f2c4e1a0b3d")  # installed over the air
+    assert shown() == ("smol", "9f2c4e1a0b3d")
+    update(None, None)  # the will: names no model, changes nothing
+    assert shown() == ("smol", "9f2c4e1a0b3d")
+    update("qwen", None)  # back to a configured model: no version, not the old one
+    assert shown() == ("qwen", None)
+    (d,) = store.devices("d")
+    now = time.time()
+    assert render.device_dict(d, now=now, stale_after_s=60)["model_version"] is None
+    update("qwen", "0123456789ab")
+    (d,) = store.devices("d")
+    assert render.device_cells(d, now=now, stale_after_s=60)[3] == "qwen@0123456789ab"
 
 
 def test_retained_status_does_not_pretend_the_device_was_just_seen(store: RelayStore) -> None:

@@ -149,7 +149,8 @@
       const r = d.requests;
       tr.append(
         el("td", d.device_id, "mono"), status, el("td", ago(d.last_seen, body.now)),
-        el("td", d.model || "–"), el("td", d.provider || "–"),
+        el("td", d.model ? (d.model_version ? `${d.model}@${d.model_version}` : d.model) : "–"),
+        el("td", d.provider || "–"),
         el("td", r.edge, "n"), el("td", r.cloud, "n"), el("td", r["edge-fallback"], "n"),
         el("td", r.error, "n"), el("td", pct(d.escalation_rate), "n"),
         el("td", usd(d.cost_avoided_usd), "n"),
