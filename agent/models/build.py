@@ -31,6 +31,7 @@ import sys
 import time
 from importlib import metadata
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import agent
 from agent.models.cache import ModelCache
@@ -46,6 +47,9 @@ from agent.models.errors import (
 from agent.models.manifest import Fidelity, Manifest, SourceRecord, record_files
 from agent.models.progress import Progress
 from agent.models.sources import assemble_gguf
+
+if TYPE_CHECKING:
+    from agent.models.fidelity import FidelityResult
 
 BUILD_MODULES = ("torch", "transformers", "gguf", "accelerate", "onnx", "onnx_ir")
 BUILDER_MODULE = "onnxruntime_genai.models.builder"
@@ -147,6 +151,20 @@ def run_convert(
     )
     if gguf.is_relative_to(workdir):
         gguf.unlink()
+
+
+def gate_fidelity(name: str, result: FidelityResult, min_agreement: float) -> Fidelity:
+    """The manifest's record of a fidelity measurement; raises :class:`FidelityTooLow`
+    when the built model agrees with its source weights less than ``min_agreement``."""
+    if result.top1_agreement < min_agreement:
+        raise FidelityTooLow(name, result.top1_agreement, min_agreement, result.mean_kl)
+    return Fidelity(
+        prompts=result.prompts,
+        tokens=result.tokens,
+        top1_agreement=round(result.top1_agreement, 4),
+        mean_kl=round(result.mean_kl, 6),
+        min_agreement=min_agreement,
+    )
 
 
 def builder_version() -> str:
@@ -252,10 +270,7 @@ def build(
                 f"  top-1 agreement {result.top1_agreement:.3f} over {result.tokens} tokens, "
                 f"mean KL {result.mean_kl:.4f} (minimum {recipe.min_agreement})"
             )
-            if result.top1_agreement < recipe.min_agreement:
-                raise FidelityTooLow(
-                    name, result.top1_agreement, recipe.min_agreement, result.mean_kl
-                )
+            fidelity = gate_fidelity(name, result, recipe.min_agreement)
 
         with progress.stage("install: hash files, write manifest"):
             manifest = Manifest(
@@ -270,13 +285,7 @@ def build(
                 execution_provider=recipe.execution_provider,
                 builder=builder_version(),
                 build_seconds=round(time.monotonic() - started, 1),
-                fidelity=Fidelity(
-                    prompts=result.prompts,
-                    tokens=result.tokens,
-                    top1_agreement=round(result.top1_agreement, 4),
-                    mean_kl=round(result.mean_kl, 6),
-                    min_agreement=recipe.min_agreement,
-                ),
+                fidelity=fidelity,
                 files=record_files(out_dir),
             )
             cache.commit(out_dir, manifest)

@@ -42,6 +42,7 @@ from agent.models.build import (
     builder_version,
     check_build_extra,
     child_env,
+    gate_fidelity,
     log_tail,
     run_convert,
     run_logged,
@@ -51,7 +52,6 @@ from agent.models.catalog import CATALOG, RECIPE_VERSION, CatalogEntry, GgufSour
 from agent.models.errors import (
     BuildFailed,
     DiskFull,
-    FidelityTooLow,
     ModelError,
     enospc_as_disk_full,
 )
@@ -323,19 +323,12 @@ def _train_and_build(
             f"  top-1 agreement {result.top1_agreement:.3f} with the tuned weights "
             f"(minimum {recipe.min_agreement}), {drift.top1_agreement:.3f} with the base"
         )
-        if result.top1_agreement < recipe.min_agreement:
-            raise FidelityTooLow(name, result.top1_agreement, recipe.min_agreement, result.mean_kl)
+        fidelity = gate_fidelity(name, result, recipe.min_agreement)
     return _Built(
         model_dir=out_dir,
         gguf_sha256=gguf_sha,
         stats=stats,
-        fidelity=Fidelity(
-            prompts=result.prompts,
-            tokens=result.tokens,
-            top1_agreement=round(result.top1_agreement, 4),
-            mean_kl=round(result.mean_kl, 6),
-            min_agreement=recipe.min_agreement,
-        ),
+        fidelity=fidelity,
         base_agreement=round(drift.top1_agreement, 4),
     )
 
