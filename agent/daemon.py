@@ -532,7 +532,8 @@ class AgentDaemon(Lifecycle):
             self._publish_reply(route, response)
             return
         key = (route.topic, response.id)
-        deliveries = self.recent.finish(key, response)
+        payload = response.to_wire()  # one serialization: the kept copy is the sent bytes
+        deliveries = self.recent.finish(key, response, payload)
         if deliveries is None:
             log.info("duplicate_reply_dropped", request_id=response.id, reply_topic=route.topic)
             return
@@ -542,18 +543,19 @@ class AgentDaemon(Lifecycle):
             for delivery in deliveries:
                 self.mqtt.ack(delivery)
 
-        self._publish_reply(route, response, on_delivered=settle)
+        self._publish_reply(route, response, payload, on_delivered=settle)
 
     def _publish_reply(
         self,
         route: ReplyRoute,
         response: Response,
+        payload: bytes | None = None,
         on_delivered: Callable[[], None] | None = None,
     ) -> None:
         self.telemetry.reply(response)
         self.mqtt.publish(
             route.topic,
-            response.to_wire(),
+            response.to_wire() if payload is None else payload,
             qos=1,
             correlation_data=route.correlation_data,
             on_delivered=on_delivered,

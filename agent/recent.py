@@ -138,7 +138,9 @@ class RecentRequests:
             self._in_flight[key] = [delivery] if delivery is not None else []
             return False
 
-    def finish(self, key: Key, response: Response) -> list[Inbound] | None:
+    def finish(
+        self, key: Key, response: Response, payload: bytes | None = None
+    ) -> list[Inbound] | None:
         """Record the final reply of a request; return its deliveries to ack.
 
         None means a final reply already went out for this key (say, the cloud's
@@ -162,7 +164,7 @@ class RecentRequests:
                     self._confirmed.discard(self._done.popitem(last=False)[0])
                 self._write(
                     "INSERT OR REPLACE INTO replied VALUES (?, ?, ?, ?, 0)",
-                    (key[0], key[1], response.to_wire(), now),
+                    (key[0], key[1], response.to_wire() if payload is None else payload, now),
                 )
                 self._writes += 1
                 if self._writes % 512 == 0:
