@@ -24,6 +24,10 @@ if TYPE_CHECKING:
     from agent.skills.embedding import Embedder
 
 
+#: The reason of an edge answer that no rule decided (the router then says why it stands).
+EDGE_REASON = "answered on the edge"
+
+
 def answer(
     engine: Engine,
     request: Request,
@@ -43,7 +47,12 @@ def answer(
     try:
         if skill is not None:
             result: Classification | Generation = classify_skill(
-                engine, skill, user_content(request), embedder=embedder, stop=stop
+                engine,
+                skill,
+                user_content(request),
+                readings=request.readings,
+                embedder=embedder,
+                stop=stop,
             )
         elif request.task is Task.CLASSIFY:
             result = engine.classify(messages, request.labels or [], stop=stop)
@@ -57,13 +66,14 @@ def answer(
         return Response.failure(request.id, ErrorCode.INVALID_REQUEST, str(exc))
     except EngineError as exc:
         return Response.failure(request.id, ErrorCode.INTERNAL, str(exc))
+    basis = result.basis if isinstance(result, Classification) else None
     common = {
         "id": request.id,
         "ok": True,
         "confidence": round(result.confidence, 4),
         "source": Source.EDGE,
         "escalated": False,
-        "reason": "answered on the edge",
+        "reason": basis or EDGE_REASON,
         "model": engine.name,
     }
     if isinstance(result, Classification):

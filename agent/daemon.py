@@ -22,7 +22,7 @@ import structlog
 from prometheus_client import start_http_server
 from pydantic import ValidationError
 
-from agent.answering import answer, with_latency
+from agent.answering import EDGE_REASON, answer, with_latency
 from agent.cloud.escalator import Escalator
 from agent.cloud.outbox import Outbox
 from agent.cloud.scheduler import Scheduler
@@ -608,7 +608,9 @@ class AgentDaemon(Lifecycle):
             ):
                 self.telemetry.escalated(EscalationReason.SHADOW)
             if edge.ok:
-                edge = edge.model_copy(update={"reason": reason})
+                # A rule's basis ("by the skill's bands: ...") stays in front of the router's.
+                basis = None if edge.reason == EDGE_REASON else edge.reason
+                edge = edge.model_copy(update={"reason": f"{basis}; {reason}" if basis else reason})
         self._reply_job(job, edge)
 
     def _reply_job(self, job: Job, response: Response) -> None:

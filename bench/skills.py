@@ -23,10 +23,12 @@ never used for the built-in skills' exemplars):
   - ``skill, calibrated``: the same scores through the SLM-only calibrator;
   - ``embedding``: the MiniLM stage alone (nearest exemplar per label), calibrated;
   - ``combined``: both, mixed and calibrated;
-  - ``agent``: what the agent runs with the shipped settings and a fit: where the skill
-    uses the embedding stage (``home_intents``), the cascade (the embedding stage answers
-    alone when confident enough, the fit's ``accept``, else ``combined``); where it does
-    not (``sensor_state``), ``skill, calibrated``;
+  - ``agent``: what the agent runs with the shipped settings and a fit: first the skill's
+    bands (``sensor_state``: a report whose readings they all cover is answered by rule,
+    confidence 1); where the skill uses the embedding stage (``home_intents``), the
+    cascade (the embedding stage answers alone when confident enough, the fit's
+    ``accept``, else ``combined``); where it does not (``sensor_state``),
+    ``skill, calibrated``; ``agent, prefix, no bands`` is the baseline without the bands;
   - ``tuned``: a ``models tune`` model on the skill prompt without exemplars, raw.
   Calibrators are fitted in-run, per skill, on the dev split minus the prompt's exemplars
   (the code of ``edge-agent skills fit``); the models' scores are kept in
@@ -110,7 +112,10 @@ def latency(model: str, threads: int, limit: int, quiet_wait: float) -> dict[str
         if way == "bare":
             return engine.classify(build_messages(item.request), item.request.labels or [])
         if way == "agent":
-            return classify_skill(engine, skill, user_content(item.request), embedder=embedder)
+            text = user_content(item.request)
+            return classify_skill(
+                engine, skill, text, readings=item.request.readings, embedder=embedder
+            )
         return engine.classify_fixed(
             prompt,
             user_content(item.request),
@@ -328,7 +333,6 @@ def _predictions(
     from agent.models.embedders import DEFAULT_EMBEDDER
     from agent.skills import SkillRegistry
     from agent.skills.calibration import Evidence, decide
-    from agent.skills.classify import decide_skill
     from agent.skills.fitting import Observed, fit_observed
 
     registry = SkillRegistry()
@@ -381,17 +385,10 @@ def _predictions(
                 decide(Evidence(o["skill"], s["sims"]), fit.combined),
                 o["skill_ms"] + s["ms"],
             )
-            for method, source, chosen in (
-                ("agent", o, shipped),
-                ("agent, prefix", prefix and prefix[item.id], prefix_shipped),
-            ):
-                if not source:
-                    continue
-                agent = chosen[item.family]
-                sim = s["sims"] if agent.embedder else None
-                d, ran = decide_skill(agent, sim, lambda o=source: o["skill"])
-                ms = (s["ms"] if sim else 0.0) + (source["skill_ms"] if ran else 0.0)
-                ways[method] = (d, ms)
+            agent_sources = {"agent": (o, shipped)}
+            if prefix is not None:
+                agent_sources["agent, prefix"] = (prefix[item.id], prefix_shipped)
+            ways |= _agent_ways(item, s, agent_sources)
             if prefix is not None:
                 p = prefix[item.id]
                 ways["skill, prefix"] = (decide(Evidence(p["skill"]), None), p["skill_ms"])
@@ -408,6 +405,43 @@ def _predictions(
     out = {f: fit.model_dump() for f, fit in shipped.items()}
     out |= {f"{f}, prefix": fit.model_dump() for f, fit in prefix_shipped.items()}
     return rows, out
+
+
+def _agent_ways(
+    item: EvalItem,
+    sims: dict[str, Any],
+    sources: dict[str, tuple[dict[str, Any], dict[str, Any]]],
+) -> dict[str, tuple[Any, float]]:
+    """The agent's path per method (observations, shipped fits), as ``classify_skill``
+    runs it: the skill's bands first, then the cascade; for each ``..., prefix`` method
+    also ``..., no bands``, the same path without the bands (the baseline)."""
+    from agent.skills import SkillRegistry
+    from agent.skills.bands import judge
+    from agent.skills.calibration import Decision
+    from agent.skills.classify import decide_skill
+
+    skill = SkillRegistry().get(SKILL_OF[item.family])
+    assert skill is not None
+    start = time.perf_counter()
+    verdict = judge(skill.spec, item.request.readings)
+    ruled = None
+    if verdict is not None:  # answered before any model runs
+        hot = {k: float(k == verdict.label) for k in skill.labels}
+        ruled = (Decision(verdict.label, 1.0, hot), (time.perf_counter() - start) * 1000)
+    ways: dict[str, tuple[Any, float]] = {}
+    for method, (obs, fits) in sources.items():
+
+        def slm(o: dict[str, Any] = obs) -> Any:
+            return o["skill"]
+
+        agent = fits[item.family]
+        sim = sims["sims"] if agent.embedder else None
+        d, ran = decide_skill(agent, sim, slm)
+        ms = (sims["ms"] if sim else 0.0) + (obs["skill_ms"] if ran else 0.0)
+        ways[method] = ruled or (d, ms)
+        if method.endswith("prefix"):
+            ways[f"{method}, no bands"] = (d, ms)
+    return ways
 
 
 RATES = (10, 25, 40)

@@ -10,7 +10,9 @@ so that we never put an undocumented field on the wire by accident.
 
 from __future__ import annotations
 
+import itertools
 import json
+import math
 import uuid
 from enum import StrEnum
 from typing import Annotated, Any, ClassVar, Literal
@@ -226,6 +228,68 @@ class SkillFit(BaseModel):
     )
 
 
+Bound = float | None
+
+
+class SensorBand(BaseModel):
+    """The label a skill gives one kind of reading, by rule: ranges for numbers, a table
+    for words. Stored in a skill under ``[bands.<reading>]``."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    unit: str | None = Field(
+        default=None,
+        max_length=32,
+        description="The unit the ranges are in. A reading in another unit is left to the "
+        "model (a °F thermometer is not judged by °C bands); one without a unit is taken "
+        "to be in this one.",
+    )
+    ranges: dict[LabelName, list[tuple[Bound, Bound]]] = Field(
+        default_factory=dict,
+        description="Per label, `[low, high]` pairs: a number with `low <= value < high` "
+        "gets the label. `null` (or TOML's `-inf`/`inf`) is an open end. Ranges must not "
+        "overlap; a number in none of them is left to the model.",
+    )
+    states: dict[Annotated[str, Field(min_length=1, max_length=64)], LabelName] = Field(
+        default_factory=dict,
+        description="Per word reading (`detected`, `wet`; `true`/`false` for booleans), "
+        "its label; matched without regard to case.",
+    )
+
+    @field_validator("ranges")
+    @classmethod
+    def _open_ends(cls, ranges: dict[str, list[tuple[Bound, Bound]]]) -> Any:
+        # TOML has no null and spells an open end -inf or inf; JSON cannot carry those.
+        def bound(value: Bound) -> Bound:
+            if value is not None and math.isnan(value):
+                raise ValueError("a range bound is NaN")
+            return None if value is None or math.isinf(value) else value
+
+        return {k: [(bound(lo), bound(hi)) for lo, hi in pairs] for k, pairs in ranges.items()}
+
+    @model_validator(mode="after")
+    def _consistent(self) -> SensorBand:
+        if not self.ranges and not self.states:
+            raise ValueError("a band needs `ranges` or `states`")
+        spans = sorted(
+            (float("-inf") if low is None else low, float("inf") if high is None else high, label)
+            for label, pairs in self.ranges.items()
+            for low, high in pairs
+        )
+        for low, high, label in spans:
+            if not low < high:
+                raise ValueError(f"range [{low}, {high}] of {label!r} is empty")
+        for (_, high, first), (low, _, second) in itertools.pairwise(spans):
+            if low < high:
+                raise ValueError(f"ranges of {first!r} and {second!r} overlap")
+        if len({state.casefold() for state in self.states}) != len(self.states):
+            raise ValueError("states differ only in case")
+        return self
+
+    def labels(self) -> set[str]:
+        return set(self.ranges) | set(self.states.values())
+
+
 class SkillSpec(BaseModel):
     """A named classify task: a label set with descriptions, verbalizers and exemplars."""
 
@@ -252,6 +316,15 @@ class SkillSpec(BaseModel):
         description="Fitted calibration by edge model name (`edge-agent skills fit`); a "
         "model without one gets the raw SLM distribution and confidence.",
     )
+    bands: dict[Annotated[str, Field(min_length=1, max_length=64)], SensorBand] = Field(
+        default_factory=dict,
+        max_length=64,
+        description="Readings judged by rule, keyed by the last segment of the sensor name "
+        "(`kitchen/co2` -> `co2`). A request whose readings all fall in a band is answered "
+        "from the bands, without the model, with confidence 1: the worst of its readings' "
+        "labels, worst meaning latest in `labels` order. A reading no band covers leaves "
+        "the request to the model, unless the bands already give the last label.",
+    )
     calibrate: bool = Field(
         default=True,
         description="Divide the label distribution by the one a content-free request "
@@ -273,6 +346,10 @@ class SkillSpec(BaseModel):
                     f"labels {seen[key]!r} and {name!r} have the same verbalizer {words!r}"
                 )
             seen[key] = name
+        for reading, band in self.bands.items():
+            unknown = band.labels() - set(self.labels)
+            if unknown:
+                raise ValueError(f"band {reading!r} names unknown labels {sorted(unknown)}")
         return self
 
 

@@ -147,6 +147,7 @@ class Classification:
     prompt_tokens: int
     scored_tokens: int
     total_s: float
+    basis: str | None = None  # why, when a rule decided instead of the model
 
 
 @dataclass(frozen=True, slots=True)

@@ -43,7 +43,7 @@ class Skill:
     @classmethod
     def of(cls, name: str, spec: SkillSpec, origin: Origin) -> Skill:
         # What does not change the prompt is left out, so a refit keeps kept prefixes.
-        canonical = spec.model_dump_json(exclude={"fits", "embedding"}).encode()
+        canonical = spec.model_dump_json(exclude={"fits", "embedding", "bands"}).encode()
         return cls(name, spec, origin, hashlib.sha256(canonical).hexdigest()[:16])
 
     def fit_for(self, model: str) -> SkillFit | None:

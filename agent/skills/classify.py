@@ -1,5 +1,7 @@
-"""Classify with a skill: the embedding stage, the SLM's label scores, the skill's fit.
+"""Classify with a skill: its bands, the embedding stage, the SLM's label scores, its fit.
 
+Readings that the skill's bands cover are judged by rule first
+(``agent/skills/bands.py``); only what the bands leave open goes on.
 With a fit for this model that was made with the loaded embedder, the request is
 embedded first; when the embedding stage alone is confident enough (the fit's
 ``accept``), that is the answer and the SLM is skipped. Otherwise the SLM scores
@@ -13,13 +15,14 @@ distribution and top share.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 
 from agent.engine.engine import Classification, Engine, StopWhen
 from agent.skills import Skill
+from agent.skills.bands import judge
 from agent.skills.calibration import Decision, Evidence, decide
 from agent.skills.embedding import Embedder
-from edge_slm.contract import SkillFit
+from edge_slm.contract import SensorReading, SkillFit
 
 
 def uses_embedding(fit: SkillFit | None, embedder: Embedder | None) -> bool:
@@ -54,10 +57,23 @@ def classify_skill(
     skill: Skill,
     text: str,
     *,
+    readings: Sequence[SensorReading] = (),
     embedder: Embedder | None = None,
     stop: StopWhen = StopWhen(),  # noqa: B008  (frozen dataclass: never mutated)
 ) -> Classification:
     start = time.perf_counter()
+    verdict = judge(skill.spec, readings)
+    if verdict is not None:
+        scores = {label: float(label == verdict.label) for label in skill.labels}
+        return Classification(
+            label=verdict.label,
+            confidence=1.0,
+            scores=scores,
+            prompt_tokens=0,
+            scored_tokens=0,
+            total_s=time.perf_counter() - start,
+            basis=verdict.basis,
+        )
     fit = skill.fit_for(engine.name)
     sims = None
     if embedder is not None and skill.spec.embedding and uses_embedding(fit, embedder):

@@ -171,6 +171,34 @@ def test_a_request_naming_a_skill_gets_one_of_its_labels(
     assert unknown["error"]["code"] == "unknown_skill"
 
 
+def test_a_sensor_report_is_judged_by_the_skills_bands_and_the_rest_by_the_model(
+    app: AppClient, topics: DeviceTopics, agent: AgentProcess
+) -> None:
+    app.subscribe(topics.response)
+    readings = [
+        {"name": "attic/temperature", "value": 31.0, "unit": "°C"},
+        {"name": "attic/humidity", "value": 45, "unit": "%"},
+    ]
+    ruled = app.classify(
+        topics.request, kind="sensor", text="Attic report", sensor=readings, skill="sensor_state"
+    )
+    assert ruled["ok"] is True, ruled
+    assert (ruled["label"], ruled["confidence"], ruled["source"]) == ("warning", 1.0, "edge")
+    assert ruled["tokens"]["prompt"] == 0  # the model never ran
+    assert ruled["reason"].startswith(
+        "by the skill's bands: attic/temperature = 31.0 °C: warning; confidence 1.00"
+    )
+
+    # A reading no band covers, and none that settles it: the model reads the report.
+    unknown = [*readings, {"name": "attic/radon", "value": 300, "unit": "Bq/m³"}]
+    read = app.classify(
+        topics.request, kind="sensor", text="Attic report", sensor=unknown, skill="sensor_state"
+    )
+    assert read["ok"] is True, read
+    assert read["tokens"]["prompt"] > 100
+    assert "bands" not in read["reason"]
+
+
 def test_a_skill_pushed_on_the_config_topic_is_served(
     app: AppClient, topics: DeviceTopics, device_id: str, agent: AgentProcess
 ) -> None:
