@@ -89,6 +89,19 @@ SCRIPT: list[tuple[str, dict[str, Any]]] = [
     ),
     ("sensor", _sensor("living_room/temp", 21.5, "°C", "Living room temperature report")),
     ("sensor", _sensor("kitchen/co2", 2400, "ppm", "Kitchen air quality report")),
+    (
+        "sensor skill",  # the skill's bands judge these readings: no model runs
+        {
+            "kind": "sensor",
+            "text": "Garage freezer check",
+            "sensor": [
+                {"name": "garage/freezer_temperature", "value": -5.0, "unit": "°C"},
+                {"name": "garage/battery", "value": 40, "unit": "%"},
+            ],
+            "task": "classify",
+            "skill": "sensor_state",
+        },
+    ),
     ("question", {"text": "How many minutes are in three hours?", "max_tokens": 40}),
     (
         "question",
