@@ -25,6 +25,8 @@ FAMILIES = {
     "sensor": "sensor_events.jsonl",
     "question": "questions.jsonl",
 }
+#: The built-in skill of each classify family (its label set is the family's).
+SKILL_OF = {"voice": "home_intents", "sensor": "sensor_state"}
 F1_PASS = 0.5
 
 
@@ -119,11 +121,25 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.eval_data", description=main.__doc__)
     parser.add_argument("split", choices=["dev", "heldout"])
     parser.add_argument("--families", nargs="+", choices=list(FAMILIES), default=list(FAMILIES))
+    parser.add_argument(
+        "--skills",
+        action="store_true",
+        help="requests name their family's built-in skill instead of listing labels",
+    )
     args = parser.parse_args(argv)
     for family in args.families:
-        for line in (EVAL_DIR / FAMILIES[family]).read_text(encoding="utf-8").splitlines():
-            if line.strip() and split_of(json.loads(line)["request"]["id"]) == args.split:
-                sys.stdout.write(line + "\n")
+        for raw in (EVAL_DIR / FAMILIES[family]).read_text(encoding="utf-8").splitlines():
+            if not raw.strip():
+                continue
+            item = json.loads(raw)
+            if split_of(item["request"]["id"]) != args.split:
+                continue
+            out = raw
+            if args.skills and family in SKILL_OF:
+                del item["request"]["labels"]
+                item["request"]["skill"] = SKILL_OF[family]
+                out = json.dumps(item, ensure_ascii=False)
+            sys.stdout.write(out + "\n")
     return 0
 
 

@@ -29,7 +29,10 @@ never used for the built-in skills' exemplars):
     cascade (the embedding stage answers alone when confident enough, the fit's
     ``accept``, else ``combined``); where it does not (``sensor_state``),
     ``skill, calibrated``; ``agent, prefix, no bands`` is the baseline without the bands;
-  - ``tuned``: a ``models tune`` model on the skill prompt without exemplars, raw.
+  - ``tuned``: a ``models tune`` model trained on the inline-labels prompt, on that
+    prompt, raw. A model tuned on skill-named requests (``--skill-tuned``) gets every
+    method above as a model of its own, on the skill prompt without exemplars, with fits
+    made only on the dev items its tune held out.
   Calibrators are fitted in-run, per skill, on the dev split minus the prompt's exemplars
   (the code of ``edge-agent skills fit``); the models' scores are kept in
   ``bench/results/skill_observations/`` (``--fresh`` reruns them). Reported: accuracy,
@@ -63,13 +66,12 @@ from bench._common import (
     wait_for_quiet,
     write_results,
 )
-from bench.eval_data import EvalItem, load_family, split, split_of
+from bench.eval_data import SKILL_OF, EvalItem, load_family, split, split_of
 from bench.routing import at_rate, auroc, escalation_curve
 from edge_slm.contract import Scoring
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
 MODELS = ("smollm2-135m-instruct", "qwen2.5-coder-0.5b-instruct", "qwen2.5-coder-1.5b-instruct")
-SKILL_OF = {"voice": "home_intents", "sensor": "sensor_state"}
 
 
 def _engine(name: str, threads: int) -> Any:
@@ -187,6 +189,8 @@ def _observe(
 
     A ``tuned`` model gets the prompt it was tuned on: these items list their labels
     inline, so ``models tune`` trained it on the bare prompt; it runs that, held out only.
+    A model tuned on skill-named requests is not ``tuned`` here: it runs the skill prompt
+    as the agent gives it, without exemplars (``Engine.skill_exemplars``).
     ``scoring``: the skill prompt's scoring rule (``Engine.classify_fixed``).
     """
     from agent.engine.prompts import build_messages, user_content
@@ -198,7 +202,7 @@ def _observe(
     for family, name in SKILL_OF.items():
         skill = registry.get(name)
         assert skill is not None
-        prompts[family] = skill.prompt()
+        prompts[family] = skill.prompt(exemplars=engine.skill_exemplars)  # tuned: without
     for family, prompt in prompts.items():  # prefill the kept prefixes outside the timings
         warm = next(i for i in items if i.family == family)
         if not tuned:
@@ -321,6 +325,7 @@ def _predictions(
     *,
     tuned: bool,
     prefix: dict[str, dict[str, Any]] | None = None,
+    fit_only: set[str] | None = None,
 ) -> tuple[dict[str, list[dict[str, Any]]], dict[str, Any]]:
     """Per method, one row per held-out item (label, confidence, correct, ms); and the fits.
 
@@ -333,9 +338,10 @@ def _predictions(
     from agent.models.embedders import DEFAULT_EMBEDDER
     from agent.skills import SkillRegistry
     from agent.skills.calibration import Evidence, decide
-    from agent.skills.fitting import Observed, fit_observed
+    from agent.skills.fitting import FOLDS, Observed, fit_observed
 
     registry = SkillRegistry()
+    trained_on: set[str] = set()  # families fitted on items a tune trained on
 
     def fitted(
         source: dict[str, dict[str, Any]], scoring: Scoring = "full"
@@ -344,10 +350,19 @@ def _predictions(
         (the agent's row: `sensor_state` turns the embedding stage off)."""
 
         def dev(family: str) -> list[Observed]:
-            return [
-                Observed(Evidence(source[i.id]["skill"], sims[i.id]["sims"]), i.gold["label"])
+            chosen = [
+                i
                 for i in items
                 if i.family == family and split_of(i.id) == "dev" and i.id not in exemplars
+            ]
+            held = [i for i in chosen if fit_only is None or i.id in fit_only]
+            if len(held) < 2 * FOLDS:  # what `edge-agent skills fit` needs
+                # Too few items the tune held out: fit on all of dev, and say so.
+                trained_on.add(family)
+                held = chosen
+            return [
+                Observed(Evidence(source[i.id]["skill"], sims[i.id]["sims"]), i.gold["label"])
+                for i in held
             ]
 
         fits = {f: fit_observed(dev(f), DEFAULT_EMBEDDER, scoring)[0] for f in SKILL_OF}
@@ -404,6 +419,7 @@ def _predictions(
             )
     out = {f: fit.model_dump() for f, fit in shipped.items()}
     out |= {f"{f}, prefix": fit.model_dump() for f, fit in prefix_shipped.items()}
+    out |= {"fitted_on_trained_items": sorted(trained_on)} if trained_on else {}
     return rows, out
 
 
@@ -480,10 +496,14 @@ def accuracy(
     bare: bool,
     fresh: bool,
     prefix_models: Sequence[str] = (),
+    skill_tuned: Sequence[str] = (),
 ) -> dict[str, Any]:
     """Every method of every model on the held-out split; the last model is the local cloud.
 
-    ``prefix_models`` are also observed with distinguishing-prefix scoring."""
+    ``prefix_models`` are also observed with distinguishing-prefix scoring. ``skill_tuned``
+    models (tuned on requests naming the skills) get every method of a base model, on the
+    skill prompt the engine gives them (without exemplars), with fits made only on the
+    dev items their tune held out."""
     items = [i for family in SKILL_OF for i in load_family(family)]
     if limit:
         items = [i for family in SKILL_OF for i in [x for x in items if x.family == family][:limit]]
@@ -491,22 +511,28 @@ def accuracy(
     sims = _similarities(items, threads)
     preds: dict[str, dict[str, list[dict[str, Any]]]] = {}
     fits: dict[str, Any] = {}
-    for model in [*models, *tuned]:
+    for model in [*models, *skill_tuned, *tuned]:
         obs = _observe_cached(
             model,
             threads,
             items,
             tuned=model in tuned,
-            bare=bare and model not in tuned,
+            bare=bare and model not in tuned and model not in skill_tuned,
             fresh=fresh,
         )
         prefix = None
-        if model in prefix_models and model not in tuned:
+        if (model in prefix_models or model in skill_tuned) and model not in tuned:
             prefix = _observe_cached(
                 model, threads, items, tuned=False, bare=False, fresh=fresh, scoring="prefix"
             )
         preds[model], fits[model] = _predictions(
-            obs, sims, items, exemplars, tuned=model in tuned, prefix=prefix
+            obs,
+            sims,
+            items,
+            exemplars,
+            tuned=model in tuned,
+            prefix=prefix,
+            fit_only=_tune_held_out(model, items) if model in skill_tuned else None,
         )
     cloud_model = models[-1]
     # The local cloud is the biggest model on the skill prompt; calibration does not
@@ -532,6 +558,18 @@ def accuracy(
             for method, rows in methods.items()
         }
     return result
+
+
+def _tune_held_out(name: str, items: Sequence[EvalItem]) -> set[str]:
+    """The dev items a tuned model's training never saw (its `--heldout-fraction`)."""
+    from agent.models import ModelCache, default_cache_dir
+    from agent.models.tune_data import held_out
+
+    manifest = ModelCache(default_cache_dir()).manifest(name)
+    if manifest is None or manifest.tune is None:
+        raise SystemExit(f"{name}: not an installed `models tune` model")
+    fraction = manifest.tune.heldout_fraction
+    return {i.id for i in items if split_of(i.id) == "dev" and held_out(i.id, fraction)}
 
 
 def _tuned_base(name: str) -> str:
@@ -623,6 +661,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--tuned", nargs="*", default=[], help="accuracy: tuned models (`edge-agent models tune`)"
     )
+    parser.add_argument(
+        "--skill-tuned",
+        nargs="*",
+        default=[],
+        help="accuracy: models tuned on requests naming the skills (`bench.eval_data dev "
+        "--skills`), measured like base models on the skill prompt, fitted on the dev "
+        "items their tune held out",
+    )
     parser.add_argument("--no-bare", action="store_true", help="accuracy: skip the bare prompt")
     parser.add_argument(
         "--fresh", action="store_true", help="accuracy: rerun the models, ignore kept observations"
@@ -651,6 +697,7 @@ def main(argv: list[str] | None = None) -> int:
             bare=not args.no_bare,
             fresh=args.fresh,
             prefix_models=args.prefix_models,
+            skill_tuned=args.skill_tuned,
         )
         print(report_accuracy(data["accuracy"]) + "\n")
         print(f"wrote {plot(data['accuracy'], RESULTS_DIR / 'accuracy_vs_escalation.png')}")

@@ -35,7 +35,7 @@ import json
 import random
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -88,6 +88,22 @@ class Example:
     def chat(self) -> list[Message]:
         """The full prompt: the fixed turns, then the user turn."""
         return [*self.fixed, {"role": "user", "content": self.user}]
+
+    def prompted_as(self, other: Example) -> Example:
+        """This example with ``other``'s prompt (same label set): an eval item listing
+        its labels inline, measured the way the data names its skill."""
+        if self.label not in other.choices:
+            return self
+        skill = None if other.prompt_name == "inline" else other.prompt_name
+        request = self.request.model_copy(update={"skill": skill, "labels": other.request.labels})
+        return replace(
+            self,
+            request=request,
+            prompt_name=other.prompt_name,
+            fixed=other.fixed,
+            choices=other.choices,
+            calibrate=other.calibrate,
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -335,6 +351,9 @@ def plan(
     protected_users: set[str] = set()
     protected_keys: set[str] = set()
     families: set[str] = set()
+    # Per family, the data's most common prompt: the official items are measured in it.
+    forms: dict[str, Counter[str]] = {}
+    templates: dict[tuple[str, str], Example] = {}
     if eval_set is not None:
         official_items = eval_set.heldout(eval_set.families)
         protected_keys = {e.key for e in official_items}
@@ -345,6 +364,8 @@ def plan(
             fam = by_key.get(e.key) or by_user.get(e.user)
             if fam is not None:
                 families.add(fam)
+                forms.setdefault(fam, Counter())[e.prompt_name] += 1
+                templates.setdefault((fam, e.prompt_name), e)
     train: list[Example] = []
     heldout: list[Example] = []
     protected = 0
@@ -361,5 +382,9 @@ def plan(
         keep = sorted(rng.sample(range(len(train)), max_examples))
         capped = len(train) - max_examples
         train = [train[i] for i in keep]
-    official = eval_set.heldout(families) if eval_set is not None else []
+    official = []
+    if eval_set is not None:
+        for fam in sorted(families):
+            template = templates[(fam, forms[fam].most_common(1)[0][0])]
+            official += [e.prompted_as(template) for e in eval_set.heldout([fam])]
     return Plan(train, heldout, official, protected, capped)

@@ -370,6 +370,37 @@ def test_an_eval_held_out_request_is_protected_by_its_text_too(tmp_path):
     assert {e.key for e in p.official} == {e.key for e in eval_set.heldout(["voice_intents"])}
 
 
+def test_official_items_are_measured_in_the_prompt_the_data_trains(tmp_path):
+    """Data naming a skill trains the skill's prompt, so the eval set's held-out items of
+    that family (which list their labels inline) are measured with that prompt too."""
+    lines = []
+    for raw in eval_lines("voice_intents.jsonl"):
+        item = json.loads(raw)
+        del item["request"]["labels"]
+        item["request"]["skill"] = "home_intents"
+        lines.append(item)
+    examples = load_examples(write(tmp_path, *lines)).examples
+    eval_set = load_eval_set(EVAL_DIR)
+    assert eval_set is not None
+    p = plan(examples, heldout_fraction=0.2, eval_set=eval_set)
+    skill = SkillRegistry().get("home_intents")
+    assert skill is not None
+    assert p.official
+    for e in p.official:
+        assert e.prompt_name == "home_intents"
+        assert e.request.skill == "home_intents"
+        assert e.fixed == tuple(skill.messages(exemplars=False))
+        assert e.choices == skill.verbalizers
+        assert e.target == skill.verbalizers[e.label]
+    # inline data keeps the inline prompt
+    inline = plan(
+        load_examples(write(tmp_path, *eval_lines("voice_intents.jsonl"), name="i.jsonl")).examples,
+        heldout_fraction=0.2,
+        eval_set=eval_set,
+    )
+    assert {e.prompt_name for e in inline.official} == {"inline"}
+
+
 def test_data_outside_the_eval_set_gets_no_official_figures(tmp_path):
     rows = [
         {"request": request(f"x{i}", text=f"utterance {i}"), "answer": "lights_on"}
