@@ -396,8 +396,10 @@ def _predictions(
             ways["skill"] = (decide(Evidence(o["skill"]), None), o["skill_ms"])
             ways["skill, calibrated"] = (decide(Evidence(o["skill"]), fit.slm_only), o["skill_ms"])
             ways["embedding"] = (decide(Evidence(None, s["sims"]), fit.embedding_only), s["ms"])
-            ways["combined"] = (
-                decide(Evidence(o["skill"], s["sims"]), fit.combined),
+            ways["combined"] = (  # no combined calibrator: the SLM alone, as the agent does
+                decide(Evidence(o["skill"], s["sims"]), fit.combined)
+                if fit.combined
+                else decide(Evidence(o["skill"]), fit.slm_only),
                 o["skill_ms"] + s["ms"],
             )
             agent_sources = {"agent": (o, shipped)}
@@ -451,7 +453,7 @@ def _agent_ways(
             return o["skill"]
 
         agent = fits[item.family]
-        sim = sims["sims"] if agent.embedder else None
+        sim = sims["sims"] if agent.combined else None  # as `uses_embedding` decides
         d, ran = decide_skill(agent, sim, slm)
         ms = (sims["ms"] if sim else 0.0) + (obs["skill_ms"] if ran else 0.0)
         ways[method] = ruled or (d, ms)

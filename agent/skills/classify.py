@@ -48,7 +48,7 @@ def decide_skill(
             return first, False
     calibrator = None
     if fit is not None:
-        calibrator = fit.combined if sims is not None else fit.slm_only
+        calibrator = fit.combined if sims is not None and fit.combined else fit.slm_only
     return decide(Evidence(slm(), sims), calibrator), True
 
 

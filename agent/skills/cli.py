@@ -118,17 +118,23 @@ def _cmd_fit(args: argparse.Namespace) -> int:
     fit = report.fit
     print(
         f"{skill.name} on {spec.name}"
-        + (f" + {fit.embedder}" if fit.embedder else " (SLM alone)")
+        + (f" + {fit.embedder}" if fit.combined else " (SLM alone)")
         + f": {report.used} examples ({report.skipped_exemplars} exemplars and "
         f"{report.skipped_unknown} unknown labels left out), {report.seconds:.0f} s\n"
         f"  accuracy {report.accuracy_before:.3f} -> {report.accuracy_after:.3f}\n"
         f"  expected calibration error (5-fold cross-validated): "
         f"{fit.ece_before:.3f} -> {fit.ece_after:.3f}\n"
         + (
+            "  embedding stage: off for this model (mixed with it, the model answers every "
+            "example right, so no calibrator could learn which answers to doubt)\n"
+            if fit.embedder and fit.combined is None
+            else ""
+        )
+        + (
             f"  cascade: the embedding stage answers alone at confidence >= {fit.accept:.3f}"
             if fit.accept is not None
             else "  cascade: off"
-            + (" (the embedding stage alone loses too much accuracy)" if fit.embedder else "")
+            + (" (the embedding stage alone loses too much accuracy)" if fit.combined else "")
         )
     )
     print(render_fit(spec.name, fit))

@@ -25,7 +25,7 @@ from agent.engine.engine import Engine
 from agent.skills import Skill
 from agent.skills.calibration import Evidence, decide, ece, fit
 from agent.skills.embedding import Embedder
-from edge_slm.contract import Scoring, SkillFit
+from edge_slm.contract import Scoring, SkillCalibrator, SkillFit
 
 FOLDS = 5
 #: The accuracy the embedding-first cascade may give up, cross-validated, to skip the SLM.
@@ -154,30 +154,46 @@ def fit_observed(
         raise ValueError(f"{len(items)} usable examples; need at least {2 * FOLDS}")
     before = [decide(Evidence(o.evidence.slm), None) for o in items]
     raw = [(d.confidence, d.label == o.gold) for d, o in zip(before, items, strict=True)]
+    slm = [(_evidence(o, "slm"), o.gold) for o in items]
+    slm_only = fit(slm, embedding=False)
+    if (why := one_sided(slm, slm_only)) is not None:
+        raise ValueError(f"the model {why}; fit on data with some of each")
     result = SkillFit(
-        scoring=scoring,
-        slm_only=fit([(_evidence(o, "slm"), o.gold) for o in items], embedding=False),
-        items=len(items),
-        ece_before=round(_ece(raw), 4),
+        scoring=scoring, slm_only=slm_only, items=len(items), ece_before=round(_ece(raw), 4)
     )
     after = cross_validated(items, "slm")
     if embedder is not None:
-        after = cross_validated(items, "combined")
+        both = [(o.evidence, o.gold) for o in items]
+        combined = fit(both, embedding=True)
         result = result.model_copy(
             update={
                 "embedder": embedder,
-                "combined": fit([(o.evidence, o.gold) for o in items], embedding=True),
                 "embedding_only": fit(
                     [(_evidence(o, "embedding"), o.gold) for o in items], embedding=True
                 ),
-                "accept": choose_accept(cross_validated(items, "embedding"), after),
             }
         )
+        if one_sided(both, combined) is None:
+            after = cross_validated(items, "combined")
+            accept = choose_accept(cross_validated(items, "embedding"), after)
+            result = result.model_copy(update={"combined": combined, "accept": accept})
+        # else: no combined calibrator, so the agent runs the SLM alone with `slm_only`
     return (
         result.model_copy(update={"ece_after": round(_ece(after), 4)}),
         _accuracy(raw),
         _accuracy(after),
     )
+
+
+def one_sided(items: Sequence[tuple[Evidence, str]], cal: SkillCalibrator) -> str | None:
+    """Why ``cal`` cannot rank: its answers to ``items`` are all right or all wrong.
+
+    A calibrator learns which answers to doubt from both kinds; fitted on one kind it
+    gives every request the same confidence, which never (or always) escalates."""
+    right = sum(decide(ev, cal).label == gold for ev, gold in items)
+    if 0 < right < len(items):
+        return None
+    return f"answers {'all' if right else 'none'} of the {len(items)} examples right"
 
 
 def fit_skill(

@@ -13,7 +13,14 @@ import pytest
 from agent.skills import Skill, SkillRegistry, builtin_path, parse_skill
 from agent.skills.calibration import Evidence, decide, distribution, ece, fit
 from agent.skills.classify import decide_skill, uses_embedding
-from agent.skills.fitting import choose_accept, cross_validated, render_fit, write_fit
+from agent.skills.fitting import (
+    Observed,
+    choose_accept,
+    cross_validated,
+    fit_observed,
+    render_fit,
+    write_fit,
+)
 from edge_slm.contract import SkillCalibrator, SkillFit
 
 LABELS = ["a", "b", "c", "d"]
@@ -195,3 +202,33 @@ def test_the_cascade_threshold_gives_up_at_most_the_allowed_accuracy() -> None:
     assert choose_accept(embedding, combined, max_loss=0.0) == 0.85
     assert choose_accept(embedding, combined, max_loss=0.2) == 0.7
     assert choose_accept([(0.9, False)] * 5, [(0.9, True)] * 5, max_loss=0.02) is None
+
+
+def _observed(items: list[tuple[Evidence, str]]) -> list[Observed]:
+    return [Observed(ev, gold) for ev, gold in items]
+
+
+def test_a_fit_where_the_model_is_always_right_is_refused() -> None:
+    """All right, a calibrator learns a constant confidence: it would never escalate."""
+    perfect = _synthetic(30, 7, slm_temp=1.0, slm_skill=9.0, sim_skill=0.3)
+    assert all(decide(ev, None).label == gold for ev, gold in perfect)
+    with pytest.raises(ValueError, match="answers all of the 30 examples right"):
+        fit_observed(_observed(perfect), _Embedder.name)
+    hopeless = [(ev, next(x for x in LABELS if x != decide(ev, None).label)) for ev, _ in perfect]
+    with pytest.raises(ValueError, match="answers none of the 30 examples right"):
+        fit_observed(_observed(hopeless), None)
+
+
+def test_a_combined_stage_that_is_always_right_is_left_out_of_the_fit() -> None:
+    """The SLM alone errs, so it is fitted; mixed with decisive embeddings every answer
+    is right, so there is no combined calibrator and the agent runs the SLM alone."""
+    items = _synthetic(40, 3, slm_temp=1.0, slm_skill=1.0, sim_skill=3.0)
+    fitted, _before, _after = fit_observed(_observed(items), _Embedder.name)
+    assert fitted.combined is None
+    assert fitted.accept is None
+    assert fitted.embedding_only is not None
+    assert not uses_embedding(fitted, _Embedder())  # type: ignore[arg-type]
+    slm_alone = _score(items, fitted.slm_only)[1]
+    assert slm_alone < 0.5  # a real calibrator, not a constant
+    ranked = {round(decide(Evidence(ev.slm), fitted.slm_only).confidence, 6) for ev, _ in items}
+    assert len(ranked) > 10
