@@ -13,7 +13,6 @@ import argparse
 import importlib.util
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -21,7 +20,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench._common import cpu_busy_s, median, proc_mb, table, wait_for_quiet, write_results
+from bench._common import median, proc_mb, table, write_results
+from bench._engines import llama_timed, ours_timed, spawn_clean
 
 ROOMS = ("kitchen", "hallway", "bedroom", "garage", "office", "bathroom")
 LOG = "\n".join(
@@ -66,15 +66,7 @@ def worker_ours(threads: int, max_tokens: int) -> dict[str, Any]:
     engine = Engine(_model_dir(), name="bench", provider="cpu", threads=threads)
     load_s = time.perf_counter() - start
     engine.generate(PROMPTS["short"], max_tokens=8)  # warm-up
-    runs = {}
-    for name, messages in PROMPTS.items():
-        g = engine.generate(messages, max_tokens=max_tokens)
-        steps = g.completion_tokens + (g.finish_reason == "stop")  # an EOS step costs a forward
-        runs[name] = {
-            "ttft_ms": g.ttft_s * 1000,
-            "tokens": g.completion_tokens,
-            "tok_s": (steps - 1) / (g.total_s - g.ttft_s) if steps > 1 else float("nan"),
-        }
+    runs = {name: ours_timed(engine, msgs, max_tokens) for name, msgs in PROMPTS.items()}
     return {"load_s": load_s, "runs": runs}
 
 
@@ -91,49 +83,9 @@ def worker_llama(threads: int, max_tokens: int, prompts: dict[str, list[int]]) -
     )
     load_s = time.perf_counter() - start
 
-    def run(ids: list[int], budget: int) -> dict[str, Any]:
-        llm.reset()  # no prefix reuse from the previous prompt: a full prefill each time
-        t0 = time.perf_counter()
-        first = end = t0
-        count = 0
-        # generate() never stops at EOS by itself: every run decodes exactly `budget` tokens.
-        for _tok in llm.generate(ids, top_k=1, top_p=1.0, temp=0.0, repeat_penalty=1.0):
-            count += 1
-            end = time.perf_counter()
-            if count == 1:
-                first = end
-            if count == budget:
-                break
-        return {
-            "ttft_ms": (first - t0) * 1000,
-            "tokens": count,
-            "tok_s": (count - 1) / (end - first),
-        }
-
-    run(prompts["short"], 8)  # warm-up
-    return {"load_s": load_s, "runs": {n: run(ids, max_tokens) for n, ids in prompts.items()}}
-
-
-def _spawn(args: list[str], out: Path, opts: argparse.Namespace) -> dict[str, Any]:
-    """Run one worker; redo it (up to ``--retries``) when other processes took CPU meanwhile."""
-    cmd = [sys.executable, "-m", "bench.decode", *args, "--out", str(out)]
-    for attempt in range(opts.retries + 1):
-        wait_for_quiet(opts.quiet_wait)
-        busy0, own0, t0 = cpu_busy_s(), _children_cpu_s(), time.perf_counter()
-        subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        foreign = (cpu_busy_s() - busy0) - (_children_cpu_s() - own0)
-        result: dict[str, Any] = json.loads(out.read_text())
-        # Cores' worth of CPU used by anything but this worker, averaged over its run.
-        result["foreign_cpu_share"] = max(0.0, foreign / (time.perf_counter() - t0))
-        result["attempt"] = attempt
-        if result["foreign_cpu_share"] <= opts.max_foreign:
-            break
-    return result
-
-
-def _children_cpu_s() -> float:
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return usage.ru_utime + usage.ru_stime
+    llama_timed(llm, prompts["short"], 8)  # warm-up
+    runs = {n: llama_timed(llm, ids, max_tokens) for n, ids in prompts.items()}
+    return {"load_s": load_s, "runs": runs}
 
 
 def _worker(args: argparse.Namespace) -> int:
@@ -212,7 +164,10 @@ def main(argv: list[str] | None = None) -> int:
             for k in range(len(configs)):  # rotate the order: no engine always runs first
                 engine, threads = configs[(rep + k) % len(configs)]
                 run_args = ["--worker", engine, "--threads", str(threads), *common]
-                samples[f"{engine}-t{threads}"].append(_spawn(run_args, Path(tmp) / "r.json", args))
+                out = Path(tmp) / "r.json"
+                samples[f"{engine}-t{threads}"].append(
+                    spawn_clean("bench.decode", run_args, out, args)
+                )
                 print(f"rep {rep + 1}/{args.repetitions} {engine} threads={threads} done")
         prompt_tokens = {n: len(ids) for n, ids in json.loads(prompts_file.read_text()).items()}
 

@@ -8,7 +8,7 @@ into a temp dir) join with ``--variant MODEL=DIR``.
 
 * Every measurement is a fresh subprocess holding one engine; engine order rotates
   per repetition; a run that saw more than ``--max-foreign`` cores of other people's CPU
-  is redone (``bench.decode._spawn`` logic).
+  is redone (``bench._engines.spawn_clean``).
 * Prompts: chat messages padded with a sensor log to about 128, 512 and 1024 prompt
   tokens (rendered once by our chat template per model; llama.cpp gets the same ids),
   plus a 42-token story prompt for decode speed. Greedy, ``--max-tokens`` new tokens,
@@ -38,15 +38,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench._common import (
-    cpu_busy_s,
-    median,
-    proc_mb,
-    table,
-    wait_for_quiet,
-    write_results,
-)
-from bench.decode import LOG, PROMPTS, _children_cpu_s
+from bench._common import median, proc_mb, table, wait_for_quiet, write_results
+from bench._engines import llama_timed, ours_timed, spawn_clean
+from bench.decode import LOG, PROMPTS
 
 MODELS = ("smollm2-135m-instruct", "qwen2.5-coder-0.5b-instruct")
 TARGETS = (128, 512, 1024)
@@ -101,16 +95,7 @@ def worker_ours(model_dir: Path, threads: int, max_tokens: int, prompts: dict[st
     engine = Engine(model_dir, name="bench", provider="cpu", threads=threads)
     load_s = time.perf_counter() - start
     engine.generate(prompts["story"]["messages"], max_tokens=8)  # warm-up
-    runs = {}
-    for name, p in prompts.items():
-        g = engine.generate(p["messages"], max_tokens=max_tokens)
-        steps = g.completion_tokens + (g.finish_reason == "stop")  # an EOS step is a forward
-        runs[name] = {
-            "prompt_tokens": g.prompt_tokens,
-            "ttft_ms": g.ttft_s * 1000,
-            "tokens": steps,
-            "tok_s": (steps - 1) / (g.total_s - g.ttft_s) if steps > 1 else float("nan"),
-        }
+    runs = {n: ours_timed(engine, p["messages"], max_tokens) for n, p in prompts.items()}
     return {"load_s": load_s, "runs": runs}
 
 
@@ -124,27 +109,9 @@ def worker_llama(gguf: Path, threads: int, max_tokens: int, prompts: dict[str, A
     )  # fmt: skip
     load_s = time.perf_counter() - start
 
-    def run(ids: list[int], budget: int) -> dict[str, Any]:
-        llm.reset()
-        t0 = time.perf_counter()
-        first = end = t0
-        count = 0
-        for _tok in llm.generate(ids, top_k=1, top_p=1.0, temp=0.0, repeat_penalty=1.0):
-            count += 1
-            end = time.perf_counter()
-            if count == 1:
-                first = end
-            if count == budget:
-                break
-        return {
-            "prompt_tokens": len(ids),
-            "ttft_ms": (first - t0) * 1000,
-            "tokens": count,
-            "tok_s": (count - 1) / (end - first),
-        }
-
-    run(prompts["story"]["ids"], 8)
-    return {"load_s": load_s, "runs": {n: run(p["ids"], max_tokens) for n, p in prompts.items()}}
+    llama_timed(llm, prompts["story"]["ids"], 8)  # warm-up
+    runs = {n: llama_timed(llm, p["ids"], max_tokens) for n, p in prompts.items()}
+    return {"load_s": load_s, "runs": runs}
 
 
 # -- bandwidth and bytes per token -------------------------------------------------
@@ -202,22 +169,6 @@ def gguf_bytes_per_token(path: Path) -> dict[str, float]:
 
 
 # -- orchestration ---------------------------------------------------------------------
-
-
-def _spawn(args: list[str], out: Path, opts: argparse.Namespace) -> dict[str, Any]:
-    cmd = [sys.executable, "-m", "bench.decode_models", *args, "--out", str(out)]
-    result: dict[str, Any] = {}
-    for attempt in range(opts.retries + 1):
-        wait_for_quiet(opts.quiet_wait)
-        busy0, own0, t0 = cpu_busy_s(), _children_cpu_s(), time.perf_counter()
-        subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        foreign = (cpu_busy_s() - busy0) - (_children_cpu_s() - own0)
-        result = json.loads(out.read_text())
-        result["foreign_cpu_share"] = max(0.0, foreign / (time.perf_counter() - t0))
-        result["attempt"] = attempt
-        if result["foreign_cpu_share"] <= opts.max_foreign:
-            break
-    return result
 
 
 def _worker(args: argparse.Namespace) -> int:
@@ -297,7 +248,9 @@ def main(argv: list[str] | None = None) -> int:  # noqa: PLR0915 - one linear sc
                 for k in range(len(engines)):
                     label, kind, path = engines[(rep + k) % len(engines)]
                     run_args = ["--worker", kind, "--path", str(path), *common]
-                    samples[label].append(_spawn(run_args, mdir / "r.json", args))
+                    samples[label].append(
+                        spawn_clean("bench.decode_models", run_args, mdir / "r.json", args)
+                    )
                     print(f"{model} rep {rep + 1}/{args.repetitions} {label} done", flush=True)
             summary: dict[str, dict[str, Any]] = {}
             prompt_names = list(json.loads(prompts_file.read_text()))
@@ -313,7 +266,7 @@ def main(argv: list[str] | None = None) -> int:  # noqa: PLR0915 - one linear sc
                     **sizes[label],
                 }
                 for p in prompt_names:
-                    for m in ("prompt_tokens", "ttft_ms", "tok_s", "tokens"):
+                    for m in ("prompt_tokens", "ttft_ms", "tok_s", "steps"):
                         s[f"{p}_{m}"] = median([r["runs"][p][m] for r in runs])
                 s["ceiling_tok_s"] = bw * 1e3 / s["read_per_token_mb"]
                 s["story_tok_s_over_ceiling"] = s["story_tok_s"] / s["ceiling_tok_s"]
