@@ -4,17 +4,19 @@ never reaches the model."""
 from __future__ import annotations
 
 import tomllib
+from pathlib import Path
 from typing import Any
 
 import pytest
 from pydantic import ValidationError
 
+from agent.config import load_settings
 from agent.engine.engine import Classification
 from agent.skills import Skill, SkillRegistry
 from agent.skills.bands import judge
 from agent.skills.classify import classify_skill
 from bench.eval_data import load_family
-from edge_slm.contract import SensorBand, SensorReading, SkillSpec
+from edge_slm.contract import DeviceConfig, SensorBand, SensorReading, SkillSpec
 
 TEMPERATURE = {
     "unit": "°C",
@@ -175,3 +177,26 @@ def test_a_settled_report_never_reaches_the_model() -> None:
     assert got.scores == {"normal": 0.0, "warning": 0.0, "critical": 1.0}
     assert got.basis is not None
     assert "attic/temperature = 40.0 °C" in got.basis
+
+
+def test_bands_come_from_the_agent_toml_and_from_a_pushed_config(tmp_path: Path) -> None:
+    toml = tmp_path / "agent.toml"
+    toml.write_text(
+        'device_id = "d1"\n'
+        "[skills.freezer.labels.ok]\n"
+        "[skills.freezer.labels.thawing]\n"
+        "[skills.freezer.bands.freezer_temperature]\n"
+        'unit = "°C"\n'
+        "ranges = { ok = [[-inf, -15]], thawing = [[-15, inf]] }\n",
+        encoding="utf-8",
+    )
+    spec = load_settings(toml).skills["freezer"]
+    verdict = judge(spec, [_r("garage/freezer_temperature", -5.0, "°C")])
+    assert verdict is not None
+    assert verdict.label == "thawing"
+    # The same skill pushed over MQTT: JSON carries the open ends as null.
+    pushed = DeviceConfig.model_validate_json(
+        DeviceConfig(device_id="d1", issued_at=1.0, skills={"freezer": spec}).model_dump_json()
+    )
+    assert pushed.skills is not None
+    assert pushed.skills["freezer"] == spec
