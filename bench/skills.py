@@ -405,7 +405,7 @@ def _predictions(
             agent_sources = {"agent": (o, shipped)}
             if prefix is not None:
                 agent_sources["agent, prefix"] = (prefix[item.id], prefix_shipped)
-            ways |= _agent_ways(item, s, agent_sources)
+            ways |= _agent_ways(item, registry.get(SKILL_OF[item.family]), s, agent_sources)
             if prefix is not None:
                 p = prefix[item.id]
                 ways["skill, prefix"] = (decide(Evidence(p["skill"]), None), p["skill_ms"])
@@ -427,18 +427,17 @@ def _predictions(
 
 def _agent_ways(
     item: EvalItem,
+    skill: Any,
     sims: dict[str, Any],
     sources: dict[str, tuple[dict[str, Any], dict[str, Any]]],
 ) -> dict[str, tuple[Any, float]]:
     """The agent's path per method (observations, shipped fits), as ``classify_skill``
     runs it: the skill's bands first, then the cascade; for each ``..., prefix`` method
     also ``..., no bands``, the same path without the bands (the baseline)."""
-    from agent.skills import SkillRegistry
     from agent.skills.bands import judge
     from agent.skills.calibration import Decision
     from agent.skills.classify import decide_skill
 
-    skill = SkillRegistry().get(SKILL_OF[item.family])
     assert skill is not None
     start = time.perf_counter()
     verdict = judge(skill.spec, item.request.readings)

@@ -189,7 +189,10 @@ class SkillFit(BaseModel):
     model_config = ConfigDict(extra="ignore", frozen=True)
 
     embedder: str | None = Field(
-        default=None, max_length=128, description="The embedding model `combined` was fitted with."
+        default=None,
+        max_length=128,
+        description="The embedding model the fit was made with (`combined`, `embedding_only`); "
+        "without `combined` (its answers were all right or all wrong) the SLM runs alone.",
     )
     combined: SkillCalibrator | None = Field(
         default=None, description="With the embedding stage (when `embedder` is loaded)."

@@ -125,8 +125,8 @@ def _cmd_fit(args: argparse.Namespace) -> int:
         f"  expected calibration error (5-fold cross-validated): "
         f"{fit.ece_before:.3f} -> {fit.ece_after:.3f}\n"
         + (
-            "  embedding stage: off for this model (mixed with it, the model answers every "
-            "example right, so no calibrator could learn which answers to doubt)\n"
+            "  embedding stage: off for this model (mixed with it, the answers to these "
+            "examples are all right or all wrong, so no calibrator could learn which to doubt)\n"
             if fit.embedder and fit.combined is None
             else ""
         )
