@@ -338,7 +338,7 @@ def _predictions(
     from agent.models.embedders import DEFAULT_EMBEDDER
     from agent.skills import SkillRegistry
     from agent.skills.calibration import Evidence, decide
-    from agent.skills.fitting import FOLDS, Observed, fit_observed
+    from agent.skills.fitting import Observed, fit_observed
 
     registry = SkillRegistry()
     trained_on: set[str] = set()  # families fitted on items a tune trained on
@@ -350,19 +350,12 @@ def _predictions(
         (the agent's row: `sensor_state` turns the embedding stage off)."""
 
         def dev(family: str) -> list[Observed]:
-            chosen = [
-                i
-                for i in items
-                if i.family == family and split_of(i.id) == "dev" and i.id not in exemplars
-            ]
-            held = [i for i in chosen if fit_only is None or i.id in fit_only]
-            if len(held) < 2 * FOLDS:  # what `edge-agent skills fit` needs
-                # Too few items the tune held out: fit on all of dev, and say so.
+            chosen, contaminated = _fit_items(items, family, exemplars, fit_only)
+            if contaminated:
                 trained_on.add(family)
-                held = chosen
             return [
                 Observed(Evidence(source[i.id]["skill"], sims[i.id]["sims"]), i.gold["label"])
-                for i in held
+                for i in chosen
             ]
 
         fits = {f: fit_observed(dev(f), DEFAULT_EMBEDDER, scoring)[0] for f in SKILL_OF}
@@ -423,6 +416,24 @@ def _predictions(
     out |= {f"{f}, prefix": fit.model_dump() for f, fit in prefix_shipped.items()}
     out |= {"fitted_on_trained_items": sorted(trained_on)} if trained_on else {}
     return rows, out
+
+
+def _fit_items(
+    items: Sequence[EvalItem], family: str, exemplars: set[str], fit_only: set[str] | None
+) -> tuple[list[EvalItem], bool]:
+    """The dev items a skill is fitted on (never its exemplars), and whether they include
+    items a tune trained on: with ``fit_only``, only those, unless fewer than a fit needs."""
+    from agent.skills.fitting import FOLDS
+
+    chosen = [
+        i for i in items if i.family == family and split_of(i.id) == "dev" and i.id not in exemplars
+    ]
+    if fit_only is None:
+        return chosen, False
+    held = [i for i in chosen if i.id in fit_only]
+    if len(held) >= 2 * FOLDS:  # what `edge-agent skills fit` needs
+        return held, False
+    return chosen, True  # too few the tune held out: all of dev, and the output says so
 
 
 def _agent_ways(
