@@ -492,7 +492,11 @@ class Response(_Outbound):
     latency_ms: float | None = Field(
         default=None, ge=0.0, description="From receipt to reply, in ms."
     )
-    tokens: TokenUsage | None = Field(default=None, description="Token counts.")
+    tokens: TokenUsage | None = Field(
+        default=None,
+        description="Token counts. A skill answer given without the model (bands, embedding "
+        "stage) counts the prompt the model would have read and the label's tokens.",
+    )
     finish_reason: Literal["stop", "length"] | None = Field(
         default=None, description="Why generation ended (free-text tasks)."
     )

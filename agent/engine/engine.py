@@ -275,6 +275,8 @@ class Engine:
         self._prefixes: OrderedDict[str, _Prefix] = OrderedDict()
         #: Content-free label distributions of fixed prompts, for calibration.
         self._priors: OrderedDict[str, dict[str, float]] = OrderedDict()
+        #: (tokens, template tail) of fixed prompts' heads, for ``fixed_prompt_size``.
+        self._heads: OrderedDict[str, tuple[int, str]] = OrderedDict()
 
     def _load(self, requested: str) -> tuple[str, Any]:
         og = self._og
@@ -481,6 +483,24 @@ class Engine:
                 for label, p in label_distribution(scores).items()
             }
         return self._classification(scores, prompt_tokens, steps, start)
+
+    def fixed_prompt_size(self, prompt: FixedPrompt, user: str, label: str) -> tuple[int, int]:
+        """(prompt tokens, answer tokens) of ``user`` classified as ``label``, not run.
+
+        What ``classify_fixed`` would have read, and the label's own tokens: the size
+        of an answer that a rule or the embedding stage gave instead of the model, so
+        that it is priced like one the model gave. Tokenizer only: no model call.
+        """
+        key = f"{prompt.name}@{prompt.key}"
+        head = self._heads.get(key)
+        if head is None:
+            text, tail = self._split_template(prompt.messages)
+            head = (len(self._encode(text)), tail)
+            self._heads[key] = head
+            while len(self._heads) > 4 * max(1, self.max_prefixes):
+                self._heads.popitem(last=False)
+        answer = self._choice_tokens({label: prompt.choices[label]})[label]
+        return head[0] + len(self._encode(user + head[1])), len(answer)
 
     def _prior(
         self,

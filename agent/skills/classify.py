@@ -10,6 +10,10 @@ mixes both into one distribution and a calibrated confidence
 (``agent/skills/calibration.py``). Without the embedder the fit's ``slm_only``
 calibrator is used; a model the skill has no fit for gets the SLM's raw
 distribution and top share.
+
+An answer from the bands or the embedding stage reports the tokens the model would
+have read and the label's own (``Engine.fixed_prompt_size``): the telemetry prices
+edge answers by their tokens, and these are cloud calls avoided too.
 """
 
 from __future__ import annotations
@@ -65,12 +69,13 @@ def classify_skill(
     verdict = judge(skill.spec, readings)
     if verdict is not None:
         scores = {label: float(label == verdict.label) for label in skill.labels}
+        prompt_tokens, answer_tokens = _unrun_size(engine, skill, text, verdict.label)
         return Classification(
             label=verdict.label,
             confidence=1.0,
             scores=scores,
-            prompt_tokens=0,
-            scored_tokens=0,
+            prompt_tokens=prompt_tokens,
+            scored_tokens=answer_tokens,
             total_s=time.perf_counter() - start,
             basis=verdict.basis,
         )
@@ -87,12 +92,21 @@ def classify_skill(
         return raw[0].scores
 
     decision, _ = decide_skill(fit, sims, run_slm)
-    scored = raw[0] if raw else None
+    if raw:
+        prompt_tokens, scored_tokens = raw[0].prompt_tokens, raw[0].scored_tokens
+    else:
+        prompt_tokens, scored_tokens = _unrun_size(engine, skill, text, decision.label)
     return Classification(
         label=decision.label,
         confidence=decision.confidence,
         scores=decision.scores,
-        prompt_tokens=scored.prompt_tokens if scored else 0,
-        scored_tokens=scored.scored_tokens if scored else 0,
+        prompt_tokens=prompt_tokens,
+        scored_tokens=scored_tokens,
         total_s=time.perf_counter() - start,
     )
+
+
+def _unrun_size(engine: Engine, skill: Skill, text: str, label: str) -> tuple[int, int]:
+    """Tokens of an answer the model did not run: priced as if it had (cost avoided)."""
+    prompt = skill.prompt(exemplars=engine.skill_exemplars)
+    return engine.fixed_prompt_size(prompt, text, label)

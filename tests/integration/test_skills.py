@@ -148,6 +148,22 @@ def test_multi_token_scoring_matches_token_by_token(engine: Engine) -> None:
     assert scores["x"] == pytest.approx(sum(stepwise), abs=0.05 * len(label))  # int8 noise
 
 
+def test_an_answer_the_model_did_not_run_is_sized_like_one_it_ran(
+    engine: Engine, prompt: FixedPrompt
+) -> None:
+    """``fixed_prompt_size`` counts what ``classify_fixed`` reads, kept prefix or not."""
+    engine.clear_prefixes()
+    text = "dim the bedroom lamp a bit"
+    label = next(iter(prompt.choices))
+    unkept, answer = engine.fixed_prompt_size(prompt, text, label)
+    ran = engine.classify_fixed(prompt, text)  # keeps the prefix
+    kept, _ = engine.fixed_prompt_size(prompt, text, label)
+    assert unkept == kept == ran.prompt_tokens > 500
+    assert engine.fixed_prompt_size(prompt, text + " please", label)[0] > kept
+    words = prompt.choices[label]
+    assert answer == len(engine._encode(words)) + 1  # the label's words and end of turn
+
+
 # -- through the real agent ------------------------------------------------------
 
 
@@ -184,7 +200,6 @@ def test_a_sensor_report_is_judged_by_the_skills_bands_and_the_rest_by_the_model
     )
     assert ruled["ok"] is True, ruled
     assert (ruled["label"], ruled["confidence"], ruled["source"]) == ("warning", 1.0, "edge")
-    assert ruled["tokens"]["prompt"] == 0  # the model never ran
     assert ruled["reason"].startswith(
         "by the skill's bands: attic/temperature = 31.0 °C: warning; confidence 1.00"
     )
@@ -197,6 +212,8 @@ def test_a_sensor_report_is_judged_by_the_skills_bands_and_the_rest_by_the_model
     assert read["ok"] is True, read
     assert read["tokens"]["prompt"] > 100
     assert "bands" not in read["reason"]
+    # Priced as the model would have read it (one reading fewer), so cost avoided counts it.
+    assert 0 < ruled["tokens"]["prompt"] < read["tokens"]["prompt"]
 
 
 def test_a_skill_pushed_on_the_config_topic_is_served(

@@ -11,7 +11,7 @@ import pytest
 from pydantic import ValidationError
 
 from agent.config import load_settings
-from agent.engine.engine import Classification
+from agent.engine.engine import Classification, FixedPrompt
 from agent.skills import Skill, SkillRegistry
 from agent.skills.bands import judge
 from agent.skills.classify import classify_skill
@@ -159,21 +159,36 @@ def test_the_builtin_bands_are_the_eval_sets_house_rules() -> None:
     assert wrong == []
 
 
-class _NoEngine:
+class _TokenizerOnly:
+    """Sizes an answer (to price it); any model call fails the test."""
+
+    skill_exemplars = True
+
+    def __init__(self) -> None:
+        self.sized: list[tuple[str, str]] = []
+
+    def fixed_prompt_size(self, prompt: FixedPrompt, user: str, label: str) -> tuple[int, int]:
+        self.sized.append((user, label))
+        return 321, 2
+
     def __getattr__(self, name: str) -> Any:
         raise AssertionError(f"the model was used ({name}) for a report the bands settle")
 
 
 def test_a_settled_report_never_reaches_the_model() -> None:
     skill = Skill.of("sensor_state", SPEC, "config")
+    engine = _TokenizerOnly()
     got = classify_skill(
-        _NoEngine(),  # type: ignore[arg-type]
+        engine,  # type: ignore[arg-type]
         skill,
         "Attic report",
         readings=[_r("attic/temperature", 40.0, "°C")],
     )
     assert isinstance(got, Classification)
-    assert (got.label, got.confidence, got.prompt_tokens) == ("critical", 1.0, 0)
+    assert (got.label, got.confidence) == ("critical", 1.0)
+    # Priced as if the model had read it: the telemetry's cost avoided counts it.
+    assert (got.prompt_tokens, got.scored_tokens) == (321, 2)
+    assert engine.sized == [("Attic report", "critical")]
     assert got.scores == {"normal": 0.0, "warning": 0.0, "critical": 1.0}
     assert got.basis is not None
     assert "attic/temperature = 40.0 °C" in got.basis

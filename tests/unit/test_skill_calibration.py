@@ -10,9 +10,10 @@ from typing import Literal
 import numpy as np
 import pytest
 
+from agent.engine.engine import FixedPrompt
 from agent.skills import Skill, SkillRegistry, builtin_path, parse_skill
 from agent.skills.calibration import Evidence, decide, distribution, ece, fit
-from agent.skills.classify import decide_skill, uses_embedding
+from agent.skills.classify import classify_skill, decide_skill, uses_embedding
 from agent.skills.fitting import (
     Observed,
     choose_accept,
@@ -21,7 +22,7 @@ from agent.skills.fitting import (
     render_fit,
     write_fit,
 )
-from edge_slm.contract import SkillCalibrator, SkillFit
+from edge_slm.contract import SkillCalibrator, SkillFit, SkillSpec
 
 LABELS = ["a", "b", "c", "d"]
 
@@ -193,6 +194,38 @@ def test_the_cascade_skips_the_slm_only_when_the_embedding_stage_is_confident() 
     d, ran = decide_skill(fit, unclear, lambda: {"a": 0.1, "b": 0.9})
     assert ran
     assert d == decide(Evidence({"a": 0.1, "b": 0.9}, unclear), fit.combined)
+
+
+class _SizingEngine:
+    """Sizes answers (to price them); scoring labels fails the test."""
+
+    name = "m"
+    skill_exemplars = True
+
+    def fixed_prompt_size(self, prompt: FixedPrompt, user: str, label: str) -> tuple[int, int]:
+        return 100 + len(user), len(label)
+
+    def classify_fixed(self, *args: object, **kwargs: object) -> None:
+        _never()
+
+
+class _ClearEmbedder(_Embedder):
+    def similarities(self, skill: Skill, text: str) -> dict[str, float]:
+        return {"a": 0.9, "b": 0.2}
+
+
+def test_an_answer_the_cascade_gave_is_priced_as_if_the_slm_had_read_it() -> None:
+    emb = SkillCalibrator(embed_weight=30.0, bias=-3.0, top_weight=5.0)
+    fit = _fit(1.0).model_copy(update={"embedding_only": emb, "accept": 0.8})
+    spec = SkillSpec.model_validate({"labels": {"a": {}, "b": {}}, "fits": {"m": fit}})
+    got = classify_skill(
+        _SizingEngine(),  # type: ignore[arg-type]
+        Skill.of("s", spec, "config"),
+        "turn it on",
+        embedder=_ClearEmbedder(),  # type: ignore[arg-type]
+    )
+    assert got.label == "a"
+    assert (got.prompt_tokens, got.scored_tokens) == (110, 1)
 
 
 def test_the_cascade_threshold_gives_up_at_most_the_allowed_accuracy() -> None:
