@@ -10,6 +10,11 @@ Baseline in the same run: a raw ping-pong through the same broker, answered by
 an echo client with no model, at each QoS. The agent's overhead minus the echo
 round trip is what the agent adds over a bare MQTT responder.
 
+``--task answer`` sends a free-text request instead (``max_tokens`` 32, greedy,
+so every reply generates the same tokens): the request the target's "latency
+minus generation time" speaks of. The short 3-label ``classify`` is the default
+because it is the worst case for the share: the least model time per request.
+
 Both are measured twice: with mosquitto's default config, and with
 ``set_tcp_nodelay true``. Mosquitto leaves Nagle's algorithm on by default, so a
 QoS 1 reply can wait for the delayed ACK of the previous PUBACK (~40 ms on
@@ -30,12 +35,21 @@ from typing import Any
 from bench._common import cpu_busy_s, percentile, proc_cpu_s, table, wait_for_quiet, write_results
 from bench._mqtt import BenchClient, running_agent
 
-REQUEST: dict[str, Any] = {
-    "v": 1,
-    "text": "turn on the kitchen light",
-    "task": "classify",
-    "labels": ["lights", "heating", "other"],
-    "cloud": "never",
+REQUESTS: dict[str, dict[str, Any]] = {
+    "classify": {
+        "v": 1,
+        "text": "turn on the kitchen light",
+        "task": "classify",
+        "labels": ["lights", "heating", "other"],
+        "cloud": "never",
+    },
+    "answer": {
+        "v": 1,
+        "text": "In one sentence: why do we close the curtains at night?",
+        "task": "answer",
+        "max_tokens": 32,
+        "cloud": "never",
+    },
 }
 TARGET_P50_MS = 2.0
 #: overhead p50 / round trip p50 must stay under this share of the end-to-end time.
@@ -52,7 +66,13 @@ def _stats(prefix: str, values_ms: list[float]) -> dict[str, float]:
 
 
 def bench_agent(
-    client: BenchClient, request_topic: str, qos: int, n: int, warmup: int
+    client: BenchClient,
+    request: dict[str, Any],
+    request_topic: str,
+    qos: int,
+    *,
+    n: int,
+    warmup: int,
 ) -> dict[str, Any]:
     reply_topic = f"bench/{uuid.uuid4().hex}/reply"
     client.subscribe(reply_topic, qos)  # the reply comes at min(agent's QoS 1, this QoS)
@@ -60,7 +80,7 @@ def bench_agent(
     overheads: list[float] = []
     latencies: list[float] = []
     for i in range(warmup + n):
-        body = json.dumps({**REQUEST, "id": f"q{qos}-{i}"}).encode()
+        body = json.dumps({**request, "id": f"q{qos}-{i}"}).encode()
         rtt_s, raw = client.round_trip(request_topic, body, qos=qos, reply_topic=reply_topic)
         reply = json.loads(raw)
         if not reply.get("ok"):
@@ -79,13 +99,19 @@ def bench_agent(
 
 
 def bench_echo(
-    client: BenchClient, echo: BenchClient, qos: int, n: int, warmup: int
+    client: BenchClient,
+    echo: BenchClient,
+    request: dict[str, Any],
+    qos: int,
+    *,
+    n: int,
+    warmup: int,
 ) -> dict[str, Any]:
     topic = f"bench/{uuid.uuid4().hex}/echo"
     reply_topic = f"{topic}/reply"
     echo.serve_echo(topic, qos)
     client.subscribe(reply_topic, qos)
-    body = json.dumps(REQUEST).encode()
+    body = json.dumps(request).encode()
     rtts = [
         client.round_trip(topic, body, qos=qos, reply_topic=reply_topic)[0] * 1000
         for _ in range(warmup + n)
@@ -98,7 +124,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--requests", "-n", type=int, default=200, help="timed requests per QoS")
     parser.add_argument("--warmup", type=int, default=10, help="untimed requests first, per QoS")
     parser.add_argument("--quiet-wait", type=float, default=60, help="seconds to wait for idle")
+    parser.add_argument(
+        "--task",
+        choices=sorted(REQUESTS),
+        default="classify",
+        help="the request sent: a 3-label classify, or a 32-token free-text answer",
+    )
     args = parser.parse_args(argv)
+    request = REQUESTS[args.task]
 
     rows: list[dict[str, Any]] = []
     for broker_name, nodelay in BROKER_CONFIGS.items():
@@ -114,8 +147,12 @@ def main(argv: list[str] | None = None) -> int:
             t0 = time.perf_counter()
             try:
                 for qos in (0, 1):
-                    echo_row = bench_echo(client, echo, qos, args.requests, args.warmup)
-                    agent_row = bench_agent(client, topics.request, qos, args.requests, args.warmup)
+                    echo_row = bench_echo(
+                        client, echo, request, qos, n=args.requests, warmup=args.warmup
+                    )
+                    agent_row = bench_agent(
+                        client, request, topics.request, qos, n=args.requests, warmup=args.warmup
+                    )
                     agent_row["added_over_echo_p50_ms"] = (
                         agent_row["overhead_p50_ms"] - echo_row["round_trip_p50_ms"]
                     )
@@ -137,7 +174,9 @@ def main(argv: list[str] | None = None) -> int:
     cols = ["round_trip_p50_ms", "round_trip_p99_ms", "agent_latency_p50_ms"]
     cols += ["overhead_p50_ms", "overhead_p99_ms", "added_over_echo_p50_ms", "overhead_share_pct"]
     cols += ["foreign_cpu_share"]
-    print(f"\n{args.requests} sequential requests per QoS (after {args.warmup} warm-up)\n")
+    print(
+        f"\n{args.requests} sequential {args.task} requests per QoS (after {args.warmup} warm-up)\n"
+    )
     print(
         table(
             ["broker", "what", "qos", *cols],
@@ -160,6 +199,8 @@ def main(argv: list[str] | None = None) -> int:
                 f"{'met' if r['share_target_met'] else 'NOT met'}"
             )
     data = {
+        "task": args.task,
+        "request": request,
         "requests": args.requests,
         "warmup": args.warmup,
         "target_p50_ms": TARGET_P50_MS,
@@ -167,7 +208,8 @@ def main(argv: list[str] | None = None) -> int:
         "broker_configs": BROKER_CONFIGS,
         "rows": rows,
     }
-    print(f"wrote {write_results('mqtt_overhead', data)}")
+    name = "mqtt_overhead" if args.task == "classify" else f"mqtt_overhead_{args.task}"
+    print(f"wrote {write_results(name, data)}")
     return 0
 
 

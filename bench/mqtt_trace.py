@@ -25,11 +25,12 @@ from pathlib import Path
 
 from bench._common import percentile, table, wait_for_quiet, write_results
 from bench._mqtt import BenchClient
-from bench.mqtt_overhead import REQUEST, bench_echo
+from bench.mqtt_overhead import REQUESTS, bench_echo
 from edge_slm.devbroker import PrivateBroker
 from edge_slm.topics import DeviceTopics
 from tests.support.agent import AgentProcess, wait_for_status
 
+REQUEST = REQUESTS["classify"]
 TRACE_SITE = Path(__file__).parent / "_trace"
 
 #: (phase, from event, to event); in order along the request's path.
@@ -115,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
             reply_topic = f"bench/{uuid.uuid4().hex}/reply"
             client.subscribe(reply_topic, 1)
             wait_for_quiet(args.quiet_wait)
-            echo_row = bench_echo(client, echo, 1, args.requests, args.warmup)
+            echo_row = bench_echo(client, echo, REQUEST, 1, n=args.requests, warmup=args.warmup)
             trips: list[tuple[float, float, float]] = []
             for i in range(args.warmup + args.requests):
                 body = json.dumps({**REQUEST, "id": f"t-{i}"}).encode()
