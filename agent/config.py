@@ -50,6 +50,14 @@ class ModelSettings(_Section):
         ge=0,
         description="Intra-op threads; 0 means one per available core.",
     )
+    spin: bool = Field(
+        default=True,
+        description="Let onnxruntime's threads spin-wait for work after each run instead of "
+        "sleeping. Off frees the cores as soon as an answer is done: measured here, about a "
+        "quarter less CPU per sporadic classify, but classify ~7% and free-text generation "
+        '~30% slower (BENCHMARKS.md, "Spinning pool threads"). For fanless or battery devices '
+        "that mostly classify.",
+    )
     embedder: str = Field(
         default=DEFAULT_EMBEDDER,
         description="Sentence-embedding model of the skills' embedding stage, from the model "

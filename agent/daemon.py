@@ -282,7 +282,9 @@ class AgentDaemon(Lifecycle):
 
     def _load_engine(self, spec: ModelSpec) -> Engine:
         m = self.settings.model
-        return Engine(spec.path, name=spec.name, provider=m.provider, threads=m.threads)
+        return Engine(
+            spec.path, name=spec.name, provider=m.provider, threads=m.threads, spin=m.spin
+        )
 
     def _startup_pin(self) -> bool:
         if self.settings.ota.enabled:

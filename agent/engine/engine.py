@@ -250,6 +250,7 @@ class Engine:
         provider: str = "auto",
         threads: int = 0,
         max_prefixes: int = 4,
+        spin: bool = True,
     ) -> None:
         import onnxruntime_genai as og
 
@@ -257,6 +258,8 @@ class Engine:
         self.name = name
         self.model_dir = model_dir
         self.threads = threads or len(os.sched_getaffinity(0))
+        #: Whether onnxruntime's pool threads spin-wait after a run instead of sleeping.
+        self.spin = spin
         genai_config = json.loads((model_dir / "genai_config.json").read_text())
         self.context_length = int(genai_config["model"]["context_length"])
         eos = genai_config["model"]["eos_token_id"]
@@ -287,8 +290,14 @@ class Engine:
             config.clear_providers()
             if provider != "cpu":
                 config.append_provider(provider)
-            threads = {"intra_op_num_threads": self.threads, "inter_op_num_threads": 1}
-            config.overlay(json.dumps({"model": {"decoder": {"session_options": threads}}}))
+            options: dict[str, int | str] = {
+                "intra_op_num_threads": self.threads,
+                "inter_op_num_threads": 1,
+            }
+            if not self.spin:  # unknown keys become session config entries in genai
+                options["session.intra_op.allow_spinning"] = "0"
+                options["session.inter_op.allow_spinning"] = "0"
+            config.overlay(json.dumps({"model": {"decoder": {"session_options": options}}}))
             try:
                 model = og.Model(config)
             except Exception as exc:  # noqa: BLE001 - the runtime raises bare RuntimeError
@@ -302,7 +311,13 @@ class Engine:
                     tried=list(errors),
                     hint="accelerator runtime present but unusable; running on CPU",
                 )
-            log.info("model_loaded", model=self.name, provider=in_use, threads=self.threads)
+            log.info(
+                "model_loaded",
+                model=self.name,
+                provider=in_use,
+                threads=self.threads,
+                spin=self.spin,
+            )
             return in_use, model
         raise ProviderUnavailable(
             f"no execution provider could load {self.model_dir}: "
