@@ -98,9 +98,10 @@ class BenchClient:
 
 @contextmanager
 def running_agent(
-    workdir: Path, *, tcp_nodelay: bool = True
+    workdir: Path, *, tcp_nodelay: bool = True, **env: str
 ) -> Iterator[tuple[PrivateBroker, AgentProcess, DeviceTopics]]:
-    """A private mosquitto and the real agent on it (cloud fallback off), online."""
+    """A private mosquitto and the real agent on it (cloud fallback off), online;
+    ``env``: more ``EDGE_AGENT_*`` settings."""
     from agent.models import DEFAULT_MODEL, ModelCache, default_cache_dir
 
     ModelCache(default_cache_dir()).require(DEFAULT_MODEL)  # a readable error if not built
@@ -114,6 +115,7 @@ def running_agent(
             # Edge path only: a cloud wait would swamp the MQTT figures.
             EDGE_AGENT_CLOUD__ENABLED="false",
             EDGE_AGENT_OUTBOX__PATH=str(workdir / "outbox.db"),
+            **env,
         )
         try:
             wait_for_status(broker.port, topics.status, "online", timeout=120)

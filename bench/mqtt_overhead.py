@@ -10,10 +10,14 @@ Baseline in the same run: a raw ping-pong through the same broker, answered by
 an echo client with no model, at each QoS. The agent's overhead minus the echo
 round trip is what the agent adds over a bare MQTT responder.
 
+``--spin off`` runs the agent with ``model.spin = false`` (onnxruntime's threads
+sleep after each run); each row also gives the agent's CPU per request.
+
 ``--task answer`` sends a free-text request instead (``max_tokens`` 32, greedy,
-so every reply generates the same tokens): the request the target's "latency
-minus generation time" speaks of. The short 3-label ``classify`` is the default
-because it is the worst case for the share: the least model time per request.
+so every reply is the same answer; each row gives the tokens generated): the
+request the target's "latency minus generation time" speaks of. The short 3-label
+``classify`` is the default because it is the worst case for the share: the least model
+time per request.
 
 Both are measured twice: with mosquitto's default config, and with
 ``set_tcp_nodelay true``. Mosquitto leaves Nagle's algorithm on by default, so a
@@ -79,6 +83,7 @@ def bench_agent(
     rtts: list[float] = []
     overheads: list[float] = []
     latencies: list[float] = []
+    generated: list[float] = []  # completion (or scored) tokens per reply
     for i in range(warmup + n):
         body = json.dumps({**request, "id": f"q{qos}-{i}"}).encode()
         rtt_s, raw = client.round_trip(request_topic, body, qos=qos, reply_topic=reply_topic)
@@ -89,12 +94,14 @@ def bench_agent(
             rtts.append(rtt_s * 1000)
             latencies.append(float(reply["latency_ms"]))
             overheads.append(rtt_s * 1000 - float(reply["latency_ms"]))
+            generated.append(float(reply["tokens"]["completion"]))
     return {
         "qos": qos,
         "n": n,
         **_stats("round_trip", rtts),
         **_stats("agent_latency", latencies),
         **_stats("overhead", overheads),
+        "completion_tokens_p50": percentile(generated, 50),
     }
 
 
@@ -130,14 +137,21 @@ def main(argv: list[str] | None = None) -> int:
         default="classify",
         help="the request sent: a 3-label classify, or a 32-token free-text answer",
     )
+    parser.add_argument(
+        "--spin",
+        choices=["on", "off"],
+        default="on",
+        help="the agent's model.spin: onnxruntime's threads spin-wait after a run, or sleep",
+    )
     args = parser.parse_args(argv)
     request = REQUESTS[args.task]
+    agent_env = {"EDGE_AGENT_MODEL__SPIN": str(args.spin == "on").lower()}
 
     rows: list[dict[str, Any]] = []
     for broker_name, nodelay in BROKER_CONFIGS.items():
         with (
             tempfile.TemporaryDirectory(prefix="bench-mqtt-") as tmp,
-            running_agent(Path(tmp), tcp_nodelay=nodelay) as (broker, agent, topics),
+            running_agent(Path(tmp), tcp_nodelay=nodelay, **agent_env) as (broker, agent, topics),
         ):
             client = BenchClient(broker.port, "app")
             echo = BenchClient(broker.port, "echo")
@@ -150,8 +164,13 @@ def main(argv: list[str] | None = None) -> int:
                     echo_row = bench_echo(
                         client, echo, request, qos, n=args.requests, warmup=args.warmup
                     )
+                    cpu0 = proc_cpu_s(agent.proc.pid)
                     agent_row = bench_agent(
                         client, request, topics.request, qos, n=args.requests, warmup=args.warmup
+                    )
+                    # The agent's CPU (all its threads) per request, warm-up included.
+                    agent_row["agent_cpu_ms_per_request"] = (
+                        1000 * (proc_cpu_s(agent.proc.pid) - cpu0) / (args.requests + args.warmup)
                     )
                     agent_row["added_over_echo_p50_ms"] = (
                         agent_row["overhead_p50_ms"] - echo_row["round_trip_p50_ms"]
@@ -173,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
 
     cols = ["round_trip_p50_ms", "round_trip_p99_ms", "agent_latency_p50_ms"]
     cols += ["overhead_p50_ms", "overhead_p99_ms", "added_over_echo_p50_ms", "overhead_share_pct"]
-    cols += ["foreign_cpu_share"]
+    cols += ["completion_tokens_p50", "agent_cpu_ms_per_request", "foreign_cpu_share"]
     print(
         f"\n{args.requests} sequential {args.task} requests per QoS (after {args.warmup} warm-up)\n"
     )
@@ -200,6 +219,7 @@ def main(argv: list[str] | None = None) -> int:
             )
     data = {
         "task": args.task,
+        "spin": args.spin,
         "request": request,
         "requests": args.requests,
         "warmup": args.warmup,
@@ -209,6 +229,7 @@ def main(argv: list[str] | None = None) -> int:
         "rows": rows,
     }
     name = "mqtt_overhead" if args.task == "classify" else f"mqtt_overhead_{args.task}"
+    name += "" if args.spin == "on" else "_nospin"
     print(f"wrote {write_results(name, data)}")
     return 0
 
