@@ -193,6 +193,13 @@ def test_the_agent_answers_a_fitted_skill_with_the_embedding_stage(
 
     quick = app.classify(topics.request, text=text, skill="kitchen_fast")
     assert quick["ok"] is True, quick
-    assert quick["tokens"]["prompt"] == 0  # accepted from the embedding stage: no SLM
+    # Accepted from the embedding stage: the SLM never prefilled this skill's prompt, yet
+    # the answer is priced as if it had read it (same prompt: fits are not part of it).
+    prefilled = [
+        e.get("prompt") for e in agent.log_events() if e.get("event") == "prefix_prefilled"
+    ]
+    assert "kitchen" in prefilled
+    assert "kitchen_fast" not in prefilled
+    assert quick["tokens"]["prompt"] == reply["tokens"]["prompt"]
     assert (quick["label"], quick["scores"]) == (reply["label"], reply["scores"])
     assert quick["confidence"] == pytest.approx(reply["confidence"], abs=1e-4)
