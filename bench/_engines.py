@@ -1,4 +1,4 @@
-"""What the decode benchmarks share: one timed generation per engine, and a runner
+"""What the engine benchmarks share: one timed generation per engine, and a runner
 that redoes a measurement subprocess when other processes took CPU meanwhile."""
 
 from __future__ import annotations
@@ -54,6 +54,19 @@ def llama_timed(llm: Any, ids: list[int], budget: int) -> dict[str, Any]:
 def children_cpu_s() -> float:
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
     return usage.ru_utime + usage.ru_stime
+
+
+def add_clean_run_options(parser: argparse.ArgumentParser, *, retries: int) -> None:
+    """The options ``spawn_clean`` reads: ``--max-foreign``, ``--retries``, ``--quiet-wait``."""
+    parser.add_argument(
+        "--max-foreign",
+        type=float,
+        default=0.15,
+        help="redo a run when other processes used more than this many cores on average "
+        "meanwhile (default 0.15)",
+    )
+    parser.add_argument("--retries", type=int, default=retries, help="redos per run at most")
+    parser.add_argument("--quiet-wait", type=float, default=30, help="seconds to wait for idle")
 
 
 def spawn_clean(

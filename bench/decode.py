@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from bench._common import median, proc_mb, table, write_results
-from bench._engines import llama_timed, ours_timed, spawn_clean
+from bench._engines import add_clean_run_options, llama_timed, ours_timed, spawn_clean
 
 ROOMS = ("kitchen", "hallway", "bedroom", "garage", "office", "bathroom")
 LOG = "\n".join(
@@ -133,15 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.decode", description=__doc__)
     parser.add_argument("--repetitions", "-n", type=int, default=5, help="runs per engine")
     parser.add_argument("--max-tokens", type=int, default=64, help="new tokens per generation")
-    parser.add_argument(
-        "--max-foreign",
-        type=float,
-        default=0.15,
-        help="redo a run when other processes used "
-        "more than this many cores on average meanwhile (default 0.15)",
-    )
-    parser.add_argument("--retries", type=int, default=3, help="redos per run at most")
-    parser.add_argument("--quiet-wait", type=float, default=30, help="seconds to wait for idle")
+    add_clean_run_options(parser, retries=3)
     parser.add_argument("--worker", choices=("prompts", "ours", "llama"), help=argparse.SUPPRESS)
     parser.add_argument("--threads", type=int, default=2, help=argparse.SUPPRESS)
     parser.add_argument("--prompts", type=Path, help=argparse.SUPPRESS)

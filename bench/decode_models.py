@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from bench._common import median, proc_mb, table, wait_for_quiet, write_results
-from bench._engines import llama_timed, ours_timed, spawn_clean
+from bench._engines import add_clean_run_options, llama_timed, ours_timed, spawn_clean
 from bench.decode import LOG, PROMPTS
 
 MODELS = ("smollm2-135m-instruct", "qwen2.5-coder-0.5b-instruct")
@@ -195,9 +195,7 @@ def main(argv: list[str] | None = None) -> int:  # noqa: PLR0915 - one linear sc
         "--variant", action="append", default=[], metavar="MODEL=DIR",
         help="an extra ONNX build of MODEL to time as well (repeatable)",
     )  # fmt: skip
-    parser.add_argument("--max-foreign", type=float, default=0.15, help="redo above this")
-    parser.add_argument("--retries", type=int, default=2, help="redos per run at most")
-    parser.add_argument("--quiet-wait", type=float, default=30, help="seconds to wait for idle")
+    add_clean_run_options(parser, retries=2)
     parser.add_argument("--worker", choices=("prompts", "ours", "llama"), help=argparse.SUPPRESS)
     parser.add_argument("--model", help=argparse.SUPPRESS)
     parser.add_argument("--path", type=Path, help=argparse.SUPPRESS)

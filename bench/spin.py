@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from bench._common import median, table, write_results
-from bench._engines import spawn_clean
+from bench._engines import add_clean_run_options, spawn_clean
 
 TEXTS = [
     "turn the hallway lights off",
@@ -85,9 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--requests", "-n", type=int, default=40, help="classifies per load")
     parser.add_argument("--gap", type=float, default=0.25, help="seconds between sporadic ones")
     parser.add_argument("--reps", type=int, default=2, help="repetitions (order alternates)")
-    parser.add_argument("--quiet-wait", type=float, default=30, help="seconds to wait for idle")
-    parser.add_argument("--max-foreign", type=float, default=0.15, help="redo above this")
-    parser.add_argument("--retries", type=int, default=2)
+    add_clean_run_options(parser, retries=2)
     parser.add_argument("--worker", choices=sorted(SETTINGS), help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
