@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 import tempfile
 import time
@@ -51,7 +50,7 @@ def _loop(engine: Any, prompt: Any, n: int, gap_s: float) -> dict[str, float]:
         if gap_s:
             time.sleep(gap_s)
     return {
-        "p50_ms": statistics.median(walls),
+        "p50_ms": median(walls),
         "cpu_ms_per_request": (time.process_time() - cpu0) * 1000 / n,
     }
 
@@ -104,24 +103,20 @@ def main(argv: list[str] | None = None) -> int:
                 runs.append({"rep": rep, "spin": setting, **result})
                 print(f"  rep {rep} spin {setting}: {json.dumps(result)}", flush=True)
 
-    rows = []
-    for load in ("back_to_back", "sporadic"):
-        for setting in SETTINGS:
-            mine = [r[load] for r in runs if r["spin"] == setting]
-            rows.append(
-                {
-                    "load": load,
-                    "spin": setting,
-                    "p50_ms": median([m["p50_ms"] for m in mine]),
-                    "cpu_ms_per_request": median([m["cpu_ms_per_request"] for m in mine]),
-                }
-            )
+    rows: list[dict[str, Any]] = []
     ratios = {}
     for load in ("back_to_back", "sporadic"):
-        on, off = (next(r for r in rows if r["load"] == load and r["spin"] == s) for s in SETTINGS)
+        by = {}
+        for setting in SETTINGS:
+            mine = [r[load] for r in runs if r["spin"] == setting]
+            by[setting] = {
+                "p50_ms": median([m["p50_ms"] for m in mine]),
+                "cpu_ms_per_request": median([m["cpu_ms_per_request"] for m in mine]),
+            }
+            rows.append({"load": load, "spin": setting, **by[setting]})
         ratios[load] = {
-            "p50_off_over_on": off["p50_ms"] / on["p50_ms"],
-            "cpu_off_over_on": off["cpu_ms_per_request"] / on["cpu_ms_per_request"],
+            "p50_off_over_on": by["off"]["p50_ms"] / by["on"]["p50_ms"],
+            "cpu_off_over_on": by["off"]["cpu_ms_per_request"] / by["on"]["cpu_ms_per_request"],
         }
     print()
     print(
