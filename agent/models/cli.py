@@ -137,19 +137,25 @@ def cmd_download(args: argparse.Namespace) -> int:
 
 
 def cmd_tune(args: argparse.Namespace) -> int:
-    from agent.models.tune import TuneParams, tune
+    from agent.models.tune import DEFAULT_LR, TuneParams, tune
     from agent.models.tune_data import EVAL_DIR
     from edge_slm.logs import configure_logging
 
     configure_logging("WARNING")  # the engine's info lines would interleave with the table
 
+    if args.method == "full" and (args.lora_rank is not None or args.lora_alpha is not None):
+        raise ModelError("--lora-rank and --lora-alpha need --method lora")
+    rank = args.lora_rank if args.lora_rank is not None else TuneParams().lora_rank
     params = TuneParams(
         epochs=args.epochs,
-        lr=args.lr,
+        lr=args.lr if args.lr is not None else DEFAULT_LR[args.method],
         batch_size=args.batch_size,
         seed=args.seed,
         max_examples=args.max_examples,
         heldout_fraction=args.heldout_fraction,
+        method=args.method,
+        lora_rank=rank,
+        lora_alpha=args.lora_alpha if args.lora_alpha is not None else 2 * rank,
     )
     eval_dir: Path | None = None
     if args.eval_set is not None:
@@ -230,7 +236,7 @@ def add_models_commands(
 
 
 def _add_tune(p: argparse.ArgumentParser) -> None:
-    from agent.models.tune import TuneParams
+    from agent.models.tune import DEFAULT_LR, TuneParams
 
     d = TuneParams()
     p.add_argument("base", metavar="BASE", help="catalog model to start from; must be built")
@@ -249,7 +255,34 @@ def _add_tune(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--epochs", type=int, default=d.epochs, help=f"passes over the data (default {d.epochs})"
     )
-    p.add_argument("--lr", type=float, default=d.lr, help=f"peak learning rate (default {d.lr:g})")
+    p.add_argument(
+        "--method",
+        choices=["full", "lora"],
+        default=d.method,
+        help="full: update every weight (fits up to the 0.5B in 24 GB); lora: train "
+        "low-rank adapters (peft) and merge them, for bigger models "
+        f"(default {d.method})",
+    )
+    p.add_argument(
+        "--lora-rank",
+        type=int,
+        default=None,
+        help=f"LoRA: the adapters' rank (default {d.lora_rank})",
+    )
+    p.add_argument(
+        "--lora-alpha",
+        type=int,
+        default=None,
+        help="LoRA: the adapters' scale is alpha / rank (default: twice the rank)",
+    )
+    p.add_argument(
+        "--lr",
+        type=float,
+        default=None,
+        help="peak learning rate (default "
+        + ", ".join(f"{lr:g} {m}" for m, lr in DEFAULT_LR.items())
+        + ")",
+    )
     p.add_argument(
         "--batch-size",
         type=int,

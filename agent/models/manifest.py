@@ -76,7 +76,14 @@ class TuneRecord(BaseModel):
         description="held-out items of the project's eval set measured (never trained)"
     )
     skipped: dict[str, int] = Field(default_factory=dict, description="lines skipped, by reason")
-    method: Literal["full"] = "full"
+    method: Literal["full", "lora"] = Field(
+        default="full", description="full fine-tuning, or LoRA adapters merged into the weights"
+    )
+    lora_rank: int | None = Field(default=None, description="LoRA: the adapters' rank")
+    lora_alpha: int | None = Field(default=None, description="LoRA: scale alpha / rank")
+    trained_weights: int | None = Field(
+        default=None, description="how many weights training updated"
+    )
     epochs: int
     lr: float
     batch_size: int

@@ -11,7 +11,7 @@ Stages (each timed by :class:`Progress`):
    hash of the request id, and the project's eval-set held-out items never trained;
 2. before: the installed base model on the held-out splits (``tune_eval``);
 3. convert: ``python -m agent.models.convert``, the base GGUF -> HF float32 folder;
-4. train: ``python -m agent.models.tune_train``, full fine-tuning on CPU;
+4. train: ``python -m agent.models.tune_train``, full fine-tuning or LoRA on CPU;
 5. onnx: the onnxruntime-genai builder with the base's catalog recipe (precision,
    extra options), as ``models build`` runs it;
 6. fidelity: the built model against the tuned weights, gated like a build; and its
@@ -35,7 +35,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from agent.models.build import (
     builder_argv,
@@ -79,6 +79,9 @@ from agent.models.tune_eval import format_table
 from agent.models.tune_train import PROGRESS
 
 STAGES = 8
+#: The default peak learning rate by method: LoRA's adapters start at zero and move
+#: through a low-rank bottleneck, so they take a larger step than the full weights.
+DEFAULT_LR: dict[str, float] = {"full": 5e-5, "lora": 2e-4}
 PROMPT_RULE = "skills: system prompt without exemplars; inline labels: the bare prompt"
 
 
@@ -92,6 +95,9 @@ class TuneParams:
     seed: int = 0
     max_examples: int | None = None
     heldout_fraction: float = 0.2
+    method: Literal["full", "lora"] = "full"
+    lora_rank: int = 16
+    lora_alpha: int = 32  # twice the rank, as the CLI defaults it
 
     def check(self) -> None:
         if self.epochs < 1:
@@ -104,6 +110,22 @@ class TuneParams:
             raise ModelError("--max-examples must be at least 1")
         if not 0 <= self.heldout_fraction < 1:
             raise ModelError("--heldout-fraction must be in [0, 1)")
+        if self.method not in ("full", "lora"):
+            raise ModelError("--method must be full or lora")
+        if self.lora_rank < 1:
+            raise ModelError("--lora-rank must be at least 1")
+        if self.lora_alpha <= 0:
+            raise ModelError("--lora-alpha must be positive")
+
+    def key_fields(self) -> dict[str, Any]:
+        """The settings that decide the weights. A full tune's leave out the LoRA ones,
+        which it does not use: its key, and so its name, is the one it had before
+        LoRA existed."""
+        fields = asdict(self)
+        if self.method == "full":
+            for unused in ("method", "lora_rank", "lora_alpha"):
+                del fields[unused]
+        return fields
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,7 +143,7 @@ def tune_key(base: str, data_sha256: str, params: TuneParams, train: list[str]) 
         {
             "base": base,
             "data": data_sha256,
-            "params": asdict(params),
+            "params": params.key_fields(),
             "recipe": RECIPE_VERSION,
             "train": sorted(train),
         },
@@ -230,7 +252,7 @@ def _load(
 
 
 def _train_argv(tmp: Path, params: TuneParams, end_id: int) -> list[str]:
-    return [
+    argv = [
         sys.executable,
         "-m",
         "agent.models.tune_train",
@@ -257,6 +279,9 @@ def _train_argv(tmp: Path, params: TuneParams, end_id: int) -> list[str]:
         "--threads",
         str(len(os.sched_getaffinity(0))),
     ]
+    if params.method == "lora":
+        argv += ["--lora-rank", str(params.lora_rank), "--lora-alpha", str(params.lora_alpha)]
+    return argv
 
 
 def _train_and_build(
@@ -286,7 +311,8 @@ def _train_and_build(
             needed_bytes=recipe.scratch_bytes,
         )
 
-    with progress.stage(f"train: {len(train)} examples, {params.epochs} epochs"):
+    method = f"LoRA rank {params.lora_rank}" if params.method == "lora" else "full"
+    with progress.stage(f"train: {len(train)} examples, {params.epochs} epochs, {method}"):
         _write_examples(tmp / "train.jsonl", train)
         _run_streamed(
             _train_argv(tmp, params, end_id),
@@ -406,6 +432,10 @@ def tune(
                 heldout_examples=len(split.heldout),
                 official_heldout_examples=len(split.official),
                 skipped=dict(loaded.skipped),
+                method=params.method,
+                lora_rank=params.lora_rank if params.method == "lora" else None,
+                lora_alpha=params.lora_alpha if params.method == "lora" else None,
+                trained_weights=built.stats.get("trained_weights"),
                 epochs=params.epochs,
                 lr=params.lr,
                 batch_size=params.batch_size,

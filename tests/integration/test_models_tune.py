@@ -200,3 +200,56 @@ def test_it_is_listed_and_a_rerun_reuses_it(tuned):
     assert "already installed with this data and these settings" in again.stderr
     assert "convert:" not in again.stderr
     assert installed_name(again) == name
+
+
+@pytest.fixture(scope="module")
+def lora_tuned(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
+    """LoRA on 24 dev items, 2 epochs at a high rate: enough to move the merged weights."""
+    root = tmp_path_factory.mktemp("lora")
+    cache = root / "cache"
+    cache.mkdir()
+    (cache / DEFAULT_MODEL).symlink_to(model_dir)
+    voice, sensor = lines("voice_intents.jsonl"), lines("sensor_events.jsonl")
+    train = [x for x in voice if split_of(rid(x)) == "dev"][:12]
+    train += [x for x in sensor if split_of(rid(x)) == "dev"][:12]
+    data = root / "data.jsonl"
+    data.write_text("\n".join(train) + "\n")
+    args = ["smollm2-135m-instruct", "--data", str(data), "--method", "lora", "--lora-rank", "8"]
+    args += ["--epochs", "2", "--lr", "1e-3", "--heldout-fraction", "0", "--no-eval-set"]
+    run = cli(cache, "tune", *args)
+    assert run.returncode == 0, run.stderr[-4000:]
+    return {"cache": ModelCache(cache), "run": run, "train": train}
+
+
+def gold_probability(engine: Engine, rows: list[str]) -> float:
+    """Mean probability the model gives the gold label of each eval-set line."""
+    total = 0.0
+    for line in rows:
+        row = json.loads(line)
+        request = Request.model_validate(row["request"])
+        result = engine.classify(build_messages(request), request.labels or [])
+        total += result.scores[row["gold"]["label"]]
+    return total / len(rows)
+
+
+def test_lora_merges_trained_adapters_into_the_built_model(lora_tuned, model_dir):
+    run = lora_tuned["run"]
+    assert "LoRA rank 8" in run.stderr
+    name = installed_name(run)
+    cache: ModelCache = lora_tuned["cache"]
+    m = cache.manifest(name)
+    assert m is not None
+    assert m.tune is not None
+    t = m.tune
+    assert (t.method, t.lora_rank, t.lora_alpha, t.lr, t.epochs) == ("lora", 8, 16, 1e-3, 2)
+    assert t.trained_weights is not None
+    assert 0 < t.trained_weights < 135_000_000 // 20  # adapters, not the model
+    assert m.fidelity is not None
+    assert m.fidelity.top1_agreement >= CATALOG[DEFAULT_MODEL].recipe.min_agreement  # type: ignore[union-attr]
+    assert cache.verify(name).ok
+
+    # The adapters reached the ONNX model: it fits its training data better than the base.
+    base = Engine(model_dir, name="base", provider="cpu", threads=2)
+    tuned = Engine(cache.require(name), name=name, provider="cpu", threads=2)
+    rows = lora_tuned["train"]
+    assert gold_probability(tuned, rows) > gold_probability(base, rows) + 0.1

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import random
 from pathlib import Path
@@ -11,6 +12,7 @@ import pytest
 
 from agent.engine.prompts import build_messages
 from agent.models.cache import ModelCache
+from agent.models.catalog import RECIPE_VERSION
 from agent.models.cli import add_models_commands
 from agent.models.manifest import EvalFigures, Manifest, SourceRecord, TuneRecord
 from agent.models.tune import TuneParams, tune_key
@@ -312,6 +314,25 @@ def test_the_cli_rejects_bad_settings(tmp_path, capsys):
     assert "--heldout-fraction must be in [0, 1)" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(
+    ("extra", "needle"),
+    [
+        (["--lora-rank", "8"], "--lora-rank and --lora-alpha need --method lora"),
+        (["--method", "lora", "--lora-rank", "0"], "--lora-rank must be at least 1"),
+        (["--method", "lora", "--lora-alpha", "0"], "--lora-alpha must be positive"),
+    ],
+)
+def test_the_cli_rejects_bad_lora_settings(tmp_path, capsys, extra, needle):
+    path = write(tmp_path, {"request": request("x"), "answer": "lights_on"})
+    parser = argparse.ArgumentParser()
+    add_models_commands(parser.add_subparsers(dest="command"))
+    argv = ["models", "--cache-dir", str(tmp_path / "cache"), "tune", "smollm2-135m-instruct"]
+    args = parser.parse_args([*argv, "--data", str(path), *extra])
+    assert args.func(args) == 2
+    assert needle in capsys.readouterr().err
+    assert not (tmp_path / "cache").exists()
+
+
 # -- splits --------------------------------------------------------------------
 
 
@@ -442,6 +463,34 @@ def test_the_model_name_follows_data_settings_and_the_trained_set():
     assert a != tune_key(base, data, TuneParams(), ["x"])  # e.g. the eval set protected "y"
 
 
+def test_a_full_tune_keeps_its_name_and_lora_settings_name_a_lora_tune():
+    base, data = "smollm2-135m-instruct", "0" * 64
+    # The key of a full tune before LoRA existed: installed tunes keep their names.
+    before_lora = {
+        "base": base,
+        "data": data,
+        "params": {
+            "epochs": 3,
+            "lr": 5e-5,
+            "batch_size": 8,
+            "seed": 0,
+            "max_examples": None,
+            "heldout_fraction": 0.2,
+        },
+        "recipe": RECIPE_VERSION,
+        "train": ["x"],
+    }
+    canonical = json.dumps(before_lora, sort_keys=True).encode()
+    full = tune_key(base, data, TuneParams(), ["x"])
+    assert full == hashlib.sha256(canonical).hexdigest()
+    assert full == tune_key(base, data, TuneParams(lora_rank=4), ["x"])  # unused by full
+
+    lora = tune_key(base, data, TuneParams(method="lora"), ["x"])
+    assert lora != full
+    assert lora != tune_key(base, data, TuneParams(method="lora", lora_rank=8), ["x"])
+    assert lora != tune_key(base, data, TuneParams(method="lora", lora_alpha=8), ["x"])
+
+
 # -- figures and manifest --------------------------------------------------------
 
 
@@ -548,3 +597,51 @@ def test_shared_prefix_packing_equals_separate_sequences():
     groups = batches([Tokenized(g, [1, 2], [3]) for g in "aaaaabbb"], 2, random.Random(0))
     assert sorted(len(b) for b in groups) == [1, 1, 2, 2, 2]
     assert all(len({s.group for s in b}) == 1 for b in groups)
+
+
+def test_lora_trains_only_adapters_and_merges_into_a_plain_model():
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    pytest.importorskip("peft")
+    from agent.models.tune_train import Lora, Tokenized, _batch_loss, _with_adapters
+
+    torch.manual_seed(0)
+    cfg = transformers.LlamaConfig(
+        vocab_size=64,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=128,
+    )
+    model = transformers.AutoModelForCausalLM.from_config(cfg)
+    probe = torch.tensor([[5, 6, 7, 8, 9]])
+    with torch.no_grad():
+        before = model(input_ids=probe).logits
+    total = sum(p.numel() for p in model.parameters())
+
+    peft_model = _with_adapters(model, Lora(rank=4, alpha=8), seed=0)
+    trained = [p for p in model.parameters() if p.requires_grad]
+    assert trained
+    assert sum(p.numel() for p in trained) < total // 5
+    with torch.no_grad():  # B starts at zero: the adapters change nothing yet
+        assert torch.allclose(model(input_ids=probe).logits, before)
+
+    batch = [Tokenized("g", [5, 6, 7, 8], [20, 2]), Tokenized("g", [5, 6, 7, 9], [21, 2])]
+    optimizer = torch.optim.AdamW(trained, lr=1e-2)
+    losses = []
+    for _ in range(5):
+        loss, tokens = _batch_loss(model, batch)
+        assert tokens == 3 + 2 * 3  # the shared prefix once, then each own token and answer
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0]
+    with torch.no_grad():
+        adapted = model(input_ids=probe).logits
+        merged = peft_model.merge_and_unload()
+        assert not any("lora" in name for name, _ in merged.named_parameters())
+        assert torch.allclose(merged(input_ids=probe).logits, adapted, atol=1e-5)
+        assert not torch.allclose(adapted, before, atol=1e-3)
