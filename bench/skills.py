@@ -52,7 +52,7 @@ import re
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -69,6 +69,9 @@ from bench._common import (
 from bench.eval_data import SKILL_OF, EvalItem, load_family, split, split_of
 from bench.routing import at_rate, auroc, escalation_curve
 from edge_slm.contract import Scoring
+
+if TYPE_CHECKING:
+    from agent.models.manifest import TuneRecord
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
 MODELS = ("smollm2-135m-instruct", "qwen2.5-coder-0.5b-instruct", "qwen2.5-coder-1.5b-instruct")
@@ -280,7 +283,11 @@ def _observe_cached(
             return dict(kept["items"])
     out = _observe(model, threads, items, tuned=tuned, bare=bare, scoring=scoring)
     OBS_DIR.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"key": key, "items": out}), encoding="utf-8")
+    kept = {"key": key, "items": out}
+    tune = _installed_tune(model)
+    if tune is not None:  # which dev items it never trained on, for a later re-analysis
+        kept["tune_heldout_fraction"] = tune.heldout_fraction
+    path.write_text(json.dumps(kept), encoding="utf-8")
     return out
 
 
@@ -572,24 +579,34 @@ def accuracy(
     return result
 
 
-def _tune_held_out(name: str, items: Sequence[EvalItem]) -> set[str]:
-    """The dev items a tuned model's training never saw (its `--heldout-fraction`)."""
+def _installed_tune(name: str) -> TuneRecord | None:
     from agent.models import ModelCache, default_cache_dir
-    from agent.models.tune_data import held_out
 
     manifest = ModelCache(default_cache_dir()).manifest(name)
-    if manifest is None or manifest.tune is None:
-        raise SystemExit(f"{name}: not an installed `models tune` model")
-    fraction = manifest.tune.heldout_fraction
+    return manifest.tune if manifest is not None else None
+
+
+def _tune_held_out(name: str, items: Sequence[EvalItem]) -> set[str]:
+    """The dev items a tuned model's training never saw (its `--heldout-fraction`): from
+    its manifest, else from its kept observations, so it need not be installed."""
+    from agent.models.tune_data import held_out
+
+    tune = _installed_tune(name)
+    kept = OBS_DIR / f"{name}.json"
+    record = json.loads(kept.read_text(encoding="utf-8")) if kept.is_file() else {}
+    if tune is not None:
+        fraction = tune.heldout_fraction
+    elif "tune_heldout_fraction" in record:
+        fraction = float(record["tune_heldout_fraction"])
+    else:
+        raise SystemExit(f"{name}: neither an installed `models tune` model nor kept observations")
     return {i.id for i in items if split_of(i.id) == "dev" and held_out(i.id, fraction)}
 
 
 def _tuned_base(name: str) -> str:
-    from agent.models import ModelCache, default_cache_dir
-
-    manifest = ModelCache(default_cache_dir()).manifest(name)
-    if manifest is not None:
-        return manifest.tune.base if manifest.tune else name
+    tune = _installed_tune(name)
+    if tune is not None:
+        return tune.base
     return re.sub(r"-tuned-[0-9a-f]{8}$", "", name)  # `models tune` names it so
 
 
