@@ -592,14 +592,16 @@ def _tune_held_out(name: str, items: Sequence[EvalItem]) -> set[str]:
     from agent.models.tune_data import held_out
 
     tune = _installed_tune(name)
-    kept = OBS_DIR / f"{name}.json"
-    record = json.loads(kept.read_text(encoding="utf-8")) if kept.is_file() else {}
     if tune is not None:
         fraction = tune.heldout_fraction
-    elif "tune_heldout_fraction" in record:
-        fraction = float(record["tune_heldout_fraction"])
     else:
-        raise SystemExit(f"{name}: neither an installed `models tune` model nor kept observations")
+        kept = OBS_DIR / f"{name}.json"
+        record = json.loads(kept.read_text(encoding="utf-8")) if kept.is_file() else {}
+        if "tune_heldout_fraction" not in record:
+            raise SystemExit(
+                f"{name}: neither an installed `models tune` model nor kept observations"
+            )
+        fraction = float(record["tune_heldout_fraction"])
     return {i.id for i in items if split_of(i.id) == "dev" and held_out(i.id, fraction)}
 
 

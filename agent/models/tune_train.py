@@ -284,11 +284,11 @@ def main() -> None:
     parser.add_argument("--end-token-id", type=int, required=True)
     parser.add_argument("--threads", type=int, required=True)
     parser.add_argument("--lora-rank", type=int, default=None, help="LoRA; default: full")
-    parser.add_argument("--lora-alpha", type=int, default=None)
+    parser.add_argument("--lora-alpha", type=int, default=None, help="LoRA: with --lora-rank")
     args = parser.parse_args()
-    lora = None
-    if args.lora_rank is not None:
-        lora = Lora(args.lora_rank, args.lora_alpha or 2 * args.lora_rank)
+    if (args.lora_rank is None) != (args.lora_alpha is None):
+        parser.error("--lora-rank and --lora-alpha go together")
+    lora = Lora(args.lora_rank, args.lora_alpha) if args.lora_rank is not None else None
     train(
         args.hf_in,
         args.examples,

@@ -7,6 +7,7 @@ import hashlib
 import json
 import random
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -554,11 +555,10 @@ def test_a_tuned_manifest_round_trips_and_is_a_current_model(tmp_path):
 # -- packing -------------------------------------------------------------------------
 
 
-def test_shared_prefix_packing_equals_separate_sequences():
+def tiny_llama() -> Any:
+    """A randomly initialised 2-layer Llama (seeded), small enough for a unit test."""
     torch = pytest.importorskip("torch")
     transformers = pytest.importorskip("transformers")
-    from agent.models.tune_train import Tokenized, batches, pack
-
     torch.manual_seed(0)
     cfg = transformers.LlamaConfig(
         vocab_size=64,
@@ -569,7 +569,14 @@ def test_shared_prefix_packing_equals_separate_sequences():
         num_key_value_heads=2,
         max_position_embeddings=128,
     )
-    model = transformers.AutoModelForCausalLM.from_config(cfg).eval()
+    return transformers.AutoModelForCausalLM.from_config(cfg)
+
+
+def test_shared_prefix_packing_equals_separate_sequences():
+    torch = pytest.importorskip("torch")
+    from agent.models.tune_train import Tokenized, batches, pack
+
+    model = tiny_llama().eval()
     shared = [5, 6, 7, 8, 9, 10]
     batch = [
         Tokenized("g", [*shared, 11, 12], [20, 21, 2]),
@@ -601,21 +608,10 @@ def test_shared_prefix_packing_equals_separate_sequences():
 
 def test_lora_trains_only_adapters_and_merges_into_a_plain_model():
     torch = pytest.importorskip("torch")
-    transformers = pytest.importorskip("transformers")
     pytest.importorskip("peft")
     from agent.models.tune_train import Lora, Tokenized, _batch_loss, _with_adapters
 
-    torch.manual_seed(0)
-    cfg = transformers.LlamaConfig(
-        vocab_size=64,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=128,
-    )
-    model = transformers.AutoModelForCausalLM.from_config(cfg)
+    model = tiny_llama()
     probe = torch.tensor([[5, 6, 7, 8, 9]])
     with torch.no_grad():
         before = model(input_ids=probe).logits
