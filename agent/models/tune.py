@@ -90,7 +90,7 @@ class TuneParams:
     """Training settings; every field is recorded in the manifest."""
 
     epochs: int = 3
-    lr: float = 5e-5
+    lr: float = DEFAULT_LR["full"]
     batch_size: int = 8
     seed: int = 0
     max_examples: int | None = None

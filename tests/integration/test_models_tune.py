@@ -54,12 +54,23 @@ def cli(cache: Path, *args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+def base_cache(root: Path, model_dir: Path) -> Path:
+    """A model cache holding only the built base model, linked, not copied."""
+    cache = root / "cache"
+    cache.mkdir()
+    (cache / DEFAULT_MODEL).symlink_to(model_dir)
+    return cache
+
+
+def dev(rows: list[str], n: int = 12) -> list[str]:
+    """The first ``n`` eval-set lines of the dev split."""
+    return [x for x in rows if split_of(rid(x)) == "dev"][:n]
+
+
 @pytest.fixture(scope="module")
 def tuned(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
     root = tmp_path_factory.mktemp("tune")
-    cache = root / "cache"
-    cache.mkdir()
-    (cache / DEFAULT_MODEL).symlink_to(model_dir)  # the built base, not copied
+    cache = base_cache(root, model_dir)
 
     voice, sensor = lines("voice_intents.jsonl"), lines("sensor_events.jsonl")
     # A small eval set: its voice held-out items are the official figures.
@@ -68,8 +79,7 @@ def tuned(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str
     (eval_dir / "voice_intents.jsonl").write_text("\n".join(voice[:30]) + "\n")
     official = [rid(x) for x in voice[:30] if split_of(rid(x)) == "heldout"]
 
-    dev_voice = [x for x in voice if split_of(rid(x)) == "dev"][:12]
-    dev_sensor = [x for x in sensor if split_of(rid(x)) == "dev"][:12]
+    dev_voice, dev_sensor = dev(voice), dev(sensor)
     protected = [x for x in voice[:30] if split_of(rid(x)) == "heldout"][:2]
     question = lines("questions.jsonl")[0]
     data = root / "data.jsonl"
@@ -206,12 +216,8 @@ def test_it_is_listed_and_a_rerun_reuses_it(tuned):
 def lora_tuned(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
     """LoRA on 24 dev items, 2 epochs at a high rate: enough to move the merged weights."""
     root = tmp_path_factory.mktemp("lora")
-    cache = root / "cache"
-    cache.mkdir()
-    (cache / DEFAULT_MODEL).symlink_to(model_dir)
-    voice, sensor = lines("voice_intents.jsonl"), lines("sensor_events.jsonl")
-    train = [x for x in voice if split_of(rid(x)) == "dev"][:12]
-    train += [x for x in sensor if split_of(rid(x)) == "dev"][:12]
+    cache = base_cache(root, model_dir)
+    train = dev(lines("voice_intents.jsonl")) + dev(lines("sensor_events.jsonl"))
     data = root / "data.jsonl"
     data.write_text("\n".join(train) + "\n")
     args = ["smollm2-135m-instruct", "--data", str(data), "--method", "lora", "--lora-rank", "8"]

@@ -275,22 +275,18 @@ def test_unreadable_files_are_data_errors(tmp_path):
         load_examples(bad)
 
 
-def test_the_cli_exits_2_on_bad_data_before_touching_a_model(tmp_path, capsys):
-    path = write(tmp_path, {"request": request("x"), "answer": "dim the lights"})
+def models_cli(*argv: str) -> int:
+    """``edge-agent models ARGV`` in-process; its exit code."""
     parser = argparse.ArgumentParser()
     add_models_commands(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(
-        [
-            "models",
-            "--cache-dir",
-            str(tmp_path / "empty-cache"),
-            "tune",
-            "smollm2-135m-instruct",
-            "--data",
-            str(path),
-        ]
-    )
-    assert args.func(args) == 2
+    args = parser.parse_args(["models", *argv])
+    return int(args.func(args))
+
+
+def test_the_cli_exits_2_on_bad_data_before_touching_a_model(tmp_path, capsys):
+    path = write(tmp_path, {"request": request("x"), "answer": "dim the lights"})
+    cache = ["--cache-dir", str(tmp_path / "empty-cache")]
+    assert models_cli(*cache, "tune", "smollm2-135m-instruct", "--data", str(path)) == 2
     err = capsys.readouterr().err
     assert f"error: {path}:1: answer 'dim the lights' is none of the labels: lights_on," in err
     assert not (tmp_path / "empty-cache").exists()
@@ -298,20 +294,8 @@ def test_the_cli_exits_2_on_bad_data_before_touching_a_model(tmp_path, capsys):
 
 def test_the_cli_rejects_bad_settings(tmp_path, capsys):
     path = write(tmp_path, {"request": request("x"), "answer": "lights_on"})
-    parser = argparse.ArgumentParser()
-    add_models_commands(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(
-        [
-            "models",
-            "tune",
-            "smollm2-135m-instruct",
-            "--data",
-            str(path),
-            "--heldout-fraction",
-            "1.5",
-        ]
-    )
-    assert args.func(args) == 2
+    argv = ["tune", "smollm2-135m-instruct", "--data", str(path), "--heldout-fraction", "1.5"]
+    assert models_cli(*argv) == 2
     assert "--heldout-fraction must be in [0, 1)" in capsys.readouterr().err
 
 
@@ -325,11 +309,8 @@ def test_the_cli_rejects_bad_settings(tmp_path, capsys):
 )
 def test_the_cli_rejects_bad_lora_settings(tmp_path, capsys, extra, needle):
     path = write(tmp_path, {"request": request("x"), "answer": "lights_on"})
-    parser = argparse.ArgumentParser()
-    add_models_commands(parser.add_subparsers(dest="command"))
-    argv = ["models", "--cache-dir", str(tmp_path / "cache"), "tune", "smollm2-135m-instruct"]
-    args = parser.parse_args([*argv, "--data", str(path), *extra])
-    assert args.func(args) == 2
+    argv = ["--cache-dir", str(tmp_path / "cache"), "tune", "smollm2-135m-instruct"]
+    assert models_cli(*argv, "--data", str(path), *extra) == 2
     assert needle in capsys.readouterr().err
     assert not (tmp_path / "cache").exists()
 
