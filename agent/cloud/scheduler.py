@@ -41,11 +41,20 @@ class Scheduler:
             self._cond.notify()
 
     def every(self, interval_s: float, callback: Callable[[], object]) -> None:
-        """Run ``callback`` every ``interval_s`` until stopped."""
+        """Run ``callback`` every ``interval_s`` until stopped, whatever it raises.
+
+        One failed run (a transient SQLite error in the outbox sweep) must not end
+        the schedule: it is logged and the next run comes as planned.
+        """
+        name = getattr(callback, "__qualname__", repr(callback))
 
         def tick() -> None:
-            callback()
-            self.at(time.monotonic() + interval_s, tick)
+            try:
+                callback()
+            except Exception:
+                log.exception("periodic_job_failed", job=name)
+            finally:
+                self.at(time.monotonic() + interval_s, tick)
 
         self.at(time.monotonic() + interval_s, tick)
 
