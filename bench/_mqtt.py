@@ -21,9 +21,9 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from edge_slm.devbroker import PrivateBroker
 from edge_slm.topics import DeviceTopics
 from tests.support.agent import AgentProcess, wait_for_status
+from tests.support.broker import PrivateBroker
 
 
 def _nodelay(_client: paho.Client, _userdata: Any, sock: Any) -> None:

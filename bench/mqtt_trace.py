@@ -26,9 +26,9 @@ from pathlib import Path
 from bench._common import percentile, table, wait_for_quiet, write_results
 from bench._mqtt import BenchClient
 from bench.mqtt_overhead import REQUESTS, bench_echo
-from edge_slm.devbroker import PrivateBroker
 from edge_slm.topics import DeviceTopics
 from tests.support.agent import AgentProcess, wait_for_status
+from tests.support.broker import PrivateBroker
 
 REQUEST = REQUESTS["classify"]
 TRACE_SITE = Path(__file__).parent / "_trace"

@@ -64,8 +64,8 @@ from bench._common import (
     wait_for_quiet,
     write_results,
 )
-from edge_slm.devbroker import PrivateBroker, free_port
 from tests.relay.device import escalation
+from tests.support.broker import PrivateBroker, free_port
 from tests.support.procs import Relay
 
 PG_ADMIN = os.environ.get("BENCH_PG_ADMIN", "postgresql://postgres@127.0.0.1:5432/postgres")

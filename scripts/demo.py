@@ -23,10 +23,10 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
-from edge_slm.devbroker import PrivateBroker, free_port
 from edge_slm.logs import configure_logging
 from edge_slm.mqtt import BrokerUrl, Inbound, MqttConnection
 from edge_slm.topics import DeviceTopics
+from tests.support.broker import PrivateBroker, free_port
 
 INTENTS = [
     "lights_on",

@@ -7,4 +7,5 @@ cd "$(dirname "$0")/.."
 scripts/bootstrap.sh
 # The demo's cloud model: built once (about 3 minutes, 7 GB RAM), then cached.
 .venv/bin/edge-agent models build qwen2.5-coder-0.5b-instruct --install-source
-exec .venv/bin/python scripts/demo.py "$@"
+# A module run from the repository root: the demo imports tests.support.broker.
+exec .venv/bin/python -m scripts.demo "$@"

@@ -46,9 +46,9 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from agent.models import DEFAULT_MODEL, ModelCache, default_cache_dir
-from edge_slm.devbroker import PrivateBroker, free_port
 from edge_slm.topics import DeviceTopics
 from tests.support.agent import AgentProcess, wait_for_status
+from tests.support.broker import PrivateBroker, free_port
 
 pytestmark = pytest.mark.integration
 
@@ -134,7 +134,7 @@ class SessionApp:
 def model_ready() -> None:
     cache = ModelCache(default_cache_dir())
     if not cache.is_current(DEFAULT_MODEL):
-        from agent.models.build import build
+        from agent.modelbuild.build import build
 
         build(DEFAULT_MODEL, cache)
 

@@ -19,10 +19,10 @@ from typing import Any
 import pytest
 
 from edge_slm.contract import CloudReply, Outcome
-from edge_slm.devbroker import PrivateBroker
 from tests.relay.device import CloudMsg, FakeDevice, escalation
 from tests.relay.faultserver import FaultServer, Step
 from tests.support.app import AppClient, Reply
+from tests.support.broker import PrivateBroker
 from tests.support.procs import Relay
 from tests.system.conftest import System, broker, llm, system, topics  # noqa: F401
 

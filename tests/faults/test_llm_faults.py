@@ -21,11 +21,11 @@ from typing import Any
 
 import pytest
 
-from edge_slm.devbroker import PrivateBroker
 from edge_slm.topics import DeviceTopics
 from tests.faults._bridge import TimedApp, relay_rows
 from tests.relay.faultserver import FaultServer, Step
 from tests.support.agent import AgentProcess, wait_for_status
+from tests.support.broker import PrivateBroker
 from tests.support.procs import Relay
 from tests.system.conftest import broker, topics  # noqa: F401
 

@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 
 from agent.models import DEFAULT_MODEL, ModelCache, default_cache_dir
-from edge_slm.devbroker import PrivateBroker
 from edge_slm.topics import DeviceTopics
 from tests.support.agent import AgentProcess, wait_for_status
 from tests.support.app import AppClient
+from tests.support.broker import PrivateBroker
 
 pytestmark = pytest.mark.integration
 
@@ -20,7 +20,7 @@ def model_dir() -> Path:
     """The real SmolLM2 build from the model cache; built once if missing."""
     cache = ModelCache(default_cache_dir())
     if not cache.is_current(DEFAULT_MODEL):
-        from agent.models.build import build
+        from agent.modelbuild.build import build
 
         build(DEFAULT_MODEL, cache)
     return cache.require(DEFAULT_MODEL)

@@ -10,10 +10,10 @@ import uuid
 
 import pytest
 
-from edge_slm.devbroker import PrivateBroker
 from edge_slm.topics import DeviceTopics
 from tests.support.agent import AgentProcess, wait_for_status
 from tests.support.app import AppClient
+from tests.support.broker import PrivateBroker
 
 pytestmark = pytest.mark.integration
 

@@ -10,10 +10,10 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from edge_slm.devbroker import free_port
 from edge_slm.topics import DeviceTopics
 from tests.support.agent import AgentProcess
 from tests.support.app import AppClient
+from tests.support.broker import free_port
 
 pytestmark = pytest.mark.integration
 

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from edge_slm.devbroker import PrivateBroker, free_port
 from tests.relay.device import FakeDevice, escalation
 from tests.relay.faultserver import FaultServer, Step
+from tests.support.broker import PrivateBroker, free_port
 from tests.support.procs import LlmServer, Relay, relay_cli
 
 pytestmark = pytest.mark.integration

@@ -17,9 +17,9 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from prometheus_client.parser import text_string_to_metric_families
 
 from edge_slm.contract import LatencySummary, ModelState, Status, Telemetry, TokenUsage
-from edge_slm.devbroker import PrivateBroker, free_port
 from tests.relay.device import FakeDevice, escalation
 from tests.relay.faultserver import FaultServer
+from tests.support.broker import PrivateBroker, free_port
 from tests.support.procs import Relay, relay_cli
 
 REDACTED = "Email [EMAIL] that the washing machine at [IP] finished, call [PHONE]"

@@ -14,7 +14,6 @@ import paho.mqtt.client as paho
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
-from edge_slm.devbroker import PrivateBroker
 from edge_slm.topics import DeviceTopics
 from tests.security.conftest import (
     DEVICE_A,
@@ -25,6 +24,7 @@ from tests.security.conftest import (
     render_cloud_conf,
     render_edge_conf,
 )
+from tests.support.broker import PrivateBroker
 
 A = DeviceTopics("slm", DEVICE_A)
 B = DeviceTopics("slm", DEVICE_B)

@@ -39,9 +39,9 @@ from paho.mqtt.properties import Properties
 
 from agent.models import DEFAULT_MODEL, ModelCache, default_cache_dir
 from edge_slm.contract import ErrorCode
-from edge_slm.devbroker import PrivateBroker
 from edge_slm.topics import DeviceTopics
 from tests.support.agent import AgentProcess, wait_for_status
+from tests.support.broker import PrivateBroker
 
 pytestmark = pytest.mark.integration
 
@@ -60,7 +60,7 @@ HOSTILE_RESPONSE_TOPICS = ["fuzz/+/x", "#", "+", "$SYS/broker/x", "$share/g/t", 
 def model_dir() -> Path:
     cache = ModelCache(default_cache_dir())
     if not cache.is_current(DEFAULT_MODEL):
-        from agent.models.build import build
+        from agent.modelbuild.build import build
 
         build(DEFAULT_MODEL, cache)
     return cache.require(DEFAULT_MODEL)

@@ -13,10 +13,10 @@ from typing import Any
 import pytest
 
 from agent.models import DEFAULT_MODEL, ModelCache, default_cache_dir
-from edge_slm.devbroker import PrivateBroker, free_port
 from edge_slm.topics import DeviceTopics
 from tests.support.agent import AgentProcess, wait_for_status
 from tests.support.app import AppClient
+from tests.support.broker import PrivateBroker, free_port
 from tests.support.procs import LlmServer, Relay
 
 pytestmark = pytest.mark.integration
@@ -27,7 +27,7 @@ def llm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LlmServer]:
     """The cloud LLM stand-in: real HTTP, real generation (the small model, for speed)."""
     cache = ModelCache(default_cache_dir())
     if not cache.is_current(DEFAULT_MODEL):
-        from agent.models.build import build
+        from agent.modelbuild.build import build
 
         build(DEFAULT_MODEL, cache)
     server = LlmServer(DEFAULT_MODEL, free_port(), tmp_path_factory.mktemp("llm") / "serve.log")

@@ -23,9 +23,9 @@ import pytest
 from playwright.sync_api import Browser, ConsoleMessage, Page, expect, sync_playwright
 
 from cloud_relay.store import LogQuery, open_store
-from edge_slm.devbroker import free_port
 from edge_slm.topics import DeviceTopics
 from tests.support.agent import AgentProcess, wait_for_status
+from tests.support.broker import free_port
 from tests.support.procs import Daemon
 from tests.system.conftest import System
 

@@ -1,4 +1,4 @@
-"""A private Mosquitto for the demo, tests and benchmarks.
+"""A private Mosquitto for tests, benchmarks and the demo; not part of the shipped packages.
 
 Each instance writes its own config into a temporary directory and listens on
 a free loopback port, so it never collides with a system broker on 1883.
