@@ -18,6 +18,7 @@ from agent.engine.engine import (
 from agent.engine.prompts import build_messages, user_content
 from agent.skills.classify import classify_skill
 from edge_slm.contract import ErrorCode, Request, Response, Source, Task, TokenUsage
+from edge_slm.rounding import confidence as round_confidence
 
 if TYPE_CHECKING:
     from agent.skills import Skill
@@ -70,7 +71,7 @@ def answer(
     common = {
         "id": request.id,
         "ok": True,
-        "confidence": round(result.confidence, 4),
+        "confidence": round_confidence(result.confidence),
         "source": Source.EDGE,
         "escalated": False,
         "reason": basis or EDGE_REASON,
@@ -81,7 +82,7 @@ def answer(
             **common,
             answer=result.label,
             label=result.label,
-            scores={k: round(v, 4) for k, v in result.scores.items()},
+            scores={k: round_confidence(v) for k, v in result.scores.items()},
             tokens=TokenUsage(prompt=result.prompt_tokens, completion=result.scored_tokens),
         )
     return Response(

@@ -14,6 +14,7 @@ from cloud_relay.llm import ChatRequest, Completion, LlmClient, LlmError
 from cloud_relay.prompting import UNKNOWN_LABEL, build_messages, match_label, stricter_messages
 from edge_slm.contract import Escalation, Task
 from edge_slm.logs import get_logger
+from edge_slm.rounding import confidence as round_confidence
 
 log = get_logger("cloud_relay.answering")
 
@@ -36,7 +37,8 @@ def _from(
     return CloudAnswer(
         answer=answer,
         label=label,
-        confidence=confidence,
+        # Rounded as the edge rounds its replies: the reply and the log show the same.
+        confidence=None if confidence is None else round_confidence(confidence),
         model=c.model,
         tokens_in=c.prompt_tokens,
         tokens_out=c.completion_tokens,

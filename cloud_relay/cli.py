@@ -15,6 +15,7 @@ from cloud_relay.cli_support import add_common, settings_from, since_and_store
 from cloud_relay.stats import compute
 from cloud_relay.store import LogQuery, LogRow, RelayStore, StoreError, open_store
 from edge_slm import __version__
+from edge_slm.console import quiet_on_closed_pipe, table
 from edge_slm.contract import Outcome
 
 if TYPE_CHECKING:
@@ -176,7 +177,7 @@ def _cmd_logs(args: argparse.Namespace) -> int:
             for r in rows:
                 print(render.log_json(r))
         else:
-            print(render.table(render.LOG_HEADERS, [render.log_cells(r) for r in rows]))
+            print(table(render.LOG_HEADERS, [render.log_cells(r) for r in rows]))
         sys.stdout.flush()
         if args.follow:
             _follow(store, args, since, outcome, rows)
@@ -232,9 +233,9 @@ def _cmd_stats(args: argparse.Namespace) -> int:
         store.close()
     result = compute(rows, avoided)
     if args.json:
-        print(json.dumps([s.as_dict() for s in result], indent=2))
+        print(json.dumps([render.stats_dict(s) for s in result], indent=2))
     else:
-        print(render.table(render.STATS_HEADERS, [render.stats_cells(s) for s in result]))
+        print(table(render.STATS_HEADERS, [render.stats_cells(s) for s in result]))
     return 0
 
 
@@ -258,7 +259,7 @@ def _cmd_devices(args: argparse.Namespace) -> int:
         print(json.dumps(data, indent=2, ensure_ascii=False))
     else:
         cells = [render.device_cells(d, now=now, stale_after_s=stale) for d in rows]
-        print(render.table(render.DEVICE_HEADERS, cells))
+        print(table(render.DEVICE_HEADERS, cells))
     return 0
 
 
@@ -291,6 +292,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+@quiet_on_closed_pipe
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     code: int = args.func(args)

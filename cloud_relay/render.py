@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
 from dataclasses import asdict
 from datetime import UTC, datetime
 from typing import Any
 
 from cloud_relay.stats import DeviceStats
 from cloud_relay.store import DeviceRow, LogRow
+from edge_slm.console import shorten
+from edge_slm.rounding import usd
 
 
 def _when(ts: float | None) -> str:
@@ -23,21 +24,11 @@ def _num(value: float | None, fmt: str) -> str:
 
 
 def _short(text: str | None, width: int) -> str:
-    if not text:
-        return "-"
-    flat = " ".join(text.split())
-    return flat if len(flat) <= width else flat[: width - 1] + "…"
+    return shorten(text, width) if text else "-"
 
 
-def table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    widths = [len(h) for h in headers]
-    for row in rows:
-        widths = [max(w, len(c)) for w, c in zip(widths, row, strict=True)]
-    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip()]
-    lines += [
-        "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in rows
-    ]
-    return "\n".join(lines)
+def _usd(value: float | None) -> float | None:
+    return None if value is None else usd(value)
 
 
 LOG_HEADERS = (
@@ -77,14 +68,15 @@ def log_json(r: LogRow) -> str:
     data: dict[str, Any] = asdict(r)
     data["outcome"] = r.outcome.value if r.outcome else None
     data["reply"] = json.loads(r.reply) if r.reply else None
+    data["cost_usd"] = _usd(r.cost_usd)
     return json.dumps(data, ensure_ascii=False, sort_keys=True)
 
 
 STATS_HEADERS = (
     "device",
     "escalations",
-    "errors",
-    "error %",
+    "relay errors",
+    "relay error %",
     "p50 ms",
     "p95 ms",
     "tok in",
@@ -103,8 +95,8 @@ def stats_cells(s: DeviceStats) -> list[str]:
     return [
         s.device_id,
         str(s.escalations),
-        str(s.errors),
-        _pct(s.error_rate),
+        str(s.relay_errors),
+        _pct(s.relay_error_rate),
         _num(s.p50_ms, ".0f"),
         _num(s.p95_ms, ".0f"),
         str(s.tokens_in),
@@ -113,6 +105,13 @@ def stats_cells(s: DeviceStats) -> list[str]:
         _num(s.cost_avoided_usd, ".6f"),
         _pct(s.agreement_rate),
     ]
+
+
+def stats_dict(s: DeviceStats) -> dict[str, Any]:
+    data = s.as_dict()
+    data["cost_usd"] = usd(s.cost_usd)
+    data["cost_avoided_usd"] = _usd(s.cost_avoided_usd)
+    return data
 
 
 def device_state(d: DeviceRow, *, now: float, stale_after_s: float) -> str:
@@ -144,7 +143,7 @@ DEVICE_HEADERS = (
     "edge",
     "cloud",
     "fallback",
-    "errors",
+    "device errors",
     "esc %",
     "cost avoided $",
 )
@@ -152,6 +151,11 @@ DEVICE_HEADERS = (
 
 def device_cells(d: DeviceRow, *, now: float, stale_after_s: float) -> list[str]:
     t = d.totals
+    # Counters come with telemetry: before the first one they are unknown, not zero.
+    known = d.telemetry is not None
+    counters = (
+        [str(t.edge), str(t.cloud), str(t.edge_fallback), str(t.error)] if known else ["-"] * 4
+    )
     return [
         d.device_id,
         device_state(d, now=now, stale_after_s=stale_after_s),
@@ -159,17 +163,17 @@ def device_cells(d: DeviceRow, *, now: float, stale_after_s: float) -> list[str]
         f"{d.model}@{d.model_version}" if d.model and d.model_version else d.model or "-",
         d.provider or "-",
         ",".join(d.conditions) or "-",
-        str(t.edge),
-        str(t.cloud),
-        str(t.edge_fallback),
-        str(t.error),
-        _pct(t.escalation_rate),
-        f"{t.cost_avoided_usd:.6f}",
+        *counters,
+        _pct(t.escalation_rate if known else None),
+        f"{t.cost_avoided_usd:.6f}" if known else "-",
     ]
 
 
 def device_dict(d: DeviceRow, *, now: float, stale_after_s: float) -> dict[str, Any]:
+    """``requests``, ``escalations``, the rate and the cost avoided are null before the
+    device's first telemetry (unknown, not zero)."""
     t = d.totals
+    known = d.telemetry is not None
     return {
         "device_id": d.device_id,
         "status": device_state(d, now=now, stale_after_s=stale_after_s),
@@ -185,10 +189,12 @@ def device_dict(d: DeviceRow, *, now: float, stale_after_s: float) -> dict[str, 
             "cloud": t.cloud,
             "edge-fallback": t.edge_fallback,
             "error": t.error,
-        },
-        "escalations": t.escalations,
-        "escalation_rate": t.escalation_rate,
-        "cost_avoided_usd": t.cost_avoided_usd,
+        }
+        if known
+        else None,
+        "escalations": t.escalations if known else None,
+        "escalation_rate": t.escalation_rate if known else None,
+        "cost_avoided_usd": usd(t.cost_avoided_usd) if known else None,
         "started_at": d.started_at,
         "runs": d.runs,
         "telemetry": d.telemetry,

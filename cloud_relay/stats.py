@@ -1,6 +1,8 @@
 """Per-device and fleet-wide figures from relay log rows.
 
-* error rate: final rows whose outcome is not ``ok``, over all final rows;
+* relay errors and their rate: final rows whose outcome is not ``ok`` (the relay
+  could not answer), over all final rows; a device's own error replies are in its
+  telemetry (``cloud-relay devices``), not here;
 * latency p50/p95: of final rows, linear interpolation between closest ranks;
 * agreement rate: rows with an agreement verdict that agree (rows without an
   edge answer or without a cloud answer have no verdict and are left out);
@@ -39,8 +41,8 @@ class DeviceStats:
     device_id: str
     escalations: int
     in_flight: int
-    errors: int
-    error_rate: float | None
+    relay_errors: int  # final rows whose outcome is not ok (not the device's own errors)
+    relay_error_rate: float | None
     p50_ms: float | None
     p95_ms: float | None
     tokens_in: int
@@ -68,8 +70,8 @@ def _summarize(
         device_id=device_id,
         escalations=len(rows),
         in_flight=len(rows) - len(final),
-        errors=errors,
-        error_rate=errors / len(final) if final else None,
+        relay_errors=errors,
+        relay_error_rate=errors / len(final) if final else None,
         p50_ms=percentile(latencies, 0.50),
         p95_ms=percentile(latencies, 0.95),
         tokens_in=sum(r.tokens_in for r in rows),

@@ -23,6 +23,7 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
+from edge_slm.console import SEP, line, quiet_on_closed_pipe, shorten, terminal_width
 from edge_slm.logs import configure_logging
 from edge_slm.mqtt import BrokerUrl, Inbound, MqttConnection
 from edge_slm.topics import DeviceTopics
@@ -232,26 +233,49 @@ class App:
         )
 
 
-def row(n: int, label: str, text: str, reply: dict[str, Any]) -> str:
+#: The reply table's columns and widths; "reason" takes what is left of the terminal.
+COLUMNS = {"#": 2, "request": 13, "text": 44, "source": 13, "answer": 38, "conf": 4, "latency": 9}
+RIGHT = {0, 5, 6}  # "#", "conf", "latency"
+#: The reason's width when stdout is not a terminal, and its least on a narrow one.
+REASON_PIPED, REASON_MIN = 70, 30
+
+
+def reason_width() -> int:
+    fixed = sum(COLUMNS.values()) + len(SEP) * len(COLUMNS)
+    return max(terminal_width(fixed + REASON_PIPED) - fixed, REASON_MIN)
+
+
+def header(reason: int) -> str:
+    return line([*COLUMNS, "reason"], [*COLUMNS.values(), reason], right=RIGHT)
+
+
+def row(n: int, label: str, text: str, reply: dict[str, Any], reason: int) -> str:
+    """One reply, each cell cut at a word boundary to its column (``reason`` wide)."""
+    widths = [*COLUMNS.values(), reason]
+    lead = [str(n), shorten(label, widths[1]), shorten(text, widths[2])]
     if not reply["ok"]:
         err = reply["error"]
         tag = "correction" if reply.get("supersedes") else "error"
-        return paint(
-            f"{n:>2}  {label:<13} {text[:44]:<44}  {tag:<13} {err['code']}: {err['message'][:60]}",
-            "error",
-        )
+        rest = sum(widths[4:]) + len(SEP) * (len(widths) - 5)  # answer to reason
+        message = shorten(f"{err['code']}: {err['message']}", rest)
+        return paint(line([*lead, tag, message], [*widths[:4], rest]), "error")
     source = reply["source"]
     if reply.get("supersedes"):
         source = "correction"
-    answer = reply.get("label") or (reply.get("answer") or "").replace("\n", " ")
-    conf = f"{reply['confidence']:.2f}" if reply.get("confidence") is not None else "  - "
-    line = (
-        f"{n:>2}  {label:<13} {text[:44]:<44}  {source:<13} {answer[:38]:<38} {conf}  "
-        f"{reply.get('latency_ms', 0):>6.0f} ms  {reply.get('reason', '')[:70]}"
-    )
-    return paint(line, reply["source"])
+    answer = reply.get("label") or reply.get("answer") or ""
+    conf = f"{reply['confidence']:.2f}" if reply.get("confidence") is not None else "-"
+    cells = [
+        *lead,
+        source,
+        shorten(answer, widths[4]),
+        conf,
+        f"{reply.get('latency_ms', 0):.0f} ms",
+        shorten(reply.get("reason", ""), reason),
+    ]
+    return paint(line(cells, widths, right=RIGHT), reply["source"])
 
 
+@quiet_on_closed_pipe
 def main() -> int:  # noqa: PLR0915 - a linear script reads best in one piece
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--edge-model", default="smollm2-135m-instruct")
@@ -343,11 +367,8 @@ def main() -> int:  # noqa: PLR0915 - a linear script reads best in one piece
                 raise SystemExit("the agent did not come online; see agent.log")
             time.sleep(0.1)
 
-        header = (
-            f"{'#':>2}  {'request':<13} {'text':<44}  {'source':<13} {'answer':<38} "
-            "conf  latency    reason"
-        )
-        say("\n" + header)
+        reason = reason_width()
+        say("\n" + header(reason))
         sent: dict[str, tuple[int, str, str]] = {}
         finals: set[str] = set()
         corrections_due: set[str] = set()
@@ -360,7 +381,7 @@ def main() -> int:  # noqa: PLR0915 - a linear script reads best in one piece
             while request_id not in finals:
                 reply = app.replies.get(timeout=120)
                 n0, l0, t0 = sent[reply["id"]]
-                say(row(n0, l0, t0, reply))
+                say(row(n0, l0, t0, reply, reason))
                 if reply.get("supersedes"):
                     corrections_due.discard(reply["id"])
                 else:
@@ -374,7 +395,7 @@ def main() -> int:  # noqa: PLR0915 - a linear script reads best in one piece
             except queue.Empty:
                 continue
             n0, l0, t0 = sent[reply["id"]]
-            say(row(n0, l0, t0, reply))
+            say(row(n0, l0, t0, reply, reason))
             corrections_due.discard(reply["id"])
 
         time.sleep(2.5)  # one more telemetry interval, and the relay's last rows

@@ -15,6 +15,7 @@ from pathlib import Path
 from agent.models.cache import ModelCache, default_cache_dir
 from agent.models.catalog import CATALOG, RECIPE_VERSION, GgufSource, get_entry
 from agent.models.errors import ModelError, ModelNotInstalled
+from edge_slm.console import table
 
 EXIT_MODEL_ERROR = 2
 Handler = Callable[[argparse.Namespace], int]
@@ -89,9 +90,7 @@ def cmd_list(args: argparse.Namespace) -> int:
             )
         precision = (m.precision if m else None) or (entry.precision if entry else "-")
         rows.append((name, kind, precision, state, size, fid))
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    for r in rows:
-        print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
+    print(table(rows[0], rows[1:]))
     print(f"\ncache: {cache.root} (recipe {RECIPE_VERSION})")
     return 0
 

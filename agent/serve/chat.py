@@ -24,6 +24,7 @@ from agent.serve.schemas import (
 )
 from agent.serve.sse import DONE, sse_data
 from edge_slm.logs import get_logger
+from edge_slm.rounding import confidence as round_confidence
 
 log = get_logger("agent.serve")
 
@@ -168,5 +169,5 @@ class ChatSession:
             else None,
             total_ms=round((now - self.ticket.submitted) * 1000, 1),
             tokens_per_s=round((c.completion_tokens - 1) / decode_s, 1) if decode_s > 0 else None,
-            confidence=round(c.confidence, 4),
+            confidence=round_confidence(c.confidence),
         )

@@ -83,7 +83,7 @@ def test_stats_json_and_table(db: str, capsys: pytest.CaptureFixture[str]) -> No
     assert main(["stats", "--db", db, "--json"]) == 0
     stats = {s["device_id"]: s for s in json.loads(capsys.readouterr().out)}
     assert stats["kitchen"]["escalations"] == 2
-    assert stats["kitchen"]["error_rate"] == 0.5
+    assert stats["kitchen"]["relay_error_rate"] == 0.5
     assert stats["kitchen"]["p50_ms"] == 200.0
     assert stats["*fleet*"]["escalations"] == 3
     assert stats["*fleet*"]["cost_usd"] == 0.75

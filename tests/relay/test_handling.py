@@ -280,3 +280,13 @@ def test_llm_failure_is_llm_error(server: FaultServer, sqlite_store: RelayStore)
     (row,) = sqlite_store.logs(LogQuery())
     assert row.attempts == 3
     assert "HTTP 500" in (row.error or "")
+
+
+def test_cloud_confidence_is_rounded_as_the_edge_rounds(
+    server: FaultServer, sqlite_store: RelayStore
+) -> None:
+    server.default = Step(content="It is warm.", extra={"x_confidence": 0.7123456789012345})
+    rig = Rig(server, sqlite_store)
+    assert rig.send()["confidence"] == 0.7123  # edge_slm.rounding.CONFIDENCE_DECIMALS
+    (row,) = sqlite_store.logs(LogQuery())
+    assert row.cloud_confidence == 0.7123

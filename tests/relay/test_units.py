@@ -196,8 +196,8 @@ def test_stats_math() -> None:
     ]
     a, b, fleet = compute(rows)
     assert (a.device_id, b.device_id, fleet.device_id) == ("a", "b", FLEET)
-    assert (a.escalations, a.in_flight, a.errors) == (4, 1, 1)
-    assert a.error_rate == pytest.approx(1 / 3)
+    assert (a.escalations, a.in_flight, a.relay_errors) == (4, 1, 1)
+    assert a.relay_error_rate == pytest.approx(1 / 3)
     assert a.p50_ms == 200.0
     assert a.p95_ms == pytest.approx(290.0)
     assert a.agreement_rate == 0.5
@@ -205,7 +205,7 @@ def test_stats_math() -> None:
     assert a.outcomes == {"llm_error": 1, "ok": 2}
     assert fleet.escalations == 5
     assert fleet.agreement_rate == pytest.approx(2 / 3)
-    assert fleet.error_rate == 0.25
+    assert fleet.relay_error_rate == 0.25
 
 
 # -- --since -----------------------------------------------------------------

@@ -146,13 +146,14 @@
       if (d.device_id === selected) tr.classList.add("selected");
       const status = el("td");
       status.append(el("span", d.status, `badge status-${d.status}`));
-      const r = d.requests;
+      const r = d.requests || {}; // null before the device's first telemetry: unknown
+      const n = (v) => v ?? "–";
       tr.append(
         el("td", d.device_id, "mono"), status, el("td", ago(d.last_seen, body.now)),
         el("td", d.model ? (d.model_version ? `${d.model}@${d.model_version}` : d.model) : "–"),
         el("td", d.provider || "–"),
-        el("td", r.edge, "n"), el("td", r.cloud, "n"), el("td", r["edge-fallback"], "n"),
-        el("td", r.error, "n"), el("td", pct(d.escalation_rate), "n"),
+        el("td", n(r.edge), "n"), el("td", n(r.cloud), "n"), el("td", n(r["edge-fallback"]), "n"),
+        el("td", n(r.error), "n"), el("td", pct(d.escalation_rate), "n"),
         el("td", usd(d.cost_avoided_usd), "n"),
       );
       tr.title = "show only this device";
