@@ -7,22 +7,19 @@ nothing raises out of :meth:`Intake.on_message`.
 
 from __future__ import annotations
 
-import json
-import reprlib
 import threading
 import time
 from collections.abc import Callable
 from typing import Any
 
 import structlog
-from pydantic import ValidationError
 
 from agent.config import LimitSettings
 from agent.recent import RecentRequests
 from agent.routing import ReplyRoute, route_for
 from agent.skills import Skill
 from agent.worker import Job
-from edge_slm.contract import WIRE_VERSION, ErrorCode, Request, Response
+from edge_slm.contract import ErrorCode, Request, Response, WireError, decode, load_object
 from edge_slm.logs import get_logger
 from edge_slm.mqtt import Inbound
 from edge_slm.topics import DeviceTopics
@@ -54,14 +51,6 @@ class Rejected(Exception):
         self.code = code
         self.request_id = request_id
         self.extra = extra
-
-
-def _validation_summary(exc: ValidationError) -> str:
-    parts = []
-    for err in exc.errors(include_url=False)[:5]:
-        where = ".".join(str(p) for p in err["loc"]) or "request"
-        parts.append(f"{where}: {err['msg']}")
-    return "; ".join(parts)
 
 
 def _raw_id(raw: dict[str, Any]) -> str | None:
@@ -191,49 +180,16 @@ class Intake:
                 f"payload is {len(payload)} bytes; the limit is {limit}",
             )
         try:
-            text = payload.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            raise Rejected(ErrorCode.INVALID_UTF8, f"payload is not UTF-8: {exc.reason}") from None
-        try:
-            raw = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise Rejected(ErrorCode.INVALID_JSON, f"payload is not JSON: {exc}") from None
-        except (RecursionError, ValueError) as exc:
-            # Absurd nesting, or integers past Python's digit limit: still the client's JSON.
-            reason = "nested too deeply" if isinstance(exc, RecursionError) else str(exc)[:200]
-            raise Rejected(
-                ErrorCode.INVALID_JSON, f"payload is not usable JSON: {reason}"
-            ) from None
-        if not isinstance(raw, dict):
-            raise Rejected(ErrorCode.INVALID_REQUEST, "payload must be a JSON object")
-        try:
-            # JSON may escape lone UTF-16 surrogates ("\ud800"), which no UTF-8 reply,
-            # topic or log can carry; refuse them here rather than fail later.
-            json.dumps(raw, ensure_ascii=False).encode("utf-8")
-        except UnicodeEncodeError:
-            raise Rejected(
-                ErrorCode.INVALID_REQUEST, "payload contains unpaired UTF-16 surrogates"
-            ) from None
-        return raw
+            return load_object(payload)
+        except WireError as exc:
+            raise Rejected(exc.code, str(exc)) from None
 
     def _admit(self, raw: dict[str, Any], route: ReplyRoute, received_at: float) -> Job:
         request_id = _raw_id(raw)
-        if "v" not in raw:
-            raise Rejected(ErrorCode.INVALID_REQUEST, "v: field required", request_id=request_id)
-        version = raw["v"]
-        if type(version) is not int or version != WIRE_VERSION:  # `true == 1` must not pass
-            raise Rejected(
-                ErrorCode.UNSUPPORTED_VERSION,
-                f"contract version {reprlib.repr(version)} is not supported; "
-                f"this agent speaks v{WIRE_VERSION}",
-                request_id=request_id,
-            )
         try:
-            request = Request.model_validate(raw)
-        except ValidationError as exc:
-            raise Rejected(
-                ErrorCode.INVALID_REQUEST, _validation_summary(exc), request_id=request_id
-            ) from None
+            request = decode(Request, raw)
+        except WireError as exc:
+            raise Rejected(exc.code, str(exc), request_id=request_id) from None
         cap = self._limits.max_tokens_cap
         if request.max_tokens is not None and request.max_tokens > cap:
             raise Rejected(

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from edge_slm.mqtt import Inbound
-from edge_slm.topics import DeviceTopics
+from edge_slm.topics import DeviceTopics, is_plain_topic
 
 
 @dataclass(frozen=True, slots=True)
@@ -22,9 +22,8 @@ class ReplyRoute:
 
 
 def _plain_topic(value: Any) -> str | None:
-    if isinstance(value, str) and 0 < len(value) <= 512 and not set(value) & {"+", "#", "\x00"}:
-        return None if value.startswith("$") else value
-    return None
+    # The rule Request.reply_to is validated with, applied to unvalidated input.
+    return value if is_plain_topic(value) else None
 
 
 def route_for(msg: Inbound, topics: DeviceTopics, payload: Any = None) -> ReplyRoute:

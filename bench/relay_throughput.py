@@ -64,11 +64,14 @@ from bench._common import (
     wait_for_quiet,
     write_results,
 )
+from edge_slm.topics import DeviceTopics, escalation_subscription, fleet_filter
 from tests.relay.device import escalation
 from tests.support.broker import PrivateBroker, free_port
 from tests.support.procs import Relay
 
 PG_ADMIN = os.environ.get("BENCH_PG_ADMIN", "postgresql://postgres@127.0.0.1:5432/postgres")
+#: The relay's default topic prefix, which the relay under test runs with.
+PREFIX = "slm"
 DEVICES = [f"bench-dev-{i:02d}" for i in range(50)]
 TARGET_PER_S = 1000.0
 TARGET_P99_MS = 20.0
@@ -103,10 +106,10 @@ def run_echo(port: int, group: str) -> None:
         device = msg.topic.split("/")[1]
         props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
         props.CorrelationData = getattr(msg.properties, "CorrelationData", b"")
-        c.publish(f"slm/{device}/cloud", ECHO_REPLY, qos=1, properties=props)
+        c.publish(DeviceTopics(PREFIX, device).cloud, ECHO_REPLY, qos=1, properties=props)
 
     client.on_message = on_message
-    client.on_connect = lambda c, *_a: c.subscribe(f"$share/{group}/slm/+/escalation", 1)
+    client.on_connect = lambda c, *_a: c.subscribe(escalation_subscription(PREFIX, group), 1)
     client.connect("127.0.0.1", port)
     print("echo ready", flush=True)
     client.loop_forever()
@@ -124,9 +127,9 @@ class Driver:
         self._client.on_message = self._on_message
         self._client.connect("127.0.0.1", port)
         self._client.loop_start()
-        self._client.subscribe("slm/+/cloud", 1)
+        self._client.subscribe(fleet_filter(PREFIX, "cloud"), 1)
         if not subscribed.wait(5):
-            raise TimeoutError("no SUBACK for slm/+/cloud")
+            raise TimeoutError(f"no SUBACK for {fleet_filter(PREFIX, 'cloud')}")
 
     def _on_message(self, _c: Any, _u: Any, msg: paho.MQTTMessage) -> None:
         corr = getattr(msg.properties, "CorrelationData", b"") or b""
@@ -148,7 +151,7 @@ class Driver:
             props.CorrelationData = rid.encode()
             props.MessageExpiryInterval = 900
             props.UserProperty = [("device_id", device)]
-            topic = f"slm/{device}/escalation"
+            topic = DeviceTopics(PREFIX, device).escalation
             msgs.append((topic, json.dumps(body).encode(), props, rid.encode()))
         return msgs
 
@@ -347,7 +350,7 @@ CATEGORIES = (
     ("LLM HTTP client (httpx/httpcore/http11)", ("httpx", "httpcore", "h11", "http11.py")),
     ("logging (structlog/stdlib)", ("structlog", "logging/", "edge_slm/logs")),
     ("MQTT (paho)", ("paho", "edge_slm/mqtt")),
-    ("validation/JSON (pydantic, json)", ("pydantic", "json/", "contract.py", "intake.py")),
+    ("validation/JSON (pydantic, json)", ("pydantic", "json/", "edge_slm/contract/", "intake.py")),
     ("other relay code", ("cloud_relay/",)),
     ("asyncio event loop (select, scheduling)", ("asyncio/", "selectors.py")),
 )

@@ -21,7 +21,12 @@ from pydantic_settings import (
 
 from edge_slm.settings import DaemonSettings, MetricsSettings, MqttSettings, is_loopback
 from edge_slm.settings import Section as _Section
-from edge_slm.topics import escalation_subscription, status_wildcard, telemetry_wildcard
+from edge_slm.topics import (
+    escalation_subscription,
+    shared,
+    status_wildcard,
+    telemetry_wildcard,
+)
 
 
 def default_client_id() -> str:
@@ -329,8 +334,7 @@ class RelaySettings(DaemonSettings):
     @property
     def telemetry_subscription(self) -> str:
         topic = telemetry_wildcard(self.topic_prefix)
-        # Same shape as escalation_subscription (MQTT 5 §4.8.2); group checked there.
-        return f"$share/{self.share_group}/{topic}" if self.fleet.shared_telemetry else topic
+        return shared(self.share_group, topic) if self.fleet.shared_telemetry else topic
 
     @property
     def status_subscription(self) -> str:

@@ -19,18 +19,17 @@ run made after its last telemetry was delivered are lost (at most one
 
 from __future__ import annotations
 
-import json
 import queue
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TypeVar
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 
 from cloud_relay.store import RelayStore, StatusUpdate, TelemetrySample
-from edge_slm.contract import WIRE_VERSION, Status, Telemetry
+from edge_slm.contract import Status, Telemetry, WireError, decode
 from edge_slm.logs import get_logger
 from edge_slm.mqtt import Inbound
 from edge_slm.topics import device_of
@@ -45,8 +44,8 @@ M = TypeVar("M", bound=BaseModel)
 REFRESH_S = 30.0
 
 
-class FleetRejected(Exception):
-    """A telemetry or status message the relay refuses."""
+class FleetRejected(WireError):
+    """A well-formed telemetry or status message that speaks for another device."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,40 +62,17 @@ def leaf_of(topic: str) -> str:
     return topic.rsplit("/", 1)[-1]
 
 
-def _inbound_model(model: type[M], data: object, device_id: str) -> M:
-    """Validate ``data`` as ``model``, tolerating unknown fields (newer minor versions).
-
-    The contract's outbound models forbid extras (strict when sending); a receiver
-    ignores them, as the contract promises for inbound messages.
-    """
-    if not isinstance(data, dict):
-        raise FleetRejected("payload must be a JSON object")
-    if data.get("v") != WIRE_VERSION:
-        raise FleetRejected(f"contract version {data.get('v')!r} is not {WIRE_VERSION}")
-    known = {k: v for k, v in data.items() if k in model.model_fields}
-    try:
-        parsed = model.model_validate(known)
-    except ValidationError as exc:
-        first = exc.errors(include_url=False)[0]
-        where = ".".join(str(p) for p in first["loc"]) or "(root)"
-        raise FleetRejected(f"invalid {model.__name__}: {where}: {first['msg']}") from exc
+def _inbound_model(model: type[M], payload: bytes, device_id: str) -> M:
+    """Decode ``payload`` as ``model`` and check that it speaks for ``device_id``."""
+    parsed = decode(model, payload)
     claimed = getattr(parsed, "device_id", None)
     if claimed != device_id:
         raise FleetRejected(f"device id mismatch: topic {device_id!r}, payload {claimed!r}")
     return parsed
 
 
-def _load(payload: bytes) -> Any:
-    try:
-        return json.loads(payload.decode("utf-8"))
-    except UnicodeDecodeError as exc:
-        raise FleetRejected("payload is not UTF-8") from exc
-    except ValueError as exc:
-        raise FleetRejected("payload is not JSON") from exc
-
-
 def parse_telemetry(msg: FleetMessage) -> TelemetrySample:
-    t = _inbound_model(Telemetry, _load(msg.payload), msg.device_id)
+    t = _inbound_model(Telemetry, msg.payload, msg.device_id)
     return TelemetrySample(
         device_id=msg.device_id,
         ts=t.ts,
@@ -114,7 +90,7 @@ def parse_telemetry(msg: FleetMessage) -> TelemetrySample:
 
 
 def parse_status(msg: FleetMessage) -> StatusUpdate:
-    s = _inbound_model(Status, _load(msg.payload), msg.device_id)
+    s = _inbound_model(Status, msg.payload, msg.device_id)
     return StatusUpdate(
         device_id=msg.device_id,
         state=s.state,
@@ -212,10 +188,14 @@ class FleetWriter:
                     state=update.state,
                     retained=not update.live,
                 )
-        except FleetRejected as exc:
+        except WireError as exc:
             self.rejected += 1
             log.warning(
-                "fleet_message_rejected", device_id=msg.device_id, kind=msg.leaf, error=str(exc)
+                "fleet_message_rejected",
+                device_id=msg.device_id,
+                kind=msg.leaf,
+                code=exc.code.value,
+                error=str(exc),
             )
             return
         if self._on_written is not None:

@@ -8,36 +8,19 @@ broker's ACLs tie to the publishing client, never on one derived from content.
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass
+from typing import Any
 
-from pydantic import ValidationError
-
-from edge_slm.contract import WIRE_VERSION, ErrorCode, Escalation
+from edge_slm.contract import Escalation, WireError, decode, load_object
 from edge_slm.mqtt import Inbound
 from edge_slm.topics import DeviceTopics, device_of
 
 DEVICE_ID_PROPERTY = "device_id"
 
 
-class InvalidEscalation(Exception):
-    """An escalation the relay refuses; ``code`` goes on the wire."""
-
-    code: ErrorCode = ErrorCode.INVALID_REQUEST
-
-    def __init__(self, message: str, *, code: ErrorCode | None = None) -> None:
-        if code is not None:
-            self.code = code
-        super().__init__(message)
-
-
-class UnsupportedVersion(InvalidEscalation):
-    code = ErrorCode.UNSUPPORTED_VERSION
-
-
-class IdentityMismatch(InvalidEscalation):
-    code = ErrorCode.INVALID_REQUEST
+class IdentityMismatch(WireError):
+    """The device ids of topic, payload and user property disagree."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,7 +33,7 @@ class Envelope:
     received_at: float  # wall clock, for the log
     received_mono: float  # monotonic, for latency and deadlines
     escalation: Escalation | None
-    problem: InvalidEscalation | None
+    problem: WireError | None
     payload_size: int
 
     @property
@@ -73,17 +56,8 @@ def _request_id(data: object, correlation: bytes | None) -> str | None:
     return None
 
 
-def _validate(data: object, topic_device: str, props: dict[str, str]) -> Escalation:
-    if not isinstance(data, dict):
-        raise InvalidEscalation("payload must be a JSON object")
-    if data.get("v", WIRE_VERSION) != WIRE_VERSION:
-        raise UnsupportedVersion(f"contract version {data.get('v')!r} is not {WIRE_VERSION}")
-    try:
-        esc = Escalation.model_validate(data)
-    except ValidationError as exc:
-        first = exc.errors(include_url=False)[0]
-        where = ".".join(str(p) for p in first["loc"]) or "(root)"
-        raise InvalidEscalation(f"invalid escalation: {where}: {first['msg']}") from exc
+def _validate(data: dict[str, Any], topic_device: str, props: dict[str, str]) -> Escalation:
+    esc = decode(Escalation, data)
     prop = props.get(DEVICE_ID_PROPERTY)
     if esc.device_id != topic_device or prop != topic_device:
         raise IdentityMismatch(
@@ -102,20 +76,14 @@ def parse_inbound(msg: Inbound, prefix: str) -> Envelope | None:
         topics = DeviceTopics(prefix, device)
     except ValueError:
         return None
-    data: object = None
-    problem: InvalidEscalation | None = None
+    data: dict[str, Any] | None = None
+    problem: WireError | None = None
     escalation: Escalation | None = None
     try:
-        data = json.loads(msg.payload.decode("utf-8"))
-    except UnicodeDecodeError:
-        problem = InvalidEscalation("payload is not UTF-8", code=ErrorCode.INVALID_UTF8)
-    except ValueError:
-        problem = InvalidEscalation("payload is not JSON", code=ErrorCode.INVALID_JSON)
-    if problem is None:
-        try:
-            escalation = _validate(data, device, dict(msg.user_properties))
-        except InvalidEscalation as exc:
-            problem = exc
+        data = load_object(msg.payload)
+        escalation = _validate(data, device, dict(msg.user_properties))
+    except WireError as exc:
+        problem = exc
     return Envelope(
         topics=topics,
         request_id=_request_id(data, msg.correlation_data),

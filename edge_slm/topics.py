@@ -8,14 +8,33 @@ to validate (MQTT 5 spec §4.7: topic names carry no wildcards; we also keep
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TypeGuard
 
 _FORBIDDEN = set("/+#\x00")
+#: The last segment of each device topic, ``<prefix>/<device_id>/<leaf>``.
+LEAVES = ("request", "response", "status", "escalation", "cloud", "telemetry", "config", "model")
+#: Longest topic name a payload may name (``reply_to``); the spec allows 65535 bytes.
+MAX_TOPIC_LENGTH = 512
 
 
 def _check_segment(what: str, value: str) -> str:
     if not value or any(ch in _FORBIDDEN for ch in value) or value.startswith("$"):
         raise ValueError(f"{what} {value!r} must be a non-empty topic segment without / + # $")
     return value
+
+
+def is_plain_topic(value: object) -> TypeGuard[str]:
+    """Whether ``value`` may be a reply topic named in a payload (``reply_to``).
+
+    MQTT 5 §4.7.1: no wildcards in topic names; §1.5.4: no U+0000 in strings;
+    §4.7.2: ``$`` topics belong to the broker.
+    """
+    return (
+        isinstance(value, str)
+        and 0 < len(value) <= MAX_TOPIC_LENGTH
+        and not set(value) & {"+", "#", "\x00"}
+        and not value.startswith("$")
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,26 +102,29 @@ class DeviceTopics:
 
     def all(self) -> dict[str, str]:
         """Every topic of this device by role (the AsyncAPI document lists the same)."""
-        return {
-            "request": self.request,
-            "response": self.response,
-            "status": self.status,
-            "escalation": self.escalation,
-            "cloud": self.cloud,
-            "telemetry": self.telemetry,
-            "config": self.config,
-            "model": self.model,
-        }
+        return {leaf: getattr(self, leaf) for leaf in LEAVES}
 
 
-def escalation_subscription(prefix: str, group: str | None) -> str:
-    """What relays subscribe to: every device's escalations, shared by ``group``.
+def fleet_filter(prefix: str, leaf: str) -> str:
+    """``<prefix>/+/<leaf>``: one topic of every device (relay and fleet subscriptions, ACLs)."""
+    if leaf not in LEAVES:
+        raise ValueError(f"{leaf!r} is not a device topic (one of {', '.join(LEAVES)})")
+    return f"{_check_segment('prefix', prefix)}/+/{leaf}"
+
+
+def shared(group: str, topic_filter: str) -> str:
+    """``topic_filter`` taken through the share group ``group``.
 
     MQTT 5 §4.8.2 shared subscriptions: the broker hands each message to one
     member of the group, so N relay processes split the load.
     """
-    topic = f"{_check_segment('prefix', prefix)}/+/escalation"
-    return f"$share/{_check_segment('group', group)}/{topic}" if group is not None else topic
+    return f"$share/{_check_segment('group', group)}/{topic_filter}"
+
+
+def escalation_subscription(prefix: str, group: str | None) -> str:
+    """What relays subscribe to: every device's escalations, shared by ``group``."""
+    topic = fleet_filter(prefix, "escalation")
+    return shared(group, topic) if group is not None else topic
 
 
 def device_of(topic: str, prefix: str) -> str | None:
@@ -115,12 +137,12 @@ def device_of(topic: str, prefix: str) -> str | None:
 
 def telemetry_wildcard(prefix: str) -> str:
     """Subscription matching every device's telemetry topic (the relay's fleet view)."""
-    return f"{_check_segment('prefix', prefix)}/+/telemetry"
+    return fleet_filter(prefix, "telemetry")
 
 
 def status_wildcard(prefix: str) -> str:
     """Subscription matching every device's status topic (fleet views)."""
-    return f"{_check_segment('prefix', prefix)}/+/status"
+    return fleet_filter(prefix, "status")
 
 
 def matches(topic_filter: str, topic: str) -> bool:

@@ -26,7 +26,7 @@ from typing import Any
 from edge_slm.console import SEP, line, quiet_on_closed_pipe, shorten, terminal_width
 from edge_slm.logs import configure_logging
 from edge_slm.mqtt import BrokerUrl, Inbound, MqttConnection
-from edge_slm.topics import DeviceTopics
+from edge_slm.topics import DeviceTopics, status_wildcard
 from tests.support.broker import PrivateBroker, free_port
 
 INTENTS = [
@@ -212,7 +212,9 @@ class App:
         self.conn = MqttConnection(
             url=broker,
             client_id=f"demo-app-{os.getpid()}",
-            on_connect=lambda: self.conn.subscribe([("demo/replies/#", 1), ("slm/+/status", 1)]),
+            on_connect=lambda: self.conn.subscribe(
+                [("demo/replies/#", 1), (status_wildcard("slm"), 1)]
+            ),
             on_message=self._on_message,
             session_expiry_s=0,
         )

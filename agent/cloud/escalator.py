@@ -19,8 +19,6 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from pydantic import ValidationError
-
 from agent.answering import with_latency
 from agent.cloud.outbox import Outbox, OutboxFull, OutboxRow
 from agent.cloud.scheduler import Scheduler
@@ -38,6 +36,8 @@ from edge_slm.contract import (
     Response,
     SensorReading,
     Source,
+    WireError,
+    decode,
 )
 from edge_slm.logs import get_logger
 from edge_slm.mqtt import Inbound
@@ -316,11 +316,11 @@ class Escalator:
 
     def on_cloud(self, msg: Inbound) -> None:
         try:
-            reply = CloudReply.model_validate_json(msg.payload)
-        except ValidationError as exc:
-            log.warning("cloud_reply_invalid", error=str(exc)[:300])
+            reply = decode(CloudReply, msg.payload)
+        except WireError as exc:
+            log.warning("cloud_reply_rejected", code=exc.code.value, error=str(exc)[:300])
             return
-        if reply.device_id != self._topics.device_id or reply.v != 1:
+        if reply.device_id != self._topics.device_id:
             log.warning("cloud_reply_rejected", request_id=reply.id, device_id=reply.device_id)
             return
         if not reply.ok and reply.error is not None and reply.error.retry_after_ms is not None:

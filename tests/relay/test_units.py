@@ -12,14 +12,22 @@ import pytest
 from cloud_relay.agreement import agrees, word_overlap
 from cloud_relay.breaker import BreakerState, CircuitBreaker, CircuitOpen
 from cloud_relay.config import ModelPrice, default_prices
-from cloud_relay.intake import IdentityMismatch, UnsupportedVersion, parse_inbound
+from cloud_relay.fleet import FleetMessage, parse_status, parse_telemetry
+from cloud_relay.intake import IdentityMismatch, parse_inbound
 from cloud_relay.pool import LoopThread, TaskPool
 from cloud_relay.pricing import estimate_cost, price_for
 from cloud_relay.prompting import SYSTEM_PROMPTS, build_messages, match_label
 from cloud_relay.stats import FLEET, compute, percentile
 from cloud_relay.store import LogRow
 from cloud_relay.timespec import parse_since
-from edge_slm.contract import ErrorCode, Escalation, Outcome, Task
+from edge_slm.contract import (
+    ErrorCode,
+    Escalation,
+    Outcome,
+    Task,
+    UnsupportedVersion,
+    WireError,
+)
 from edge_slm.mqtt import Inbound
 
 
@@ -110,6 +118,42 @@ def test_intake_typed_version_error_and_id_from_correlation() -> None:
     assert isinstance(env.problem, UnsupportedVersion)
     assert env.problem.code is ErrorCode.UNSUPPORTED_VERSION
     assert env.request_id == "corr"
+
+
+def test_intake_refuses_a_missing_version() -> None:
+    # It used to read a missing `v` as the current version, unlike agent and fleet.
+    body = _esc().model_dump(mode="json")
+    del body["v"]
+    env = parse_inbound(_inbound(body), "slm")
+    assert env is not None
+    assert env.escalation is None
+    assert isinstance(env.problem, WireError)
+    assert env.problem.code is ErrorCode.INVALID_REQUEST
+    assert str(env.problem) == "v: field required"
+    assert env.request_id == "r"
+
+
+def _fleet(body: dict[str, object], leaf: str) -> FleetMessage:
+    payload = json.dumps(body).encode()
+    return FleetMessage(f"slm/d/{leaf}", leaf, "d", payload, retain=False, received_at=1.0)
+
+
+@pytest.mark.parametrize("leaf", ["status", "telemetry"])
+@pytest.mark.parametrize(
+    ("version", "code"), [(None, ErrorCode.INVALID_REQUEST), (2, ErrorCode.UNSUPPORTED_VERSION)]
+)
+def test_fleet_version_check_is_the_intakes(
+    leaf: str, version: int | None, code: ErrorCode
+) -> None:
+    # Refused on `v` before anything else, so the rest of the body does not matter.
+    body: dict[str, object] = {"device_id": "d", "state": "online", "ts": 1.0}
+    if version is not None:
+        body["v"] = version
+    parse = parse_status if leaf == "status" else parse_telemetry
+    with pytest.raises(WireError) as caught:
+        parse(_fleet(body, leaf))
+    assert caught.value.code is code
+    assert isinstance(caught.value, UnsupportedVersion) == (version is not None)
 
 
 def test_intake_ignores_foreign_topics() -> None:

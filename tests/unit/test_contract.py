@@ -5,14 +5,15 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from typing import Any
+from typing import Any, get_args
 
 import jsonschema
 import pytest
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from edge_slm.contract import (
     WIRE_MODELS,
+    WIRE_VERSION,
     CloudPolicy,
     CloudReply,
     EdgeAnswer,
@@ -30,6 +31,10 @@ from edge_slm.contract import (
     Status,
     Task,
     TokenUsage,
+    UnsupportedVersion,
+    WireError,
+    WireVersion,
+    decode,
     json_schemas,
 )
 
@@ -62,9 +67,52 @@ def test_id_length_is_bounded(request_id: str) -> None:
         Request.model_validate({"v": 1, "id": request_id, "text": "a"})
 
 
-def test_version_is_required() -> None:
-    with pytest.raises(ValidationError, match="v"):
-        Request.model_validate({"text": "a"})
+# -- decode: the one version check of every intake ----------------------------
+
+
+@pytest.mark.parametrize("model", list(WIRE_MODELS.values()), ids=list(WIRE_MODELS))
+def test_decode_refuses_a_missing_version(model: type[BaseModel]) -> None:
+    with pytest.raises(WireError) as caught:
+        decode(model, {"text": "a"})
+    assert type(caught.value) is WireError
+    assert caught.value.code is ErrorCode.INVALID_REQUEST
+    assert str(caught.value) == "v: field required"
+
+
+@pytest.mark.parametrize("model", list(WIRE_MODELS.values()), ids=list(WIRE_MODELS))
+@pytest.mark.parametrize("version", [2, 0, True, 1.0, "1", None])
+def test_decode_refuses_another_version(model: type[BaseModel], version: object) -> None:
+    with pytest.raises(UnsupportedVersion) as caught:
+        decode(model, json.dumps({"v": version, "text": "a"}).encode())
+    assert caught.value.code is ErrorCode.UNSUPPORTED_VERSION
+
+
+@pytest.mark.parametrize(
+    ("payload", "code"),
+    [
+        (b"\xff", ErrorCode.INVALID_UTF8),
+        (b'{"v": 1', ErrorCode.INVALID_JSON),
+        (b"[1]", ErrorCode.INVALID_REQUEST),
+        (b"[" * 100_000, ErrorCode.INVALID_JSON),
+        (b'{"v": 1, "text": "\\ud800"}', ErrorCode.INVALID_REQUEST),
+        (b'{"v": 1, "text": ""}', ErrorCode.INVALID_REQUEST),
+    ],
+)
+def test_decode_refuses_unusable_payloads(payload: bytes, code: ErrorCode) -> None:
+    with pytest.raises(WireError) as caught:
+        decode(Request, payload)
+    assert caught.value.code is code
+
+
+def test_decode_ignores_unknown_fields_even_of_strict_models() -> None:
+    wire = {**json.loads(Status(device_id="d", state="online", ts=1.0).to_wire()), "new": 1}
+    assert decode(Status, wire) == Status(device_id="d", state="online", ts=1.0)
+
+
+def test_one_version_for_every_v_field() -> None:
+    assert get_args(WireVersion) == (WIRE_VERSION,)
+    for model in WIRE_MODELS.values():
+        assert model.model_fields["v"].default == WIRE_VERSION
 
 
 @pytest.mark.parametrize("labels", [None, []])

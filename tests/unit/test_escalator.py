@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import structlog
 
 from agent.cloud.escalator import Escalator
 from agent.cloud.outbox import Outbox
@@ -353,3 +354,23 @@ def test_a_busy_relay_is_retried_not_taken_as_final(make, wire: Wire, outbox: Ou
     esc.on_cloud(_cloud())
     [reply] = wire.wait_replies(1)
     assert reply.source is Source.CLOUD
+
+
+@pytest.mark.parametrize(
+    ("change", "code"),
+    [({"v": 2}, "unsupported_version"), ({"v": None}, "invalid_request")],
+    ids=["v2", "no-v"],
+)
+def test_cloud_reply_of_another_version_gets_the_contract_error(
+    make, wire: Wire, outbox: Outbox, change: dict[str, object], code: str
+) -> None:
+    esc = make()
+    esc.escalate(_job(), EscalationReason.LOW_CONFIDENCE, "low", _edge())
+    body = {**json.loads(_cloud().payload), **change}
+    payload = json.dumps({k: v for k, v in body.items() if v is not None}).encode()
+    with structlog.testing.capture_logs() as logs:
+        esc.on_cloud(Inbound(topic=TOPICS.cloud, payload=payload, qos=1, retain=False))
+    [event] = [e for e in logs if e["event"].startswith("cloud_reply")]
+    assert (event["event"], event["code"]) == ("cloud_reply_rejected", code)
+    assert outbox.get("r1") is not None  # still waiting for a reply it can read
+    assert wire.replies == []

@@ -91,6 +91,25 @@ def test_unusable_input_is_answered_and_acked_at_once() -> None:
     assert h.acked == [1, 2]
 
 
+def test_version_problems_get_the_contract_error_on_the_reply_topic() -> None:
+    # The same codes and texts as the relay's and the fleet's intakes (one decode).
+    h = Harness()
+    missing = _request("no-v")
+    del missing["v"]
+    h.deliver(1, missing)
+    h.deliver(2, _request("v2", v=2))
+    assert [(r.id, r.error.code, r.error.message) for r in h.raw if r.error] == [
+        ("no-v", ErrorCode.INVALID_REQUEST, "v: field required"),
+        (
+            "v2",
+            ErrorCode.UNSUPPORTED_VERSION,
+            "contract version 2 is not supported; this side speaks v1",
+        ),
+    ]
+    assert h.jobs == []
+    assert h.acked == [1, 2]
+
+
 def test_an_admitted_request_is_held_until_its_final_reply() -> None:
     h = Harness()
     h.deliver(1, _request("r1"))

@@ -6,7 +6,15 @@ import dataclasses
 
 import pytest
 
-from edge_slm.topics import DeviceTopics, device_of, escalation_subscription, status_wildcard
+from edge_slm.topics import (
+    LEAVES,
+    DeviceTopics,
+    device_of,
+    escalation_subscription,
+    fleet_filter,
+    shared,
+    status_wildcard,
+)
 
 
 def test_device_topics_names() -> None:
@@ -147,3 +155,17 @@ def test_device_of_inverts_device_topics(device: str) -> None:
 )
 def test_device_of_rejects_other_topics(topic: str) -> None:
     assert device_of(topic, "slm") is None
+
+
+def test_fleet_filter_covers_device_topics_only() -> None:
+    assert fleet_filter("slm", "telemetry") == "slm/+/telemetry"
+    assert set(DeviceTopics("slm", "d").all()) == set(LEAVES)
+    with pytest.raises(ValueError, match="not a device topic"):
+        fleet_filter("slm", "health")
+
+
+def test_shared_subscription_is_built_once() -> None:
+    assert shared("relays", fleet_filter("slm", "telemetry")) == "$share/relays/slm/+/telemetry"
+    assert escalation_subscription("slm", "g") == shared("g", fleet_filter("slm", "escalation"))
+    with pytest.raises(ValueError, match="group"):
+        shared("a/b", "slm/+/telemetry")
