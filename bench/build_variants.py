@@ -1,9 +1,9 @@
 """Build extra ONNX variants of a catalog model into a scratch folder, for ``bench.decode_models``.
 
-Follows the recipe of ``agent.models.build`` (GGUF -> HF float32 via
-``agent.models.convert`` with reference logits, then ``onnxruntime_genai.models.builder``)
+Follows the recipe of ``agent.modelbuild.build`` (GGUF -> HF float32 via
+``agent.modelbuild.convert`` with reference logits, then ``onnxruntime_genai.models.builder``)
 but with other precisions and builder ``--extra_options``, and measures each variant's
-fidelity against the dequantized source (``agent.models.fidelity.measure``: teacher-forced
+fidelity against the dequantized source (``agent.modelbuild.fidelity.measure``: teacher-forced
 top-1 agreement and KL). Nothing goes into the model cache.
 
     python -m bench.build_variants --out /tmp/variants      # then:
@@ -40,16 +40,16 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
 
+    from agent.modelbuild.fidelity import measure
+    from agent.modelbuild.gguf import assemble_gguf
     from agent.models import ModelCache, default_cache_dir, get_entry
-    from agent.models.fidelity import measure
-    from agent.models.sources import assemble_gguf
 
     args.out.mkdir(parents=True, exist_ok=True)
     hf_dir, reference = args.out / "hf", args.out / "reference.npz"
     if not reference.exists():
         gguf, _sha = assemble_gguf(get_entry(args.model), args.out)
         subprocess.run(
-            [sys.executable, "-m", "agent.models.convert", "--gguf", str(gguf),
+            [sys.executable, "-m", "agent.modelbuild.convert", "--gguf", str(gguf),
              "--hf-out", str(hf_dir), "--reference", str(reference)],
             check=True, env={"HF_HUB_OFFLINE": "1", **dict(__import__("os").environ)},
         )  # fmt: skip

@@ -45,8 +45,8 @@ def _model_dir() -> Path:
 
 
 def _gguf() -> Path:
+    from agent.modelbuild.gguf import assemble_gguf
     from agent.models import DEFAULT_MODEL, get_entry
-    from agent.models.sources import assemble_gguf
 
     path, _sha = assemble_gguf(get_entry(DEFAULT_MODEL), Path(tempfile.gettempdir()))
     return path

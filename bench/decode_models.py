@@ -205,8 +205,8 @@ def main(argv: list[str] | None = None) -> int:  # noqa: PLR0915 - one linear sc
     if args.worker:
         return _worker(args)
 
+    from agent.modelbuild.gguf import assemble_gguf
     from agent.models import get_entry
-    from agent.models.sources import assemble_gguf
 
     has_llama = importlib.util.find_spec("llama_cpp") is not None
     models = [m for m in args.models.split(",") if m]

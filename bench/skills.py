@@ -589,7 +589,7 @@ def _installed_tune(name: str) -> TuneRecord | None:
 def _tune_held_out(name: str, items: Sequence[EvalItem]) -> set[str]:
     """The dev items a tuned model's training never saw (its `--heldout-fraction`): from
     its manifest, else from its kept observations, so it need not be installed."""
-    from agent.models.tune_data import held_out
+    from agent.modelbuild.tune_data import held_out
 
     tune = _installed_tune(name)
     if tune is not None:

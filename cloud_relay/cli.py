@@ -105,7 +105,7 @@ def _parser() -> argparse.ArgumentParser:
 
     from cloud_relay.calibrate_cmd import add_calibrate_command
     from cloud_relay.models_cmd import add_models_command
-    from edge_slm.pki import add_pki_command
+    from cloud_relay.pki_cmd import add_pki_command
 
     add_calibrate_command(sub)
     add_models_command(sub)

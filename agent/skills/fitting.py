@@ -33,7 +33,7 @@ MAX_CASCADE_LOSS = 0.02
 
 
 class Labelled(Protocol):
-    """A labelled request (``agent.models.tune_data.Example`` is one)."""
+    """A labelled request (``agent.modelbuild.tune_data.Example`` is one)."""
 
     @property
     def user(self) -> str: ...  # the request's user turn, as the prompt shows it

@@ -2,7 +2,7 @@
 
 Both brokers run the deployed configs (``deploy/mosquitto/edge.conf`` and
 ``cloud.conf`` with its ACL), rendered by the same functions tests/security uses,
-with a per-test PKI from :mod:`edge_slm.pki`: the device broker bridges to the
+with a per-test PKI from :mod:`cloud_relay.pki`: the device broker bridges to the
 cloud broker over mutual TLS exactly as on a device, and the relay connects to the
 cloud broker with its own certificate. Nothing is downgraded to plain TCP.
 
@@ -31,10 +31,10 @@ from typing import Any
 
 import paho.mqtt.client as paho
 
-from edge_slm.devbroker import PrivateBroker
-from edge_slm.pki import CertKind, Pki
+from cloud_relay.pki import CertKind, Pki
 from tests.security.conftest import FleetPki, Identity, render_cloud_conf, render_edge_conf
 from tests.support.app import AppClient
+from tests.support.broker import PrivateBroker
 
 RELAY_CN = "relay-1"  # a relay: the PKI's dynamic-security.json gives it the relay role
 LINK_CUT_METHOD = "cloud broker stopped (SIGTERM) and restarted on the same port"

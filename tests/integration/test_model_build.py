@@ -23,7 +23,7 @@ def built() -> ModelCache:
     if not cache.is_current(DEFAULT_MODEL):
         if importlib.util.find_spec("torch") is None:
             pytest.skip("model not built and the build extra is not installed")
-        from agent.models.build import build
+        from agent.modelbuild.build import build
 
         build(DEFAULT_MODEL, cache, progress=Progress(5))
     return cache

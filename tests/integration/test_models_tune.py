@@ -19,8 +19,8 @@ import pytest
 
 from agent.engine.engine import Engine
 from agent.engine.prompts import build_messages
+from agent.modelbuild.tune_data import load_examples
 from agent.models import CATALOG, DEFAULT_MODEL, RECIPE_VERSION, ModelCache
-from agent.models.tune_data import load_examples
 from agent.skills import SkillRegistry
 from agent.skills.classify import classify_skill
 from bench.eval_data import EVAL_DIR, split_of

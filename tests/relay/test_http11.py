@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from cloud_relay.http11 import HttpClient, HttpError, Response, Timeouts
-from edge_slm.pki import CertKind, Pki
+from cloud_relay.pki import CertKind, Pki
 from tests.relay.aio import LoopRunner
 from tests.relay.rawserver import ConnectProxy, RawServer, Reply, framed, ok_body
 

@@ -27,9 +27,9 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from paho.mqtt.reasoncodes import ReasonCode
 
-from edge_slm.authz import AclType
-from edge_slm.devbroker import PrivateBroker
-from edge_slm.pki import CertKind, Pki
+from cloud_relay.authz import AclType
+from cloud_relay.pki import CertKind, Pki
+from tests.support.broker import PrivateBroker
 
 REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy" / "mosquitto"

@@ -23,8 +23,7 @@ from pathlib import Path
 import pytest
 
 from agent.models import DEFAULT_MODEL, ModelCache, default_cache_dir
-from edge_slm.authz import AclType
-from edge_slm.devbroker import PrivateBroker
+from cloud_relay.authz import AclType
 from edge_slm.topics import DeviceTopics, status_wildcard
 from tests.security.conftest import (
     APP,
@@ -36,6 +35,7 @@ from tests.security.conftest import (
     render_cloud_conf,
 )
 from tests.support.agent import AgentProcess
+from tests.support.broker import PrivateBroker
 
 pytestmark = pytest.mark.integration
 

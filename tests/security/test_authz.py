@@ -30,9 +30,8 @@ from pathlib import Path
 
 import pytest
 
-from edge_slm.authz import DEFAULT_SHARE_GROUP
-from edge_slm.devbroker import PrivateBroker
-from edge_slm.pki import CertKind, Pki
+from cloud_relay.authz import DEFAULT_SHARE_GROUP
+from cloud_relay.pki import CertKind, Pki
 from tests.security.conftest import (
     DEVICE_A,
     DEVICE_B,
@@ -45,6 +44,7 @@ from tests.security.conftest import (
     TlsClient,
     render_cloud_conf,
 )
+from tests.support.broker import PrivateBroker
 
 SHARE = f"$share/{DEFAULT_SHARE_GROUP}/slm/+/escalation"
 TELEMETRY_SHARE = f"$share/{DEFAULT_SHARE_GROUP}/slm/+/telemetry"

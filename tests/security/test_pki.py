@@ -1,4 +1,4 @@
-"""``edge_slm.pki``: key hygiene, chains, CN rules, revocation, and a CLI that never prints keys."""
+"""``cloud_relay.pki`` and ``pki_cmd``: key hygiene, chains, CN rules, revocation, quiet CLI."""
 
 from __future__ import annotations
 
@@ -14,7 +14,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from edge_slm.pki import CertKind, Pki, PkiError, main
+from cloud_relay.pki import CertKind, Pki, PkiError
+from cloud_relay.pki_cmd import main
 
 
 @pytest.fixture
@@ -138,7 +139,7 @@ def test_cli_prints_no_secrets(tmp_path: Path) -> None:
     outputs = []
     for argv in steps:
         out = subprocess.run(
-            [sys.executable, "-m", "edge_slm.pki", *argv],
+            [sys.executable, "-m", "cloud_relay.pki_cmd", *argv],
             capture_output=True,
             text=True,
             check=False,

@@ -1,4 +1,4 @@
-"""``edge_slm.authz``: the cloud broker's policy as a dynamic-security document.
+"""``cloud_relay.authz``: the cloud broker's policy as a dynamic-security document.
 
 The broker's behaviour with this document is tested against a real mosquitto in
 tests/security/test_authz.py; these checks pin the document's shape and the
@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from edge_slm.authz import (
+from cloud_relay.authz import (
     RELAY_PUBLISHES,
     RELAY_ROLE,
     AclType,

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.models.tune_data import held_out
+from agent.modelbuild.tune_data import held_out
 from bench import skills
 from bench.eval_data import load_family, split_of
 

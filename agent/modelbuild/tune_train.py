@@ -1,6 +1,6 @@
 """Fine-tune a Hugging Face folder on classify examples (``edge-agent models tune``).
 
-Run as a subprocess by ``tune.py`` (``python -m agent.models.tune_train``), like
+Run as a subprocess by ``tune.py`` (``python -m agent.modelbuild.tune_train``), like
 ``convert.py``: torch's memory goes back to the OS before the ONNX builder starts.
 
 Input: a JSONL of ``{"messages": [...], "answer": "words"}``, the chat prompt and the
@@ -150,7 +150,7 @@ def _batch_loss(model: Any, batch: list[Tokenized]) -> tuple[Any, int]:
 
 def _save(model: Any, tokenizer: Any, out: Path, reference: Path) -> None:
     """The tuned HF folder, and its logits on the fidelity prompts for the ONNX check."""
-    from agent.models import fidelity
+    from agent.modelbuild import fidelity
 
     model.eval()
     model.config.use_cache = True

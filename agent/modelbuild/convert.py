@@ -1,6 +1,6 @@
 """GGUF -> Hugging Face folder (dequantized float32), plus reference logits.
 
-Run as a subprocess by ``build.py`` (``python -m agent.models.convert``) so
+Run as a subprocess by ``build.py`` (``python -m agent.modelbuild.convert``) so
 that torch's memory (1.6-7.4 GB) is returned to the OS before the ONNX builder
 starts, and so that a crash here cannot take the CLI down with it.
 """
@@ -17,7 +17,7 @@ def convert(gguf: Path, hf_out: Path, reference: Path) -> None:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from agent.models import fidelity
+    from agent.modelbuild import fidelity
 
     src_dir, name = str(gguf.parent), gguf.name
     tokenizer = AutoTokenizer.from_pretrained(src_dir, gguf_file=name)

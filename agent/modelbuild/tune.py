@@ -10,8 +10,8 @@ Stages (each timed by :class:`Progress`):
 1. data: load and check the JSONL (``tune_data``), split it: a held-out share by
    hash of the request id, and the project's eval-set held-out items never trained;
 2. before: the installed base model on the held-out splits (``tune_eval``);
-3. convert: ``python -m agent.models.convert``, the base GGUF -> HF float32 folder;
-4. train: ``python -m agent.models.tune_train``, full fine-tuning or LoRA on CPU;
+3. convert: ``python -m agent.modelbuild.convert``, the base GGUF -> HF float32 folder;
+4. train: ``python -m agent.modelbuild.tune_train``, full fine-tuning or LoRA on CPU;
 5. onnx: the onnxruntime-genai builder with the base's catalog recipe (precision,
    extra options), as ``models build`` runs it;
 6. fidelity: the built model against the tuned weights, gated like a build; and its
@@ -33,11 +33,11 @@ import shutil
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-from agent.models.build import (
+from agent.modelbuild.build import (
     builder_argv,
     builder_version,
     check_build_extra,
@@ -47,6 +47,20 @@ from agent.models.build import (
     run_convert,
     run_logged,
 )
+from agent.modelbuild.gguf import assemble_gguf
+from agent.modelbuild.params import TuneParams
+from agent.modelbuild.tune_data import (
+    EVAL_DIR,
+    Example,
+    Loaded,
+    Plan,
+    TuneDataError,
+    load_eval_set,
+    load_examples,
+    plan,
+)
+from agent.modelbuild.tune_eval import format_table
+from agent.modelbuild.tune_train import PROGRESS
 from agent.models.cache import ModelCache, check_name
 from agent.models.catalog import CATALOG, RECIPE_VERSION, CatalogEntry, GgufSource, get_entry
 from agent.models.errors import (
@@ -64,68 +78,9 @@ from agent.models.manifest import (
     record_files,
 )
 from agent.models.progress import Progress
-from agent.models.sources import assemble_gguf
-from agent.models.tune_data import (
-    EVAL_DIR,
-    Example,
-    Loaded,
-    Plan,
-    TuneDataError,
-    load_eval_set,
-    load_examples,
-    plan,
-)
-from agent.models.tune_eval import format_table
-from agent.models.tune_train import PROGRESS
 
 STAGES = 8
-#: The default peak learning rate by method: LoRA's adapters start at zero and move
-#: through a low-rank bottleneck, so they take a larger step than the full weights.
-DEFAULT_LR: dict[str, float] = {"full": 5e-5, "lora": 2e-4}
 PROMPT_RULE = "skills: system prompt without exemplars; inline labels: the bare prompt"
-
-
-@dataclass(frozen=True, slots=True)
-class TuneParams:
-    """Training settings; every field is recorded in the manifest."""
-
-    epochs: int = 3
-    lr: float = DEFAULT_LR["full"]
-    batch_size: int = 8
-    seed: int = 0
-    max_examples: int | None = None
-    heldout_fraction: float = 0.2
-    method: Literal["full", "lora"] = "full"
-    lora_rank: int = 16
-    lora_alpha: int = 32  # twice the rank, as the CLI defaults it
-
-    def check(self) -> None:
-        if self.epochs < 1:
-            raise ModelError("--epochs must be at least 1")
-        if not 0 < self.lr < 1:
-            raise ModelError("--lr must be in (0, 1)")
-        if self.batch_size < 1:
-            raise ModelError("--batch-size must be at least 1")
-        if self.max_examples is not None and self.max_examples < 1:
-            raise ModelError("--max-examples must be at least 1")
-        if not 0 <= self.heldout_fraction < 1:
-            raise ModelError("--heldout-fraction must be in [0, 1)")
-        if self.method not in ("full", "lora"):
-            raise ModelError("--method must be full or lora")
-        if self.lora_rank < 1:
-            raise ModelError("--lora-rank must be at least 1")
-        if self.lora_alpha <= 0:
-            raise ModelError("--lora-alpha must be positive")
-
-    def key_fields(self) -> dict[str, Any]:
-        """The settings that decide the weights. A full tune's leave out the LoRA ones,
-        which it does not use: its key, and so its name, is the one it had before
-        LoRA existed."""
-        fields = asdict(self)
-        if self.method == "full":
-            for unused in ("method", "lora_rank", "lora_alpha"):
-                del fields[unused]
-        return fields
 
 
 @dataclass(frozen=True, slots=True)
@@ -197,7 +152,7 @@ def _measure(
     model_dir: Path, splits: dict[str, list[Example]], name: str
 ) -> dict[str, EvalFigures]:
     from agent.engine.engine import Engine
-    from agent.models.tune_eval import evaluate
+    from agent.modelbuild.tune_eval import evaluate
 
     engine = Engine(model_dir, name=name, provider="cpu")
     return {split: evaluate(engine, items) for split, items in splits.items() if items}
@@ -255,7 +210,7 @@ def _train_argv(tmp: Path, params: TuneParams, end_id: int) -> list[str]:
     argv = [
         sys.executable,
         "-m",
-        "agent.models.tune_train",
+        "agent.modelbuild.tune_train",
         "--hf-in",
         str(tmp / "hf-base"),
         "--examples",
@@ -341,7 +296,7 @@ def _train_and_build(
         shutil.rmtree(tmp / "builder-cache", ignore_errors=True)
 
     with progress.stage("fidelity: built model vs tuned weights, and vs the base"):
-        from agent.models.fidelity import measure
+        from agent.modelbuild.fidelity import measure
 
         result = measure(out_dir, tmp / "reference.npz")
         drift = measure(out_dir, tmp / "reference-base.npz")

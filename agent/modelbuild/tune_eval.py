@@ -19,7 +19,7 @@ from agent.skills.calibration import auroc, ece
 
 if TYPE_CHECKING:
     from agent.engine.engine import Engine, FixedPrompt
-    from agent.models.tune_data import Example
+    from agent.modelbuild.tune_data import Example
 
 #: Split names, in the order the table shows them.
 SPLITS = {"data": "data held-out", "official": "eval set held-out"}

@@ -3,7 +3,7 @@
 Mosquitto authenticates every client by its certificate (``require_certificate
 true``) and takes the certificate's CN as the MQTT username
 (``use_identity_as_username true``); the broker's dynamic security plugin then
-scopes a device to ``slm/<CN>/...`` (:mod:`edge_slm.authz`). So the CN *is* the
+scopes a device to ``slm/<CN>/...`` (:mod:`cloud_relay.authz`). So the CN *is* the
 authorization identity, and this module guards it:
 
 * device CNs are device ids, validated as topic segments by
@@ -22,7 +22,7 @@ Layout of the PKI directory::
     devices/<id>.crt|.key   relays/<name>.crt|.key   servers/<host>.crt|.key
 
 ``dynamic-security.json`` is the cloud broker's authorization: a client entry
-per device and relay holding a valid certificate (:func:`edge_slm.authz.dynsec_config`),
+per device and relay holding a valid certificate (:func:`cloud_relay.authz.dynsec_config`),
 rewritten on every issue and revoke. Install it on the broker and restart
 mosquitto for a change to apply (the 2.0 plugin does not re-read it on SIGHUP).
 
@@ -40,7 +40,6 @@ OpenSSL 1.1.0 builds or in TLS 1.2 clients without RFC 8422 support).
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import datetime as dt
 import fcntl
@@ -48,7 +47,6 @@ import ipaddress
 import json
 import os
 import re
-import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from enum import StrEnum
@@ -60,7 +58,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from edge_slm import authz
+from cloud_relay import authz
 from edge_slm.topics import DeviceTopics
 
 __all__ = [
@@ -69,8 +67,7 @@ __all__ = [
     "Issued",
     "Pki",
     "PkiError",
-    "add_pki_command",
-    "main",
+    "issued_json",
 ]
 
 RELAY_PREFIX = "relay-"
@@ -303,7 +300,7 @@ class Pki:
             _write_new(self.dir / _CA_KEY, _key_pem(key), 0o600)
             _write_new(self.ca_cert_path, cert.public_bytes(serialization.Encoding.PEM), 0o644)
             row = self._row(CertKind.CA, name, cert, _CA_CERT, _CA_KEY)
-            self._save_index({"crl_number": 0, "issued": [_as_json(row)]})
+            self._save_index({"crl_number": 0, "issued": [issued_json(row)]})
             self._write_crl(days=30)
             self._write_dynsec()
             return row
@@ -408,7 +405,7 @@ class Pki:
                 str(key_path.relative_to(self.dir)),
             )
             data = self._load_index()
-            data["issued"].append(_as_json(row))
+            data["issued"].append(issued_json(row))
             self._save_index(data)
             self._write_dynsec()
             return row
@@ -536,194 +533,8 @@ def _broker_settings(index: dict[str, Any]) -> dict[str, str]:
     }
 
 
-def _as_json(row: Issued) -> dict[str, Any]:
+def issued_json(row: Issued) -> dict[str, Any]:
+    """One ``index.json`` row (and one ``pki list --json`` line)."""
     out = asdict(row)
     out["kind"] = row.kind.value
     return out
-
-
-# -- command line -------------------------------------------------------------
-
-
-def _dir_arg(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--dir",
-        type=Path,
-        default=os.environ.get("EDGE_SLM_PKI_DIR"),
-        required="EDGE_SLM_PKI_DIR" not in os.environ,
-        help="PKI directory (default: $EDGE_SLM_PKI_DIR); keep it off the brokers",
-    )
-
-
-def _print_issued(row: Issued, pki: Pki) -> None:
-    # Paths and public facts only: never the key.
-    print(f"{row.kind} {row.cn}: serial {row.serial}, valid until {row.not_after}")
-    print(f"  certificate: {pki.dir / row.cert}")
-    if row.key:
-        print(f"  key (0600):  {pki.dir / row.key}")
-
-
-def _cmd_init_ca(args: argparse.Namespace) -> int:
-    pki = Pki(args.dir)
-    _print_issued(pki.init_ca(args.name, days=args.days), pki)
-    print(f"  CRL:         {pki.crl_path}")
-    return 0
-
-
-def _cmd_issue(kind: CertKind) -> Any:
-    def run(args: argparse.Namespace) -> int:
-        pki = Pki(args.dir)
-        san = list(getattr(args, "san", None) or [])
-        if kind is CertKind.SERVER:
-            san = [args.cn, *san]
-        _print_issued(pki.issue(kind, args.cn, days=args.days, san=san), pki)
-        if kind is not CertKind.SERVER:
-            print(f"  broker authorization updated: {pki.dynsec_path}")
-            print("  (install it on the cloud broker and restart mosquitto to admit this client)")
-        return 0
-
-    return run
-
-
-def _cmd_revoke(args: argparse.Namespace) -> int:
-    pki = Pki(args.dir)
-    row = pki.revoke(args.ref, crl_days=args.crl_days)
-    print(f"revoked {row.kind} {row.cn} (serial {row.serial}); CRL written to {pki.crl_path}")
-    print("copy crl.pem to the brokers and reload them (SIGHUP) so that they read it;")
-    print(f"{pki.dynsec_path.name} no longer lists it: install it and restart to drop it there too")
-    return 0
-
-
-def _cmd_crl(args: argparse.Namespace) -> int:
-    pki = Pki(args.dir)
-    print(f"CRL written to {pki.write_crl(days=args.crl_days)} (valid {args.crl_days} days)")
-    return 0
-
-
-def _cmd_dynsec(args: argparse.Namespace) -> int:
-    pki = Pki(args.dir)
-    try:
-        path = pki.write_dynsec(prefix=args.topic_prefix, share_group=args.share_group)
-    except ValueError as exc:
-        raise PkiError(str(exc)) from None
-    print(f"broker authorization written to {path}")
-    print("install it as the broker's plugin_opt_config_file and restart mosquitto")
-    return 0
-
-
-def _cmd_list(args: argparse.Namespace) -> int:
-    now = _now()
-    rows = Pki(args.dir).entries()
-    if args.json:
-        for row in rows:
-            print(json.dumps(_as_json(row)))
-        return 0
-    print(f"{'KIND':<7} {'CN':<28} {'SERIAL':<41} {'NOT AFTER':<26} STATE")
-    for row in rows:
-        state = "revoked" if row.revoked else "expired" if row.expired(now) else "valid"
-        print(f"{row.kind:<7} {row.cn:<28} {row.serial:<41} {row.not_after:<26} {state}")
-    return 0
-
-
-def _guard(func: Any) -> Any:
-    def run(args: argparse.Namespace) -> int:
-        try:
-            code: int = func(args)
-        except PkiError as exc:
-            print(f"pki: {exc}", file=sys.stderr)
-            return 2
-        return code
-
-    return run
-
-
-def add_pki_command(subparsers: Any) -> argparse.ArgumentParser:
-    """Register ``pki`` and its sub-commands on an ``add_subparsers()`` object.
-
-    Each leaf sets ``func(args) -> int`` (the exit code), as ``cloud-relay``'s
-    other commands do.
-    """
-    pki: argparse.ArgumentParser = subparsers.add_parser(
-        "pki",
-        help="the fleet CA: issue and revoke device, relay and broker certificates",
-        description=_DESCRIPTION,
-    )
-    _add_commands(pki)
-    return pki
-
-
-_DESCRIPTION = "Manage the fleet's CA. Keys are written with mode 0600 and never printed."
-
-
-def _add_commands(pki: argparse.ArgumentParser) -> None:
-    sub = pki.add_subparsers(dest="pki_command", required=True)
-
-    p = sub.add_parser("init-ca", help="create the CA key, certificate and an empty CRL")
-    _dir_arg(p)
-    p.add_argument("--name", default="edge-slm fleet CA", help="CA common name")
-    p.add_argument("--days", type=int, default=3650, help="CA validity (default 3650)")
-    p.set_defaults(func=_guard(_cmd_init_ca))
-
-    p = sub.add_parser("issue-device", help="client certificate, CN = device id")
-    p.add_argument("cn", metavar="DEVICE_ID")
-    _dir_arg(p)
-    p.add_argument("--days", type=int, default=365, help="validity (default 365)")
-    p.add_argument("--san", action="append", help="extra subjectAltName (DNS name or IP)")
-    p.set_defaults(func=_guard(_cmd_issue(CertKind.DEVICE)))
-
-    p = sub.add_parser("issue-relay", help="client certificate for a cloud relay (relay-*)")
-    p.add_argument("cn", metavar="NAME")
-    _dir_arg(p)
-    p.add_argument("--days", type=int, default=365, help="validity (default 365)")
-    p.set_defaults(func=_guard(_cmd_issue(CertKind.RELAY)))
-
-    p = sub.add_parser("issue-server", help="broker certificate, SAN = HOSTNAME and --san")
-    p.add_argument("cn", metavar="HOSTNAME")
-    _dir_arg(p)
-    p.add_argument("--days", type=int, default=365, help="validity (default 365)")
-    p.add_argument("--san", action="append", help="further DNS name or IP the broker answers on")
-    p.set_defaults(func=_guard(_cmd_issue(CertKind.SERVER)))
-
-    p = sub.add_parser("revoke", help="revoke by CN or serial; rewrites crl.pem")
-    p.add_argument("ref", metavar="SERIAL|CN")
-    _dir_arg(p)
-    p.add_argument("--crl-days", type=int, default=30, help="CRL validity (default 30)")
-    p.set_defaults(func=_guard(_cmd_revoke))
-
-    p = sub.add_parser("crl", help="write a fresh crl.pem (run well before it expires)")
-    _dir_arg(p)
-    p.add_argument("--crl-days", type=int, default=30, help="CRL validity (default 30)")
-    p.set_defaults(func=_guard(_cmd_crl))
-
-    p = sub.add_parser(
-        "dynsec",
-        help="rewrite dynamic-security.json, the cloud broker's authorization "
-        "(issue and revoke do so too)",
-    )
-    _dir_arg(p)
-    p.add_argument(
-        "--topic-prefix", help=f"MQTT topic prefix, kept (default {authz.DEFAULT_PREFIX})"
-    )
-    p.add_argument(
-        "--share-group",
-        help=f"the relays' shared-subscription group, kept (default {authz.DEFAULT_SHARE_GROUP})",
-    )
-    p.set_defaults(func=_guard(_cmd_dynsec))
-
-    p = sub.add_parser("list", help="issued certificates: kind, CN, serial, not-after, state")
-    _dir_arg(p)
-    p.add_argument("--json", action="store_true", help="one JSON object per line")
-    p.set_defaults(func=_guard(_cmd_list))
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m edge_slm.pki ...``: the same commands as ``cloud-relay pki ...``."""
-    parser = argparse.ArgumentParser(prog="python -m edge_slm.pki", description=_DESCRIPTION)
-    _add_commands(parser)
-    args = parser.parse_args(argv)
-    code: int = args.func(args)
-    return code
-
-
-if __name__ == "__main__":
-    sys.exit(main())
