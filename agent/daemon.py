@@ -20,7 +20,6 @@ from typing import Literal
 
 import structlog
 from prometheus_client import start_http_server
-from pydantic import ValidationError
 
 from agent.answering import EDGE_REASON, answer, with_latency
 from agent.cloud.escalator import Escalator
@@ -51,6 +50,8 @@ from edge_slm.contract import (
     Response,
     Status,
     Task,
+    WireError,
+    decode,
 )
 from edge_slm.lifecycle import Lifecycle
 from edge_slm.logs import get_logger
@@ -382,9 +383,9 @@ class AgentDaemon(Lifecycle):
             log.warning("model_update_rejected", error="over-the-air updates are disabled")
             return
         try:
-            desired = DesiredModel.model_validate_json(msg.payload)
-        except ValidationError as exc:
-            log.warning("model_update_rejected", error=str(exc)[:300])
+            desired = decode(DesiredModel, msg.payload)
+        except WireError as exc:
+            log.warning("model_update_rejected", code=exc.code.value, error=str(exc)[:300])
             return
         if desired.device_id != self.settings.device_id:
             log.warning(
@@ -460,9 +461,9 @@ class AgentDaemon(Lifecycle):
         if not msg.payload:
             return  # the retained config was cleared; keep the current settings
         try:
-            config = DeviceConfig.model_validate_json(msg.payload)
-        except ValidationError as exc:
-            log.warning("config_rejected", error=str(exc)[:300])
+            config = decode(DeviceConfig, msg.payload)
+        except WireError as exc:
+            log.warning("config_rejected", code=exc.code.value, error=str(exc)[:300])
             return
         if config.device_id != self.settings.device_id:
             log.warning("config_rejected", error="device_id mismatch", device_id=config.device_id)

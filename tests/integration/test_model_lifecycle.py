@@ -326,6 +326,35 @@ def test_a_broken_ota_update_rolls_back_and_says_why(
     reply = ask(broker, topics, "still-answering")
     assert reply["ok"], reply
     assert reply["model"] == DEFAULT_MODEL
+
+
+def test_a_desired_model_without_the_contract_version_is_refused(
+    start_agent: StartAgent,
+    broker: PrivateBroker,
+    topics: DeviceTopics,
+    ota_env: dict[str, str],
+) -> None:
+    # The one version check of every intake: no `v`, or another one, is refused with its code.
+    agent = start_agent(**ota_env)
+    desired = {
+        "device_id": topics.device_id,
+        "name": OTA_NAME,
+        "url": "http://127.0.0.1:9/model.tar",
+        "sha256": "0" * 64,
+        "issued_at": time.time(),
+    }
+    app = AppClient(broker.port)
+    try:
+        app.publish(topics.model, desired)
+        app.publish(topics.model, {**desired, "v": 2})
+        deadline = time.monotonic() + 10
+        while len(rejected := events(agent, "model_update_rejected")) < 2:
+            assert time.monotonic() < deadline, "bad desired models must be logged as rejected"
+            time.sleep(0.05)
+    finally:
+        app.close()
+    assert [e["code"] for e in rejected] == ["invalid_request", "unsupported_version"]
+    assert not events(agent, "model_update_progress")  # no step of an update began
     assert not list((tmp_path / "cache").glob(f"{OTA_NAME}-*"))  # nothing left installed
     assert list((tmp_path / "ota").iterdir()) == []
     assert agent.proc.poll() is None
