@@ -38,7 +38,7 @@ from collections.abc import Iterable
 from enum import StrEnum
 from typing import Any
 
-from edge_slm.topics import DeviceTopics, escalation_subscription
+from edge_slm.topics import DeviceTopics, fleet_filter, shared
 
 __all__ = [
     "DEFAULT_PREFIX",
@@ -105,26 +105,17 @@ def _device_acls(prefix: str, device_id: str) -> list[dict[str, Any]]:
     return acls
 
 
-def _fleet_filter(prefix: str, leaf: str) -> str:
-    """``<prefix>/+/<leaf>``: ``leaf`` of every device."""
-    if leaf not in DeviceTopics(prefix, "x").all():
-        raise ValueError(f"{leaf!r} is not a device topic (edge_slm.topics.DeviceTopics)")
-    return f"{prefix}/+/{leaf}"
-
-
 def _relay_acls(prefix: str, share_group: str) -> list[dict[str, Any]]:
-    escalation_subscription(prefix, share_group)  # validates the group as a topic segment
-    acls = [_acl(AclType.PUBLISH, _fleet_filter(prefix, leaf)) for leaf in RELAY_PUBLISHES]
+    acls = [_acl(AclType.PUBLISH, fleet_filter(prefix, leaf)) for leaf in RELAY_PUBLISHES]
     for leaf in RELAY_SHARED_READS:
-        plain = _fleet_filter(prefix, leaf)
-        shared = f"$share/{share_group}/{plain}"  # as the relay subscribes (cloud_relay.config)
+        plain = fleet_filter(prefix, leaf)
         acls += [
-            _acl(AclType.SUBSCRIBE, shared),
+            _acl(AclType.SUBSCRIBE, shared(share_group, plain)),  # as the relay subscribes
             _acl(AclType.SUBSCRIBE, plain),
             _acl(AclType.RECEIVE, plain),
         ]
     for leaf in RELAY_READS:
-        plain = _fleet_filter(prefix, leaf)
+        plain = fleet_filter(prefix, leaf)
         acls += [_acl(AclType.SUBSCRIBE, plain), _acl(AclType.RECEIVE, plain)]
     return acls
 
