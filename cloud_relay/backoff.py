@@ -1,21 +1,10 @@
-"""Retry delays: jittered exponential backoff and the HTTP ``Retry-After`` header."""
+"""The HTTP ``Retry-After`` header, which overrides the jittered backoff
+(:func:`edge_slm.backoff.backoff_delay`, shared with the agent) when a server sends it."""
 
 from __future__ import annotations
 
-import random
 import time
 from email.utils import parsedate_to_datetime
-
-
-def backoff_delay(attempt: int, base_s: float, max_s: float) -> float:
-    """Delay before retry number ``attempt`` (1-based): "equal jitter" around base * 2^(n-1).
-
-    Half fixed, half random: never near zero (the server gets a real pause),
-    yet spread so a fleet's retries do not arrive in lockstep.
-    """
-    ceiling = min(max_s, base_s * 2.0 ** (attempt - 1))
-    jitter: float = random.uniform(0, ceiling / 2)  # noqa: S311 - not cryptographic
-    return ceiling / 2 + jitter
 
 
 def parse_retry_after(value: str | None, *, now: float | None = None) -> float | None:

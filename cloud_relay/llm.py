@@ -32,10 +32,11 @@ from typing import Any, Protocol
 
 import httpx
 
-from cloud_relay.backoff import backoff_delay, parse_retry_after
+from cloud_relay.backoff import parse_retry_after
 from cloud_relay.breaker import CircuitBreaker, CircuitOpen
 from cloud_relay.config import LlmSettings
 from cloud_relay.http11 import HttpClient, HttpError, Timeouts, proxy_for
+from edge_slm.backoff import backoff_delay
 from edge_slm.logs import get_logger
 
 log = get_logger("cloud_relay.llm")

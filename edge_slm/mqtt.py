@@ -7,9 +7,9 @@ Both daemons use :class:`MqttConnection`; nothing else imports paho. It gives:
   delivered after the reconnect (MQTT 5 spec §3.1.2.4, §4.1);
 * TCP_NODELAY on the socket: without it Nagle + delayed ACK hold small QoS 1
   packets back and loopback round trips take ~88 ms instead of < 1 ms;
-* reconnects with jittered exponential backoff, so a fleet does not stampede
-  a broker that comes back; ``on_connect`` runs on every (re)connect so the
-  caller re-subscribes and re-publishes its birth message;
+* reconnects with exponential backoff, its base jittered (:mod:`edge_slm.backoff`),
+  so a fleet does not stampede a broker that comes back; ``on_connect`` runs on
+  every (re)connect so the caller re-subscribes and re-publishes its birth message;
 * inbound messages as frozen :class:`Inbound` values, and paho return codes
   turned into :class:`MqttError`;
 * optional manual acknowledgement: with ``manual_ack=True`` a QoS 1 message is
@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import logging
 import queue
-import random
 import socket
 import ssl
 import threading
@@ -38,6 +37,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
+from edge_slm.backoff import backoff_delay
 from edge_slm.logs import get_logger
 
 log = get_logger("edge_slm.mqtt")
@@ -125,11 +125,6 @@ def _published(info: paho.MQTTMessageInfo) -> bool:
         return False
 
 
-def _jittered(delay: float) -> float:
-    # "Full jitter" keeps a fleet's reconnects spread out after a broker restart.
-    return random.uniform(delay / 2, delay)  # noqa: S311 - not cryptographic
-
-
 class MqttConnection:
     """A supervised MQTT v5 client connection running on paho's network thread.
 
@@ -215,9 +210,11 @@ class MqttConnection:
 
     def _set_backoff(self, client: paho.Client) -> None:
         # A fresh random base for paho's doubling backoff, at start and after every
-        # drop. paho annotates int but sleeps on the value as float seconds.
+        # drop: the first step of edge_slm.backoff's equal jitter, in [min / 2, min],
+        # so a fleet's reconnects spread out after a broker restart and none comes
+        # at once. paho annotates int but sleeps on the value as float seconds.
         client.reconnect_delay_set(
-            _jittered(self._reconnect_min),  # type: ignore[arg-type]
+            backoff_delay(1, self._reconnect_min, self._reconnect_max),  # type: ignore[arg-type]
             self._reconnect_max,  # type: ignore[arg-type]
         )
 

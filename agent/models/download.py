@@ -13,7 +13,6 @@ unreachable when they were written), so today they all need ``--trust-unpinned``
 
 from __future__ import annotations
 
-import random
 import shutil
 import time
 from collections.abc import Callable
@@ -33,15 +32,14 @@ from agent.models.errors import (
 from agent.models.hashing import sha256_file
 from agent.models.manifest import Manifest, SourceRecord, record_files
 from agent.models.progress import Progress
+from edge_slm.backoff import backoff_delay
 
 RETRYABLE = (httpx.TransportError, httpx.RemoteProtocolError)
 StatusCallback = Callable[[str], None]
 
 
-def _backoff(attempt: int, base: float) -> float:
-    # Exponential with full jitter, capped: many devices retrying after one
-    # outage must not hit the server in lockstep.
-    return random.uniform(0, min(30.0, base * 2**attempt))  # noqa: S311 - jitter, not crypto
+#: The longest pause between two tries of one file.
+MAX_BACKOFF_S = 30.0
 
 
 def download_file(
@@ -60,6 +58,9 @@ def download_file(
 
     The partial file is ``dest`` + ``.part``; on a hash mismatch it is deleted
     and :class:`IntegrityError` raised, so a bad file is never left at ``dest``.
+    A dropped connection, 429 or 5xx is retried up to ``retries`` times, from the
+    byte reached, after :func:`edge_slm.backoff.backoff_delay` with ``backoff`` as
+    its base (doubling per retry, at most :data:`MAX_BACKOFF_S`).
     """
     part = dest.with_name(dest.name + ".part")
     part.parent.mkdir(parents=True, exist_ok=True)
@@ -83,14 +84,14 @@ def download_file(
                     raise DownloadFailed(url, f"{type(exc).__name__}: {exc}") from exc
                 if on_retry:
                     on_retry(f"retry {attempt}/{retries} of {url} from byte {_size(part)}: {exc}")
-                time.sleep(_backoff(attempt, backoff))
+                time.sleep(backoff_delay(attempt, backoff, MAX_BACKOFF_S))
             except httpx.HTTPStatusError as exc:
                 code = exc.response.status_code
                 if code >= 500 or code == 429:
                     attempt += 1
                     if attempt > retries:
                         raise DownloadFailed(url, f"HTTP {code}") from exc
-                    time.sleep(_backoff(attempt, backoff))
+                    time.sleep(backoff_delay(attempt, backoff, MAX_BACKOFF_S))
                     continue
                 raise DownloadFailed(url, f"HTTP {code}") from exc
     finally:
