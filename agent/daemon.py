@@ -1,16 +1,19 @@
 """The edge agent's supervised lifecycle, and the composition root.
 
 Start-up, in order: load the model, open the outbox, start the timer thread
-and the inference worker, connect to MQTT (subscribe, publish the retained
-birth and re-publish pending escalations on every connect). SIGTERM or
-SIGINT: stop intake, drain in-flight work up to ``drain_timeout_s``, answer
-what is left with ``shutting_down``, publish ``offline``, then undo start-up
-in reverse order (ExitStack).
+and the request pipeline (its dispatch thread and the inference worker, see
+``agent/handler.py``), connect to MQTT (subscribe, publish the retained birth
+and re-send pending escalations on every connect). SIGTERM or SIGINT: stop
+intake, drain in-flight work up to ``drain_timeout_s``, answer what is left
+with ``shutting_down``, publish ``offline``, then undo start-up in reverse
+order (ExitStack).
+
+The retained config and desired model are taken in here, on the network
+thread: both are cheap (a validation, a hand-over to the OTA thread).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import threading
 import time
 from collections.abc import Callable
@@ -18,18 +21,16 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Literal
 
-import structlog
 from prometheus_client import start_http_server
 
-from agent.answering import EDGE_REASON, answer, with_latency
 from agent.cloud.escalator import Escalator
 from agent.cloud.outbox import Outbox
 from agent.cloud.scheduler import Scheduler
 from agent.config import AgentSettings
-from agent.engine.engine import Engine, StopWhen
+from agent.engine.engine import Engine
 from agent.engine.holder import ModelHolder, ModelSpec
 from agent.engine.selftest import run_self_test
-from agent.intake import Intake
+from agent.handler import ModelAnswerer, RequestHandler
 from agent.models.ota import OtaUpdater
 from agent.policy.redact import Redactor
 from agent.policy.router import Router
@@ -38,18 +39,15 @@ from agent.routing import ReplyRoute
 from agent.skills import SkillRegistry
 from agent.skills.embedding import Embedder
 from agent.telemetry import TelemetryRecorder
-from agent.worker import InferenceWorker, Job
+from agent.worker import InferenceWorker
 from edge_slm import __version__
 from edge_slm.contract import (
     DesiredModel,
     DeviceConfig,
-    ErrorCode,
-    EscalationReason,
     ModelUpdate,
     ModelUpdateState,
     Response,
     Status,
-    Task,
     WireError,
     decode,
 )
@@ -114,18 +112,15 @@ class AgentDaemon(Lifecycle):
         self._models: ModelHolder[Engine] | None = None
         self._ota: OtaUpdater[Engine] | None = None
         self._escalator: Escalator | None = None
+        self._handler: RequestHandler | None = None
         self._startup_conditions: set[str] = set()
         self._outbox: Outbox | None = None
-        self._embedder: Embedder | None = None
         s = settings
         self.scheduler = Scheduler()
         self.telemetry = TelemetryRecorder(
             device_id=s.device_id, model=s.model.name, settings=s.telemetry
         )
         self.router = Router(s.policy, s.cloud, budget_left=self._budget_left)
-        self.worker = InferenceWorker(
-            self._answer, self._finish, queue_size=s.limits.queue_size, on_idle=self._worker_idle
-        )
         self.recent = RecentRequests()
         # Requests are PUBACKed only once answered (see agent/recent.py), so the
         # broker redelivers what a killed agent was holding.
@@ -137,28 +132,12 @@ class AgentDaemon(Lifecycle):
             manual_ack=True,
         )
         self.skills = SkillRegistry(s.skills, builtin=s.builtin_skills)
-        self.intake = Intake(
-            topics=self.topics,
-            limits=s.limits,
-            submit=self._submit,
-            queue_depth=lambda: self.worker.depth,
-            send_reply=self._publish_reply,
-            send_final=self.send_reply,
-            ack=self.mqtt.ack,
-            recent=self.recent,
-            skills=self.skills.get,
-        )
 
     @property
     def models(self) -> ModelHolder[Engine]:
         if self._models is None:
             raise RuntimeError("the model is not loaded yet")
         return self._models
-
-    @property
-    def engine(self) -> Engine:
-        """The current engine, loaded if it was unloaded (worker thread only)."""
-        return self.models.get()
 
     @property
     def provider(self) -> str | None:
@@ -170,12 +149,25 @@ class AgentDaemon(Lifecycle):
             raise RuntimeError("the outbox is not open yet")
         return self._escalator
 
+    @property
+    def handler(self) -> RequestHandler:
+        if self._handler is None:
+            raise RuntimeError("the request pipeline is not started yet")
+        return self._handler
+
+    @property
+    def worker(self) -> InferenceWorker:
+        return self.handler.worker
+
     # -- lifecycle -------------------------------------------------------
 
     def healthy(self) -> bool | str:
-        busy = self.worker.busy_for()
-        if busy > self.settings.limits.worker_stall_s:
-            return f"inference worker made no progress for {busy:.1f} s"
+        if self._handler is not None:
+            busy = self._handler.worker.busy_for()
+            if busy > self.settings.limits.worker_stall_s:
+                return f"inference worker made no progress for {busy:.1f} s"
+            if not self._handler.dispatch_alive:
+                return "the dispatch thread is dead"
         if not self.mqtt.loop_alive:
             return "the MQTT network thread is dead"
         return True
@@ -184,8 +176,9 @@ class AgentDaemon(Lifecycle):
         provider = self.provider or "loading"
         outbox = self._outbox.depth() if self._outbox else 0
         name = self._models.name if self._models else self.settings.model.name
+        depth = self._handler.worker.depth if self._handler else 0
         return (
-            f"{name} on {provider}; queue {self.worker.depth}; "
+            f"{name} on {provider}; queue {depth}; "
             f"outbox {outbox}; mqtt {'up' if self.mqtt.is_connected else 'down'}"
         )
 
@@ -217,7 +210,7 @@ class AgentDaemon(Lifecycle):
             on_change=self._model_changed,
         )
         del engine
-        self._embedder = load_embedder(s)
+        embedder = load_embedder(s)
         self.telemetry.set_model(spec.name)
         if spec.version is not None:
             log.info("model_from_ota", model=spec.name, version=spec.version, path=str(spec.path))
@@ -237,8 +230,19 @@ class AgentDaemon(Lifecycle):
             cloud=s.cloud,
             outbox_settings=s.outbox,
             publish=self._publish_escalation,
-            send_reply=self.send_reply,
+            send_reply=self._send_reply,
             on_conditions=self._publish_status,
+        )
+        self._handler = handler = RequestHandler(
+            s,
+            link=self.mqtt,
+            escalator=self.escalator,
+            router=self.router,
+            telemetry=self.telemetry,
+            recent=self.recent,
+            skills=self.skills,
+            answerer=ModelAnswerer(self.models, embedder=embedder, telemetry=self.telemetry),
+            on_idle=self._worker_idle,
         )
         self.scheduler.start()
         stack.callback(self.scheduler.stop)
@@ -246,8 +250,8 @@ class AgentDaemon(Lifecycle):
         self.scheduler.every(s.telemetry.interval_s, self._publish_telemetry)
         if s.metrics.port:
             self._serve_metrics(stack)
-        self.worker.start()
-        stack.callback(self.worker.stop)
+        handler.start()
+        stack.callback(handler.stop)
         if s.ota.enabled:
             self._start_ota(stack)
         connected = self.mqtt.start(connect_timeout_s=s.mqtt.connect_timeout_s)
@@ -263,19 +267,7 @@ class AgentDaemon(Lifecycle):
         )
 
     def _drain(self) -> None:
-        self.intake.close()
-        timeout = self.settings.limits.drain_timeout_s
-        log.info("draining", in_flight=self.worker.depth, timeout_s=timeout)
-        for job in self.worker.drain(timeout):
-            self._reply_job(
-                job,
-                Response.failure(
-                    job.request.id,
-                    ErrorCode.SHUTTING_DOWN,
-                    "the agent stopped before this request was answered",
-                    retry_after_ms=self.settings.limits.busy_retry_ms,
-                ),
-            )
+        self.handler.drain(self.settings.limits.drain_timeout_s)
         # A clean DISCONNECT suppresses the will, so say offline ourselves.
         self.mqtt.publish(self.topics.status, self._status("offline"), qos=1, retain=True)
 
@@ -406,7 +398,7 @@ class AgentDaemon(Lifecycle):
             ]
         )
         self._publish_status()
-        self.escalator.republish()
+        self.handler.resend_pending()  # on the dispatch thread: the outbox is written
 
     def _publish_telemetry(self) -> None:
         outbox = self._outbox
@@ -441,13 +433,11 @@ class AgentDaemon(Lifecycle):
         self.mqtt.publish(self.topics.status, self._status("online"), qos=1, retain=True)
 
     def _on_message(self, msg: Inbound) -> None:
-        if msg.topic not in (self.topics.cloud, self.topics.config, self.topics.model):
-            self.intake.on_message(msg)  # acks each request once it is answered
+        if msg.topic not in (self.topics.config, self.topics.model):
+            self.handler.on_message(msg)  # requests and cloud replies; each acked when handled
             return
         try:
-            if msg.topic == self.topics.cloud:
-                self.escalator.on_cloud(msg)
-            elif msg.topic == self.topics.config:
+            if msg.topic == self.topics.config:
                 self._on_config(msg)
             else:
                 self._on_desired_model(msg)
@@ -495,21 +485,6 @@ class AgentDaemon(Lifecycle):
         outbox = self._outbox
         return limit == 0 or outbox is None or outbox.escalations_on(time.time()) < limit
 
-    def _submit(self, job: Job, topic: str) -> bool:
-        """Route before generation, escalate early if so decided, then queue."""
-        decision = self.router.before(job.request, topic)
-        reason = decision.reason if decision.escalate else None
-        if reason is not None:
-            if self.escalator.escalate(job, reason, decision.text, None):
-                self.telemetry.escalated(reason)
-            else:
-                decision = dataclasses.replace(decision, escalate=False)  # outbox full
-        if self.worker.submit(dataclasses.replace(job, decision=decision)):
-            return True
-        if decision.escalate:
-            self.escalator.forget(job.request.id)  # the app gets `busy`; the row stays
-        return False
-
     def _status(self, state: Literal["online", "offline"]) -> bytes:
         status = Status(
             device_id=self.settings.device_id,
@@ -524,107 +499,13 @@ class AgentDaemon(Lifecycle):
         )
         return status.to_wire()
 
-    def send_reply(self, route: ReplyRoute, response: Response) -> None:
-        """Publish the reply of an admitted request; a final one settles its deliveries.
-
-        The request's PUBACKs wait for the broker's PUBACK of the reply, so a crash
-        before the reply is safe leaves the request unacked, and the broker
-        redelivers it to the next run.
-        """
-        if response.id is None or response.supersedes:
-            self._publish_reply(route, response)
-            return
-        key = (route.topic, response.id)
-        payload = response.to_wire()  # one serialization: the kept copy is the sent bytes
-        deliveries = self.recent.finish(key, response, payload)
-        if deliveries is None:
-            log.info("duplicate_reply_dropped", request_id=response.id, reply_topic=route.topic)
-            return
-
-        def settle() -> None:
-            self.recent.delivered(key)
-            for delivery in deliveries:
-                self.mqtt.ack(delivery)
-
-        self._publish_reply(route, response, payload, on_delivered=settle)
-
-    def _publish_reply(
-        self,
-        route: ReplyRoute,
-        response: Response,
-        payload: bytes | None = None,
-        on_delivered: Callable[[], None] | None = None,
-    ) -> None:
-        self.telemetry.reply(response)
-        self.mqtt.publish(
-            route.topic,
-            response.to_wire() if payload is None else payload,
-            qos=1,
-            correlation_data=route.correlation_data,
-            on_delivered=on_delivered,
-        )
+    def _send_reply(self, route: ReplyRoute, response: Response) -> None:
+        """The escalator's replies: through the pipeline, built just after the escalator
+        and before anything runs that could reply."""
+        self.handler.send_reply(route, response)
 
     # -- worker side -----------------------------------------------------
-
-    def _answer(self, job: Job) -> Response:
-        stop = StopWhen(deadline=job.deadline, cancel=self.worker.cancelled)
-        engine = self.engine  # loads the model first when it was unloaded
-        try:
-            response = answer(
-                engine,
-                job.request,
-                max_tokens=job.max_tokens,
-                stop=stop,
-                skill=job.skill,
-                embedder=self._embedder,
-            )
-        finally:
-            self.models.touch()
-        if response.ok and job.request.task is not Task.CLASSIFY:
-            self.telemetry.decoded(engine.last_decode_tok_s)
-        return response
 
     def _worker_idle(self) -> None:
         if self._models is not None:
             self._models.unload_if_idle()
-
-    def _finish(self, job: Job, edge: Response) -> None:
-        """The edge answer is ready (worker thread): reply, or escalate."""
-        edge = with_latency(edge, job.received_at)
-        before = job.decision
-        if before is not None and before.escalate:
-            self.escalator.edge_ready(job.request.id, edge)
-            return
-        if before is not None:
-            after = self.router.after(job.request, edge, before)
-            reason = after.text
-            if after.escalate and after.reason is not None:
-                if self.escalator.escalate(job, after.reason, after.text, edge):
-                    self.telemetry.escalated(after.reason)
-                    return
-                reason = f"{after.text}; not escalated: the outbox refused it"
-            elif (
-                after.allowed
-                and edge.ok
-                and self.router.sample_shadow()
-                and self.escalator.shadow(job, edge)
-            ):
-                self.telemetry.escalated(EscalationReason.SHADOW)
-            if edge.ok:
-                # A rule's basis ("by the skill's bands: ...") stays in front of the router's.
-                basis = None if edge.reason == EDGE_REASON else edge.reason
-                edge = edge.model_copy(update={"reason": f"{basis}; {reason}" if basis else reason})
-        self._reply_job(job, edge)
-
-    def _reply_job(self, job: Job, response: Response) -> None:
-        response = with_latency(response, job.received_at)
-        with structlog.contextvars.bound_contextvars(request_id=job.request.id):
-            log.info(
-                "request_answered",
-                ok=response.ok,
-                source=response.source.value if response.source else None,
-                confidence=response.confidence,
-                latency_ms=response.latency_ms,
-                error=response.error.code.value if response.error else None,
-            )
-        self.send_reply(job.route, response)

@@ -1,8 +1,11 @@
 """The inference worker: one thread owns the model, fed by a bounded queue.
 
-The MQTT network thread only validates and enqueues; a full queue turns into
-a ``busy`` reply there, which is the backpressure. Deadlines are checked when a
-job is taken off the queue and between tokens during generation.
+A request takes its place in the queue on the MQTT network thread
+(:meth:`InferenceWorker.reserve`); a full queue turns into a ``busy`` reply
+there, which is the backpressure. The job itself arrives a moment later from
+the dispatch thread (:meth:`InferenceWorker.put`, see ``agent/handler.py``),
+once it is routed. Deadlines are checked when a job is taken off the queue and
+between tokens during generation.
 """
 
 from __future__ import annotations
@@ -12,32 +15,14 @@ import queue
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import structlog
 
-from agent.policy.router import Decision
-from agent.routing import ReplyRoute
-from edge_slm.contract import ErrorCode, Request, Response
+from agent.jobs import Job
+from edge_slm.contract import ErrorCode, Response
 from edge_slm.logs import get_logger
 
-if TYPE_CHECKING:
-    from agent.skills import Skill
-
 log = get_logger("agent.worker")
-
-
-@dataclass(frozen=True, slots=True)
-class Job:
-    request: Request
-    route: ReplyRoute
-    received_at: float  # time.monotonic() at receipt
-    deadline: float | None  # absolute, time.monotonic() clock
-    max_tokens: int
-    decision: Decision | None = None  # the routing decision made before generation
-    skill: Skill | None = None  # resolved at intake for a request naming a skill
-
 
 Answerer = Callable[[Job], Response]
 Replier = Callable[[Job, Response], None]
@@ -63,7 +48,8 @@ class InferenceWorker:
         self._on_idle = on_idle  # called every idle_tick_s without a job (idle unload)
         self._idle_tick_s = idle_tick_s
         self._thread = threading.Thread(target=self._run, name="inference", daemon=True)
-        self._outstanding = 0  # queued + running; guarded by _lock
+        self._outstanding = 0  # reserved + queued + running; guarded by _lock
+        self._reserved = 0  # places held for jobs not yet put; guarded by _lock
         self._lock = threading.Lock()
         #: Set when draining runs out of time: the running generation stops at its
         #: next token instead of replying after MQTT is gone.
@@ -88,13 +74,31 @@ class InferenceWorker:
 
     def submit(self, job: Job) -> bool:
         """Enqueue without blocking; False when the queue is full."""
+        if not self.reserve():
+            return False
+        self.put(job)
+        return True
+
+    def reserve(self) -> bool:
+        """Hold a place in the queue for a job :meth:`put` later; False when full."""
         with self._lock:
-            try:
-                self._queue.put_nowait(job)
-            except queue.Full:
+            if self._queue.qsize() + self._reserved >= self._queue.maxsize:
                 return False
+            self._reserved += 1
             self._outstanding += 1
         return True
+
+    def put(self, job: Job) -> None:
+        """Queue ``job`` in the place :meth:`reserve` held (never blocks, never full)."""
+        with self._lock:
+            self._reserved -= 1
+            self._queue.put_nowait(job)
+
+    def release(self) -> None:
+        """Give back a place :meth:`reserve` held for a job that will not come."""
+        with self._lock:
+            self._reserved -= 1
+            self._outstanding -= 1
 
     def call_soon(self, fn: Callable[[], None]) -> None:
         """Run ``fn`` on the worker thread before the next job (at once when idle).

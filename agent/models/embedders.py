@@ -25,9 +25,8 @@ from agent.models.errors import IntegrityError, ModelError, SourcePackageMissing
 from agent.models.hashing import sha256_file
 from agent.models.manifest import Manifest, SourceRecord, record_files
 from agent.models.sources import install_parts, locate_part
+from agent.skills.embedding import ONNX_FILE, TOKENIZER_FILE, Embedder
 
-ONNX_FILE = "model.onnx"
-TOKENIZER_FILE = "tokenizer.json"
 #: Sentences the installed graph is compared on against the fp32 source weights.
 CHECK_SENTENCES = (
     "turn on the kitchen lights",
@@ -132,8 +131,6 @@ def reference_cosine(entry: EmbedderEntry, folder: Path) -> float | None:
         return None
     hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
     import numpy as np
-
-    from agent.skills.embedding import Embedder
 
     mine = Embedder(folder, threads=1).embed(CHECK_SENTENCES)
     model = AutoModel.from_pretrained(str(ref.parent), local_files_only=True)

@@ -1,6 +1,6 @@
 """Routing policy: may a request leave the device, and should it?
 
-``before`` runs on the network thread before generation and must stay cheap
+``before`` runs on the dispatch thread before generation and must stay cheap
 (no model, a few regexes): local-only rules, ``cloud: always``, and a
 complexity score that sends very complex requests straight to the cloud.
 ``after`` runs on the worker once the edge answer exists: escalate when its
@@ -13,20 +13,12 @@ import fnmatch
 import random
 import threading
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 
 from agent.config import CloudSettings, PolicySettings
+from agent.jobs import Decision
 from agent.policy.complexity import complexity
 from edge_slm.contract import CloudPolicy, EscalationReason, Privacy, Request, Response, Task
 from edge_slm.topics import matches
-
-
-@dataclass(frozen=True, slots=True)
-class Decision:
-    escalate: bool
-    allowed: bool  # may the request leave the device at all
-    reason: EscalationReason | None
-    text: str  # human-readable; becomes Response.reason
 
 
 class Router:
@@ -95,44 +87,56 @@ class Router:
     def before(self, request: Request, topic: str) -> Decision:
         why_local = self.blocked(request, topic)
         if why_local is not None:
-            return Decision(False, False, None, f"stays on the edge: {why_local}")
+            return Decision(
+                escalate=False, allowed=False, reason=None, text=f"stays on the edge: {why_local}"
+            )
         if request.cloud is CloudPolicy.ALWAYS:
             return Decision(
-                True, True, EscalationReason.CLOUD_ALWAYS, "the request said cloud: always"
+                escalate=True,
+                allowed=True,
+                reason=EscalationReason.CLOUD_ALWAYS,
+                text="the request said cloud: always",
             )
         score = complexity(request.text, task=request.task.value, keywords=self._policy.keywords)
-        if score.score >= self._policy.complexity_direct:
+        direct = self._policy.complexity_direct
+        if score.score >= direct:
             cues = ", ".join(score.why) or "complex"
             return Decision(
-                True,
-                True,
-                EscalationReason.COMPLEX,
-                f"complexity {score.score:.2f} >= {self._policy.complexity_direct:.2f} ({cues})",
+                escalate=True,
+                allowed=True,
+                reason=EscalationReason.COMPLEX,
+                text=f"complexity {score.score:.2f} >= {direct:.2f} ({cues})",
             )
-        return Decision(False, True, None, "")
+        return Decision(escalate=False, allowed=True, reason=None, text="")
 
     def after(self, request: Request, edge: Response, before: Decision) -> Decision:
         if not edge.ok or edge.confidence is None:
-            return Decision(False, before.allowed, None, before.text or "edge error")
+            return Decision(
+                escalate=False,
+                allowed=before.allowed,
+                reason=None,
+                text=before.text or "edge error",
+            )
         threshold = self.threshold(request.task)
         task = request.task.value
         if edge.confidence >= threshold:
             return Decision(
-                False,
-                before.allowed,
-                None,
-                f"confidence {edge.confidence:.2f} >= {threshold:.2f} ({task})",
+                escalate=False,
+                allowed=before.allowed,
+                reason=None,
+                text=f"confidence {edge.confidence:.2f} >= {threshold:.2f} ({task})",
             )
+        under = f"confidence {edge.confidence:.2f} < {threshold:.2f} ({task})"
         if not before.allowed:
             return Decision(
-                False,
-                False,
-                None,
-                f"confidence {edge.confidence:.2f} < {threshold:.2f} ({task}), but {before.text}",
+                escalate=False,
+                allowed=False,
+                reason=None,
+                text=f"{under}, but {before.text}",
             )
         return Decision(
-            True,
-            True,
-            EscalationReason.LOW_CONFIDENCE,
-            f"confidence {edge.confidence:.2f} < {threshold:.2f} ({task})",
+            escalate=True,
+            allowed=True,
+            reason=EscalationReason.LOW_CONFIDENCE,
+            text=under,
         )

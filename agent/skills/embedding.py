@@ -25,7 +25,9 @@ import numpy.typing as npt
 if TYPE_CHECKING:
     from agent.skills import Skill
 
-from agent.models.embedders import ONNX_FILE, TOKENIZER_FILE
+#: An installed embedder's folder: the file names this loader reads (and the installer writes).
+ONNX_FILE = "model.onnx"
+TOKENIZER_FILE = "tokenizer.json"
 
 Vectors = npt.NDArray[np.float32]
 MAX_TOKENS = 128  # all-MiniLM-L6-v2 was trained on up to 128 tokens

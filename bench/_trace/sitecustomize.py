@@ -54,16 +54,16 @@ def _wrap(owner: Any, name: str, what: str, size: Callable[..., str] | None = No
 def _patch() -> None:
     import paho.mqtt.client as paho
 
-    from agent import daemon, recent
+    from agent import handler, recent
     from edge_slm import mqtt
 
     _wrap(paho.Client, "_sock_recv", "recv")
     _wrap(paho.Client, "_sock_send", "send", lambda _self, buf: str(len(buf)))
     _wrap(mqtt.MqttConnection, "_on_message", "on_message")
     _wrap(mqtt.MqttConnection, "publish", "publish")
-    _wrap(daemon.AgentDaemon, "send_reply", "send_reply")
+    _wrap(handler.RequestHandler, "send_reply", "send_reply")
     _wrap(recent.RecentRequests, "finish", "persist")
-    _wrap(daemon, "with_latency", "latency_stamp")
+    _wrap(handler, "with_latency", "latency_stamp")
 
 
 class _AfterDaemon(importlib.abc.MetaPathFinder):

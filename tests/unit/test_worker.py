@@ -3,8 +3,9 @@
 import threading
 import time
 
+from agent.jobs import Job
 from agent.routing import ReplyRoute
-from agent.worker import InferenceWorker, Job
+from agent.worker import InferenceWorker
 from edge_slm.contract import ErrorCode, Request, Response
 
 

@@ -3,7 +3,8 @@
 import threading
 import time
 
-from agent.worker import InferenceWorker, Job
+from agent.jobs import Job
+from agent.worker import InferenceWorker
 from edge_slm.contract import Response
 from tests.unit.test_worker import Recorder, _job
 
