@@ -326,6 +326,9 @@ def test_a_broken_ota_update_rolls_back_and_says_why(
     reply = ask(broker, topics, "still-answering")
     assert reply["ok"], reply
     assert reply["model"] == DEFAULT_MODEL
+    assert not list((tmp_path / "cache").glob(f"{OTA_NAME}-*"))  # nothing left installed
+    assert list((tmp_path / "ota").iterdir()) == []
+    assert agent.proc.poll() is None
 
 
 def test_a_desired_model_without_the_contract_version_is_refused(
@@ -355,6 +358,3 @@ def test_a_desired_model_without_the_contract_version_is_refused(
         app.close()
     assert [e["code"] for e in rejected] == ["invalid_request", "unsupported_version"]
     assert not events(agent, "model_update_progress")  # no step of an update began
-    assert not list((tmp_path / "cache").glob(f"{OTA_NAME}-*"))  # nothing left installed
-    assert list((tmp_path / "ota").iterdir()) == []
-    assert agent.proc.poll() is None
