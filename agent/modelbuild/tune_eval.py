@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 from agent.models.manifest import EvalFigures
 from agent.skills.calibration import auroc, ece
+from edge_slm.console import table
 
 if TYPE_CHECKING:
     from agent.engine.engine import Engine, FixedPrompt
@@ -85,7 +86,4 @@ def format_table(
             )
     if len(rows) == 1:
         return "no held-out examples: nothing to compare (raise --heldout-fraction)"
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    return "\n".join(
-        "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows
-    )
+    return table(rows[0], rows[1:])
