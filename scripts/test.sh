@@ -1,8 +1,18 @@
 #!/usr/bin/env bash
 # Set up (idempotent), then lint, type-check and run every test against a real
-# mosquitto and the real built model.
+# mosquitto and the real built model. Arguments go to pytest, except --full, which
+# also runs the long forms of the fault tests (tests marked `slow`: the 2 and 5 minute
+# link cuts, 20 agent SIGKILL rounds, 500 requests through a broker SIGKILL).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+args=()
+for arg in "$@"; do
+  if [[ "$arg" == "--full" ]]; then
+    export EDGE_SLM_FULL_TESTS=1  # read by tests/conftest.py
+  else
+    args+=("$arg")
+  fi
+done
 scripts/bootstrap.sh
 . .venv/bin/activate
 echo "==> ruff"
@@ -11,4 +21,4 @@ ruff format --check .
 echo "==> mypy (strict)"
 mypy
 echo "==> pytest"
-pytest "$@"
+pytest ${args[@]+"${args[@]}"}

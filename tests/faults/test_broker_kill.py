@@ -45,17 +45,18 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from agent.models import DEFAULT_MODEL, ModelCache, default_cache_dir
 from edge_slm.topics import DeviceTopics
 from tests.support.agent import AgentProcess, wait_for_status
 from tests.support.broker import PrivateBroker, free_port
 
-pytestmark = pytest.mark.integration
+pytestmark = pytest.mark.broker
 
 CLIENTS = 5
-# 5 x 100 = 500 requests, as the issue asks (about 6 minutes for the file on two shared
-# cores); set the variable lower for a quicker local run.
-PER_CLIENT = int(os.environ.get("FAULTS_BROKER_KILL_PER_CLIENT", "100"))
+# Requests per app: 5 x 20 = 100 in the default run; the long form (scripts/test.sh
+# --full) sends 5 x 100 = 500, as the issue asked (about 6 minutes for the file on two
+# shared cores).
+PER_CLIENT_SHORT = 20
+PER_CLIENT_FULL = 100
 # Generous: on two shared cores the agent answered 250 classify requests at 8/s idle
 # but at 2/s under load (122 s); the deadline must cover the whole run plus a re-send.
 DEADLINE_MS = 300_000
@@ -130,27 +131,14 @@ class SessionApp:
         self._client.loop_stop()
 
 
-@pytest.fixture(scope="module")
-def model_ready() -> None:
-    cache = ModelCache(default_cache_dir())
-    if not cache.is_current(DEFAULT_MODEL):
-        from agent.modelbuild.build import build
-
-        build(DEFAULT_MODEL, cache)
-
-
-@pytest.fixture
-def topics() -> DeviceTopics:
-    return DeviceTopics("slm", f"dev-{uuid.uuid4().hex[:8]}")
-
-
 def _start_agent(broker: PrivateBroker, topics: DeviceTopics, tmp: Path) -> AgentProcess:
     agent = AgentProcess(
         broker_url=broker.url,
         device_id=topics.device_id,
         log_path=tmp / "agent.log",
         EDGE_AGENT_CLOUD__ENABLED="false",
-        EDGE_AGENT_LIMITS__QUEUE_SIZE=str(CLIENTS * PER_CLIENT + 50),  # no `busy` here
+        # Room for every request of the long form: no `busy` here.
+        EDGE_AGENT_LIMITS__QUEUE_SIZE=str(CLIENTS * PER_CLIENT_FULL + 50),
         EDGE_AGENT_MQTT__RECONNECT_MIN_S="0.2",
         EDGE_AGENT_MQTT__RECONNECT_MAX_S="1",
         EDGE_AGENT_OUTBOX__PATH=str(tmp / "outbox.db"),
@@ -244,10 +232,17 @@ def _wait_quiet(apps: list[SessionApp], want: set[str], quiet_s: float, limit_s:
 
 @pytest.mark.timeout(420)
 @pytest.mark.parametrize(
+    "per_client", [PER_CLIENT_SHORT, pytest.param(PER_CLIENT_FULL, marks=pytest.mark.slow)]
+)
+@pytest.mark.parametrize(
     "killable_broker", [False, True], ids=["persistence-off", "persistence-on"], indirect=True
 )
 def test_broker_sigkill_mid_load_every_request_gets_one_final_reply(
-    killable_broker: PrivateBroker, topics: DeviceTopics, tmp_path: Path, model_ready: None
+    killable_broker: PrivateBroker,
+    topics: DeviceTopics,
+    tmp_path: Path,
+    model_dir: Path,
+    per_client: int,
 ) -> None:
     broker = killable_broker
     agent = _start_agent(broker, topics, tmp_path)
@@ -262,8 +257,8 @@ def test_broker_sigkill_mid_load_every_request_gets_one_final_reply(
             owner[rid] = app
             app.publish(topics.request, _request(rid, sent_at[rid]))
 
-        half = PER_CLIENT // 2
-        ids = {app: [f"{app.name}-{i}" for i in range(PER_CLIENT)] for app in apps}
+        half = per_client // 2
+        ids = {app: [f"{app.name}-{i}" for i in range(per_client)] for app in apps}
         for i in range(half):  # interleaved, as five independent apps would
             for app in apps:
                 send(app, ids[app][i])
@@ -275,7 +270,7 @@ def test_broker_sigkill_mid_load_every_request_gets_one_final_reply(
             time.sleep(0.05)
         broker.kill()
         answered_before_kill = len(set().union(*(a.answered() for a in apps)))
-        for i in range(half, PER_CLIENT):  # published while the broker is dead: paho queues
+        for i in range(half, per_client):  # published while the broker is dead: paho queues
             for app in apps:
                 send(app, ids[app][i])
         time.sleep(1.0)
@@ -318,7 +313,7 @@ def test_broker_sigkill_mid_load_every_request_gets_one_final_reply(
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("killable_broker", [False], ids=["plain"], indirect=True)
 def test_repeated_request_id_runs_the_model_once(
-    killable_broker: PrivateBroker, topics: DeviceTopics, tmp_path: Path, model_ready: None
+    killable_broker: PrivateBroker, topics: DeviceTopics, tmp_path: Path, model_dir: Path
 ) -> None:
     """A second copy of an answered request, as at-least-once delivery makes it.
 

@@ -24,9 +24,7 @@ from tests.relay.faultserver import FaultServer, Step
 from tests.support.app import AppClient, Reply
 from tests.support.broker import PrivateBroker
 from tests.support.procs import Relay
-from tests.system.conftest import System, broker, llm, system, topics  # noqa: F401
-
-pytestmark = pytest.mark.integration
+from tests.support.system import System
 
 LABELS = ["lights_on", "lights_off", "play_music"]
 NEVER_ESCALATE = json.dumps({"classify": 0.0, "answer": 0.0})
@@ -49,7 +47,7 @@ def _wait_relay_subscribed(s: System) -> None:
 
 @pytest.mark.timeout(150)
 def test_relay_calls_the_llm_once_per_id_for_duplicated_reordered_escalations(
-    system: System,  # noqa: F811
+    system: System,
 ) -> None:
     """(a) Copies of five escalations, shuffled, then replayed after the answers."""
     system.start_relay()
@@ -144,7 +142,7 @@ def _escalated_ids(s: System, want: set[str], timeout: float = 30.0) -> None:
 
 @pytest.mark.timeout(120)
 def test_agent_answers_once_when_cloud_replies_repeat_and_reorder(
-    system: System,  # noqa: F811
+    system: System,
 ) -> None:
     """(b) No relay: the test plays it, answering each escalation three times, reordered."""
     system.start_agent()
@@ -200,7 +198,7 @@ def test_agent_answers_once_when_cloud_replies_repeat_and_reorder(
 
 @pytest.mark.timeout(150)
 def test_two_apps_reusing_one_correlation_id_each_get_their_own_replies(
-    system: System,  # noqa: F811
+    system: System,
 ) -> None:
     """(c) Same Correlation Data from two apps: replies go by Response Topic, never mixed."""
     system.start_relay()
@@ -251,7 +249,7 @@ def test_two_apps_reusing_one_correlation_id_each_get_their_own_replies(
 
 @pytest.mark.timeout(90)
 def test_queued_duplicate_never_takes_over_a_live_claim(
-    broker: PrivateBroker,  # noqa: F811
+    broker: PrivateBroker,
     tmp_path: Path,
 ) -> None:
     """Two copies of one escalation wait in a busy relay's queue longer than the claim TTL.

@@ -27,9 +27,8 @@ from tests.relay.faultserver import FaultServer, Step
 from tests.support.agent import AgentProcess, wait_for_status
 from tests.support.broker import PrivateBroker
 from tests.support.procs import Relay
-from tests.system.conftest import broker, topics  # noqa: F401
 
-pytestmark = pytest.mark.integration
+pytestmark = pytest.mark.model
 
 BASE_ENV = {
     "CLOUD_RELAY_LLM__BACKOFF_BASE_S": "0.2",
@@ -116,8 +115,8 @@ class Rig:
 
 @pytest.fixture
 def rig(
-    broker: PrivateBroker,  # noqa: F811
-    topics: DeviceTopics,  # noqa: F811
+    broker: PrivateBroker,
+    topics: DeviceTopics,
     tmp_path: Path,
 ) -> Iterator[Rig]:
     r = Rig(broker, topics, tmp_path)

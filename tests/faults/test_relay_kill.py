@@ -37,9 +37,7 @@ import pytest
 
 from edge_slm.contract import CloudReply, ErrorCode, ErrorInfo, Outcome
 from tests.support.app import Reply
-from tests.system.conftest import System, broker, llm, system, topics  # noqa: F401
-
-pytestmark = pytest.mark.integration
+from tests.support.system import System
 
 PG_BASE = os.environ.get("RELAY_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
 REQUESTS = 30
@@ -116,7 +114,7 @@ def _collect(s: System, ids: list[str]) -> dict[str, list[dict[str, Any]]]:
 
 @pytest.mark.timeout(240)
 def test_relay_sigkilled_mid_load_survivor_answers_each_request_once(
-    system: System,  # noqa: F811
+    system: System,
     shared_db: str,
 ) -> None:
     system.db = shared_db  # relay_rows() reads the same store
@@ -197,7 +195,7 @@ def test_relay_sigkilled_mid_load_survivor_answers_each_request_once(
 
 @pytest.mark.timeout(90)
 def test_busy_shed_reply_keeps_the_escalation_for_its_correction(
-    system: System,  # noqa: F811
+    system: System,
 ) -> None:
     """What the survivor's full queue did to some requests in the run above, made exact."""
     system.start_agent()

@@ -11,11 +11,9 @@ import uuid
 import pytest
 
 from edge_slm.topics import DeviceTopics
-from tests.support.agent import AgentProcess, wait_for_status
+from tests.support.agent import AgentProcess, StartAgent, wait_for_status
 from tests.support.app import AppClient
 from tests.support.broker import PrivateBroker
-
-pytestmark = pytest.mark.integration
 
 INTENTS = ["lights_on", "lights_off", "set_temperature", "play_music"]
 
@@ -212,9 +210,9 @@ def test_sigterm_drains_in_flight_work(
 
 
 def test_drain_timeout_answers_leftovers_with_shutting_down(
-    broker: PrivateBroker, topics: DeviceTopics, start_agent: object, app: AppClient
+    broker: PrivateBroker, topics: DeviceTopics, start_agent: StartAgent, app: AppClient
 ) -> None:
-    agent: AgentProcess = start_agent(EDGE_AGENT_LIMITS__DRAIN_TIMEOUT_S="0")  # type: ignore[operator]
+    agent: AgentProcess = start_agent(EDGE_AGENT_LIMITS__DRAIN_TIMEOUT_S="0")
     reply_topic = f"apps/{uuid.uuid4().hex}/reply"
     app.subscribe(reply_topic)
     for k in range(6):

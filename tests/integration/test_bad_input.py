@@ -9,10 +9,8 @@ from typing import Any
 import pytest
 
 from edge_slm.topics import DeviceTopics
-from tests.support.agent import AgentProcess
+from tests.support.agent import AgentProcess, StartAgent
 from tests.support.app import AppClient
-
-pytestmark = pytest.mark.integration
 
 VALID = {"v": 1, "text": "turn off the lights", "task": "classify", "labels": ["on", "off"]}
 
@@ -126,9 +124,9 @@ def test_deadline_during_generation(
 
 
 def test_full_queue_replies_busy_and_loses_nothing(
-    app: AppClient, topics: DeviceTopics, start_agent: object
+    app: AppClient, topics: DeviceTopics, start_agent: StartAgent
 ) -> None:
-    agent: AgentProcess = start_agent(EDGE_AGENT_LIMITS__QUEUE_SIZE="1")  # type: ignore[operator]
+    agent: AgentProcess = start_agent(EDGE_AGENT_LIMITS__QUEUE_SIZE="1")
     reply_topic = f"apps/{uuid.uuid4().hex}/reply"
     app.subscribe(reply_topic)
     ids = [f"burst-{k}" for k in range(8)]

@@ -9,17 +9,14 @@ from __future__ import annotations
 
 import statistics
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from agent.engine.engine import Engine
 from edge_slm.topics import DeviceTopics
-from tests.support.agent import AgentProcess
+from tests.support.agent import StartAgent
 from tests.support.app import AppClient
-
-pytestmark = pytest.mark.integration
 
 MESSAGES = [{"role": "user", "content": "turn on the lights"}]
 IDLE_S = 0.3
@@ -53,7 +50,7 @@ def test_with_spin_off_the_pool_threads_sleep_after_a_run(model_dir: Path) -> No
 
 
 def test_the_agent_loads_its_model_as_model_spin_says(
-    start_agent: Callable[..., AgentProcess], app: AppClient, topics: DeviceTopics
+    start_agent: StartAgent, app: AppClient, topics: DeviceTopics
 ) -> None:
     agent = start_agent(EDGE_AGENT_MODEL__SPIN="false")
     app.subscribe(topics.response)

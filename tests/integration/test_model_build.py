@@ -14,7 +14,7 @@ import pytest
 from agent.models import CATALOG, DEFAULT_MODEL, ModelCache, default_cache_dir
 from agent.models.progress import Progress
 
-pytestmark = pytest.mark.integration
+pytestmark = pytest.mark.model
 
 
 @pytest.fixture(scope="module")

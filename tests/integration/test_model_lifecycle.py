@@ -26,15 +26,12 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from agent.models import DEFAULT_MODEL
 from edge_slm.topics import DeviceTopics
-from tests.support.agent import AgentProcess
+from tests.support.agent import AgentProcess, StartAgent
 from tests.support.app import AppClient
 from tests.support.broker import PrivateBroker
 from tests.support.http import FileServer, sha256_of
 
-pytestmark = pytest.mark.integration
-
 OTA_NAME = "smollm2-ota"
-StartAgent = Callable[..., AgentProcess]
 
 
 class StatusWatch:

@@ -27,7 +27,6 @@ from bench.eval_data import EVAL_DIR, split_of
 from edge_slm.contract import Request
 
 pytestmark = [
-    pytest.mark.integration,
     pytest.mark.skipif(
         importlib.util.find_spec("torch") is None, reason="needs the build extra (torch)"
     ),

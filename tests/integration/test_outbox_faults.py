@@ -16,7 +16,7 @@ from tests.support.agent import AgentProcess, wait_for_status
 from tests.support.app import AppClient
 from tests.support.broker import PrivateBroker
 
-pytestmark = pytest.mark.integration
+pytestmark = pytest.mark.model
 
 ESCALATE_ALL = json.dumps({"classify": 1.0, "answer": 1.0})
 

@@ -26,8 +26,6 @@ from openai import OpenAI
 
 from agent.models import DEFAULT_MODEL
 
-pytestmark = pytest.mark.integration
-
 MODEL = DEFAULT_MODEL
 COUNT = [{"role": "user", "content": "Count from 1 to 30, one number per line."}]
 LONG = [

@@ -26,7 +26,7 @@ from edge_slm.topics import DeviceTopics
 from tests.support.agent import AgentProcess
 from tests.support.app import AppClient
 
-pytestmark = pytest.mark.integration
+pytestmark = pytest.mark.model
 
 
 @pytest.fixture(scope="module")

@@ -18,8 +18,6 @@ from edge_slm.topics import DeviceTopics
 from tests.support.agent import AgentProcess
 from tests.support.app import AppClient
 
-pytestmark = pytest.mark.integration
-
 TEXTS = ["turn on the lights", "it's too quiet", "what's the forecast for tomorrow"]
 TOLERANCE = 0.02  # probability; int8 matmuls quantize activations per call
 

@@ -13,10 +13,8 @@ from pathlib import Path
 import pytest
 
 from edge_slm.topics import DeviceTopics
-from tests.support.agent import AgentProcess
+from tests.support.agent import AgentProcess, StartAgent
 from tests.support.app import AppClient
-
-pytestmark = pytest.mark.integration
 
 
 class NotifyRecorder:
@@ -69,9 +67,9 @@ def _env(notify: NotifyRecorder, **extra: str) -> dict[str, str]:
 
 
 def test_ready_status_watchdog_and_stopping(
-    start_agent: object, notify: NotifyRecorder, app: AppClient, topics: DeviceTopics
+    start_agent: StartAgent, notify: NotifyRecorder, app: AppClient, topics: DeviceTopics
 ) -> None:
-    agent: AgentProcess = start_agent(**_env(notify))  # type: ignore[operator]
+    agent: AgentProcess = start_agent(**_env(notify))
     ready_at = notify.wait("READY=1")
     status = [m for _, m in notify.lines("STATUS=")]
     assert any("smollm2-135m-instruct on cpu" in m for m in status), status
@@ -88,12 +86,10 @@ def test_ready_status_watchdog_and_stopping(
 
 
 def test_a_stalled_worker_stops_the_watchdog_pings(
-    start_agent: object, notify: NotifyRecorder, app: AppClient, topics: DeviceTopics
+    start_agent: StartAgent, notify: NotifyRecorder, app: AppClient, topics: DeviceTopics
 ) -> None:
     """A generation longer than worker_stall_s looks like a hang: no pings meanwhile."""
-    agent: AgentProcess = start_agent(  # type: ignore[operator]
-        **_env(notify, EDGE_AGENT_LIMITS__WORKER_STALL_S="0.3")
-    )
+    agent: AgentProcess = start_agent(**_env(notify, EDGE_AGENT_LIMITS__WORKER_STALL_S="0.3"))
     notify.wait("READY=1")
     reply_topic = f"apps/{uuid.uuid4().hex}"
     app.subscribe(reply_topic)

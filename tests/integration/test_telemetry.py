@@ -7,22 +7,19 @@ import time
 import uuid
 
 import httpx
-import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from edge_slm.topics import DeviceTopics
-from tests.support.agent import AgentProcess
+from tests.support.agent import AgentProcess, StartAgent
 from tests.support.app import AppClient
 from tests.support.broker import free_port
 
-pytestmark = pytest.mark.integration
-
 
 def test_telemetry_counts_what_apps_saw(
-    start_agent: object, app: AppClient, topics: DeviceTopics
+    start_agent: StartAgent, app: AppClient, topics: DeviceTopics
 ) -> None:
     port = free_port()
-    agent: AgentProcess = start_agent(  # type: ignore[operator]
+    agent: AgentProcess = start_agent(
         EDGE_AGENT_TELEMETRY__INTERVAL_S="0.5", EDGE_AGENT_METRICS__PORT=str(port)
     )
     reply_topic = f"apps/{uuid.uuid4().hex}"

@@ -8,6 +8,7 @@ import uuid
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Protocol
 
 import pytest
 
@@ -16,13 +17,18 @@ from tests.relay.faultserver import FaultServer, Step
 from tests.support.broker import PrivateBroker, free_port
 from tests.support.procs import LlmServer, Relay, relay_cli
 
-pytestmark = pytest.mark.integration
-
 MODEL = "smollm2-135m-instruct"
 
 
+class StartRelay(Protocol):
+    """The ``relays`` fixture: one more relay on log store ``db``, returned subscribed."""
+
+    def __call__(self, db: str, **env: str) -> Relay: ...
+
+
 @pytest.fixture(scope="module")
-def serve(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LlmServer]:
+def serve(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LlmServer]:
+    """``edge-agent serve`` with a deeper queue than ``llm``'s, for the concurrent relays."""
     log = tmp_path_factory.mktemp("serve") / "serve.log"
     proc = LlmServer(MODEL, free_port(), log, "--queue-size", "16")
     try:
@@ -32,18 +38,12 @@ def serve(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LlmServer]:
 
 
 @pytest.fixture
-def broker() -> Iterator[PrivateBroker]:
-    with PrivateBroker() as b:
-        yield b
-
-
-@pytest.fixture
 def db(tmp_path: Path) -> str:
     return f"sqlite:///{tmp_path / 'relay.db'}"
 
 
 @pytest.fixture
-def relays(broker: PrivateBroker, serve: LlmServer, tmp_path: Path) -> Iterator[object]:
+def relays(broker: PrivateBroker, serve: LlmServer, tmp_path: Path) -> Iterator[StartRelay]:
     started: list[Relay] = []
 
     def start(db: str, **env: str) -> Relay:
@@ -78,9 +78,9 @@ def _logs(db: str, *args: str) -> list[dict[str, object]]:
 
 
 def test_answer_round_trip_duplicate_and_logs(
-    relays: object, device: FakeDevice, serve: LlmServer, db: str
+    relays: StartRelay, device: FakeDevice, serve: LlmServer, db: str
 ) -> None:
-    relay = relays(db)  # type: ignore[operator]
+    relay = relays(db)
     body = escalation(device.topics.device_id)
     before = serve.completions
     device.escalate(body)
@@ -127,9 +127,9 @@ def test_answer_round_trip_duplicate_and_logs(
 
 
 def test_identity_mismatch_is_rejected_on_the_topic_device(
-    relays: object, device: FakeDevice, broker: PrivateBroker, serve: LlmServer, db: str
+    relays: StartRelay, device: FakeDevice, broker: PrivateBroker, serve: LlmServer, db: str
 ) -> None:
-    relays(db)  # type: ignore[operator]
+    relays(db)
     victim = FakeDevice(broker.port, f"victim-{uuid.uuid4().hex[:6]}")
     try:
         before = serve.completions
@@ -153,8 +153,10 @@ def test_identity_mismatch_is_rejected_on_the_topic_device(
     assert {r["device_id"] for r in rows} == {device.topics.device_id}
 
 
-def test_classify_answers_a_label_or_unknown(relays: object, device: FakeDevice, db: str) -> None:
-    relays(db)  # type: ignore[operator]
+def test_classify_answers_a_label_or_unknown(
+    relays: StartRelay, device: FakeDevice, db: str
+) -> None:
+    relays(db)
     labels = ["fire_alarm", "door_open", "normal"]
     texts = ["Smoke detected in the kitchen, alarm sounding", "The front door was left open"]
     for text in texts:
@@ -178,7 +180,7 @@ def test_classify_answers_a_label_or_unknown(relays: object, device: FakeDevice,
 
 
 def test_two_relays_split_the_load_and_answer_each_once(
-    relays: object,
+    relays: StartRelay,
     device: FakeDevice,
     serve: LlmServer,
     request: pytest.FixtureRequest,
@@ -189,8 +191,8 @@ def test_two_relays_split_the_load_and_answer_each_once(
     except pytest.skip.Exception:
         db = f"sqlite:///{tmp_path / 'shared.db'}"
     env = {"CLOUD_RELAY_LIMITS__MAX_CONCURRENCY": "2"}
-    a = relays(db, **env)  # type: ignore[operator]
-    b = relays(db, **env)  # type: ignore[operator]
+    a = relays(db, **env)
+    b = relays(db, **env)
     before = serve.completions
     bodies = [
         escalation(device.topics.device_id, text=f"Say the number {i}.", max_tokens=6)
@@ -230,9 +232,9 @@ def test_two_relays_split_the_load_and_answer_each_once(
 
 
 def test_back_to_back_duplicate_while_in_flight_is_answered_once(
-    relays: object, device: FakeDevice, serve: LlmServer, db: str
+    relays: StartRelay, device: FakeDevice, serve: LlmServer, db: str
 ) -> None:
-    relay = relays(db)  # type: ignore[operator]
+    relay = relays(db)
     body = escalation(device.topics.device_id, max_tokens=48)
     before = serve.completions
     device.escalate(body)
@@ -272,9 +274,9 @@ def test_sigterm_drains_then_answers_shutting_down(
 
 
 def test_resubscribes_after_a_broker_restart(
-    relays: object, broker: PrivateBroker, db: str
+    relays: StartRelay, broker: PrivateBroker, db: str
 ) -> None:
-    relay = relays(db)  # type: ignore[operator]
+    relay = relays(db)
     broker.restart()  # same port, no persistence: every subscription is gone
     deadline = time.monotonic() + 30
     while len(relay.events("mqtt_connected")) < 2 and time.monotonic() < deadline:

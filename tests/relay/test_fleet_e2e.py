@@ -67,13 +67,7 @@ class Publisher:
 
 
 @pytest.fixture
-def broker() -> Iterator[PrivateBroker]:
-    with PrivateBroker() as b:
-        yield b
-
-
-@pytest.fixture
-def llm() -> Iterator[FaultServer]:
+def fault_llm() -> Iterator[FaultServer]:
     server = FaultServer()
     with server.running():
         yield server
@@ -91,11 +85,11 @@ def metrics_port() -> int:
 
 @pytest.fixture
 def relay(
-    broker: PrivateBroker, llm: FaultServer, db: str, tmp_path: Path, metrics_port: int
+    broker: PrivateBroker, fault_llm: FaultServer, db: str, tmp_path: Path, metrics_port: int
 ) -> Iterator[Relay]:
     proc = Relay(
         broker_url=broker.url,
-        llm_url=llm.url,
+        llm_url=fault_llm.url,
         model="fault-model",
         ready=True,
         db=db,
@@ -239,7 +233,7 @@ def _devices(db: str, count: int) -> list[dict[str, Any]]:
 
 
 def test_export_holds_the_redacted_case_and_metrics_count_it(
-    relay: Relay, broker: PrivateBroker, llm: FaultServer, db: str, metrics_port: int
+    relay: Relay, broker: PrivateBroker, fault_llm: FaultServer, db: str, metrics_port: int
 ) -> None:
     device = FakeDevice(broker.port, "washer")
     try:
@@ -253,7 +247,7 @@ def test_export_holds_the_redacted_case_and_metrics_count_it(
             labels=["yes", "no"],
             edge={"label": "no", "answer": "no", "confidence": 0.2, "model": "smol"},
         )
-        llm.default.content = "yes"
+        fault_llm.default.content = "yes"
         device.escalate(a)
         device.escalate(b)
         replies = {m.payload["id"]: m.payload for m in device.collect(2, timeout=30)}
@@ -300,12 +294,12 @@ def test_export_holds_the_redacted_case_and_metrics_count_it(
 
 
 def test_metrics_are_off_by_default(
-    broker: PrivateBroker, llm: FaultServer, tmp_path: Path
+    broker: PrivateBroker, fault_llm: FaultServer, tmp_path: Path
 ) -> None:
     port = free_port()
     proc = Relay(
         broker_url=broker.url,
-        llm_url=llm.url,
+        llm_url=fault_llm.url,
         model="fault-model",
         ready=True,
         db=f"sqlite:///{tmp_path / 'r.db'}",
@@ -320,7 +314,7 @@ def test_metrics_are_off_by_default(
 
 
 def test_a_relay_started_later_learns_the_retained_status(
-    broker: PrivateBroker, llm: FaultServer, tmp_path: Path
+    broker: PrivateBroker, fault_llm: FaultServer, tmp_path: Path
 ) -> None:
     pub = Publisher(broker.port)
     pub.send("slm/porch/status", Status(device_id="porch", state="online", ts=1.0).to_wire(),
@@ -329,7 +323,7 @@ def test_a_relay_started_later_learns_the_retained_status(
     db = f"sqlite:///{tmp_path / 'late.db'}"
     proc = Relay(
         broker_url=broker.url,
-        llm_url=llm.url,
+        llm_url=fault_llm.url,
         model="fault-model",
         ready=True,
         db=db,

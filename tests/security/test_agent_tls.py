@@ -22,7 +22,6 @@ from pathlib import Path
 
 import pytest
 
-from agent.models import DEFAULT_MODEL, ModelCache, default_cache_dir
 from cloud_relay.authz import AclType
 from edge_slm.topics import DeviceTopics, status_wildcard
 from tests.security.conftest import (
@@ -37,7 +36,7 @@ from tests.security.conftest import (
 from tests.support.agent import AgentProcess
 from tests.support.broker import PrivateBroker
 
-pytestmark = pytest.mark.integration
+pytestmark = pytest.mark.broker
 
 TOPICS = DeviceTopics("slm", DEVICE_A)
 # Device-local broker over TLS: the agent (CN = device id) serves its requests ...
@@ -54,14 +53,6 @@ DEVICE_LOCAL_GRANTS = {
         (AclType.RECEIVE, TOPICS.response),
     ],
 }
-
-
-@pytest.fixture(scope="module")
-def model_dir() -> Path:
-    cache = ModelCache(default_cache_dir())
-    if not cache.is_current(DEFAULT_MODEL):
-        pytest.skip("the SmolLM2 build is not in the model cache (tests/integration builds it)")
-    return cache.require(DEFAULT_MODEL)
 
 
 def _broker(

@@ -46,6 +46,8 @@ from tests.security.conftest import (
 )
 from tests.support.broker import PrivateBroker
 
+pytestmark = pytest.mark.broker
+
 SHARE = f"$share/{DEFAULT_SHARE_GROUP}/slm/+/escalation"
 TELEMETRY_SHARE = f"$share/{DEFAULT_SHARE_GROUP}/slm/+/telemetry"
 CONTROL = "$CONTROL/dynamic-security/v1"  # the plugin's admin API: nobody is granted it

@@ -26,6 +26,8 @@ from tests.security.conftest import (
 )
 from tests.support.broker import PrivateBroker
 
+pytestmark = pytest.mark.broker
+
 A = DeviceTopics("slm", DEVICE_A)
 B = DeviceTopics("slm", DEVICE_B)
 

@@ -26,7 +26,6 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,13 +36,10 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from agent.models import DEFAULT_MODEL, ModelCache, default_cache_dir
 from edge_slm.contract import ErrorCode
 from edge_slm.topics import DeviceTopics
-from tests.support.agent import AgentProcess, wait_for_status
+from tests.support.agent import AgentProcess
 from tests.support.broker import PrivateBroker
-
-pytestmark = pytest.mark.integration
 
 SEED = 20261124
 COUNT = 2500
@@ -51,52 +47,6 @@ BATCH = 100
 LIMIT_BYTES = 16 * 1024  # the agent's default limits.max_payload_bytes
 KNOWN_CODES = {code.value for code in ErrorCode}
 HOSTILE_RESPONSE_TOPICS = ["fuzz/+/x", "#", "+", "$SYS/broker/x", "$share/g/t", "a" * 600]
-
-
-# -- fixtures (module scoped: one broker and one agent for the whole module) --
-
-
-@pytest.fixture(scope="module")
-def model_dir() -> Path:
-    cache = ModelCache(default_cache_dir())
-    if not cache.is_current(DEFAULT_MODEL):
-        from agent.modelbuild.build import build
-
-        build(DEFAULT_MODEL, cache)
-    return cache.require(DEFAULT_MODEL)
-
-
-@pytest.fixture(scope="module")
-def broker() -> Iterator[PrivateBroker]:
-    with PrivateBroker() as b:
-        yield b
-
-
-@pytest.fixture(scope="module")
-def topics() -> DeviceTopics:
-    return DeviceTopics("slm", f"fuzz-{uuid.uuid4().hex[:8]}")
-
-
-@pytest.fixture(scope="module")
-def agent(
-    broker: PrivateBroker,
-    topics: DeviceTopics,
-    model_dir: Path,
-    tmp_path_factory: pytest.TempPathFactory,
-) -> Iterator[AgentProcess]:
-    tmp = tmp_path_factory.mktemp("live-fuzz")
-    proc = AgentProcess(
-        broker_url=broker.url,
-        device_id=topics.device_id,
-        log_path=tmp / "agent.log",
-        EDGE_AGENT_CLOUD__ENABLED="false",
-        EDGE_AGENT_OUTBOX__PATH=str(tmp / "outbox.db"),
-    )
-    try:
-        wait_for_status(broker.port, topics.status, "online")
-        yield proc
-    finally:
-        proc.close()
 
 
 # -- a raw client: keeps payload bytes, never parses inside paho's thread --------

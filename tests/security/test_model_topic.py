@@ -10,10 +10,14 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
+import pytest
+
 from edge_slm.topics import DeviceTopics
 from tests.security.conftest import DEVICE_A, DEVICE_B, NOT_AUTHORIZED, RELAY, TlsClient
 from tests.security.test_bridge import LocalClient, bridged  # noqa: F401 - the fixture
 from tests.support.broker import PrivateBroker
+
+pytestmark = pytest.mark.broker
 
 ACCEPTED = (0x00, 0x10)
 A = DeviceTopics("slm", DEVICE_A)

@@ -24,13 +24,9 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from edge_slm.contract import Outcome
 from tests.support.app import AppClient, Reply
-from tests.system.conftest import System, broker, llm, system, topics  # noqa: F401
-
-pytestmark = pytest.mark.integration
+from tests.support.system import System
 
 CORPUS = Path(__file__).parents[1] / "data" / "injection" / "corpus.jsonl"
 LABELS = ["lights_on", "lights_off", "play_music"]
@@ -76,7 +72,7 @@ def _request(item: dict[str, Any]) -> dict[str, Any]:
     return fields
 
 
-def test_injection_corpus_never_changes_routing(system: System) -> None:  # noqa: F811
+def test_injection_corpus_never_changes_routing(system: System) -> None:
     items = load_corpus()
     ids = [i["id"] for i in items]
     watch = AppClient(system.broker.port)  # everything on the broker, wherever it goes

@@ -10,6 +10,7 @@ import sys
 import time
 import uuid
 from pathlib import Path
+from typing import Protocol
 
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
@@ -83,3 +84,10 @@ class AgentProcess:
             self.proc.kill()
             self.proc.wait()
         self._log.close()
+
+
+class StartAgent(Protocol):
+    """The ``start_agent`` fixture: start one more agent with these settings (environment
+    variables), and return it once its ``online`` status is seen."""
+
+    def __call__(self, **env: str) -> AgentProcess: ...

@@ -7,9 +7,7 @@ import time
 
 import pytest
 
-from tests.system.conftest import System
-
-pytestmark = pytest.mark.integration
+from tests.support.system import System
 
 LABELS = ["lights_on", "lights_off", "play_music"]
 ALWAYS_ESCALATE = json.dumps({"classify": 1.0, "answer": 1.0})

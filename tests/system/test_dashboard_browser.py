@@ -27,9 +27,7 @@ from edge_slm.topics import DeviceTopics
 from tests.support.agent import AgentProcess, wait_for_status
 from tests.support.broker import free_port
 from tests.support.procs import Daemon
-from tests.system.conftest import System
-
-pytestmark = pytest.mark.integration
+from tests.support.system import System
 
 CHROMIUM = Path(os.environ.get("EDGE_SLM_CHROMIUM", "/usr/bin/chromium"))
 REPO = Path(__file__).resolve().parents[2]

@@ -8,12 +8,8 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
-
 from edge_slm.contract import DeviceConfig, Task
-from tests.system.conftest import System
-
-pytestmark = pytest.mark.integration
+from tests.support.system import System
 
 LABELS = ["lights_on", "lights_off", "play_music"]
 NEVER_ESCALATE = json.dumps({"classify": 0.0, "answer": 0.0})

@@ -1,4 +1,5 @@
-"""The whole system: mosquitto, `edge-agent serve` as the cloud LLM, the relay, the agent."""
+"""The whole system for end-to-end tests: mosquitto, `edge-agent serve` as the cloud LLM,
+the relay and the agent, each a real process (the ``system`` fixture builds one)."""
 
 from __future__ import annotations
 
@@ -6,44 +7,15 @@ import json
 import subprocess
 import sys
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pytest
-
-from agent.models import DEFAULT_MODEL, ModelCache, default_cache_dir
+from agent.models import DEFAULT_MODEL
 from edge_slm.topics import DeviceTopics
 from tests.support.agent import AgentProcess, wait_for_status
 from tests.support.app import AppClient
-from tests.support.broker import PrivateBroker, free_port
+from tests.support.broker import PrivateBroker
 from tests.support.procs import LlmServer, Relay
-
-pytestmark = pytest.mark.integration
-
-
-@pytest.fixture(scope="session")
-def llm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LlmServer]:
-    """The cloud LLM stand-in: real HTTP, real generation (the small model, for speed)."""
-    cache = ModelCache(default_cache_dir())
-    if not cache.is_current(DEFAULT_MODEL):
-        from agent.modelbuild.build import build
-
-        build(DEFAULT_MODEL, cache)
-    server = LlmServer(DEFAULT_MODEL, free_port(), tmp_path_factory.mktemp("llm") / "serve.log")
-    yield server
-    server.close()
-
-
-@pytest.fixture
-def broker() -> Iterator[PrivateBroker]:
-    with PrivateBroker() as b:
-        yield b
-
-
-@pytest.fixture
-def topics() -> DeviceTopics:
-    return DeviceTopics("slm", f"dev-{uuid.uuid4().hex[:8]}")
 
 
 class System:
@@ -120,12 +92,3 @@ class System:
             daemon.close()
         self.app.close()
         self.spy.close()
-
-
-@pytest.fixture
-def system(
-    broker: PrivateBroker, llm: LlmServer, topics: DeviceTopics, tmp_path: Path
-) -> Iterator[System]:
-    s = System(broker, llm, topics, tmp_path)
-    yield s
-    s.close()
