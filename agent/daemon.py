@@ -55,6 +55,7 @@ from edge_slm.lifecycle import Lifecycle
 from edge_slm.logs import get_logger
 from edge_slm.mqtt import Inbound, Will
 from edge_slm.settings import is_loopback
+from edge_slm.topics import relay_status_filter
 
 log = get_logger("agent.daemon")
 
@@ -395,6 +396,7 @@ class AgentDaemon(Lifecycle):
                 (self.topics.cloud, 1),
                 (self.topics.config, 1),
                 (self.topics.model, 1),
+                (relay_status_filter(self.settings.topic_prefix), 1),
             ]
         )
         self._publish_status()
@@ -434,7 +436,7 @@ class AgentDaemon(Lifecycle):
 
     def _on_message(self, msg: Inbound) -> None:
         if msg.topic not in (self.topics.config, self.topics.model):
-            self.handler.on_message(msg)  # requests and cloud replies; each acked when handled
+            self.handler.on_message(msg)  # requests, cloud replies, relays: acked when handled
             return
         try:
             if msg.topic == self.topics.config:

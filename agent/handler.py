@@ -4,13 +4,15 @@ Threads (the relay's ``daemon`` + ``handling`` split, on threads):
 
 * paho's network thread: :meth:`RequestHandler.on_message` validates a request
   (:mod:`agent.intake`), holds its place in the inference queue (full: ``busy``)
-  and hands it to the dispatch thread; a cloud reply or a link notice is handed
-  over as it is. Nothing here routes, redacts or writes to disk.
+  and hands it to the dispatch thread; a cloud reply, or a relay's ``online``
+  (``edge_slm.topics.relay_status``), is handed over as it is. Nothing here
+  routes, redacts or writes to disk.
 * the dispatch thread: routes before generation, stores and publishes an early
   escalation (an outbox fsync), then queues the job for inference; handles
-  cloud replies and re-sends pending escalations (on connect, when the relay
-  comes back). It never waits on inference, so an early escalation leaves at
-  once however many jobs are queued.
+  cloud replies and re-sends pending escalations (on connect, and when a relay
+  comes online, instead of at the next ``outbox.republish_s``). It never waits
+  on inference, so an early escalation leaves at once however many jobs are
+  queued.
 * the inference worker: the edge answer, routing after it, a late escalation,
   the reply.
 * the escalator's timer thread: cloud waits running out, outbox sweeps.
@@ -38,6 +40,7 @@ from agent.jobs import Job
 from agent.worker import InferenceWorker
 from edge_slm.contract import ErrorCode, EscalationReason, Response, Task
 from edge_slm.logs import get_logger
+from edge_slm.topics import matches, relay_status_filter
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -154,6 +157,7 @@ class RequestHandler:
     ) -> None:
         self._settings = settings
         self._topics = settings.topics
+        self._relay_status = relay_status_filter(settings.topic_prefix)
         self._link = link
         self._escalator = escalator
         self._router = router
@@ -202,11 +206,23 @@ class RequestHandler:
     # -- network thread ------------------------------------------------------
 
     def on_message(self, msg: Inbound) -> None:
-        """A request, or a cloud reply: checked here, handled on the dispatch thread."""
+        """A request, a cloud reply or a relay's status: checked here, handled off this thread."""
         if msg.topic == self._topics.cloud:
             self._dispatcher.put(lambda: self._on_cloud(msg))
+        elif matches(self._relay_status, msg.topic):
+            self._on_relay_status(msg)
         else:
             self.intake.on_message(msg)  # acks each request once it is answered
+
+    def _on_relay_status(self, msg: Inbound) -> None:
+        """A relay came online: what waits in the outbox goes now, not at the next re-send.
+
+        A retained copy only replays the past (the re-send on connect covers it).
+        """
+        if msg.payload == b"online" and not msg.retain:
+            log.info("relay_online", topic=msg.topic)
+            self.resend_pending()
+        self._link.ack(msg)
 
     def resend_pending(self) -> None:
         """Publish every pending escalation again, soon (on connect; the relay is back)."""

@@ -5,8 +5,10 @@ event loop thread, the LLM client, the handler pool on that loop, the fleet
 writer, the metrics endpoint (when ``metrics.port`` is set), then MQTT
 (subscribe on every (re)connect to the shared escalation topic and, for the
 fleet view, to telemetry (shared) and status (plain, for the retained
-copies)). SIGTERM or SIGINT: unsubscribe (the broker sends new escalations to
-the other relays of the group), drain queued and in-flight work up to
+copies); then say ``online`` on the relay's status topic, so agents re-send
+the escalations they hold at once). The will says ``offline``. SIGTERM or
+SIGINT: unsubscribe (the broker sends new escalations to the other relays of
+the group), drain queued and in-flight work up to
 ``drain_timeout_s``, cancel what still runs, answer what is left with
 ``shutting_down`` and release its claims so a replay is served, then undo
 start-up in reverse order (ExitStack): the store writer stops last but one,
@@ -34,7 +36,8 @@ from cloud_relay.store.writer import StoreWriter
 from edge_slm.contract import CloudReply, ErrorCode, ErrorInfo, Outcome
 from edge_slm.lifecycle import Lifecycle
 from edge_slm.logs import get_logger
-from edge_slm.mqtt import Inbound
+from edge_slm.mqtt import Inbound, Will
+from edge_slm.topics import relay_status
 
 log = get_logger("cloud_relay.daemon")
 
@@ -55,10 +58,12 @@ class RelayDaemon(Lifecycle):
         self.metrics = RelayMetrics()
         self.metrics_server: MetricsServer | None = None
         s = settings
+        self._status_topic = relay_status(s.topic_prefix, s.mqtt.client_id)
         self.mqtt = s.mqtt.connection(
             client_id=s.mqtt.client_id,
             on_connect=self._on_connect,
             on_message=self._on_message,
+            will=Will(self._status_topic, b"offline", retain=False),
         )
 
     # -- lifecycle -------------------------------------------------------
@@ -154,6 +159,8 @@ class RelayDaemon(Lifecycle):
         self._draining = True
         try:
             self.mqtt.unsubscribe([f for f, _qos in self.settings.subscriptions])
+            # A clean DISCONNECT suppresses the will, so say offline ourselves.
+            self.mqtt.publish(self._status_topic, b"offline", qos=1, content_type="text/plain")
         except Exception:  # best effort: we are leaving anyway
             log.warning("unsubscribe_failed", exc_info=True)
         timeout = self.settings.limits.drain_timeout_s
@@ -176,6 +183,8 @@ class RelayDaemon(Lifecycle):
     def _on_connect(self) -> None:
         if not self._draining:  # a reconnect while draining must not take new work
             self.mqtt.subscribe(self.settings.subscriptions)
+            # After the subscribe (same connection, in order): a re-send it prompts finds it.
+            self.mqtt.publish(self._status_topic, b"online", qos=1, content_type="text/plain")
 
     def _on_message(self, msg: Inbound) -> None:
         if leaf_of(msg.topic) in (TELEMETRY, STATUS):

@@ -145,6 +145,23 @@ def status_wildcard(prefix: str) -> str:
     return fleet_filter(prefix, "status")
 
 
+def relay_status(prefix: str, relay_id: str) -> str:
+    """Relay -> agents: ``online`` on each connect, ``offline`` at a stop (or as its will).
+
+    Not retained: it is an event (agents re-send their outbox when a relay comes
+    online), and a relay's id dies with its process. Four levels,
+    ``<prefix>/_relays/<relay_id>/status``, so no device filter
+    (``<prefix>/+/<leaf>``) ever matches it.
+    """
+    relay = _check_segment("relay id", relay_id)
+    return f"{_check_segment('prefix', prefix)}/_relays/{relay}/status"
+
+
+def relay_status_filter(prefix: str) -> str:
+    """What agents subscribe to: every relay's status (one coming online re-sends the outbox)."""
+    return f"{_check_segment('prefix', prefix)}/_relays/+/status"
+
+
 def matches(topic_filter: str, topic: str) -> bool:
     """Whether ``topic`` matches an MQTT filter with ``+`` and ``#`` (MQTT 5 §4.7)."""
     filter_parts = topic_filter.split("/")
