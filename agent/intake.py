@@ -15,10 +15,10 @@ from typing import Any
 import structlog
 
 from agent.config import LimitSettings
+from agent.jobs import Job
 from agent.recent import RecentRequests
 from agent.routing import ReplyRoute, route_for
 from agent.skills import Skill
-from agent.worker import Job
 from edge_slm.contract import ErrorCode, Request, Response, WireError, decode, load_object
 from edge_slm.logs import get_logger
 from edge_slm.mqtt import Inbound

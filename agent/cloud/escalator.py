@@ -23,9 +23,9 @@ from agent.answering import with_latency
 from agent.cloud.outbox import Outbox, OutboxFull, OutboxRow
 from agent.cloud.scheduler import Scheduler
 from agent.config import CloudSettings, OutboxSettings
+from agent.jobs import Job
 from agent.policy.redact import Redactor
 from agent.routing import ReplyRoute
-from agent.worker import Job
 from edge_slm.contract import (
     CloudReply,
     EdgeAnswer,

@@ -33,8 +33,8 @@ from hypothesis import strategies as st
 from agent import intake as intake_module
 from agent.config import LimitSettings
 from agent.intake import Intake
+from agent.jobs import Job
 from agent.routing import ReplyRoute
-from agent.worker import Job
 from edge_slm.contract import ErrorCode, Response
 from edge_slm.mqtt import Inbound
 from edge_slm.topics import DeviceTopics

@@ -14,9 +14,9 @@ from agent.cloud.escalator import Escalator
 from agent.cloud.outbox import Outbox
 from agent.cloud.scheduler import Scheduler
 from agent.config import CloudSettings, OutboxSettings
+from agent.jobs import Job
 from agent.policy.redact import Redactor
 from agent.routing import ReplyRoute
-from agent.worker import Job
 from edge_slm.contract import (
     CloudReply,
     ErrorCode,

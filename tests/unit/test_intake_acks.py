@@ -14,9 +14,9 @@ from typing import Any
 
 from agent.config import LimitSettings
 from agent.intake import Intake
+from agent.jobs import Job
 from agent.recent import RecentRequests
 from agent.routing import ReplyRoute
-from agent.worker import Job
 from edge_slm.contract import ErrorCode, Response
 from edge_slm.mqtt import Inbound
 from edge_slm.topics import DeviceTopics

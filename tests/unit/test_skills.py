@@ -14,9 +14,9 @@ from agent.config import LimitSettings, load_settings
 from agent.engine.engine import distinguishing_prefixes
 from agent.engine.prompts import user_content
 from agent.intake import Intake
+from agent.jobs import Job
 from agent.routing import ReplyRoute
 from agent.skills import Skill, SkillRegistry, builtin_specs, parse_skill
-from agent.worker import Job
 from bench.eval_data import load_family, split, split_of
 from edge_slm.contract import (
     DeviceConfig,
