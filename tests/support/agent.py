@@ -10,15 +10,15 @@ import sys
 import time
 import uuid
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 
 
-def wait_for_status(port: int, topic: str, state: str, timeout: float = 60.0) -> dict[str, object]:
+def wait_for_status(port: int, topic: str, state: str, timeout: float = 60.0) -> dict[str, Any]:
     """Block until the retained status on ``topic`` says ``state``."""
-    seen: list[dict[str, object]] = []
+    seen: list[dict[str, Any]] = []
     # A real client id: brokers configured like deploy/ refuse zero-length ones.
     client = paho.Client(
         callback_api_version=CallbackAPIVersion.VERSION2, client_id=f"status-{uuid.uuid4().hex[:8]}"
@@ -39,7 +39,7 @@ def wait_for_status(port: int, topic: str, state: str, timeout: float = 60.0) ->
     raise AssertionError(f"status {state!r} not seen on {topic} within {timeout}s: {seen}")
 
 
-def read_events(path: Path) -> list[dict[str, object]]:
+def read_events(path: Path) -> list[dict[str, Any]]:
     """The JSON log lines of a daemon (other lines are skipped)."""
     events = []
     for line in path.read_text(errors="replace").splitlines():
@@ -72,7 +72,7 @@ class AgentProcess:
             env=full_env,
         )
 
-    def log_events(self) -> list[dict[str, object]]:
+    def log_events(self) -> list[dict[str, Any]]:
         return read_events(self.log_path)
 
     def terminate(self, timeout: float = 60.0) -> int:

@@ -88,7 +88,9 @@ class System:
         return [json.loads(line) for line in out.stdout.splitlines() if line.strip()]
 
     def close(self) -> None:
-        for daemon in [*self.agents, *self.relays]:
-            daemon.close()
+        for agent in self.agents:
+            agent.close()
+        for relay in self.relays:
+            relay.close()
         self.app.close()
         self.spy.close()
