@@ -16,6 +16,7 @@ import queue
 import shutil
 import ssl
 import threading
+import time
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -323,3 +324,48 @@ def connect(cloud_broker: PrivateBroker, fleet_pki: FleetPki) -> Iterator[Any]:
     yield make
     for client in made:
         client.close()
+
+
+class LocalClient:
+    """A plain app on the device's loopback listener."""
+
+    def __init__(self, port: int) -> None:
+        self.messages: list[paho.MQTTMessage] = []
+        self.c = paho.Client(
+            callback_api_version=CallbackAPIVersion.VERSION2,
+            client_id=f"app-{time.monotonic_ns()}",
+            protocol=MQTTProtocolVersion.MQTTv5,
+        )
+        self.c.on_message = lambda _c, _u, m: self.messages.append(m)
+        self.c.connect("127.0.0.1", port)
+        self.c.loop_start()
+
+    def close(self) -> None:
+        self.c.disconnect()
+        self.c.loop_stop()
+
+
+@pytest.fixture
+def bridged(
+    fleet_pki: FleetPki, tmp_path: Path
+) -> Iterator[tuple[PrivateBroker, PrivateBroker, TlsClient]]:
+    cloud_dir, edge_dir = tmp_path / "cloud", tmp_path / "edge"
+    cloud_dir.mkdir()
+    edge_dir.mkdir()
+    cloud = PrivateBroker(extra_config=render_cloud_conf(fleet_pki, cloud_dir), workdir=cloud_dir)
+    with cloud:
+        relay = TlsClient(cloud.port, fleet_pki, fleet_pki[RELAY])
+        assert relay.connect()
+        assert relay.subscribe("$share/relays/slm/+/escalation") == 1
+        conf = render_edge_conf(fleet_pki, edge_dir, device_id=DEVICE_A, cloud_port=cloud.port)
+        with PrivateBroker(extra_config=conf, workdir=edge_dir) as edge:
+            # The bridge is up once the cloud broker logs the device's connection.
+            deadline = time.monotonic() + 20
+            while f"as {DEVICE_A} " not in cloud.log_file.read_text():
+                assert time.monotonic() < deadline, edge.log_file.read_text()
+                time.sleep(0.1)
+            time.sleep(0.5)  # the bridge's SUBSCRIBE to slm/dev-a/cloud
+            try:
+                yield cloud, edge, relay
+            finally:
+                relay.close()

@@ -7,74 +7,17 @@ the cloud's answers in.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
-from pathlib import Path
 
-import paho.mqtt.client as paho
 import pytest
-from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
 from edge_slm.topics import DeviceTopics
-from tests.security.conftest import (
-    DEVICE_A,
-    DEVICE_B,
-    RELAY,
-    FleetPki,
-    TlsClient,
-    render_cloud_conf,
-    render_edge_conf,
-)
+from tests.security.conftest import DEVICE_A, DEVICE_B, RELAY, FleetPki, LocalClient, TlsClient
 from tests.support.broker import PrivateBroker
 
 pytestmark = pytest.mark.broker
 
 A = DeviceTopics("slm", DEVICE_A)
 B = DeviceTopics("slm", DEVICE_B)
-
-
-class LocalClient:
-    """A plain app on the device's loopback listener."""
-
-    def __init__(self, port: int) -> None:
-        self.messages: list[paho.MQTTMessage] = []
-        self.c = paho.Client(
-            callback_api_version=CallbackAPIVersion.VERSION2,
-            client_id=f"app-{time.monotonic_ns()}",
-            protocol=MQTTProtocolVersion.MQTTv5,
-        )
-        self.c.on_message = lambda _c, _u, m: self.messages.append(m)
-        self.c.connect("127.0.0.1", port)
-        self.c.loop_start()
-
-    def close(self) -> None:
-        self.c.disconnect()
-        self.c.loop_stop()
-
-
-@pytest.fixture
-def bridged(
-    fleet_pki: FleetPki, tmp_path: Path
-) -> Iterator[tuple[PrivateBroker, PrivateBroker, TlsClient]]:
-    cloud_dir, edge_dir = tmp_path / "cloud", tmp_path / "edge"
-    cloud_dir.mkdir()
-    edge_dir.mkdir()
-    cloud = PrivateBroker(extra_config=render_cloud_conf(fleet_pki, cloud_dir), workdir=cloud_dir)
-    with cloud:
-        relay = TlsClient(cloud.port, fleet_pki, fleet_pki[RELAY])
-        assert relay.connect()
-        assert relay.subscribe("$share/relays/slm/+/escalation") == 1
-        conf = render_edge_conf(fleet_pki, edge_dir, device_id=DEVICE_A, cloud_port=cloud.port)
-        with PrivateBroker(extra_config=conf, workdir=edge_dir) as edge:
-            # The bridge is up once the cloud broker logs the device's connection.
-            deadline = time.monotonic() + 20
-            while f"as {DEVICE_A} " not in cloud.log_file.read_text():
-                assert time.monotonic() < deadline, edge.log_file.read_text()
-                time.sleep(0.1)
-            time.sleep(0.5)  # the bridge's SUBSCRIBE to slm/dev-a/cloud
-            try:
-                yield cloud, edge, relay
-            finally:
-                relay.close()
 
 
 def test_escalation_goes_out_answer_comes_in(

@@ -13,8 +13,14 @@ from collections.abc import Callable
 import pytest
 
 from edge_slm.topics import DeviceTopics
-from tests.security.conftest import DEVICE_A, DEVICE_B, NOT_AUTHORIZED, RELAY, TlsClient
-from tests.security.test_bridge import LocalClient, bridged  # noqa: F401 - the fixture
+from tests.security.conftest import (
+    DEVICE_A,
+    DEVICE_B,
+    NOT_AUTHORIZED,
+    RELAY,
+    LocalClient,
+    TlsClient,
+)
 from tests.support.broker import PrivateBroker
 
 pytestmark = pytest.mark.broker
@@ -39,7 +45,7 @@ def test_only_a_relay_pushes_a_model_and_only_to_the_device_it_names(connect: Co
 
 
 def test_the_bridge_carries_the_retained_desired_model_in(
-    bridged: tuple[PrivateBroker, PrivateBroker, TlsClient],  # noqa: F811 - the fixture
+    bridged: tuple[PrivateBroker, PrivateBroker, TlsClient],
 ) -> None:
     _cloud, edge, relay = bridged
     assert relay.publish(A.model, b"desired", retain=True) in ACCEPTED
