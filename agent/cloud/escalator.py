@@ -1,13 +1,19 @@
 """Escalations on the device: outbox, publish, wait for the cloud, fall back.
 
-For each escalated request the app gets exactly one answer by its deadline:
-``source: cloud`` when the relay answers in time, else the edge answer as
-``source: edge-fallback``. A cloud answer that arrives later is published to
-the same reply target with ``supersedes: true`` unless the app opted out.
+For each escalated request the app gets exactly one first reply by its
+deadline: ``source: cloud`` when the relay answers in time, else the edge
+answer as ``source: edge-fallback``, else (the edge answer still queued at the
+deadline) a ``deadline_exceeded`` error. When the request asked for
+corrections (the default), one follow-up with ``supersedes: true`` may come
+later, whatever the first reply was: the cloud's answer, or a ``cloud_failed``
+/ ``cloud_expired`` notice that none will come and the first reply stands.
 
-Threads: ``escalate``/``edge_ready`` run on the inference worker,
-``on_cloud`` on the MQTT network thread, ``_give_up``/``sweep`` on the timer
-thread. One lock guards the waiting table; publishing happens outside it.
+Threads: ``escalate`` runs on the dispatch thread (before generation) or the
+inference worker (after it), ``edge_ready``/``shadow`` on the worker,
+``on_cloud``/``republish`` on the dispatch thread (see ``agent/handler.py``),
+``_give_up``/``sweep`` on the timer thread; none on the MQTT network thread,
+as each may write the outbox. One lock guards the waiting table; publishing
+happens outside it.
 """
 
 from __future__ import annotations
@@ -255,8 +261,8 @@ class Escalator:
                 return
             reply_now = self._mark_given_up(waiting, why)
             # At the deadline with no edge answer yet (the job still queued): the app
-            # gets a typed error now, never silence; a cloud answer may still follow
-            # as a correction.
+            # gets a typed error now, never silence; with corrections, the cloud's
+            # outcome still follows (supersedes: true), as after a fallback.
             too_late = (
                 why is None
                 and not waiting.replied
@@ -463,7 +469,7 @@ class Escalator:
                         error=ErrorInfo(
                             code=ErrorCode.CLOUD_EXPIRED,
                             message="no cloud answer before the escalation expired; "
-                            "the edge answer stands",
+                            "the earlier reply stands",
                         ),
                     ),
                     None,
@@ -534,14 +540,17 @@ def _orphan_response(reply: CloudReply, reason: str) -> Response:
 
 
 def _no_correction(reply: CloudReply, code: ErrorCode) -> Response:
-    """Tell an app that holds a fallback that no correction will come."""
+    """Tell an app that holds its first reply (a fallback, or an error) that no correction
+    will come."""
     detail = reply.error.message if reply.error else reply.outcome.value
     return Response(
         id=reply.id,
         ok=False,
         supersedes=True,
         escalated=True,
-        error=ErrorInfo(code=code, message=f"the cloud failed ({detail}); the edge answer stands"),
+        error=ErrorInfo(
+            code=code, message=f"the cloud failed ({detail}); the earlier reply stands"
+        ),
     )
 
 

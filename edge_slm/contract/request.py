@@ -113,8 +113,9 @@ class Request(Versioned, InboundModel):
     )
     corrections: bool = Field(
         default=True,
-        description="Whether a cloud answer that arrives after the edge fallback reply is "
-        "published later as a correction (`supersedes: true`).",
+        description="Whether an escalated request's cloud outcome that arrives after its "
+        "first reply (edge-fallback, or deadline_exceeded) is published later with "
+        "`supersedes: true`: the cloud answer, or a cloud_failed/cloud_expired notice.",
     )
 
     @field_validator("reply_to")
@@ -182,8 +183,9 @@ class Response(Versioned, OutboundModel):
     )
     supersedes: bool | None = Field(
         default=None,
-        description="True on a late cloud answer that replaces an earlier edge-fallback reply "
-        "with the same id.",
+        description="True on a late cloud answer (or a cloud_failed/cloud_expired notice) "
+        "that follows an earlier reply with the same id (edge-fallback, or "
+        "deadline_exceeded).",
     )
     error: ErrorInfo | None = Field(default=None, description="Set when ok is false.")
 

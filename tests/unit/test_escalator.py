@@ -208,6 +208,36 @@ def test_a_queued_edge_answer_at_the_deadline_is_a_typed_error_not_silence(
     assert replies[1].supersedes is True
 
 
+def test_after_a_deadline_error_nothing_follows_without_corrections(
+    make, wire: Wire, outbox: Outbox
+) -> None:
+    esc = make()
+    job = _job(deadline_s=0.1, corrections=False)
+    esc.escalate(job, EscalationReason.CLOUD_ALWAYS, "always", None)
+    [reply] = wire.wait_replies(1)
+    assert reply.error is not None
+    assert reply.error.code is ErrorCode.DEADLINE_EXCEEDED
+    esc.on_cloud(_cloud())  # late, and the app did not ask for corrections
+    assert len(wire.replies) == 1  # on_cloud replies synchronously: nothing more comes
+    assert outbox.get("r1") is None
+
+
+def test_after_a_deadline_error_an_expired_escalation_says_the_error_stands(
+    make, wire: Wire
+) -> None:
+    esc = make(ttl_s=0.2)
+    esc.escalate(_job(deadline_s=0.05), EscalationReason.CLOUD_ALWAYS, "always", None)
+    assert wire.wait_replies(1)[0].error is not None
+    time.sleep(0.25)
+    assert esc.sweep() == 1
+    notice = wire.wait_replies(2)[1]
+    assert notice.supersedes is True
+    assert notice.error is not None
+    assert notice.error.code is ErrorCode.CLOUD_EXPIRED
+    # The app's first reply was an error, not an edge answer: the notice says so.
+    assert notice.error.message.endswith("the earlier reply stands")
+
+
 def test_a_failed_cloud_after_the_fallback_says_no_correction_comes(make, wire: Wire) -> None:
     esc = make()
     esc.escalate(_job(deadline_s=0.15), EscalationReason.LOW_CONFIDENCE, "low", _edge())
