@@ -26,6 +26,7 @@ and re-sends are coalesced into one pending run.
 from __future__ import annotations
 
 import dataclasses
+import json
 import queue
 import threading
 from collections.abc import Callable
@@ -108,6 +109,15 @@ class ModelAnswerer:
         if response.ok and job.request.task is not Task.CLASSIFY:
             self._telemetry.decoded(engine.last_decode_tok_s)
         return response
+
+
+def _relay_state(payload: bytes) -> object:
+    """``state`` of a relay's status (``{"relay_id": ..., "state": "online"}``), or None."""
+    try:
+        body = json.loads(payload)
+    except ValueError:
+        return None
+    return body.get("state") if isinstance(body, dict) else None
 
 
 class _Dispatcher:
@@ -219,7 +229,7 @@ class RequestHandler:
 
         A retained copy only replays the past (the re-send on connect covers it).
         """
-        if msg.payload == b"online" and not msg.retain:
+        if not msg.retain and _relay_state(msg.payload) == "online":
             log.info("relay_online", topic=msg.topic)
             self.resend_pending()
         self._link.ack(msg)

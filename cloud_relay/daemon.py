@@ -21,7 +21,9 @@ writer thread (group commit) and the fleet writer thread.
 
 from __future__ import annotations
 
+import json
 from contextlib import ExitStack
+from typing import Literal
 
 from cloud_relay.breaker import BreakerState, CircuitBreaker
 from cloud_relay.config import RelaySettings
@@ -63,7 +65,7 @@ class RelayDaemon(Lifecycle):
             client_id=s.mqtt.client_id,
             on_connect=self._on_connect,
             on_message=self._on_message,
-            will=Will(self._status_topic, b"offline", retain=False),
+            will=Will(self._status_topic, self._status("offline"), retain=False),
         )
 
     # -- lifecycle -------------------------------------------------------
@@ -160,7 +162,7 @@ class RelayDaemon(Lifecycle):
         try:
             self.mqtt.unsubscribe([f for f, _qos in self.settings.subscriptions])
             # A clean DISCONNECT suppresses the will, so say offline ourselves.
-            self.mqtt.publish(self._status_topic, b"offline", qos=1, content_type="text/plain")
+            self.mqtt.publish(self._status_topic, self._status("offline"), qos=1)
         except Exception:  # best effort: we are leaving anyway
             log.warning("unsubscribe_failed", exc_info=True)
         timeout = self.settings.limits.drain_timeout_s
@@ -184,7 +186,7 @@ class RelayDaemon(Lifecycle):
         if not self._draining:  # a reconnect while draining must not take new work
             self.mqtt.subscribe(self.settings.subscriptions)
             # After the subscribe (same connection, in order): a re-send it prompts finds it.
-            self.mqtt.publish(self._status_topic, b"online", qos=1, content_type="text/plain")
+            self.mqtt.publish(self._status_topic, self._status("online"), qos=1)
 
     def _on_message(self, msg: Inbound) -> None:
         if leaf_of(msg.topic) in (TELEMETRY, STATUS):
@@ -197,6 +199,9 @@ class RelayDaemon(Lifecycle):
             return
         if self._pool is None or not self._pool.submit(env):
             self._shed(env, ErrorCode.BUSY, "the relay's queue is full")
+
+    def _status(self, state: Literal["online", "offline"]) -> bytes:
+        return json.dumps({"relay_id": self.settings.mqtt.client_id, "state": state}).encode()
 
     def _shed(self, env: Envelope, code: ErrorCode, message: str) -> None:
         """Answer without a log row: the escalation was never claimed, so a replay is served."""

@@ -146,7 +146,8 @@ def status_wildcard(prefix: str) -> str:
 
 
 def relay_status(prefix: str, relay_id: str) -> str:
-    """Relay -> agents: ``online`` on each connect, ``offline`` at a stop (or as its will).
+    """Relay -> agents: ``{"relay_id", "state"}``, ``online`` on each connect, ``offline``
+    at a stop (or as its will).
 
     Not retained: it is an event (agents re-send their outbox when a relay comes
     online), and a relay's id dies with its process. Four levels,

@@ -32,6 +32,7 @@ import pytest
 
 from cloud_relay.authz import DEFAULT_SHARE_GROUP
 from cloud_relay.pki import CertKind, Pki
+from edge_slm.topics import relay_status, relay_status_filter
 from tests.security.conftest import (
     DEVICE_A,
     DEVICE_B,
@@ -98,6 +99,13 @@ def test_relay_answer_reaches_device(connect: Connect, relay: TlsClient) -> None
     assert [m.payload for m in a.received()] == [b"answer"]
 
 
+def test_relay_online_reaches_devices(connect: Connect, relay: TlsClient) -> None:
+    a = connect(DEVICE_A)
+    assert a.subscribe(relay_status_filter("slm")) == 1
+    assert relay.publish(relay_status("slm", RELAY), b"online") in ACCEPTED
+    assert [m.payload for m in a.received()] == [b"online"]
+
+
 def test_device_status_is_retained_for_relays(connect: Connect, relay: TlsClient) -> None:
     a = connect(DEVICE_A)
     assert a.publish(status(DEVICE_A), b"online", retain=True) in ACCEPTED
@@ -133,8 +141,17 @@ def test_only_the_relay_configures_a_device(connect: Connect, relay: TlsClient) 
         cloud(DEVICE_B),
         cloud(DEVICE_A),
         "slm/dev-a/request",
+        relay_status("slm", RELAY),
     ],
-    ids=["B-escalation", "B-status", "B-telemetry", "B-cloud", "own-cloud", "own-request"],
+    ids=[
+        "B-escalation",
+        "B-status",
+        "B-telemetry",
+        "B-cloud",
+        "own-cloud",
+        "own-request",
+        "relay-status",
+    ],
 )
 def test_device_cannot_publish(connect: Connect, relay: TlsClient, topic: str) -> None:
     a = connect(DEVICE_A)

@@ -1,7 +1,7 @@
 """Device-local broker (edge.conf) bridged to the cloud broker (cloud.conf), both as shipped.
 
-Exactly four topics cross: the device's escalations, retained status and telemetry out,
-the cloud's answers in.
+Exactly these topics cross: the device's escalations, retained status and telemetry out;
+the cloud's answers, its config and desired model, and the relays' online/offline in.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from edge_slm.topics import DeviceTopics
+from edge_slm.topics import DeviceTopics, relay_status, relay_status_filter
 from tests.security.conftest import DEVICE_A, DEVICE_B, RELAY, FleetPki, LocalClient, TlsClient
 from tests.support.broker import PrivateBroker
 
@@ -36,6 +36,25 @@ def test_escalation_goes_out_answer_comes_in(
         while not app.messages and time.monotonic() < deadline:
             time.sleep(0.05)
         assert [(m.topic, m.payload) for m in app.messages] == [(A.cloud, b"answer")]
+    finally:
+        app.close()
+
+
+def test_a_relay_coming_online_is_heard_on_the_device(
+    bridged: tuple[PrivateBroker, PrivateBroker, TlsClient],
+) -> None:
+    _cloud, edge, relay = bridged
+    app = LocalClient(edge.port)  # stands in for the agent, which re-sends its outbox on it
+    try:
+        app.c.subscribe(relay_status_filter("slm"), 1)
+        time.sleep(0.3)
+        assert relay.publish(relay_status("slm", RELAY), b"online") in (0, 0x10)
+        deadline = time.monotonic() + 5
+        while not app.messages and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert [(m.topic, m.payload) for m in app.messages] == [
+            (relay_status("slm", RELAY), b"online")
+        ]
     finally:
         app.close()
 
