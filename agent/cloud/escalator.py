@@ -479,13 +479,15 @@ class Escalator:
     def _reply(self, route: ReplyRoute, response: Response, received_at: float | None) -> None:
         if received_at is not None:
             response = with_latency(response, received_at)
-        self._send_reply(route, response)
         if response.id is not None and not response.supersedes:
-            # Remembered across a crash: a later cloud answer is then only a correction.
+            # Remembered across a crash, and before sending: a run killed just after the
+            # app got this reply must take a later cloud answer for a correction, never
+            # for the first reply (which the replied cache would then drop as a repeat).
             try:
                 self._outbox.mark_replied(response.id)
             except sqlite3.Error as exc:
                 log.warning("outbox_unwritable", error=str(exc), request_id=response.id)
+        self._send_reply(route, response)
 
     def forget(self, request_id: str) -> None:
         """Stop waiting for a request the app was refused; a cloud answer becomes a correction."""

@@ -157,6 +157,34 @@ def test_cloud_in_time_is_the_one_reply(make, wire: Wire, outbox: Outbox) -> Non
     assert len(wire.replies) == 1
 
 
+def test_a_first_reply_is_remembered_before_it_is_sent(outbox: Outbox) -> None:
+    """Killed right after the app got its reply, the next run must know it was answered."""
+    remembered: list[bool] = []
+
+    def reply(_route: ReplyRoute, response: Response) -> None:
+        row = outbox.get(response.id or "")
+        remembered.append(row is not None and row.replied)
+
+    scheduler = Scheduler()
+    scheduler.start()
+    try:
+        esc = Escalator(
+            topics=TOPICS,
+            outbox=outbox,
+            scheduler=scheduler,
+            redactor=Redactor([]),
+            cloud=CloudSettings(timeout_s=5, margin_ms=10),
+            outbox_settings=OutboxSettings(),
+            publish=lambda *_a: None,
+            send_reply=reply,
+        )
+        esc.escalate(_job(), EscalationReason.LOW_CONFIDENCE, "low", _edge())
+        esc.on_cloud(_cloud())  # in time: the first reply, sent synchronously
+    finally:
+        scheduler.stop()
+    assert remembered == [True]
+
+
 def test_late_cloud_gives_fallback_then_correction(make, wire: Wire, outbox: Outbox) -> None:
     esc = make()
     esc.escalate(_job(deadline_s=0.2), EscalationReason.LOW_CONFIDENCE, "low", _edge())
