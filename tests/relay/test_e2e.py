@@ -218,8 +218,8 @@ def test_two_relays_split_the_load_and_answer_each_once(
     by_device = {s["device_id"]: s for s in json.loads(stats.stdout)}
     mine = by_device[device.topics.device_id]
     assert mine["escalations"] == 20
-    assert mine["errors"] == 0
-    assert mine["error_rate"] == 0.0
+    assert mine["relay_errors"] == 0
+    assert mine["relay_error_rate"] == 0.0
     assert 0 < mine["p50_ms"] <= mine["p95_ms"]
     assert mine["tokens_out"] > 0
     assert mine["cost_usd"] > 0
