@@ -174,6 +174,7 @@ class Handler:
                 edge_confidence=edge.confidence if edge else None,
                 redactions=dict(esc.redactions) if esc else {},
                 edge_model=edge.model if edge else None,
+                skill=esc.skill if esc else None,
                 llm_start=time.time() if gate.refusal is None else None,
                 **self._case(esc),
             ),

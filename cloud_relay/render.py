@@ -139,6 +139,7 @@ DEVICE_HEADERS = (
     "last seen",
     "model",
     "provider",
+    "heads",
     "conditions",
     "edge",
     "cloud",
@@ -147,6 +148,11 @@ DEVICE_HEADERS = (
     "esc %",
     "cost avoided $",
 )
+
+
+def heads_text(heads: dict[str, int] | None) -> str:
+    """``home_intents@3`` per skill (0: the head the device fitted from the skill's text)."""
+    return ",".join(f"{skill}@{v}" for skill, v in sorted(heads.items())) if heads else "-"
 
 
 def device_cells(d: DeviceRow, *, now: float, stale_after_s: float) -> list[str]:
@@ -162,6 +168,7 @@ def device_cells(d: DeviceRow, *, now: float, stale_after_s: float) -> list[str]
         _ago(d.last_seen, now),
         f"{d.model}@{d.model_version}" if d.model and d.model_version else d.model or "-",
         d.provider or "-",
+        heads_text(d.heads),
         ",".join(d.conditions) or "-",
         *counters,
         _pct(t.escalation_rate if known else None),
@@ -182,6 +189,7 @@ def device_dict(d: DeviceRow, *, now: float, stale_after_s: float) -> dict[str, 
         "model": d.model,
         "model_version": d.model_version,
         "provider": d.provider,
+        "heads": d.heads,
         "version": d.version,
         "conditions": d.conditions,
         "requests": {

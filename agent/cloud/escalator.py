@@ -168,6 +168,7 @@ class Escalator:
             text=redacted.text,
             sensor=sensors,
             labels=request.labels,
+            skill=request.skill,
             max_tokens=job.max_tokens,
             reason=reason,
             reason_text=reason_text,

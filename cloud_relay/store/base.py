@@ -49,6 +49,8 @@ class NewEscalation:
     text: str | None = None
     labels: list[str] | None = None
     sensor: list[dict[str, Any]] | None = None
+    #: The skill the request named (``Escalation.skill``), for ``cloud-relay learn``.
+    skill: str | None = None
     #: Set when the claimer is about to call the LLM: saves a separate mark_llm_start.
     llm_start: float | None = None
 
@@ -105,6 +107,7 @@ class LogRow:
     text: str | None = None
     labels: list[str] | None = None
     sensor: list[dict[str, Any]] | None = None
+    skill: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,6 +183,8 @@ class StatusUpdate:
     #: The running model's version (``model_state.version``: the sha256 prefix of the
     #: archive it came from over the air); None for a configured model.
     model_version: str | None = None
+    #: ``Status.heads``: the head version in use per skill; None when the status has none.
+    heads: dict[str, int] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -218,6 +223,35 @@ class DeviceRow:
     runs: int  # distinct started_at values seen
     totals: Totals
     model_version: str | None = None  # of ``model``; None: a configured model
+    heads: dict[str, int] | None = None  # head version per skill, from the status
+
+
+@dataclass(frozen=True, slots=True)
+class LabelledCase:
+    """A case the cloud labelled: training data for a skill's head (``cloud-relay learn``).
+
+    Only what already left the device, redacted there: the escalation's text as the
+    relay received it and logged it (``store_prompts``).
+    """
+
+    device_id: str
+    request_id: str
+    received_at: float
+    text: str
+    label: str  # the cloud's
+    shadow: bool  # a confident edge answer sampled for comparison, not a low-confidence one
+
+
+@dataclass(frozen=True, slots=True)
+class PushedHead:
+    """A skill head the relay published (the retained ``SkillHead`` JSON, as sent)."""
+
+    skill: str
+    version: int
+    payload: str  # the SkillHead wire JSON
+    pushed_at: float
+    #: Labelled cases in the store when it was fitted (the next run skips when none came).
+    cases: int
 
 
 class StoreError(Exception):
@@ -288,6 +322,19 @@ class RelayStore(Protocol):
         ...
 
     def count_online(self) -> int: ...
+
+    def labelled_cases(self, skill: str, *, limit: int | None = None) -> Sequence[LabelledCase]:
+        """Answered escalations (shadow samples included) of ``skill`` with a cloud label and
+        a logged text, newest first (``limit`` of them; None: all)."""
+        ...
+
+    def latest_head(self, skill: str) -> PushedHead | None:
+        """The head last pushed for ``skill``, or None."""
+        ...
+
+    def record_head(self, head: PushedHead) -> None:
+        """Keep a pushed head (its version must be new for its skill)."""
+        ...
 
     def cost_avoided_since(self, since: float, device_id: str | None = None) -> dict[str, float]:
         """Cost avoided per device by telemetry samples from ``since`` on (all runs)."""

@@ -18,17 +18,19 @@ from cloud_relay.store.base import (
     ClaimState,
     DeviceRow,
     Final,
+    LabelledCase,
     LogPoint,
     LogQuery,
     LogRow,
     NewEscalation,
+    PushedHead,
     StatusUpdate,
     StoreError,
     TelemetrySample,
     Totals,
     Usage,
 )
-from edge_slm.contract import Outcome
+from edge_slm.contract import EscalationReason, Outcome
 
 Row = tuple[Any, ...]
 
@@ -123,6 +125,24 @@ MIGRATIONS: list[tuple[int, list[str]]] = [
         4,
         ["ALTER TABLE fleet_device ADD COLUMN model_version TEXT"],
     ),
+    (
+        # The learn loop (`cloud-relay learn`): which skill an escalation named, the heads
+        # pushed per skill, and the head versions each device reports.
+        5,
+        [
+            "ALTER TABLE relay_log ADD COLUMN skill TEXT",
+            "CREATE INDEX IF NOT EXISTS relay_log_skill ON relay_log (skill, received_at)",
+            "ALTER TABLE fleet_device ADD COLUMN heads TEXT",  # JSON {skill: version}
+            """CREATE TABLE IF NOT EXISTS skill_head (
+                skill TEXT NOT NULL,
+                version INTEGER NOT NULL,
+                payload TEXT NOT NULL,
+                pushed_at {real} NOT NULL,
+                cases INTEGER NOT NULL,
+                PRIMARY KEY (skill, version)
+            )""",
+        ],
+    ),
 ]
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
@@ -130,7 +150,7 @@ _COLUMNS = (
     "device_id, request_id, relay_id, received_at, task, kind, reason, edge_answer, edge_label, "
     "edge_confidence, redactions, llm_start, answered_at, outcome, llm_model, tokens_in, "
     "tokens_out, cost_usd, attempts, cloud_answer, cloud_label, cloud_confidence, agreement, "
-    "error, latency_ms, reply, edge_model, prompt_text, labels, sensor"
+    "error, latency_ms, reply, edge_model, prompt_text, labels, sensor, skill"
 )
 
 _DEVICE_COLUMNS = (
@@ -138,7 +158,7 @@ _DEVICE_COLUMNS = (
     "telemetry_ts, started_at, runs, "
     "prior_edge + cur_edge, prior_cloud + cur_cloud, prior_fallback + cur_fallback, "
     "prior_error + cur_error, prior_escalations + cur_escalations, "
-    "prior_cost_avoided + cur_cost_avoided, model_version"
+    "prior_cost_avoided + cur_cost_avoided, model_version, heads"
 )
 
 _HISTORY_COLUMNS = (
@@ -284,8 +304,8 @@ def _log_filters(query: LogQuery) -> tuple[str, list[Any]]:
 _CLAIM_INSERT = (
     "INSERT INTO relay_log (device_id, request_id, relay_id, claimed_at, received_at, "
     "task, kind, reason, edge_answer, edge_label, edge_confidence, redactions, "
-    "edge_model, prompt_text, labels, sensor, llm_start) "
-    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+    "edge_model, prompt_text, labels, sensor, llm_start, skill) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
     "ON CONFLICT (device_id, request_id) DO NOTHING"
 )
 
@@ -316,6 +336,7 @@ def _claim_row(esc: NewEscalation, now: float) -> tuple[Any, ...]:
         _json_or_null(esc.labels),
         _json_or_null(esc.sensor),
         esc.llm_start,
+        esc.skill,
     )
 
 
@@ -546,7 +567,8 @@ class SqlStore:
             # The version belongs to the model: it changes with it, to none for a
             # configured model, and stays when a status names no model.
             "model_version = CASE WHEN CAST(? AS TEXT) IS NULL THEN model_version ELSE ? END, "
-            "provider = COALESCE(?, provider), version = COALESCE(?, version), conditions = ? "
+            "provider = COALESCE(?, provider), version = COALESCE(?, version), conditions = ?, "
+            "heads = COALESCE(?, heads) "
             "WHERE device_id = ?",
             (
                 seen,
@@ -559,6 +581,7 @@ class SqlStore:
                 status.provider,
                 status.version,
                 _json_or_null(status.conditions),
+                _json_or_null(status.heads),
                 status.device_id,
             ),
         )
@@ -611,6 +634,50 @@ class SqlStore:
         rows = self._db.query("SELECT COUNT(*) FROM fleet_device WHERE state = 'online'")
         return int(rows[0][0])
 
+    # -- the learn loop ------------------------------------------------------
+
+    def labelled_cases(self, skill: str, *, limit: int | None = None) -> list[LabelledCase]:
+        sql = (
+            "SELECT device_id, request_id, received_at, prompt_text, cloud_label, reason "
+            "FROM relay_log WHERE skill = ? AND outcome = ? AND cloud_label IS NOT NULL "
+            "AND prompt_text IS NOT NULL ORDER BY received_at DESC, device_id, request_id"
+        )
+        params: list[Any] = [skill, Outcome.OK.value]
+        if limit is not None:
+            sql += " LIMIT ?"
+            params.append(limit)
+        return [
+            LabelledCase(
+                device_id=r[0],
+                request_id=r[1],
+                received_at=r[2],
+                text=r[3],
+                label=r[4],
+                shadow=r[5] == EscalationReason.SHADOW.value,
+            )
+            for r in self._db.query(sql, params)
+        ]
+
+    def latest_head(self, skill: str) -> PushedHead | None:
+        rows = self._db.query(
+            "SELECT skill, version, payload, pushed_at, cases FROM skill_head "
+            "WHERE skill = ? ORDER BY version DESC LIMIT 1",
+            (skill,),
+        )
+        if not rows:
+            return None
+        r = rows[0]
+        return PushedHead(
+            skill=r[0], version=int(r[1]), payload=r[2], pushed_at=r[3], cases=int(r[4])
+        )
+
+    def record_head(self, head: PushedHead) -> None:
+        self._db.execute(
+            "INSERT INTO skill_head (skill, version, payload, pushed_at, cases) "
+            "VALUES (?, ?, ?, ?, ?)",
+            (head.skill, head.version, head.payload, head.pushed_at, head.cases),
+        )
+
     def close(self) -> None:
         self._db.close()
 
@@ -638,6 +705,7 @@ def _to_device(r: Row) -> DeviceRow:
             cost_avoided_usd=float(r[17]),
         ),
         model_version=r[18],
+        heads=json.loads(r[19]) if r[19] else None,
     )
 
 
@@ -695,6 +763,7 @@ def _to_row(r: Row) -> LogRow:
         text=r[27],
         labels=json.loads(r[28]) if r[28] else None,
         sensor=json.loads(r[29]) if r[29] else None,
+        skill=r[30],
     )
 
 

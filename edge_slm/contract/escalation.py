@@ -9,6 +9,7 @@ from pydantic import Field, model_validator
 
 from edge_slm.contract.base import ErrorInfo, PeerModel, TokenUsage, Versioned
 from edge_slm.contract.request import Kind, SensorReading, Task
+from edge_slm.contract.skills import SkillName
 
 
 class EscalationReason(StrEnum):
@@ -54,6 +55,11 @@ class Escalation(Versioned, PeerModel):
     )
     labels: list[Annotated[str, Field(min_length=1, max_length=64)]] | None = Field(
         default=None, max_length=64, description="Labels, for classify."
+    )
+    skill: SkillName | None = Field(
+        default=None,
+        description="The skill the request named (its labels are in `labels`); the relay "
+        "learns that skill's head from the cloud's labels (`cloud-relay learn`).",
     )
     max_tokens: int = Field(ge=1, description="Generation budget.")
     reason: EscalationReason = Field(description="Why the device escalated.")

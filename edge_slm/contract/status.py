@@ -79,6 +79,12 @@ class Status(Versioned, OutboundModel):
     model_update: ModelUpdate | None = Field(
         default=None, description="Progress or outcome of the latest over-the-air model update."
     )
+    heads: dict[str, int] | None = Field(
+        default=None,
+        description="The classify head in use per skill: the version of the head the relay "
+        "pushed (`cloud-relay learn`), 0 for the head fitted on the device from the skill's "
+        "own text.",
+    )
     ts: float = Field(description="Epoch seconds when published.")
 
 

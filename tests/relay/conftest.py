@@ -42,7 +42,8 @@ def pg_url(pg_schema_url: str) -> Iterator[str]:
     yield pg_schema_url
     with psycopg.connect(pg_schema_url, autocommit=True) as conn:
         conn.execute(
-            "DROP TABLE IF EXISTS relay_log, relay_schema_version, fleet_device, fleet_telemetry"
+            "DROP TABLE IF EXISTS relay_log, relay_schema_version, fleet_device, fleet_telemetry, "
+            "skill_head"
         )
 
 

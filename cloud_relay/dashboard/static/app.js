@@ -136,6 +136,12 @@
     select.value = current;
   }
 
+  // The classify head per skill: the version the relay pushed, @0 for the device's own fit.
+  function heads(h) {
+    const names = Object.keys(h || {}).sort();
+    return names.length ? names.map((k) => `${k}@${h[k]}`).join(", ") : "–";
+  }
+
   function renderDevices(body) {
     const tbody = $("devices").tBodies[0];
     const selected = $("f-device").value;
@@ -152,6 +158,7 @@
         el("td", d.device_id, "mono"), status, el("td", ago(d.last_seen, body.now)),
         el("td", d.model ? (d.model_version ? `${d.model}@${d.model_version}` : d.model) : "–"),
         el("td", d.provider || "–"),
+        el("td", heads(d.heads), "mono"),
         el("td", n(r.edge), "n"), el("td", n(r.cloud), "n"), el("td", n(r["edge-fallback"]), "n"),
         el("td", n(r.error), "n"), el("td", pct(d.escalation_rate), "n"),
         el("td", usd(d.cost_avoided_usd), "n"),
@@ -166,7 +173,7 @@
     if (!rows.length) {
       const tr = el("tr");
       const td = el("td", "No device has reported yet.", "empty");
-      td.colSpan = 11;
+      td.colSpan = 12;
       tr.append(td);
       rows.push(tr);
     }

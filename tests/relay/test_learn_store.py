@@ -1,0 +1,114 @@
+"""Store migration 5, the learn loop's data: labelled cases per skill, pushed heads, and the
+head versions devices report, on SQLite and on a real PostgreSQL."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import replace
+
+from cloud_relay import render
+from cloud_relay.store import (
+    Final,
+    NewEscalation,
+    PushedHead,
+    RelayStore,
+    StatusUpdate,
+)
+from edge_slm.contract import Outcome
+
+
+def _case(
+    store: RelayStore,
+    request_id: str,
+    *,
+    skill: str | None = "home",
+    text: str | None = "turn off the lights",
+    cloud_label: str | None = "lights_off",
+    outcome: Outcome = Outcome.OK,
+    reason: str = "low_confidence",
+    received_at: float | None = None,
+) -> None:
+    store.claim(
+        NewEscalation(
+            device_id="d1",
+            request_id=request_id,
+            relay_id="r",
+            received_at=received_at if received_at is not None else time.time(),
+            task="classify",
+            reason=reason,
+            text=text,
+            labels=["lights_on", "lights_off"],
+            skill=skill,
+        ),
+        stale_before=0,
+    )
+    store.finalize(
+        "d1",
+        request_id,
+        Final(
+            outcome=outcome,
+            answered_at=time.time(),
+            reply="{}",
+            latency_ms=1.0,
+            cloud_label=cloud_label,
+        ),
+    )
+
+
+def test_labelled_cases_are_the_skills_answered_ones_with_text_and_label(
+    store: RelayStore,
+) -> None:
+    now = time.time()
+    _case(store, "keep-old", received_at=now - 10)
+    _case(store, "keep-shadow", reason="shadow", cloud_label="lights_on", received_at=now - 5)
+    _case(store, "other-skill", skill="sensors")
+    _case(store, "no-skill", skill=None)  # ad-hoc labels, or logged before migration 5
+    _case(store, "no-text", text=None)  # store_prompts off: nothing to learn from
+    _case(store, "no-label", cloud_label=None)
+    _case(store, "failed", outcome=Outcome.LLM_ERROR)
+    cases = store.labelled_cases("home")
+    assert [c.request_id for c in cases] == ["keep-shadow", "keep-old"]  # newest first
+    shadow, old = cases
+    assert (shadow.label, shadow.shadow, shadow.text) == ("lights_on", True, "turn off the lights")
+    assert (old.label, old.shadow, old.device_id) == ("lights_off", False, "d1")
+    assert [c.request_id for c in store.labelled_cases("home", limit=1)] == ["keep-shadow"]
+    assert store.labelled_cases("nothing") == []
+
+
+def test_pushed_heads_are_kept_and_the_latest_read_back(store: RelayStore) -> None:
+    assert store.latest_head("home") is None
+    first = PushedHead(skill="home", version=1, payload='{"v":1}', pushed_at=10.0, cases=30)
+    store.record_head(first)
+    store.record_head(replace(first, version=2, payload='{"v":2}', cases=45))
+    store.record_head(replace(first, skill="sensors", version=7))
+    latest = store.latest_head("home")
+    assert latest is not None
+    assert (latest.version, latest.payload, latest.cases) == (2, '{"v":2}', 45)
+    other = store.latest_head("sensors")
+    assert other is not None
+    assert other.version == 7
+
+
+def test_devices_show_the_head_versions_of_their_status(store: RelayStore) -> None:
+    base = StatusUpdate(
+        device_id="d",
+        state="online",
+        received_at=time.time(),
+        ts=time.time(),
+        live=True,
+        model="smol",
+        provider="cpu",
+        version="0.1.0",
+        conditions=None,
+    )
+    store.record_status(replace(base, heads={"home_intents": 0, "sensor_state": 0}))
+    store.record_status(replace(base, heads={"home_intents": 3, "sensor_state": 0}))
+    (d,) = store.devices("d")
+    assert d.heads == {"home_intents": 3, "sensor_state": 0}
+    store.record_status(replace(base, state="offline"))  # the will: names no heads
+    (d,) = store.devices("d")
+    assert d.heads == {"home_intents": 3, "sensor_state": 0}
+    now = time.time()
+    cells = render.device_cells(d, now=now, stale_after_s=60)
+    assert cells[render.DEVICE_HEADERS.index("heads")] == "home_intents@3,sensor_state@0"
+    assert render.device_dict(d, now=now, stale_after_s=60)["heads"] == d.heads
