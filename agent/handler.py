@@ -188,7 +188,7 @@ class RequestHandler:
             submit=self._submit,
             queue_depth=lambda: self.worker.depth,
             send_reply=self._publish_reply,
-            send_final=self.send_reply,
+            send_final=self._send_final_later,
             ack=link.ack,
             recent=recent,
             skills=skills.get,
@@ -247,6 +247,10 @@ class RequestHandler:
             return False
         self._dispatcher.put(lambda: self._dispatch(job, topic))
         return True
+
+    def _send_final_later(self, route: ReplyRoute, response: Response) -> None:
+        """A refusal that answers a request: its reply is recorded (SQLite) off this thread."""
+        self._dispatcher.put(lambda: self.send_reply(route, response))
 
     # -- dispatch thread -----------------------------------------------------
 

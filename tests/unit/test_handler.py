@@ -46,6 +46,18 @@ class WatchedOutbox(Outbox):
             yield db
 
 
+class WatchedRecent(RecentRequests):
+    """Records the thread of every write to the file of replied requests."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.writers: list[str] = []
+
+    def _write(self, sql: str, params: tuple[object, ...]) -> None:
+        self.writers.append(threading.current_thread().name)
+        super()._write(sql, params)
+
+
 class Link:
     def __init__(self) -> None:
         self.published: list[tuple[str, bytes]] = []
@@ -110,8 +122,16 @@ def outbox(tmp_path: Path) -> Iterator[WatchedOutbox]:
 
 
 @pytest.fixture
+def recent(tmp_path: Path) -> Iterator[WatchedRecent]:
+    replied = WatchedRecent()
+    replied.open(tmp_path / "replied.db")
+    yield replied
+    replied.close()
+
+
+@pytest.fixture
 def pipeline(
-    settings: AgentSettings, outbox: WatchedOutbox
+    settings: AgentSettings, outbox: WatchedOutbox, recent: WatchedRecent
 ) -> Iterator[tuple[RequestHandler, Link, HeldAnswerer]]:
     link = Link()
     scheduler = Scheduler()
@@ -143,7 +163,7 @@ def pipeline(
         telemetry=TelemetryRecorder(
             device_id=settings.device_id, model="stand-in", settings=settings.telemetry
         ),
-        recent=RecentRequests(),
+        recent=recent,
         skills=SkillRegistry(),
         answerer=answerer,
     )
@@ -218,3 +238,17 @@ def test_an_early_escalation_does_not_wait_behind_inference(
     [escalation] = link.wait(settings.topics.escalation, 1)
     assert escalation["id"] == "urgent"
     assert not answerer.release.is_set()  # sent while the generation still ran
+
+
+def test_a_refusal_that_answers_a_request_is_recorded_off_the_network_thread(
+    pipeline: tuple[RequestHandler, Link, HeldAnswerer],
+    settings: AgentSettings,
+    recent: WatchedRecent,
+) -> None:
+    handler, link, _ = pipeline
+    too_long = settings.limits.max_tokens_cap + 1
+    _on_network(lambda: handler.on_message(_request(settings, "long", max_tokens=too_long)))
+    [reply] = link.wait("app/reply", 1)
+    assert reply["error"]["code"] == "max_tokens_exceeded"
+    assert recent.writers, "the reply was never recorded"
+    assert NETWORK not in recent.writers
