@@ -26,7 +26,6 @@ and re-sends are coalesced into one pending run.
 from __future__ import annotations
 
 import dataclasses
-import json
 import queue
 import threading
 from collections.abc import Callable
@@ -39,7 +38,15 @@ from agent.engine.engine import Engine, StopWhen
 from agent.intake import Intake
 from agent.jobs import Job
 from agent.worker import InferenceWorker
-from edge_slm.contract import ErrorCode, EscalationReason, Response, Task
+from edge_slm.contract import (
+    ErrorCode,
+    EscalationReason,
+    RelayStatus,
+    Response,
+    Task,
+    WireError,
+    decode,
+)
 from edge_slm.logs import get_logger
 from edge_slm.topics import matches, relay_status_filter
 
@@ -111,13 +118,13 @@ class ModelAnswerer:
         return response
 
 
-def _relay_state(payload: bytes) -> object:
-    """``state`` of a relay's status (``{"relay_id": ..., "state": "online"}``), or None."""
+def _relay_state(payload: bytes) -> str | None:
+    """``state`` of a relay's status, or None (logged) when it is not one."""
     try:
-        body = json.loads(payload)
-    except ValueError:
+        return decode(RelayStatus, payload).state
+    except WireError as exc:
+        log.warning("relay_status_invalid", error=str(exc))
         return None
-    return body.get("state") if isinstance(body, dict) else None
 
 
 class _Dispatcher:

@@ -21,7 +21,6 @@ writer thread (group commit) and the fleet writer thread.
 
 from __future__ import annotations
 
-import json
 from contextlib import ExitStack
 from typing import Literal
 
@@ -35,7 +34,7 @@ from cloud_relay.metrics import MetricsServer, RelayMetrics
 from cloud_relay.pool import LoopThread, TaskPool
 from cloud_relay.store import open_store
 from cloud_relay.store.writer import StoreWriter
-from edge_slm.contract import CloudReply, ErrorCode, ErrorInfo, Outcome
+from edge_slm.contract import CloudReply, ErrorCode, ErrorInfo, Outcome, RelayStatus
 from edge_slm.lifecycle import Lifecycle
 from edge_slm.logs import get_logger
 from edge_slm.mqtt import Inbound, Will
@@ -201,7 +200,7 @@ class RelayDaemon(Lifecycle):
             self._shed(env, ErrorCode.BUSY, "the relay's queue is full")
 
     def _status(self, state: Literal["online", "offline"]) -> bytes:
-        return json.dumps({"relay_id": self.settings.mqtt.client_id, "state": state}).encode()
+        return RelayStatus(relay_id=self.settings.mqtt.client_id, state=state).to_wire()
 
     def _shed(self, env: Envelope, code: ErrorCode, message: str) -> None:
         """Answer without a log row: the escalation was never claimed, so a replay is served."""

@@ -8,7 +8,7 @@ One module per message family:
   :func:`decode`, the one way every intake turns a payload into a model;
 - :mod:`~edge_slm.contract.request`: ``Request`` and ``Response``;
 - :mod:`~edge_slm.contract.escalation`: ``Escalation`` and ``CloudReply``;
-- :mod:`~edge_slm.contract.status`: ``Status`` and ``Telemetry``;
+- :mod:`~edge_slm.contract.status`: ``Status``, ``Telemetry`` and ``RelayStatus``;
 - :mod:`~edge_slm.contract.config`: ``DeviceConfig`` and ``DesiredModel``;
 - :mod:`~edge_slm.contract.skills`: skills, carried inside ``DeviceConfig``.
 
@@ -71,6 +71,7 @@ from edge_slm.contract.status import (
     ModelState,
     ModelUpdate,
     ModelUpdateState,
+    RelayStatus,
     Status,
     Telemetry,
 )
@@ -96,6 +97,7 @@ __all__ = [
     "ModelUpdateState",
     "Outcome",
     "Privacy",
+    "RelayStatus",
     "Request",
     "Response",
     "Scoring",
@@ -132,6 +134,7 @@ WIRE_MODELS: dict[str, type[BaseModel]] = {
     "Telemetry": Telemetry,
     "DeviceConfig": DeviceConfig,
     "DesiredModel": DesiredModel,
+    "RelayStatus": RelayStatus,
 }
 
 #: Models whose receivers validate them (schemas exported in validation mode).

@@ -129,3 +129,16 @@ class Telemetry(Versioned, OutboundModel):
         "answering them in the cloud would have cost.",
     )
     conditions: list[str] | None = Field(default=None, description="As in Status.")
+
+
+class RelayStatus(Versioned, OutboundModel):
+    """On ``<prefix>/_relays/<relay_id>/status``, not retained: a relay came or went.
+
+    Agents re-send their outbox at once when a relay says ``online``, rather than
+    waiting for the next periodic re-send.
+    """
+
+    relay_id: str = Field(description="The relay's MQTT client id.")
+    state: Literal["online", "offline"] = Field(
+        description="`online` on each connect; `offline` at a clean stop or as its will."
+    )

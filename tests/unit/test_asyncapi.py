@@ -22,7 +22,7 @@ import yaml
 import edge_slm
 from edge_slm import schemas
 from edge_slm.contract import WIRE_MODELS, ErrorCode, Source, json_schemas
-from edge_slm.topics import DeviceTopics, escalation_subscription
+from edge_slm.topics import DeviceTopics, escalation_subscription, relay_status
 
 ROOT = Path(__file__).resolve().parents[2]
 ASYNCAPI = ROOT / "docs" / "asyncapi.yaml"
@@ -165,9 +165,13 @@ def _device_topics(prefix: str, device_id: str) -> dict[str, str]:
     return found
 
 
-def test_channels_are_exactly_the_device_topics(spec: dict[str, Any]) -> None:
+#: Fleet-wide topics (not under one device), by channel name.
+FLEET_TOPICS = {"relayStatus": relay_status("{prefix}", "{relayId}")}
+
+
+def test_channels_are_exactly_the_device_and_fleet_topics(spec: dict[str, Any]) -> None:
     documented = {name: channel["address"] for name, channel in spec["channels"].items()}
-    assert documented == _device_topics("{prefix}", "{deviceId}")
+    assert documented == _device_topics("{prefix}", "{deviceId}") | FLEET_TOPICS
 
 
 def test_channel_parameters_match_their_address(spec: dict[str, Any]) -> None:
@@ -193,6 +197,7 @@ def test_operations_say_who_sends_what(spec: dict[str, Any]) -> None:
         "telemetry": "send",
         "config": "receive",
         "model": "receive",
+        "relayStatus": "receive",
     }
 
 
