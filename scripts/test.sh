@@ -21,4 +21,5 @@ ruff format --check .
 echo "==> mypy (strict)"
 mypy
 echo "==> pytest"
-pytest ${args[@]+"${args[@]}"}
+# The slowest tests, in every run: the budget (30 minutes on 2 cores) is watched here.
+pytest --durations=25 ${args[@]+"${args[@]}"}
