@@ -332,8 +332,9 @@ class RelayStore(Protocol):
         """The head last pushed for ``skill``, or None."""
         ...
 
-    def record_head(self, head: PushedHead) -> None:
-        """Keep a pushed head (its version must be new for its skill)."""
+    def record_head(self, head: PushedHead) -> bool:
+        """Claim ``head.version`` of its skill and keep the head; False when that version
+        is taken already (another relay sharing the store pushed it first)."""
         ...
 
     def cost_avoided_since(self, since: float, device_id: str | None = None) -> dict[str, float]:

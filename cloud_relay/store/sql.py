@@ -671,11 +671,13 @@ class SqlStore:
             skill=r[0], version=int(r[1]), payload=r[2], pushed_at=r[3], cases=int(r[4])
         )
 
-    def record_head(self, head: PushedHead) -> None:
-        self._db.execute(
-            "INSERT INTO skill_head (skill, version, payload, pushed_at, cases) "
-            "VALUES (?, ?, ?, ?, ?)",
-            (head.skill, head.version, head.payload, head.pushed_at, head.cases),
+    def record_head(self, head: PushedHead) -> bool:
+        return bool(
+            self._db.execute(
+                "INSERT INTO skill_head (skill, version, payload, pushed_at, cases) "
+                "VALUES (?, ?, ?, ?, ?) ON CONFLICT (skill, version) DO NOTHING",
+                (head.skill, head.version, head.payload, head.pushed_at, head.cases),
+            )
         )
 
     def close(self) -> None:

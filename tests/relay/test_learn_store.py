@@ -78,9 +78,11 @@ def test_labelled_cases_are_the_skills_answered_ones_with_text_and_label(
 def test_pushed_heads_are_kept_and_the_latest_read_back(store: RelayStore) -> None:
     assert store.latest_head("home") is None
     first = PushedHead(skill="home", version=1, payload='{"v":1}', pushed_at=10.0, cases=30)
-    store.record_head(first)
-    store.record_head(replace(first, version=2, payload='{"v":2}', cases=45))
-    store.record_head(replace(first, skill="sensors", version=7))
+    assert store.record_head(first)
+    assert store.record_head(replace(first, version=2, payload='{"v":2}', cases=45))
+    assert store.record_head(replace(first, skill="sensors", version=7))
+    # Version 2 is taken (another relay on this store pushed it): refused, first one kept.
+    assert not store.record_head(replace(first, version=2, payload='{"v":"late"}'))
     latest = store.latest_head("home")
     assert latest is not None
     assert (latest.version, latest.payload, latest.cases) == (2, '{"v":2}', 45)
