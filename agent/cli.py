@@ -78,6 +78,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from agent.bundle.cli import add_bundle_command
     from agent.models.cli import add_models_commands
     from agent.profiles import build_parser as build_profile_parser
     from agent.serve.cli import add_serve_command
@@ -92,6 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_models_commands(sub)
     add_serve_command(sub)
     add_skills_commands(sub)
+    add_bundle_command(sub)
     build_profile_parser(sub.add_parser("profile", help="device profiles (deploy/profiles.toml)"))
     return parser
 

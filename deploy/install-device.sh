@@ -2,13 +2,22 @@
 # Install (or remove) the edge agent on a device as a systemd service.
 #
 #   sudo deploy/install-device.sh --device-id kitchen --broker mqtts://broker.lan:8883
+#   sudo ./install-device.sh --bundle edge-slm-bundle-rpi4-2gb-aarch64.tar --device-id kitchen
+#
+# --bundle FILE installs offline from `edge-agent bundle` (built on a workstation): the
+# bundle is unpacked into a scratch folder and its SHA256SUMS checked before anything is
+# changed (a bad hash, a missing or an unlisted file stops it there); then its wheels go
+# in with `pip install --no-index` (no network at all), its models into the model cache,
+# and its profile table and unit are used instead of this checkout's. Its profile and
+# model are the defaults for --profile and --model.
 #
 # What it does, in order, each step skipped when already done (rerunning changes nothing):
 #   1. mosquitto from apt when missing (not with --no-apt, nor into a --prefix)
 #   2. picks a device profile (deploy/profiles.toml; --profile auto detects the board)
 #   3. a venv at $PREFIX/opt/edge-slm/venv, created once, and the edge-slm package in it
 #      (base install: no torch, no builder; devices never build models)
-#   4. the model, if --import-model DIR is given (into $PREFIX/var/lib/edge-slm/models)
+#   4. the model, if --import-model DIR is given, or a bundle's models (into
+#      $PREFIX/var/lib/edge-slm/models)
 #   5. $PREFIX/etc/edge-slm/agent.toml from the flags and the profile (0640 root:<the unit's
 #      Group=/User=>; 0644 when the unit runs as a DynamicUser, which no group can reach;
 #      it holds no secrets) and the empty tls/ the unit's LoadCredential= needs; an edited
@@ -40,7 +49,8 @@ BROKER="mqtt://127.0.0.1:1883"
 MODEL=""
 MODEL_PATH=""
 IMPORT_MODEL=""
-PROFILE="auto"
+PROFILE=""
+BUNDLE=""
 PROVIDER=""
 SOURCE=""
 WHEEL=""
@@ -60,6 +70,7 @@ Usage: install-device.sh --device-id ID [options]
 
 Install:
   --device-id ID        this device's id: one MQTT topic segment, [A-Za-z0-9._-], <= 64 (required)
+  --bundle FILE         install offline from this `edge-agent bundle` tar (checked first)
   --broker URL          mqtt://host:port or mqtts://host:port (default mqtt://127.0.0.1:1883)
   --profile NAME|auto   device profile from deploy/profiles.toml (default auto: detect the board)
   --model NAME          catalog model (default: the profile's; see `edge-agent models list`)
@@ -112,7 +123,7 @@ while [[ $# -gt 0 ]]; do
 	fi
 	case $arg in
 	--device-id | --broker | --model | --model-path | --import-model | --profile | \
-		--provider | --source | --wheel | --python | --pip-opt | --prefix)
+		--provider | --source | --wheel | --python | --pip-opt | --prefix | --bundle)
 		need_value "$arg" $#
 		value=$2
 		shift 2
@@ -129,6 +140,7 @@ while [[ $# -gt 0 ]]; do
 		--python) PYTHON=$value ;;
 		--pip-opt) PIP_OPTS+=("$value") ;;
 		--prefix) PREFIX=$value ;;
+		--bundle) BUNDLE=$value ;;
 		esac
 		;;
 	--no-systemd) NO_SYSTEMD=1 && shift ;;
@@ -150,6 +162,7 @@ no_specials() { [[ $2 != *[\"\\\$\`]* && $2 != *$'\n'* ]] || usage_error "$1 mus
 [[ $PREFIX == /* ]] || usage_error "--prefix must be an absolute path, got '$PREFIX'"
 no_specials --prefix "$PREFIX"
 [[ $PURGE -eq 0 || $UNINSTALL -eq 1 ]] || usage_error "--purge only goes with --uninstall"
+[[ -z $BUNDLE || $UNINSTALL -eq 0 ]] || usage_error "--bundle does not go with --uninstall"
 
 if [[ $UNINSTALL -eq 0 ]]; then
 	[[ -n $DEVICE_ID ]] || usage_error "--device-id is required"
@@ -162,8 +175,11 @@ if [[ $UNINSTALL -eq 0 ]]; then
 		usage_error "--model '$MODEL' is not a catalog name (lowercase letters, digits, . _ -)"
 	[[ -z $PROVIDER || $PROVIDER =~ ^(auto|cpu|cuda|qnn|dml)$ ]] ||
 		usage_error "--provider must be one of auto, cpu, cuda, qnn, dml (got '$PROVIDER')"
-	[[ $PROFILE =~ ^[a-z0-9][a-z0-9._-]*$ ]] || usage_error "--profile '$PROFILE' is not a profile name"
+	[[ -z $PROFILE || $PROFILE =~ ^[a-z0-9][a-z0-9._-]*$ ]] || usage_error "--profile '$PROFILE' is not a profile name"
 	[[ -z $SOURCE || -z $WHEEL ]] || usage_error "--source and --wheel are mutually exclusive"
+	[[ -z $BUNDLE || (-z $SOURCE && -z $WHEEL && -z $IMPORT_MODEL) ]] ||
+		usage_error "--bundle brings its own package and models: no --source, --wheel or --import-model"
+	[[ -z $BUNDLE || -f $BUNDLE ]] || usage_error "--bundle '$BUNDLE' is not a file"
 	[[ -z $SOURCE || -f $SOURCE/pyproject.toml ]] || usage_error "--source '$SOURCE' has no pyproject.toml"
 	[[ -z $WHEEL || ($WHEEL == *.whl && -f $WHEEL) ]] || usage_error "--wheel '$WHEEL' is not a .whl file"
 	if [[ -n $MODEL_PATH ]]; then
@@ -175,8 +191,59 @@ if [[ $UNINSTALL -eq 0 ]]; then
 	[[ -z $IMPORT_MODEL || -f $IMPORT_MODEL/genai_config.json ]] ||
 		usage_error "--import-model '$IMPORT_MODEL' is not an onnxruntime-genai folder (no genai_config.json)"
 	[[ -z $MODEL_PATH || -z $IMPORT_MODEL ]] || usage_error "--model-path and --import-model are mutually exclusive"
-	[[ -n $SOURCE || -n $WHEEL ]] || SOURCE=$REPO_ROOT
+	[[ -n $SOURCE || -n $WHEEL || -n $BUNDLE ]] || SOURCE=$REPO_ROOT
 fi
+
+# --- 0. the bundle: unpacked and checked before anything is changed -------------
+
+# Where the installed profile table, unit and drop-ins come from: this checkout, or the bundle.
+SRC_ROOT=$REPO_ROOT
+# How agent/profiles.py is found before the venv exists.
+PROFILES_PATH=$REPO_ROOT
+BUNDLE_ID=""
+if [[ -n $BUNDLE ]]; then
+	command -v "$PYTHON" >/dev/null 2>&1 || die "python '$PYTHON' not found; pass --python" 2
+	# On disk, not in a RAM /tmp: the models are hundreds of MB.
+	BUNDLE_DIR=$(mktemp -d -p "${TMPDIR:-/var/tmp}" edge-slm-bundle.XXXXXX)
+	trap 'rm -rf -- "$BUNDLE_DIR"' EXIT
+	say "unpacking $BUNDLE into $BUNDLE_DIR"
+	tar -x --no-same-owner -f "$BUNDLE" -C "$BUNDLE_DIR" || die "cannot unpack $BUNDLE"
+	B=$BUNDLE_DIR/edge-slm-bundle
+	[[ -f $B/SHA256SUMS && -f $B/bundle.json ]] ||
+		die "$BUNDLE is not an edge-slm bundle (no edge-slm-bundle/SHA256SUMS, bundle.json)"
+	[[ -z $(find "$BUNDLE_DIR" ! -type f ! -type d) ]] ||
+		die "$BUNDLE holds links or special files; refused, nothing was changed"
+	# Every file listed and every listed file intact, before a single change.
+	if ! sums_out=$(cd "$B" && sha256sum --check --strict --quiet SHA256SUMS 2>&1); then
+		printf '%s
+' "$sums_out" | sed 's/^/    /' >&2
+		die "$BUNDLE failed its SHA256SUMS check (above); refused, nothing was changed"
+	fi
+	unlisted=$(cd "$B" && comm -13 <(sed 's/^[0-9a-f]\{64\}  //' SHA256SUMS | sort) \
+		<(find . -type f ! -path ./SHA256SUMS | sed 's|^\./||' | sort))
+	[[ -z $unlisted ]] || die "$BUNDLE has files its SHA256SUMS does not list: $unlisted; refused, nothing was changed"
+	BUNDLE_ID=$(sha256sum "$B/SHA256SUMS" | cut -d' ' -f1)
+	say "bundle checked: every file matches SHA256SUMS"
+	bundle_out=$("$PYTHON" - "$B/bundle.json" <<'PY'
+import json, platform, sys
+info = json.load(open(sys.argv[1]))
+here = f"{sys.version_info[0]}.{sys.version_info[1]}"
+print(info["arch"], info["python"], info["profile"], info["model"], info["wheel"],
+      platform.machine(), here)
+PY
+	) || die "cannot read bundle.json"
+	read -r b_arch b_python b_profile b_model b_wheel my_arch my_python <<<"$bundle_out"
+	[[ $b_arch == "$my_arch" && $b_python == "$my_python" ]] ||
+		die "the bundle is for $b_arch with Python $b_python, but $PYTHON is $my_arch Python $my_python; build one with edge-agent bundle --arch $my_arch --python $my_python" 2
+	say "bundle for $b_arch Python $b_python: profile $b_profile, model $b_model"
+	SRC_ROOT=$B
+	PROFILES_PATH=$B/wheels/$b_wheel # agent/profiles.py imported from the wheel (a zip)
+	WHEEL=$B/wheels/$b_wheel
+	PIP_OPTS+=(--no-index "--find-links=$B/wheels")
+	PROFILE=${PROFILE:-$b_profile}
+	MODEL=${MODEL:-$b_model}
+fi
+PROFILE=${PROFILE:-auto}
 
 P=${PREFIX%/} # "" for /
 readonly P
@@ -190,8 +257,8 @@ readonly UNIT="$UNIT_DIR/edge-agent.service"
 readonly DROPIN_DIR="$UNIT_DIR/edge-agent.service.d"
 readonly PROFILE_DROPIN="$DROPIN_DIR/50-profile.conf"
 readonly STATE_DIR="$P/var/lib/edge-slm"
-readonly UNIT_SRC="$REPO_ROOT/systemd/edge-agent.service"
-readonly DROPIN_SRC_DIR="$REPO_ROOT/systemd/drop-ins"
+readonly UNIT_SRC="$SRC_ROOT/systemd/edge-agent.service"
+readonly DROPIN_SRC_DIR="$SRC_ROOT/systemd/drop-ins"
 # Target paths (what the running device sees), for agent.toml and messages.
 readonly T_CONF="/etc/edge-slm/agent.toml"
 
@@ -371,8 +438,8 @@ declare -A PROF=()
 profile_cmd=(detect --root /)
 [[ $PROFILE == auto ]] || profile_cmd=(show "$PROFILE")
 # agent/profiles.py needs only the standard library, so it runs before the venv exists.
-profile_out=$(PYTHONPATH="$REPO_ROOT" "$PYTHON" -m agent.profiles \
-	--table "$REPO_ROOT/deploy/profiles.toml" "${profile_cmd[@]}" --env) ||
+profile_out=$(PYTHONPATH="$PROFILES_PATH" "$PYTHON" -m agent.profiles \
+	--table "$SRC_ROOT/deploy/profiles.toml" "${profile_cmd[@]}" --env) ||
 	die "could not choose a profile (see above)" 2
 while IFS='=' read -r key val; do
 	PROF[$key]=$val
@@ -413,7 +480,12 @@ source_hash() {
 	fi
 }
 target=${WHEEL:-$SOURCE}
-want="$(source_hash) $(cd "$(dirname "$target")" && pwd)/$(basename "$target")"
+if [[ -n $BUNDLE ]]; then
+	# The bundle's identity, not its scratch path: the same bundle again changes nothing.
+	want="$BUNDLE_ID bundle"
+else
+	want="$(source_hash) $(cd "$(dirname "$target")" && pwd)/$(basename "$target")"
+fi
 if [[ -f $STAMP && $(cat "$STAMP") == "$want" && -x $VENV/bin/edge-agent ]]; then
 	say "edge-slm package unchanged ($target)"
 else
@@ -422,8 +494,8 @@ else
 	if [[ -x $VENV/bin/edge-agent ]]; then
 		act "uninstall the previous edge-slm" "$VENV/bin/pip" uninstall -y -q edge-slm
 	fi
-	act "pip install edge-slm from $target" "$VENV/bin/pip" install --disable-pip-version-check \
-		-q "${PIP_OPTS[@]}" "$target"
+	act "pip install edge-slm from $target${PIP_OPTS[*]:+ (${PIP_OPTS[*]})}" "$VENV/bin/pip" install \
+		--disable-pip-version-check -q ${PIP_OPTS[@]+"${PIP_OPTS[@]}"} "$target"
 	if [[ $DRY_RUN -eq 0 ]]; then
 		printf '%s\n' "$want" >"$STAMP"
 	fi
@@ -433,7 +505,32 @@ fi
 # --- 4. model -------------------------------------------------------------------
 
 ensure_dir "$STATE_DIR" 0750
-if [[ -n $IMPORT_MODEL ]]; then
+if [[ -n $BUNDLE ]]; then
+	# The bundle's models, already checked against SHA256SUMS; a model whose manifest is
+	# the same as the installed one's is left alone. Staged beside the cache, then renamed.
+	ensure_dir "$STATE_DIR/models" 0755
+	for src in "$B"/models/*/; do
+		[[ -f $src/manifest.json ]] || continue
+		name=$(basename "$src")
+		dest=$STATE_DIR/models/$name
+		if cmp -s "$src/manifest.json" "$dest/manifest.json"; then
+			say "model $name unchanged"
+			continue
+		fi
+		if [[ $DRY_RUN -eq 1 ]]; then
+			say "would install model $name into $dest"
+			continue
+		fi
+		stage=$STATE_DIR/models/.staging-$name-bundle
+		rm -rf -- "$stage" "$STATE_DIR/models/.trash-$name-bundle"
+		cp -r "$src" "$stage"
+		[[ ! -e $dest ]] || mv "$dest" "$STATE_DIR/models/.trash-$name-bundle"
+		mv "$stage" "$dest"
+		rm -rf -- "$STATE_DIR/models/.trash-$name-bundle"
+		say "installed model $name into $dest"
+		CHANGED=1
+	done
+elif [[ -n $IMPORT_MODEL ]]; then
 	if [[ $DRY_RUN -eq 0 ]] && STATE_DIRECTORY=$STATE_DIR "$VENV/bin/edge-agent" models path "$MODEL" >/dev/null 2>&1; then
 		say "model $MODEL already in $STATE_DIR/models"
 	else
@@ -477,10 +574,10 @@ fi
 
 # --- 6. unit, drop-ins, profile copy -------------------------------------------
 
-install_content "$OPT_DIR/profiles.toml" 0644 <"$REPO_ROOT/deploy/profiles.toml"
+install_content "$OPT_DIR/profiles.toml" 0644 <"$SRC_ROOT/deploy/profiles.toml"
 # The unit's Documentation= points here.
-if [[ -f $REPO_ROOT/systemd/README.md ]]; then
-	install_content "$OPT_DIR/systemd/README.md" 0644 <"$REPO_ROOT/systemd/README.md"
+if [[ -f $SRC_ROOT/systemd/README.md ]]; then
+	install_content "$OPT_DIR/systemd/README.md" 0644 <"$SRC_ROOT/systemd/README.md"
 fi
 if [[ -f $UNIT_SRC ]]; then
 	install_content "$UNIT" 0644 <"$UNIT_SRC"
