@@ -38,7 +38,13 @@ from collections.abc import Iterable
 from enum import StrEnum
 from typing import Any
 
-from edge_slm.topics import DeviceTopics, fleet_filter, relay_status_filter, shared
+from edge_slm.topics import (
+    DeviceTopics,
+    fleet_filter,
+    relay_status_filter,
+    shared,
+    skill_head_filter,
+)
 
 __all__ = [
     "DEFAULT_PREFIX",
@@ -61,8 +67,9 @@ DEFAULT_SHARE_GROUP = "relays"  # cloud_relay settings: share_group
 # -- the policy -----------------------------------------------------------------------
 # A device (or its local broker's bridge) sends escalations, its retained status and its
 # telemetry, and receives the cloud's answers, its run-time config and its desired model
-# (over-the-air updates, `cloud-relay models push`): its own topics only, and every
-# relay's online/offline (relay_status_filter; only relays publish it).
+# (over-the-air updates, `cloud-relay models push`): its own topics only, every relay's
+# online/offline (relay_status_filter) and the skill heads the relays learn for the whole
+# fleet (skill_head_filter, `cloud-relay learn`); only relays publish those two.
 DEVICE_PUBLISHES: tuple[str, ...] = ("escalation", "status", "telemetry")
 DEVICE_RECEIVES: tuple[str, ...] = ("cloud", "config", "model")
 # Relay-only topics: only a relay identity may publish them, for any device (the retained
@@ -104,14 +111,15 @@ def _device_acls(prefix: str, device_id: str) -> list[dict[str, Any]]:
     for leaf in DEVICE_RECEIVES:
         acls += [_acl(AclType.SUBSCRIBE, topics[leaf]), _acl(AclType.RECEIVE, topics[leaf])]
     # Every relay's online/offline (its agent re-sends the outbox when one comes online).
-    relays = relay_status_filter(prefix)
-    acls += [_acl(AclType.SUBSCRIBE, relays), _acl(AclType.RECEIVE, relays)]
+    for fleetwide in (relay_status_filter(prefix), skill_head_filter(prefix)):
+        acls += [_acl(AclType.SUBSCRIBE, fleetwide), _acl(AclType.RECEIVE, fleetwide)]
     return acls
 
 
 def _relay_acls(prefix: str, share_group: str) -> list[dict[str, Any]]:
     acls = [_acl(AclType.PUBLISH, fleet_filter(prefix, leaf)) for leaf in RELAY_PUBLISHES]
     acls.append(_acl(AclType.PUBLISH, relay_status_filter(prefix)))  # relays only
+    acls.append(_acl(AclType.PUBLISH, skill_head_filter(prefix)))  # relays only
     for leaf in RELAY_SHARED_READS:
         plain = fleet_filter(prefix, leaf)
         acls += [

@@ -163,6 +163,22 @@ def relay_status_filter(prefix: str) -> str:
     return f"{_check_segment('prefix', prefix)}/_relays/+/status"
 
 
+def skill_head(prefix: str, skill: str) -> str:
+    """Relay -> agents, retained: the skill's classify head learned from the cloud's labels
+    (``SkillHead``, ``cloud-relay learn``); only relays may publish it.
+
+    One topic per skill for the whole fleet, four levels like the relays' status, so no
+    device filter (``<prefix>/+/<leaf>``) ever matches it.
+    """
+    name = _check_segment("skill", skill)
+    return f"{_check_segment('prefix', prefix)}/_skills/{name}/head"
+
+
+def skill_head_filter(prefix: str) -> str:
+    """What agents subscribe to: every skill's head (an agent ignores skills it lacks)."""
+    return f"{_check_segment('prefix', prefix)}/_skills/+/head"
+
+
 def matches(topic_filter: str, topic: str) -> bool:
     """Whether ``topic`` matches an MQTT filter with ``+`` and ``#`` (MQTT 5 §4.7)."""
     filter_parts = topic_filter.split("/")

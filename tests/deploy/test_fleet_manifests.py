@@ -183,14 +183,16 @@ def test_emqx_acl_mirrors_the_mosquitto_acl() -> None:
     assert device_sub
     assert device_sub.group(1) == (
         '"slm/${cert_common_name}/cloud", "slm/${cert_common_name}/config", '
-        '"slm/${cert_common_name}/model", {eq, "slm/_relays/+/status"}'
+        '"slm/${cert_common_name}/model", {eq, "slm/_relays/+/status"}, '
+        '{eq, "slm/_skills/+/head"}'
     )
     relay_sub = re.search(r'\{allow, \{username, \{re, "\^relay-"\}\}, subscribe, (.*)\}\.', rules)
     assert relay_sub
     assert '"$share/relays/slm/+/escalation"' in relay_sub.group(1)
     assert re.search(
         r'\{allow, \{username, \{re, "\^relay-"\}\}, publish, '
-        r'\["slm/\+/cloud", "slm/\+/config", "slm/\+/model", "slm/_relays/\+/status"\]',
+        r'\["slm/\+/cloud", "slm/\+/config", "slm/\+/model", "slm/_relays/\+/status", '
+        r'"slm/_skills/\+/head"\]',
         rules,
     )
     # Relay rules come before the device rules (first match wins); deny-all is last.

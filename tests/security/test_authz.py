@@ -32,7 +32,7 @@ import pytest
 
 from cloud_relay.authz import DEFAULT_SHARE_GROUP
 from cloud_relay.pki import CertKind, Pki
-from edge_slm.topics import relay_status, relay_status_filter
+from edge_slm.topics import relay_status, relay_status_filter, skill_head, skill_head_filter
 from tests.security.conftest import (
     DEVICE_A,
     DEVICE_B,
@@ -129,6 +129,22 @@ def test_only_the_relay_configures_a_device(connect: Connect, relay: TlsClient) 
     assert a.received(0.3) == []
 
 
+def test_only_the_relay_pushes_skill_heads(connect: Connect, relay: TlsClient) -> None:
+    head = skill_head("slm", "home_intents")
+    assert relay.publish(head, b"head-v1", retain=True) in ACCEPTED
+    a = connect(DEVICE_A)  # subscribes after the push: the retained head is delivered
+    assert a.subscribe(skill_head_filter("slm")) == 1
+    assert [(m.topic, m.payload) for m in a.received()] == [(head, b"head-v1")]
+    b = connect(DEVICE_B)
+    assert b.publish(head, b"forged", retain=True) == NOT_AUTHORIZED
+    assert b.publish(skill_head("slm", "other"), b"forged", retain=True) == NOT_AUTHORIZED
+    assert a.received(0.3) == []
+    # Nor was a forged head retained for a device subscribing later.
+    late = connect(DEVICE_B, client_id="dev-b-late")
+    assert late.subscribe(skill_head_filter("slm")) == 1
+    assert [m.payload for m in late.received()] == [b"head-v1"]
+
+
 # -- publishing outside one's own topics ----------------------------------------------------
 
 
@@ -142,6 +158,7 @@ def test_only_the_relay_configures_a_device(connect: Connect, relay: TlsClient) 
         cloud(DEVICE_A),
         "slm/dev-a/request",
         relay_status("slm", RELAY),
+        skill_head("slm", "home_intents"),
     ],
     ids=[
         "B-escalation",
@@ -151,6 +168,7 @@ def test_only_the_relay_configures_a_device(connect: Connect, relay: TlsClient) 
         "own-cloud",
         "own-request",
         "relay-status",
+        "skill-head",
     ],
 )
 def test_device_cannot_publish(connect: Connect, relay: TlsClient, topic: str) -> None:

@@ -1,7 +1,8 @@
 """Device-local broker (edge.conf) bridged to the cloud broker (cloud.conf), both as shipped.
 
 Exactly these topics cross: the device's escalations, retained status and telemetry out;
-the cloud's answers, its config and desired model, and the relays' online/offline in.
+the cloud's answers, its config and desired model, the relays' online/offline and the
+skill heads they push in.
 """
 
 from __future__ import annotations
@@ -10,7 +11,13 @@ import time
 
 import pytest
 
-from edge_slm.topics import DeviceTopics, relay_status, relay_status_filter
+from edge_slm.topics import (
+    DeviceTopics,
+    relay_status,
+    relay_status_filter,
+    skill_head,
+    skill_head_filter,
+)
 from tests.security.conftest import DEVICE_A, DEVICE_B, RELAY, FleetPki, LocalClient, TlsClient
 from tests.support.broker import PrivateBroker
 
@@ -55,6 +62,24 @@ def test_a_relay_coming_online_is_heard_on_the_device(
         assert [(m.topic, m.payload) for m in app.messages] == [
             (relay_status("slm", RELAY), b"online")
         ]
+    finally:
+        app.close()
+
+
+def test_a_pushed_skill_head_comes_in_retained(
+    bridged: tuple[PrivateBroker, PrivateBroker, TlsClient],
+) -> None:
+    _cloud, edge, relay = bridged
+    head = skill_head("slm", "home_intents")
+    assert relay.publish(head, b"head-v1", retain=True) in (0, 0x10)
+    time.sleep(0.5)  # the bridge carries it in and the edge broker retains it
+    app = LocalClient(edge.port)  # the agent, subscribing after the push
+    try:
+        app.c.subscribe(skill_head_filter("slm"), 1)
+        deadline = time.monotonic() + 5
+        while not app.messages and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert [(m.topic, m.payload) for m in app.messages] == [(head, b"head-v1")]
     finally:
         app.close()
 

@@ -20,7 +20,7 @@ from cloud_relay.authz import (
     dynsec_config,
     dynsec_json,
 )
-from edge_slm.topics import DeviceTopics, relay_status_filter
+from edge_slm.topics import DeviceTopics, relay_status_filter, skill_head_filter
 
 DEVICES = ["dev-b", "dev-a"]
 RELAYS = ["relay-2", "relay-1"]
@@ -70,6 +70,8 @@ def test_a_device_is_confined_to_its_own_topics() -> None:
         (AclType.RECEIVE.value, own.model),
         (AclType.SUBSCRIBE.value, relay_status_filter("slm")),
         (AclType.RECEIVE.value, relay_status_filter("slm")),
+        (AclType.SUBSCRIBE.value, skill_head_filter("slm")),
+        (AclType.RECEIVE.value, skill_head_filter("slm")),
     }
 
 
@@ -79,7 +81,10 @@ def test_relay_only_topics_are_published_by_relays_only() -> None:
         role: {a["topic"] for a in acls if a["acltype"] == AclType.PUBLISH.value}
         for role, acls in roles.items()
     }
-    relay_only = {f"fleet/+/{leaf}" for leaf in RELAY_PUBLISHES} | {"fleet/_relays/+/status"}
+    relay_only = {f"fleet/+/{leaf}" for leaf in RELAY_PUBLISHES} | {
+        "fleet/_relays/+/status",
+        "fleet/_skills/+/head",
+    }
     assert published[RELAY_ROLE] == relay_only
     for role, topics in published.items():
         if role != RELAY_ROLE:

@@ -12,7 +12,10 @@ from edge_slm.topics import (
     device_of,
     escalation_subscription,
     fleet_filter,
+    matches,
     shared,
+    skill_head,
+    skill_head_filter,
     status_wildcard,
 )
 
@@ -169,3 +172,12 @@ def test_shared_subscription_is_built_once() -> None:
     assert escalation_subscription("slm", "g") == shared("g", fleet_filter("slm", "escalation"))
     with pytest.raises(ValueError, match="group"):
         shared("a/b", "slm/+/telemetry")
+
+
+def test_skill_heads_are_fleet_wide_and_never_a_device_topic() -> None:
+    assert skill_head("slm", "home_intents") == "slm/_skills/home_intents/head"
+    assert matches(skill_head_filter("slm"), skill_head("slm", "home_intents"))
+    for leaf in LEAVES:  # four levels: no device filter matches a head
+        assert not matches(fleet_filter("slm", leaf), skill_head("slm", "x"))
+    with pytest.raises(ValueError, match="skill"):
+        skill_head("slm", "a/b")
