@@ -231,6 +231,54 @@ class DashboardSettings(_Section):
         return self.token is not None or self.username is not None
 
 
+class LearnSettings(_Section):
+    """The learn loop: fit each skill's classify head on the cloud's labels and push it."""
+
+    interval_s: float = Field(
+        default=3600.0,
+        ge=0,
+        description="How often `cloud-relay run` learns, on a thread of its own (the first "
+        "run one interval after start); 0: never, only `cloud-relay learn` does. In a group "
+        "of relays sharing a store each may run it: a head version is claimed in the store "
+        "before it is pushed, so a version is pushed once.",
+    )
+    skills_dir: Path | None = Field(
+        default=None,
+        description="Folder of skill definitions, `<name>.toml` in the format of the built-in "
+        "ones, beside the built-in skills (a file wins over a built-in of its name). They "
+        "must be the skills the devices run: a head is fitted for the skill's labels.",
+    )
+    skills: list[str] | None = Field(
+        default=None, description="Learn only these skills; default: every known skill."
+    )
+    encoder: str = Field(
+        default="minilm-l6-v2-int8",
+        description="The sentence encoder the heads are fitted on: the devices' "
+        "`model.embedder` (a device refuses a head made for another encoder).",
+    )
+    model_cache: Path | None = Field(
+        default=None,
+        description="Model cache holding the encoder (`edge-agent models build <encoder> "
+        "--install-source` installs it); default: the per-user cache, as `edge-agent models`.",
+    )
+    holdout: float = Field(
+        default=0.25,
+        gt=0,
+        lt=1,
+        description="Share of the cloud-labelled cases kept out of fitting, chosen by a hash "
+        "of (device, request id) so a case stays in it run after run; the new head is pushed "
+        "only if it is at least as accurate on them as the head in use.",
+    )
+    min_cases: int = Field(
+        default=20,
+        ge=2,
+        description="A skill with fewer cloud-labelled cases is not learned yet.",
+    )
+    max_cases: int = Field(
+        default=5000, ge=2, description="The newest this many cases per skill are used."
+    )
+
+
 class ModelPrice(_Section):
     input_per_mtok: float = Field(ge=0, description="USD per 1M input (prompt) tokens.")
     output_per_mtok: float = Field(ge=0, description="USD per 1M output (completion) tokens.")
@@ -284,6 +332,10 @@ class RelaySettings(DaemonSettings):
     )
     dashboard: DashboardSettings = Field(
         default_factory=DashboardSettings, description="`cloud-relay dashboard` web page."
+    )
+    learn: LearnSettings = Field(
+        default_factory=LearnSettings,
+        description="Skill heads learned from the cloud's labels and pushed to the devices.",
     )
     store_prompts: bool = Field(
         default=True,
