@@ -1,5 +1,5 @@
 """``cloud-relay``: run the relay, read its log (``logs``, ``stats``, ``export``), the
-fleet view (``devices``) and the web ``dashboard``."""
+fleet view (``devices``) and the web ``dashboard``; ``learn`` skill heads from the log."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from cloud_relay.config import RelaySettings
 
 
-def _parser() -> argparse.ArgumentParser:
+def _parser() -> argparse.ArgumentParser:  # noqa: PLR0915 - one block per sub-command
     parser = argparse.ArgumentParser(
         prog="cloud-relay",
         description="Forward edge escalations to a large LLM and keep a log of them.",
@@ -104,10 +104,12 @@ def _parser() -> argparse.ArgumentParser:
     dashboard.set_defaults(func=_cmd_dashboard)
 
     from cloud_relay.calibrate_cmd import add_calibrate_command
+    from cloud_relay.learn_cmd import add_learn_command
     from cloud_relay.models_cmd import add_models_command
     from cloud_relay.pki_cmd import add_pki_command
 
     add_calibrate_command(sub)
+    add_learn_command(sub)
     add_models_command(sub)
     add_pki_command(sub)
     return parser

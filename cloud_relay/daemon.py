@@ -6,7 +6,9 @@ writer, the metrics endpoint (when ``metrics.port`` is set), then MQTT
 (subscribe on every (re)connect to the shared escalation topic and, for the
 fleet view, to telemetry (shared) and status (plain, for the retained
 copies); then say ``online`` on the relay's status topic, so agents re-send
-the escalations they hold at once). The will says ``offline``. SIGTERM or
+the escalations they hold at once), and last the learn loop (when
+``learn.interval_s`` is set: skill heads fitted on the cloud's labels and
+pushed, :mod:`cloud_relay.learn`). The will says ``offline``. SIGTERM or
 SIGINT: unsubscribe (the broker sends new escalations to the other relays of
 the group), drain queued and in-flight work up to
 ``drain_timeout_s``, cancel what still runs, answer what is left with
@@ -16,13 +18,13 @@ committing every row still queued, and the store closes last.
 
 Threads: paho's network thread (parse, check, hand over), the event loop
 thread (every escalation as a task: LLM over HTTP, replies), the store
-writer thread (group commit) and the fleet writer thread.
+writer thread (group commit), the fleet writer thread and the learn thread.
 """
 
 from __future__ import annotations
 
 from contextlib import ExitStack
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from cloud_relay.breaker import BreakerState, CircuitBreaker
 from cloud_relay.config import RelaySettings
@@ -40,6 +42,9 @@ from edge_slm.logs import get_logger
 from edge_slm.mqtt import Inbound, Will
 from edge_slm.topics import relay_status
 
+if TYPE_CHECKING:
+    from cloud_relay.learn_loop import LearnLoop
+
 log = get_logger("cloud_relay.daemon")
 
 
@@ -56,6 +61,7 @@ class RelayDaemon(Lifecycle):
         self._loop: LoopThread | None = None
         self._pool: TaskPool[Envelope] | None = None
         self._fleet: FleetWriter | None = None
+        self._learn: LearnLoop | None = None
         self.metrics = RelayMetrics()
         self.metrics_server: MetricsServer | None = None
         s = settings
@@ -76,6 +82,8 @@ class RelayDaemon(Lifecycle):
             return "the store writer thread died"
         if self._fleet is not None and not self._fleet.alive:
             return "the fleet writer thread died"
+        if self._learn is not None and not self._learn.alive:
+            return "the learn thread died"
         if not self.mqtt.loop_alive:
             return "the MQTT network thread is dead"
         return True
@@ -143,6 +151,13 @@ class RelayDaemon(Lifecycle):
         stack.callback(self.mqtt.stop)
         if not connected:
             log.warning("mqtt_not_connected_yet", broker=str(s.mqtt.url), hint="still retrying")
+        if s.learn.interval_s:
+            from cloud_relay.learn_loop import LearnLoop  # numpy and the encoder: only when on
+
+            learn = LearnLoop(s, self._publish_head)
+            learn.start()
+            stack.callback(learn.stop)  # first on the way out: no push while draining
+            self._learn = learn
         log.info(
             "relay_started",
             client_id=s.mqtt.client_id,
@@ -152,6 +167,7 @@ class RelayDaemon(Lifecycle):
             llm_model=s.llm.model,
             store=s.db.split("://", 1)[0],
             max_concurrency=s.limits.max_concurrency,
+            learn_interval_s=s.learn.interval_s or None,
         )
 
     def _drain(self) -> None:
@@ -216,6 +232,11 @@ class RelayDaemon(Lifecycle):
             error=ErrorInfo(code=code, message=message, retry_after_ms=1000),
         )
         self._publish(env.topics.cloud, reply.to_wire(), env.correlation_data)
+
+    def _publish_head(self, topic: str, payload: bytes) -> None:
+        """The learn thread's pushes: retained, under the relay's identity (paho is
+        thread-safe for publish)."""
+        self.mqtt.publish(topic, payload, qos=1, retain=True)
 
     def _publish(self, topic: str, payload: bytes, correlation: bytes | None) -> None:
         self.mqtt.publish(topic, payload, qos=1, correlation_data=correlation)

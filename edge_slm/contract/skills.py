@@ -12,6 +12,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from edge_slm.contract.base import OutboundModel, Versioned
+
 LabelName = Annotated[str, Field(min_length=1, max_length=64)]
 #: A skill's name: lowercase, digits, ``_ . -``; it is also a TOML key and a log field.
 SkillName = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_.-]{0,63}$")]
@@ -250,4 +252,61 @@ class SkillSpec(BaseModel):
             unknown = band.labels() - set(self.labels)
             if unknown:
                 raise ValueError(f"band {reading!r} names unknown labels {sorted(unknown)}")
+        return self
+
+
+class HeadProvenance(BaseModel):
+    """What a pushed head was fitted on and how it did on the relay's held-out cases."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    skill_texts: int = Field(ge=0, description="The skill's own texts it was fitted on.")
+    cloud_labels: int = Field(ge=0, description="Cloud-labelled cases it was fitted on.")
+    held_out: int = Field(ge=0, description="Cloud-labelled cases kept out, to check it.")
+    accuracy_new: float | None = Field(
+        default=None, ge=0, le=1, description="Its accuracy on the held-out cases."
+    )
+    accuracy_old: float | None = Field(
+        default=None, ge=0, le=1, description="The accuracy of the head it replaces there."
+    )
+
+
+class SkillHead(Versioned, OutboundModel):
+    """Relay -> agents, retained on ``<prefix>/_skills/<skill>/head``: a skill's classify
+    head, a multinomial logistic regression over the sentence encoder's vectors
+    (``cloud-relay learn``)."""
+
+    skill: SkillName = Field(description="The skill this head classifies for.")
+    version: int = Field(ge=1, description="Increases with every push for the skill.")
+    embedder: str = Field(
+        min_length=1, max_length=128, description="The sentence encoder the head reads."
+    )
+    labels: list[LabelName] = Field(
+        min_length=2, max_length=64, description="The skill's labels, in the weights' row order."
+    )
+    dim: int = Field(ge=1, le=4096, description="Vector size of the encoder.")
+    weights: str = Field(
+        max_length=1_500_000,
+        description="K x dim weights, float32 little-endian, row-major, base64.",
+    )
+    bias: list[float] = Field(description="K biases.")
+    calibration: tuple[float, float] = Field(
+        description="Confidence = sigmoid(a * logit(p_top) + b): the calibrated probability "
+        "that the top label is right, fitted on out-of-fold predictions.",
+    )
+    provenance: HeadProvenance = Field(description="What it was fitted on, how it did.")
+    created_at: float = Field(description="Epoch seconds when it was fitted.")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> SkillHead:
+        if len(set(self.labels)) != len(self.labels):
+            raise ValueError("labels must be unique")
+        if len(self.bias) != len(self.labels):
+            raise ValueError("bias needs one value per label")
+        # base64 length of K*dim float32 values, padding included.
+        expected = 4 * ((len(self.labels) * self.dim * 4 + 2) // 3)
+        if len(self.weights) != expected:
+            raise ValueError(f"weights must be {len(self.labels)} x {self.dim} float32 in base64")
+        if not all(math.isfinite(x) for x in (*self.bias, *self.calibration)):
+            raise ValueError("bias and calibration must be finite")
         return self

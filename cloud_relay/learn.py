@@ -1,0 +1,274 @@
+"""The learn loop: fit each skill's classify head on the cloud's labels, check it, push it.
+
+Per skill (``learn_skills``): the escalations and shadow samples the cloud answered
+with one of the skill's labels (:meth:`RelayStore.labelled_cases`; only what left
+the device, redacted there: a ``privacy: local`` request never reaches a relay),
+plus the skill's own texts. A share of the cases (``learn.holdout``, chosen by a
+hash of device and request id, so a case is held out run after run) is kept out
+of fitting. The new head is fitted on the rest and the skill's texts
+(:func:`edge_slm.head.fit_head`) and compared there with the head in use: the
+last one pushed (from the store), or, before any, the head a device fits at load
+from the skill's text alone. It is pushed only if it is at least as accurate on
+the held-out cases; otherwise the old head stays and the log says why
+(``head_kept``). A pushed head is a retained, versioned ``SkillHead`` on
+``topics.skill_head(prefix, skill)``, which only relays may publish (broker ACL).
+
+Its version is claimed in the store before the push (``record_head``), so relays
+sharing a store never push the same version twice.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal, Protocol
+
+import numpy as np
+import numpy.typing as npt
+
+from cloud_relay.config import LearnSettings
+from cloud_relay.store import LabelledCase, PushedHead, RelayStore
+from edge_slm.contract import SkillSpec, WireError, decode
+from edge_slm.contract.skills import SkillHead
+from edge_slm.head import Head, fit_head, skill_texts
+from edge_slm.logs import get_logger
+from edge_slm.topics import skill_head
+
+log = get_logger("cloud_relay.learn")
+
+Vectors = npt.NDArray[np.float32]
+Action = Literal["pushed", "kept", "skipped"]
+#: Publishes one retained message at QoS 1 (the relay's MQTT identity).
+Publish = Callable[[str, bytes], None]
+
+
+class TextEncoder(Protocol):
+    """What the loop needs of the sentence encoder (``agent.skills.embedding.Embedder``)."""
+
+    name: str
+
+    def embed(self, texts: Sequence[str]) -> Vectors: ...
+
+
+class LearnUnavailable(Exception):
+    """The loop cannot run here (no encoder installed)."""
+
+
+@dataclass(frozen=True, slots=True)
+class SkillResult:
+    """What one run did for one skill (logged, and printed by ``cloud-relay learn``)."""
+
+    skill: str
+    action: Action
+    reason: str
+    version: int | None  # the version pushed, or the one kept (None: the device's own)
+    cases: int  # usable cloud-labelled cases
+    train: int
+    held_out: int
+    accuracy_new: float | None = None
+    accuracy_old: float | None = None
+
+
+def encoder_folder(settings: LearnSettings) -> Path:
+    """The encoder's folder in the model cache (the per-user one by default)."""
+    if settings.model_cache is not None:
+        cache = settings.model_cache
+    else:
+        from agent.models.cache import default_cache_dir  # the one cache rule, pure Python
+
+        cache = default_cache_dir()
+    return cache.expanduser() / settings.encoder
+
+
+def load_encoder(settings: LearnSettings) -> TextEncoder:
+    folder = encoder_folder(settings)
+    if not (folder / "model.onnx").is_file() or not (folder / "tokenizer.json").is_file():
+        raise LearnUnavailable(
+            f"encoder {settings.encoder!r} is not installed in {folder.parent}: "
+            f"`edge-agent models build {settings.encoder} --install-source`"
+        )
+    # The agent's encoder class (onnxruntime + tokenizers), until it moves to edge_slm.
+    from agent.skills.embedding import Embedder
+
+    # One thread: learning is background work beside the relay's hot path.
+    return Embedder(folder, name=settings.encoder, threads=1)
+
+
+def held_out(case: LabelledCase, fraction: float) -> bool:
+    """Whether ``case`` is in the held-out share: the same answer on every run."""
+    digest = hashlib.sha256(f"{case.device_id}\0{case.request_id}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64 < fraction
+
+
+def accuracy(head: Head, vectors: Vectors, gold: Sequence[str]) -> float:
+    right = sum(head.predict(v).label == g for v, g in zip(vectors, gold, strict=True))
+    return right / len(gold)
+
+
+class Learner:
+    """One learn run over the skills: fit, check on the held-out cases, push or keep."""
+
+    def __init__(
+        self,
+        settings: LearnSettings,
+        *,
+        prefix: str,
+        store: RelayStore,
+        encoder: TextEncoder,
+        publish: Publish,
+        skills: Mapping[str, SkillSpec],
+        dry_run: bool = False,
+    ) -> None:
+        self._s = settings
+        self._dry_run = dry_run
+        self._prefix = prefix
+        self._store = store
+        self._encoder = encoder
+        self._publish = publish
+        wanted = settings.skills
+        self._skills = {n: s for n, s in skills.items() if wanted is None or n in wanted}
+        for name in sorted(set(wanted or ()) - set(skills)):
+            log.warning("learn_skill_unknown", skill=name)
+
+    def run(self) -> list[SkillResult]:
+        results = []
+        for name, spec in sorted(self._skills.items()):
+            try:
+                result = self.learn(name, spec)
+            except Exception:  # one skill's failure must not stop the others
+                log.exception("learn_failed", skill=name)
+                continue
+            results.append(result)
+        return results
+
+    def learn(self, name: str, spec: SkillSpec) -> SkillResult:  # noqa: PLR0911 - one per outcome
+        labels = tuple(spec.labels)
+        rows = self._store.labelled_cases(name, limit=self._s.max_cases)
+        # The cloud may answer outside the label set (or the skill changed since).
+        cases = [c for c in rows if c.label in spec.labels]
+        last = self._store.latest_head(name)
+        last_version = last.version if last else None
+
+        def done(
+            action: Action,
+            reason: str,
+            *,
+            version: int | None = last_version,
+            train: int = 0,
+            held: int = 0,
+            accuracy_new: float | None = None,
+            accuracy_old: float | None = None,
+        ) -> SkillResult:
+            result = SkillResult(
+                skill=name,
+                action=action,
+                reason=reason,
+                version=version,
+                cases=len(cases),
+                train=train,
+                held_out=held,
+                accuracy_new=accuracy_new,
+                accuracy_old=accuracy_old,
+            )
+            log.info(
+                f"head_{action}",
+                skill=name,
+                reason=reason,
+                version=version,
+                cases=len(cases),
+                train=train,
+                held_out=held,
+                accuracy_new=accuracy_new,
+                accuracy_old=accuracy_old,
+                outside_labels=len(rows) - len(cases),
+            )
+            return result
+
+        if len(cases) < self._s.min_cases:
+            return done("skipped", f"{len(cases)} cloud-labelled cases, fewer than min_cases")
+        if last is not None and max(c.received_at for c in cases) <= last.pushed_at:
+            return done("skipped", f"no new case since version {last.version}")
+        test = [c for c in cases if held_out(c, self._s.holdout)]
+        train = [c for c in cases if not held_out(c, self._s.holdout)]
+        if not test or not train:
+            return done("skipped", "the held-out share left one side empty", held=len(test))
+        texts, text_gold = skill_texts(spec)
+        vectors = self._encoder.embed([*texts, *(c.text for c in train), *(c.text for c in test)])
+        n_text, n_train = len(texts), len(train)
+        test_vectors = vectors[n_text + n_train :]
+        test_gold = [c.label for c in test]
+        new = fit_head(vectors[: n_text + n_train], [*text_gold, *(c.label for c in train)], labels)
+        old, old_what = self._head_in_use(last, labels, vectors[:n_text], text_gold)
+        acc_new = accuracy(new, test_vectors, test_gold)
+        acc_old = accuracy(old, test_vectors, test_gold)
+        if acc_new < acc_old:
+            return done(
+                "kept",
+                f"the new head is worse on the held-out cases than {old_what}",
+                train=n_train,
+                held=len(test),
+                accuracy_new=acc_new,
+                accuracy_old=acc_old,
+            )
+        version = (last_version or 0) + 1
+        if self._dry_run:
+            return done(
+                "skipped",
+                f"dry run: would push version {version}",
+                train=n_train,
+                held=len(test),
+                accuracy_new=acc_new,
+                accuracy_old=acc_old,
+            )
+        wire = new.to_wire(
+            skill=name,
+            version=version,
+            embedder=self._encoder.name,
+            skill_texts=n_text,
+            cloud_labels=n_train,
+            held_out=len(test),
+            accuracy_new=acc_new,
+            accuracy_old=acc_old,
+        )
+        payload = wire.to_wire()
+        pushed = PushedHead(
+            skill=name,
+            version=version,
+            payload=payload.decode(),
+            pushed_at=time.time(),
+            cases=len(cases),
+        )
+        if not self._store.record_head(pushed):
+            return done("skipped", f"version {version} was pushed by another relay")
+        self._publish(skill_head(self._prefix, name), payload)
+        return done(
+            "pushed",
+            f"at least as accurate on the held-out cases as {old_what}",
+            version=version,
+            train=n_train,
+            held=len(test),
+            accuracy_new=acc_new,
+            accuracy_old=acc_old,
+        )
+
+    def _head_in_use(
+        self,
+        last: PushedHead | None,
+        labels: tuple[str, ...],
+        text_vectors: Vectors,
+        text_gold: Sequence[str],
+    ) -> tuple[Head, str]:
+        """The head the devices run: the last pushed one if it still fits the skill and the
+        encoder, else the one a device fits at load from the skill's text."""
+        if last is not None:
+            try:
+                wire = decode(SkillHead, last.payload.encode())
+            except WireError:
+                log.warning("learn_last_head_unreadable", skill=last.skill, version=last.version)
+            else:
+                if wire.embedder == self._encoder.name and tuple(wire.labels) == labels:
+                    return Head.from_wire(wire), f"version {last.version}"
+        return fit_head(text_vectors, list(text_gold), labels), "the skill-text head"

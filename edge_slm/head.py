@@ -1,0 +1,188 @@
+"""A skill's classify head: multinomial logistic regression over sentence vectors.
+
+Predicting is numpy only (the device's hot path); fitting uses scikit-learn,
+imported inside the fitting function only. The confidence is the calibrated
+probability that the top label is right: ``sigmoid(a * logit(p_top) + b)``, with
+``a, b`` fitted (Platt scaling) on out-of-fold predictions of the training data,
+so it means the same for 2 labels as for 64.
+
+A head travels as :class:`edge_slm.contract.skills.SkillHead` (``to_wire`` /
+``from_wire``). ``skill_texts`` is the one definition of a skill's own training
+texts, shared by the device (its head at load) and the relay (the baseline a
+pushed head must beat).
+"""
+
+from __future__ import annotations
+
+import base64
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+from edge_slm.contract.skills import HeadProvenance, SkillHead, SkillSpec
+
+Vectors = npt.NDArray[np.float32]
+FOLDS = 5
+#: Inverse regularization: unit-length vectors and few examples per label want a weak prior.
+C = 10.0
+
+
+class HeadRejected(ValueError):
+    """A head that does not fit the skill or the encoder it would be used with."""
+
+
+def skill_texts(spec: SkillSpec) -> tuple[list[str], list[str]]:
+    """A skill's own texts and their labels: per label, "verbalizer: description" (or the
+    verbalizer alone) and each exemplar."""
+    texts: list[str] = []
+    gold: list[str] = []
+    for name, label in spec.labels.items():
+        words = label.words(name)
+        line = f"{words}: {label.description}" if label.description else words
+        for text in (line, *label.exemplars):
+            texts.append(text)
+            gold.append(name)
+    return texts, gold
+
+
+@dataclass(frozen=True, slots=True)
+class HeadOutput:
+    label: str
+    probs: dict[str, float]
+    confidence: float
+
+
+def _sigmoid(x: float) -> float:
+    return 1.0 / (1.0 + math.exp(-x)) if x >= 0 else math.exp(x) / (1.0 + math.exp(x))
+
+
+def _logit(p: float) -> float:
+    p = min(max(p, 1e-6), 1 - 1e-6)
+    return math.log(p / (1 - p))
+
+
+@dataclass(frozen=True, slots=True)
+class Head:
+    labels: tuple[str, ...]
+    weights: npt.NDArray[np.float32]  # [K, d]
+    bias: npt.NDArray[np.float32]  # [K]
+    calibration: tuple[float, float] = (1.0, 0.0)
+
+    @property
+    def dim(self) -> int:
+        return int(self.weights.shape[1])
+
+    def probabilities(self, vectors: Vectors) -> npt.NDArray[np.float64]:
+        """Softmax rows for a batch of vectors [n, d]."""
+        z = vectors.astype(np.float64) @ self.weights.T.astype(np.float64) + self.bias
+        z -= z.max(axis=1, keepdims=True)
+        e = np.exp(z)
+        out: npt.NDArray[np.float64] = e / e.sum(axis=1, keepdims=True)
+        return out
+
+    def confidence(self, p_top: float) -> float:
+        a, b = self.calibration
+        return _sigmoid(a * _logit(p_top) + b)
+
+    def predict(self, vector: Vectors) -> HeadOutput:
+        probs = self.probabilities(vector.reshape(1, -1))[0]
+        top = int(probs.argmax())
+        return HeadOutput(
+            label=self.labels[top],
+            probs={label: float(p) for label, p in zip(self.labels, probs, strict=True)},
+            confidence=self.confidence(float(probs[top])),
+        )
+
+    def to_wire(
+        self,
+        *,
+        skill: str,
+        version: int,
+        embedder: str,
+        skill_texts: int = 0,
+        cloud_labels: int = 0,
+        held_out: int = 0,
+        accuracy_new: float | None = None,
+        accuracy_old: float | None = None,
+    ) -> SkillHead:
+        raw = self.weights.astype("<f4").tobytes(order="C")
+        return SkillHead(
+            skill=skill,
+            version=version,
+            embedder=embedder,
+            labels=list(self.labels),
+            dim=self.dim,
+            weights=base64.b64encode(raw).decode("ascii"),
+            bias=[float(b) for b in self.bias],
+            calibration=self.calibration,
+            provenance=HeadProvenance(
+                skill_texts=skill_texts,
+                cloud_labels=cloud_labels,
+                held_out=held_out,
+                accuracy_new=accuracy_new,
+                accuracy_old=accuracy_old,
+            ),
+            created_at=time.time(),
+        )
+
+    @classmethod
+    def from_wire(cls, wire: SkillHead) -> Head:
+        raw = base64.b64decode(wire.weights, validate=True)
+        weights = np.frombuffer(raw, dtype="<f4").reshape(len(wire.labels), wire.dim)
+        if not np.isfinite(weights).all():
+            raise HeadRejected("the weights are not all finite")
+        return cls(
+            labels=tuple(wire.labels),
+            weights=weights.astype(np.float32),
+            bias=np.asarray(wire.bias, dtype=np.float32),
+            calibration=wire.calibration,
+        )
+
+
+def fit_head(
+    vectors: Vectors, gold_labels: Sequence[str], labels: Sequence[str], *, seed: int = 0
+) -> Head:
+    """Multinomial logistic regression on ``vectors`` (every label in ``labels`` must occur),
+    its confidence calibrated on out-of-fold predictions."""
+    # scikit-learn ships no type information.
+    from sklearn.linear_model import LogisticRegression  # type: ignore[import-untyped]
+    from sklearn.model_selection import (  # type: ignore[import-untyped]
+        StratifiedKFold,
+        cross_val_predict,
+    )
+
+    names = tuple(labels)
+    index = {name: i for i, name in enumerate(names)}
+    y = np.array([index[g] for g in gold_labels])
+    if len(set(y.tolist())) != len(names):
+        raise ValueError("every label needs at least one example")
+    model = LogisticRegression(C=C, max_iter=2000, random_state=seed)
+    model.fit(vectors, y)
+    weights, bias = model.coef_, model.intercept_
+    if len(names) == 2:  # one row for the second label; softmax over [0, w] is the same
+        weights = np.vstack([np.zeros_like(weights), weights])
+        bias = np.concatenate([[0.0], bias])
+    head = Head(labels=names, weights=weights.astype(np.float32), bias=bias.astype(np.float32))
+    folds = min(FOLDS, int(np.bincount(y).min()))
+    if folds < 2:
+        return head  # too few examples per label to calibrate: the raw top share
+    cv = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
+    oof = cross_val_predict(
+        LogisticRegression(C=C, max_iter=2000, random_state=seed),
+        vectors,
+        y,
+        cv=cv,
+        method="predict_proba",
+    )
+    top = oof.argmax(axis=1)
+    right = (top == y).astype(int)
+    if right.min() == right.max():
+        return head  # all right (or all wrong) out of fold: nothing to calibrate on
+    feature = np.array([[_logit(float(p))] for p in oof.max(axis=1)])
+    platt = LogisticRegression(C=1e6, max_iter=1000).fit(feature, right)
+    calibration = (float(platt.coef_[0][0]), float(platt.intercept_[0]))
+    return Head(labels=names, weights=head.weights, bias=head.bias, calibration=calibration)

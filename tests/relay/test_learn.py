@@ -1,0 +1,222 @@
+"""The learn loop on a real store, the real sentence encoder and a real broker.
+
+A head that is worse on the held-out cases is not pushed; one that is not worse is
+pushed retained on the skill's head topic, versioned, and its version claimed in
+the store; nothing new: nothing fitted.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cloud_relay.cli import main
+from cloud_relay.config import LearnSettings
+from cloud_relay.learn import Learner, encoder_folder, held_out, load_encoder
+from cloud_relay.store import Final, LabelledCase, NewEscalation, RelayStore, open_store
+from edge_slm.contract import Outcome, SkillSpec, decode
+from edge_slm.contract.skills import SkillHead
+from edge_slm.head import Head, fit_head, skill_texts
+from edge_slm.mqtt import BrokerUrl, Inbound, MqttConnection
+from edge_slm.topics import skill_head
+from tests.support.broker import PrivateBroker
+
+SKILL = "lights"
+SPEC = SkillSpec.model_validate(
+    {
+        "labels": {
+            "lights_on": {"description": "switch lights on", "exemplars": ["lights on"]},
+            "lights_off": {"description": "switch lights off", "exemplars": ["lights off"]},
+        }
+    }
+)
+ROOMS = ["kitchen", "bedroom", "hall", "garage", "office", "bathroom", "attic", "porch"]
+ON = ["turn on the {} light", "switch the {} lamp on", "{} is too dark, light it up"]
+OFF = ["turn off the {} light", "switch the {} lamp off", "kill the lights in the {}"]
+
+
+def cases() -> list[tuple[str, str]]:
+    out = [(t.format(r), "lights_on") for t in ON for r in ROOMS]
+    return out + [(t.format(r), "lights_off") for t in OFF for r in ROOMS]
+
+
+@pytest.fixture(scope="module")
+def encoder() -> object:
+    settings = LearnSettings()
+    if not (encoder_folder(settings) / "model.onnx").is_file():
+        pytest.skip(f"encoder {settings.encoder} is not installed in the model cache")
+    return load_encoder(settings)
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[RelayStore]:
+    s = open_store(f"sqlite:///{tmp_path / 'relay.db'}")
+    yield s
+    s.close()
+
+
+def log_case(store: RelayStore, i: int, text: str, label: str) -> None:
+    store.claim(
+        NewEscalation(
+            device_id=f"dev-{i % 3}",
+            request_id=f"r{i}",
+            relay_id="r",
+            received_at=time.time(),
+            task="classify",
+            reason="low_confidence",
+            text=text,
+            labels=list(SPEC.labels),
+            skill=SKILL,
+        ),
+        stale_before=0,
+    )
+    store.finalize(
+        f"dev-{i % 3}",
+        f"r{i}",
+        Final(
+            outcome=Outcome.OK,
+            answered_at=time.time(),
+            reply="{}",
+            latency_ms=1.0,
+            cloud_label=label,
+        ),
+    )
+
+
+def is_held_out(i: int, holdout: float) -> bool:
+    case = LabelledCase(f"dev-{i % 3}", f"r{i}", 0.0, "", "", shadow=False)
+    return held_out(case, holdout)
+
+
+def learner(store: RelayStore, encoder: object, pushed: list[tuple[str, bytes]]) -> Learner:
+    return Learner(
+        LearnSettings(min_cases=10),
+        prefix="slm",
+        store=store,
+        encoder=encoder,  # type: ignore[arg-type]
+        publish=lambda topic, payload: pushed.append((topic, payload)),
+        skills={SKILL: SPEC},
+    )
+
+
+def test_a_head_worse_on_the_held_out_cases_is_not_pushed(
+    store: RelayStore, encoder: object
+) -> None:
+    # The cases it trains on are labelled backwards; the held-out ones are right.
+    flip = {"lights_on": "lights_off", "lights_off": "lights_on"}
+    for i, (text, label) in enumerate(cases()):
+        log_case(store, i, text, label if is_held_out(i, 0.25) else flip[label])
+    pushed: list[tuple[str, bytes]] = []
+    (result,) = learner(store, encoder, pushed).run()
+    assert result.action == "kept", result
+    assert result.accuracy_new is not None
+    assert result.accuracy_old is not None
+    assert result.accuracy_new < result.accuracy_old
+    assert "the skill-text head" in result.reason
+    assert pushed == []
+    assert store.latest_head(SKILL) is None
+
+
+def test_a_head_not_worse_is_pushed_versioned_once(store: RelayStore, encoder: object) -> None:
+    for i, (text, label) in enumerate(cases()):
+        log_case(store, i, text, label)
+    pushed: list[tuple[str, bytes]] = []
+    (result,) = learner(store, encoder, pushed).run()
+    assert result.action == "pushed", result
+    assert result.version == 1
+    assert result.accuracy_new is not None
+    assert result.accuracy_old is not None
+    assert result.accuracy_new >= result.accuracy_old
+    assert result.train + result.held_out == result.cases == len(cases())
+    ((topic, payload),) = pushed
+    assert topic == skill_head("slm", SKILL)
+    wire = decode(SkillHead, payload)
+    assert (wire.skill, wire.version, wire.labels) == (SKILL, 1, list(SPEC.labels))
+    assert wire.provenance.cloud_labels == result.train
+    stored = store.latest_head(SKILL)
+    assert stored is not None
+    assert stored.payload.encode() == payload
+    # The head read back answers like the one fitted.
+    head = Head.from_wire(wire)
+    vectors = encoder.embed(["turn the porch light off"])  # type: ignore[attr-defined]
+    assert head.predict(vectors[0]).label == "lights_off"
+    # Nothing new since: no fit, no push.
+    (again,) = learner(store, encoder, pushed).run()
+    assert (again.action, again.version) == ("skipped", 1)
+    assert len(pushed) == 1
+    # A new case: fitted again, compared with version 1, pushed as version 2.
+    log_case(store, 1000, "lights off in the garden please", "lights_off")
+    (third,) = learner(store, encoder, pushed).run()
+    assert third.action in ("pushed", "kept")
+    if third.action == "pushed":
+        assert third.version == 2
+        assert decode(SkillHead, pushed[-1][1]).version == 2
+    assert "version 1" in third.reason
+
+
+def test_the_skill_text_head_is_the_baseline_before_any_push(encoder: object) -> None:
+    texts, gold = skill_texts(SPEC)
+    assert len(texts) == 4  # a line and an exemplar per label
+    head = fit_head(encoder.embed(texts), gold, list(SPEC.labels))  # type: ignore[attr-defined]
+    # On and off are close in embedding space: from 4 texts it knows its own examples...
+    vectors = encoder.embed(["lights off"])  # type: ignore[attr-defined]
+    out = head.predict(vectors[0])
+    assert out.label == "lights_off"
+    assert 0.0 < out.confidence < 1.0
+    assert np.isclose(sum(out.probs.values()), 1.0)
+
+
+def test_cloud_relay_learn_pushes_retained_over_a_real_broker(
+    tmp_path: Path,
+    broker: PrivateBroker,
+    encoder: object,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    db = f"sqlite:///{tmp_path / 'relay.db'}"
+    store = open_store(db)
+    try:
+        for i, (text, label) in enumerate(cases()):
+            log_case(store, i, text, label)
+    finally:
+        store.close()
+    skills = tmp_path / "skills"
+    skills.mkdir()
+    (skills / f"{SKILL}.toml").write_text(
+        "\n".join(
+            f'[labels.{name}]\ndescription = "{label.description}"\n'
+            f"exemplars = {json.dumps(label.exemplars)}"
+            for name, label in SPEC.labels.items()
+        )
+    )
+    args = ["learn", "--db", db, "--broker", broker.url, "--skills-dir", str(skills)]
+    assert main([*args, "--skill", SKILL, "--json"]) == 0
+    (line,) = capsys.readouterr().out.splitlines()
+    assert json.loads(line)["action"] == "pushed"
+    # A device subscribing afterwards gets it: retained.
+    got: list[Inbound] = []
+    arrived = threading.Event()
+
+    def on_message(msg: Inbound) -> None:
+        got.append(msg)
+        arrived.set()
+
+    device = MqttConnection(
+        url=BrokerUrl.parse(broker.url),
+        client_id="device-late",
+        on_connect=lambda: None,
+        on_message=on_message,
+    )
+    assert device.start(connect_timeout_s=5)
+    try:
+        device.subscribe([(skill_head("slm", SKILL), 1)])
+        assert arrived.wait(5)
+    finally:
+        device.stop()
+    assert got[0].retain
+    assert decode(SkillHead, got[0].payload).version == 1
