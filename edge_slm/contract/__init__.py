@@ -10,7 +10,9 @@ One module per message family:
 - :mod:`~edge_slm.contract.escalation`: ``Escalation`` and ``CloudReply``;
 - :mod:`~edge_slm.contract.status`: ``Status``, ``Telemetry`` and ``RelayStatus``;
 - :mod:`~edge_slm.contract.config`: ``DeviceConfig`` and ``DesiredModel``;
-- :mod:`~edge_slm.contract.skills`: skills, carried inside ``DeviceConfig``.
+- :mod:`~edge_slm.contract.skills`: skills, carried inside ``DeviceConfig``;
+- :mod:`~edge_slm.contract.structured`: the schema subset of ``extract``, the
+  tools and tool sets of ``act``.
 
 Received models are tolerant (unknown fields are ignored, so newer minor
 revisions of a sender still parse); sent models are strict (``extra=forbid``)
@@ -75,8 +77,21 @@ from edge_slm.contract.status import (
     Status,
     Telemetry,
 )
+from edge_slm.contract.structured import (
+    NO_TOOL,
+    SchemaError,
+    ToolCall,
+    ToolExemplar,
+    ToolSetName,
+    ToolSetSpec,
+    ToolSpec,
+    check_schema,
+    tool_call_schema,
+    validation_errors,
+)
 
 __all__ = [
+    "NO_TOOL",
     "WIRE_MODELS",
     "WIRE_VERSION",
     "Bound",
@@ -100,6 +115,7 @@ __all__ = [
     "RelayStatus",
     "Request",
     "Response",
+    "SchemaError",
     "Scoring",
     "SensorBand",
     "SensorReading",
@@ -113,15 +129,23 @@ __all__ = [
     "Task",
     "Telemetry",
     "TokenUsage",
+    "ToolCall",
+    "ToolExemplar",
+    "ToolSetName",
+    "ToolSetSpec",
+    "ToolSpec",
     "TopicName",
     "UnsupportedVersion",
     "WireError",
     "WireVersion",
+    "check_schema",
     "decode",
     "default_verbalizer",
     "json_schemas",
     "load_object",
     "new_request_id",
+    "tool_call_schema",
+    "validation_errors",
 ]
 
 #: Every model that travels on a topic, for schema export and the AsyncAPI check.

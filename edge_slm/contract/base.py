@@ -40,6 +40,10 @@ class ErrorCode(StrEnum):
     CLOUD_EXPIRED = "cloud_expired"
     CLOUD_FAILED = "cloud_failed"
     UNKNOWN_SKILL = "unknown_skill"
+    UNKNOWN_TOOL_SET = "unknown_tool_set"
+    UNSUPPORTED_SCHEMA = "unsupported_schema"
+    SCHEMA_TOO_LARGE = "schema_too_large"
+    SCHEMA_MISMATCH = "schema_mismatch"
     INTERNAL = "internal"
 
 
@@ -68,10 +72,10 @@ class OutboundModel(BaseModel):
 class PeerModel(BaseModel):
     """Agent <-> relay messages: strict fields by construction, tolerant when parsed."""
 
-    model_config = ConfigDict(extra="ignore", frozen=True)
+    model_config = ConfigDict(extra="ignore", frozen=True, populate_by_name=True)
 
     def to_wire(self) -> bytes:
-        return self.model_dump_json(exclude_none=True).encode()
+        return self.model_dump_json(exclude_none=True, by_alias=True).encode()
 
 
 class TokenUsage(OutboundModel):
@@ -190,8 +194,14 @@ def decode(model: type[M], payload: bytes | Mapping[str, Any]) -> M:
     """
     data = payload if isinstance(payload, Mapping) else load_object(payload)
     check_version(data)
-    known = {key: value for key, value in data.items() if key in model.model_fields}
+    names = {field.alias or name for name, field in model.model_fields.items()}
+    known = {key: value for key, value in data.items() if key in names}
     try:
         return model.model_validate(known)
     except ValidationError as exc:
-        raise WireError(validation_summary(exc, model.__name__.lower())) from None
+        # A validator that raised a PydanticCustomError named after an error code
+        # (an unsupported schema) gives that code instead of invalid_request.
+        codes = {e.value for e in ErrorCode}
+        typed = [err["type"] for err in exc.errors(include_url=False) if err["type"] in codes]
+        code = ErrorCode(typed[0]) if typed else None
+        raise WireError(validation_summary(exc, model.__name__.lower()), code=code) from None

@@ -9,6 +9,7 @@ from pydantic import Field
 from edge_slm.contract.base import PeerModel, Versioned
 from edge_slm.contract.request import Task
 from edge_slm.contract.skills import SkillName, SkillSpec
+from edge_slm.contract.structured import ToolSetName, ToolSetSpec
 
 
 class DeviceConfig(Versioned, PeerModel):
@@ -34,6 +35,13 @@ class DeviceConfig(Versioned, PeerModel):
         description="Skills pushed to the device, by name. They replace the previously "
         "pushed set (`{}` clears it) and take precedence over built-in and configured "
         "skills of the same name.",
+    )
+    tool_sets: dict[ToolSetName, ToolSetSpec] | None = Field(
+        default=None,
+        max_length=32,
+        description="Tool sets for `act` pushed to the device, by name; like `skills`, they "
+        "replace the previously pushed set and take precedence over built-in and "
+        "configured sets of the same name.",
     )
     issued_at: float = Field(description="Epoch seconds when the operator issued it.")
     issued_by: str | None = Field(default=None, max_length=128, description="Who or what.")

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import Annotated
+from typing import Annotated, Any
 
 from pydantic import Field, model_validator
 
 from edge_slm.contract.base import ErrorInfo, PeerModel, TokenUsage, Versioned
 from edge_slm.contract.request import Kind, SensorReading, Task
 from edge_slm.contract.skills import SkillName
+from edge_slm.contract.structured import ToolCall
 
 
 class EscalationReason(StrEnum):
@@ -37,6 +38,8 @@ class EdgeAnswer(PeerModel):
 
     answer: str | None = Field(default=None, description="Edge answer text.")
     label: str | None = Field(default=None, description="Edge label, for classify.")
+    data: dict[str, Any] | None = Field(default=None, description="Edge object, for extract.")
+    tool_call: ToolCall | None = Field(default=None, description="Edge call, for act.")
     confidence: float = Field(ge=0.0, le=1.0, description="Edge confidence.")
     model: str = Field(description="Edge model.")
     latency_ms: float | None = Field(default=None, ge=0.0, description="Edge latency.")
@@ -60,6 +63,17 @@ class Escalation(Versioned, PeerModel):
         default=None,
         description="The skill the request named (its labels are in `labels`); the relay "
         "learns that skill's head from the cloud's labels (`cloud-relay learn`).",
+    )
+    json_schema: dict[str, Any] | None = Field(
+        default=None,
+        alias="schema",
+        description="For extract: the schema the answer must follow (already checked by "
+        "the device).",
+    )
+    tools: list[dict[str, Any]] | None = Field(
+        default=None,
+        description="For act: the tools in OpenAI's format (a named tool set resolved, "
+        "edge-only fields dropped); the cloud must call one of them.",
     )
     max_tokens: int = Field(ge=1, description="Generation budget.")
     reason: EscalationReason = Field(description="Why the device escalated.")
@@ -95,6 +109,12 @@ class CloudReply(Versioned, PeerModel):
     outcome: Outcome = Field(description="Final state of the escalation.")
     answer: str | None = Field(default=None, description="Cloud answer text.")
     label: str | None = Field(default=None, description="Cloud label, for classify.")
+    data: dict[str, Any] | None = Field(
+        default=None, description="Cloud object, for extract: validated against the schema."
+    )
+    tool_call: ToolCall | None = Field(
+        default=None, description="Cloud call, for act: validated against the tool's parameters."
+    )
     confidence: float | None = Field(
         default=None, ge=0.0, le=1.0, description="Cloud confidence, when the LLM gives logprobs."
     )

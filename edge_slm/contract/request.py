@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import Annotated, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import ConfigDict, Field, field_validator, model_validator
 
 from edge_slm.contract.base import (
     ErrorCode,
@@ -17,6 +17,16 @@ from edge_slm.contract.base import (
     new_request_id,
 )
 from edge_slm.contract.skills import SkillName
+from edge_slm.contract.structured import (
+    MAX_TOOLS,
+    SchemaError,
+    ToolCall,
+    ToolSetName,
+    ToolSpec,
+    check_schema,
+    schema_problem,
+    unique_tools,
+)
 from edge_slm.topics import MAX_TOPIC_LENGTH, is_plain_topic
 
 TopicName = Annotated[str, Field(min_length=1, max_length=MAX_TOPIC_LENGTH)]
@@ -33,6 +43,7 @@ class Task(StrEnum):
     CLASSIFY = "classify"
     EXTRACT = "extract"
     SUMMARIZE = "summarize"
+    ACT = "act"
 
 
 class CloudPolicy(StrEnum):
@@ -66,6 +77,9 @@ class SensorReading(InboundModel):
 class Request(Versioned, InboundModel):
     """What an app publishes on ``<prefix>/<device_id>/request``."""
 
+    # `schema` is the wire name; the attribute is `json_schema` (BaseModel has a `schema`).
+    model_config = ConfigDict(extra="ignore", frozen=True, populate_by_name=True)
+
     id: str = Field(
         default_factory=new_request_id,
         min_length=1,
@@ -88,6 +102,23 @@ class Request(Versioned, InboundModel):
         default=None,
         description="A skill configured on the device (e.g. `home_intents`): its label set, "
         "descriptions and exemplars; `classify` only, instead of `labels`.",
+    )
+    json_schema: dict[str, Any] | None = Field(
+        default=None,
+        alias="schema",
+        description="For `extract`: the JSON Schema (documented subset, at most 8 KiB) the "
+        "reply's `data` follows. Without it `extract` answers free JSON text as before.",
+    )
+    tools: list[ToolSpec] | None = Field(
+        default=None,
+        min_length=1,
+        max_length=MAX_TOOLS,
+        description="For `act`: the tools, in OpenAI's function-tool format "
+        '(`{"type": "function", "function": {"name", "description", "parameters"}}`).',
+    )
+    tool_set: ToolSetName | None = Field(
+        default=None,
+        description="For `act`, instead of `tools`: a tool set registered on the device.",
     )
     max_tokens: int | None = Field(
         default=None, ge=1, description="Generation budget; capped by the agent's config."
@@ -132,8 +163,29 @@ class Request(Versioned, InboundModel):
             raise ValueError("labels must be unique")
         return value
 
+    @field_validator("json_schema")
+    @classmethod
+    def _schema_subset(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        if value is None:
+            return None
+        try:
+            return check_schema(value)
+        except SchemaError as exc:
+            raise schema_problem(exc) from None
+
+    @field_validator("tools")
+    @classmethod
+    def _unique_tools(cls, value: list[ToolSpec] | None) -> list[ToolSpec] | None:
+        return None if value is None else unique_tools(value)
+
     @model_validator(mode="after")
     def _task_needs(self) -> Request:
+        if self.task is Task.ACT and (self.tools is None) == (self.tool_set is None):
+            raise ValueError("task 'act' requires 'tools' or 'tool_set' (one of them)")
+        if (self.tools is not None or self.tool_set is not None) and self.task is not Task.ACT:
+            raise ValueError("'tools' and 'tool_set' apply to task 'act' only")
+        if self.json_schema is not None and self.task is not Task.EXTRACT:
+            raise ValueError("'schema' applies to task 'extract' only")
         if self.task is Task.CLASSIFY and not self.labels and self.skill is None:
             raise ValueError("task 'classify' requires 'labels' or 'skill'")
         if self.labels and self.skill is not None:
@@ -180,6 +232,21 @@ class Response(Versioned, OutboundModel):
     )
     finish_reason: Literal["stop", "length"] | None = Field(
         default=None, description="Why generation ended (free-text tasks)."
+    )
+    data: dict[str, Any] | None = Field(
+        default=None,
+        description="For `extract` with a `schema`: the object, valid under the schema.",
+    )
+    tool_call: ToolCall | None = Field(
+        default=None,
+        description="For `act`: the call, its arguments valid under the tool's parameters; "
+        "absent when no tool fits (`reason` says so).",
+    )
+    field_confidence: dict[str, float] | None = Field(
+        default=None,
+        description="For `extract` with a schema and `act`: each value's confidence, by "
+        "dot path (`arguments.room`, `name`, `items.0`); `confidence` is the weakest "
+        "required one.",
     )
     supersedes: bool | None = Field(
         default=None,
