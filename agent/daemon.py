@@ -14,6 +14,7 @@ thread: both are cheap (a validation, a hand-over to the OTA thread).
 
 from __future__ import annotations
 
+import platform
 import threading
 import time
 from collections.abc import Callable
@@ -494,6 +495,7 @@ class AgentDaemon(Lifecycle):
             model=self._models.name if self._models else self.settings.model.name,
             provider=self.provider,
             version=__version__,
+            arch=platform.machine() or None,
             conditions=self._conditions() or None,
             model_state=self._models.state() if self._models else None,
             model_update=self._ota.update if self._ota else None,

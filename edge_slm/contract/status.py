@@ -67,6 +67,9 @@ class Status(Versioned, OutboundModel):
         default=None, description="Execution provider really in use (cpu, cuda, ...)."
     )
     version: str | None = Field(default=None, description="edge-slm version.")
+    arch: str | None = Field(
+        default=None, description="The device's CPU architecture (`uname -m`): aarch64, x86_64."
+    )
     conditions: list[str] | None = Field(
         default=None,
         description="Degraded conditions the operator should know about, e.g. "
