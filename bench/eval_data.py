@@ -12,6 +12,7 @@ import hashlib
 import json
 import re
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -24,6 +25,8 @@ FAMILIES = {
     "voice": "voice_intents.jsonl",
     "sensor": "sensor_events.jsonl",
     "question": "questions.jsonl",
+    # Free-text sensor reports: the readings are in the words, with no `sensor` field.
+    "report": "sensor_reports.jsonl",
 }
 #: The built-in skill of each classify family (its label set is the family's).
 SKILL_OF = {"voice": "home_intents", "sensor": "sensor_state"}
@@ -126,13 +129,23 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="requests name their family's built-in skill instead of listing labels",
     )
+    parser.add_argument(
+        "--model-reads",
+        metavar="SKILL",
+        help="only items that reach the model under SKILL: those its bands decide (from "
+        "the readings, or from readings read in the text) never do, so a fit of the "
+        "model's confidence should not see them",
+    )
     args = parser.parse_args(argv)
+    decided = _decided_by(args.model_reads) if args.model_reads else None
     for family in args.families:
         for raw in (EVAL_DIR / FAMILIES[family]).read_text(encoding="utf-8").splitlines():
             if not raw.strip():
                 continue
             item = json.loads(raw)
             if split_of(item["request"]["id"]) != args.split:
+                continue
+            if decided is not None and decided(Request.model_validate(item["request"])):
                 continue
             out = raw
             if args.skills and family in SKILL_OF:
@@ -141,6 +154,24 @@ def main(argv: list[str] | None = None) -> int:
                 out = json.dumps(item, ensure_ascii=False)
             sys.stdout.write(out + "\n")
     return 0
+
+
+def _decided_by(skill_name: str) -> Callable[[Request], bool]:
+    from agent.engine.prompts import user_content
+    from agent.skills import SkillRegistry
+    from agent.skills.bands import judge, judge_text
+
+    skill = SkillRegistry().get(skill_name)
+    if skill is None:
+        raise SystemExit(f"no skill {skill_name!r}")
+    spec = skill.spec
+
+    def decided(request: Request) -> bool:
+        if request.readings:
+            return judge(spec, request.readings) is not None
+        return judge_text(spec, user_content(request)) is not None
+
+    return decided
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from agent.skills.report_text import readings_in
 from edge_slm.contract import SensorBand, SensorReading, SkillSpec
 
 
@@ -62,7 +63,9 @@ def _describe(reading: SensorReading, label: str) -> str:
     return f"{reading.name} = {reading.value}{unit}: {label}"
 
 
-def judge(spec: SkillSpec, readings: Sequence[SensorReading]) -> Verdict | None:
+def judge(
+    spec: SkillSpec, readings: Sequence[SensorReading], *, how: str = "by the skill's bands"
+) -> Verdict | None:
     """The bands' answer for these readings, or None when the model must read them."""
     if not spec.bands or not readings:
         return None
@@ -82,4 +85,15 @@ def judge(spec: SkillSpec, readings: Sequence[SensorReading]) -> Verdict | None:
     if open_ and rank < len(order) - 1:
         return None  # an unjudged reading could still be worse
     worst = [_describe(r, lbl) for k, r, lbl in judged if k == rank]
-    return Verdict(label, "by the skill's bands: " + "; ".join(worst))
+    return Verdict(label, f"{how}: " + "; ".join(worst))
+
+
+def judge_text(spec: SkillSpec, text: str) -> Verdict | None:
+    """The bands' answer for a report that states its readings in words, or None.
+
+    For a request with no ``sensor`` field: the readings are read from the text
+    (``agent/skills/report_text.py``); what could not be read stays open.
+    """
+    if not spec.bands:
+        return None
+    return judge(spec, readings_in(text), how="by the skill's bands, read from the text")

@@ -23,7 +23,7 @@ from collections.abc import Callable, Mapping, Sequence
 
 from agent.engine.engine import Classification, Engine, StopWhen
 from agent.skills import Skill
-from agent.skills.bands import judge
+from agent.skills.bands import judge, judge_text
 from agent.skills.calibration import Decision, Evidence, decide
 from agent.skills.embedding import Embedder
 from edge_slm.contract import SensorReading, SkillFit
@@ -66,7 +66,8 @@ def classify_skill(
     stop: StopWhen = StopWhen(),  # noqa: B008  (frozen dataclass: never mutated)
 ) -> Classification:
     start = time.perf_counter()
-    verdict = judge(skill.spec, readings)
+    # No `sensor` field: a report may state its readings in words (bands.judge_text).
+    verdict = judge(skill.spec, readings) if readings else judge_text(skill.spec, text)
     if verdict is not None:
         scores = {label: float(label == verdict.label) for label in skill.labels}
         prompt_tokens, answer_tokens = _unrun_size(engine, skill, text, verdict.label)
