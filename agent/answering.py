@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING
 
+from agent.actions import answer_structured
 from agent.engine.engine import (
     Cancelled,
     Classification,
@@ -29,7 +30,7 @@ if TYPE_CHECKING:
 EDGE_REASON = "answered on the edge"
 
 
-def answer(
+def answer(  # noqa: PLR0911 - one return per engine failure and per kind of answer
     engine: Engine,
     request: Request,
     *,
@@ -46,6 +47,8 @@ def answer(
     """
     messages = build_messages(request)
     try:
+        if request.task is Task.ACT or request.json_schema is not None:
+            return answer_structured(engine, request, max_tokens=max_tokens, stop=stop)
         if skill is not None:
             result: Classification | Generation = classify_skill(
                 engine,

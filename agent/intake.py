@@ -14,6 +14,7 @@ from typing import Any
 
 import structlog
 
+from agent.actions import TOOL_SETS
 from agent.config import LimitSettings
 from agent.jobs import Job
 from agent.recent import RecentRequests
@@ -209,6 +210,17 @@ class Intake:
             # The label set travels with the request from here on: routing, the edge
             # answer and an escalation (the relay checks the cloud's label against it).
             request = request.model_copy(update={"labels": skill.labels})
+        if request.tool_set is not None:
+            tool_set = TOOL_SETS.get(request.tool_set)
+            if tool_set is None:
+                raise Rejected(
+                    ErrorCode.UNKNOWN_TOOL_SET,
+                    f"tool set {request.tool_set!r} is not registered on this device",
+                    request_id=request.id,
+                )
+            # Like a skill's labels: the tools travel with the request (routing reads
+            # their risk, an escalation forwards them).
+            request = request.model_copy(update={"tools": list(tool_set.tools)})
         deadline = None
         if request.deadline_ms is not None:
             # With sent_at, the budget started when the app sent it; clocks on one

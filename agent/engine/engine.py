@@ -47,6 +47,7 @@ from agent.engine.confidence import (
     text_confidence,
     token_stat,
 )
+from agent.engine.guided import Mirror, Step, field_confidence, guided_schema, load_tokenizer
 from agent.engine.prompts import Message
 from agent.models.manifest import tuned_without_exemplars
 from edge_slm.contract import Scoring
@@ -137,6 +138,20 @@ class StreamEnd:
 
 
 StreamEvent = Prefilled | TokenEvent | StreamEnd
+
+
+@dataclass(frozen=True, slots=True)
+class Structured:
+    """A JSON value decoded under a schema, with each value's confidence."""
+
+    value: Any  # the parsed JSON; None when generation ran out of length first
+    text: str
+    field_confidence: dict[str, float]  # leaf values by dot path (agent.engine.guided)
+    prompt_tokens: int
+    completion_tokens: int
+    forced_tokens: int  # tokens the grammar chose, not the model
+    finish_reason: Literal["stop", "length"]
+    total_s: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -280,6 +295,7 @@ class Engine:
         self._priors: OrderedDict[str, dict[str, float]] = OrderedDict()
         #: (tokens, template tail) of fixed prompts' heads, for ``fixed_prompt_size``.
         self._heads: OrderedDict[str, tuple[int, str]] = OrderedDict()
+        self._ll_tokenizer: Any = None  # llguidance's, built on the first structured call
 
     def _load(self, requested: str) -> tuple[str, Any]:
         og = self._og
@@ -332,7 +348,9 @@ class Engine:
         )
         return [int(t) for t in self._tokenizer.encode(prompt)]
 
-    def _generator(self, prompt_ids: list[int], budget: int) -> Any:
+    def _generator(
+        self, prompt_ids: list[int], budget: int, *, guidance: dict[str, Any] | None = None
+    ) -> Any:
         if len(prompt_ids) + budget > self.context_length:
             raise PromptTooLong(
                 f"prompt of {len(prompt_ids)} tokens plus {budget} new tokens exceeds the "
@@ -341,6 +359,8 @@ class Engine:
         og = self._og
         params = og.GeneratorParams(self._model)
         params.set_search_options(do_sample=False, max_length=len(prompt_ids) + budget)
+        if guidance is not None:
+            params.set_guidance("json_schema", json.dumps(guided_schema(guidance)))
         return og.Generator(self._model, params)
 
     # -- tasks -----------------------------------------------------------
@@ -447,6 +467,100 @@ class Engine:
                 total_s=event.total_s,
             )
         raise AssertionError("Engine.stream ended without a StreamEnd")  # pragma: no cover
+
+    def generate_structured(
+        self,
+        schema: dict[str, Any],
+        *,
+        messages: Sequence[Message] | None = None,
+        fixed: FixedPrompt | None = None,
+        user: str = "",
+        max_tokens: int,
+        stop: StopWhen = _NEVER,
+    ) -> Structured:
+        """Greedy decoding under ``schema`` (compact JSON), with per-value confidence.
+
+        Either ``messages`` (prefilled afresh), or a ``fixed`` prompt and the request's
+        ``user`` turn: the fixed part (a tool set's instructions and exemplars) is kept
+        prefilled in a generator that carries the schema's grammar, and each request
+        appends its turn, decodes and rewinds, like ``classify_fixed``. ``fixed.key``
+        must change with the schema.
+        """
+        start = time.perf_counter()
+        stop.check()
+        if self._ll_tokenizer is None:
+            self._ll_tokenizer = load_tokenizer(self.model_dir, self._eos_ids)
+        mirror = Mirror(self._ll_tokenizer, schema)
+        if fixed is not None and self.max_prefixes > 0:
+            entry = self._prefix(fixed, max_tokens, guidance=schema)
+            suffix = self._encode(user + entry.tail)
+            if entry.length + len(suffix) + max_tokens <= entry.capacity:
+                try:
+                    entry.gen.append_tokens(suffix)
+                    return self._decode_structured(
+                        entry.gen, mirror, entry.length + len(suffix), max_tokens, stop, start=start
+                    )
+                finally:
+                    try:
+                        entry.gen.rewind_to(entry.length)
+                    except Exception:
+                        self._prefixes.pop(entry.key, None)
+                        raise
+            log.info("prefix_room_exceeded", prompt=fixed.name, tokens=len(suffix))
+        if fixed is not None:
+            messages = [*fixed.messages, {"role": "user", "content": user}]
+        ids = self.encode_chat(messages or [])
+        gen = self._generator(ids, max_tokens, guidance=schema)
+        gen.append_tokens(ids)
+        return self._decode_structured(gen, mirror, len(ids), max_tokens, stop, start=start)
+
+    def _decode_structured(
+        self,
+        gen: Any,
+        mirror: Mirror,
+        prompt_tokens: int,
+        max_tokens: int,
+        stop: StopWhen,
+        *,
+        start: float,
+    ) -> Structured:
+        pieces = self._tokenizer.create_stream()
+        text = ""
+        steps: list[Step] = []
+        finish: Literal["stop", "length"] = "length"
+        while not gen.is_done() and len(steps) < max_tokens:
+            stop.check()
+            logits = gen.get_logits()  # before the runtime's mask: the mirror applies it
+            gen.generate_next_token()
+            token = int(gen.get_next_tokens()[0])
+            if token in self._eos_ids:
+                finish = "stop"
+                break
+            piece = str(pieces.decode(token))
+            alone = self.token_text(token)
+            raw = b"" if "\ufffd" in alone else alone.encode()
+            logprob, forced = mirror.step(logits, token, raw)
+            steps.append(Step(len(text), len(text) + len(piece), logprob, forced))
+            text += piece
+        value: Any = None
+        confidences: dict[str, float] = {}
+        try:
+            value = json.loads(text)
+            confidences = field_confidence(text, steps)
+        except (json.JSONDecodeError, IndexError):
+            finish = "length"
+        if mirror.lost:
+            log.warning("guidance_mirror_lost", hint="per-field confidence not measured")
+        return Structured(
+            value=value,
+            text=text,
+            field_confidence=confidences,
+            prompt_tokens=prompt_tokens,
+            completion_tokens=len(steps),
+            forced_tokens=sum(s.forced for s in steps),
+            finish_reason=finish,
+            total_s=time.perf_counter() - start,
+        )
 
     def classify(
         self, messages: Sequence[Message], labels: Sequence[str], *, stop: StopWhen = _NEVER
@@ -596,7 +710,9 @@ class Engine:
                 raise
         return scores, length, steps
 
-    def _prefix(self, prompt: FixedPrompt, depth: int) -> _Prefix:
+    def _prefix(
+        self, prompt: FixedPrompt, depth: int, *, guidance: dict[str, Any] | None = None
+    ) -> _Prefix:
         key = f"{prompt.name}@{prompt.key}"
         entry = self._prefixes.get(key)
         if entry is not None:
@@ -607,7 +723,7 @@ class Engine:
         head, tail = self._split_template(prompt.messages)
         ids = self._encode(head)
         capacity = min(self.context_length, len(ids) + PREFIX_ROOM + depth)
-        gen = self._generator(ids, capacity - len(ids))
+        gen = self._generator(ids, capacity - len(ids), guidance=guidance)
         prefill = time.perf_counter()
         gen.append_tokens(ids)
         entry = _Prefix(key=key, gen=gen, length=len(ids), tail=tail, capacity=capacity)

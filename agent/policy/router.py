@@ -14,6 +14,7 @@ import random
 import threading
 from collections.abc import Callable, Mapping
 
+from agent.actions import HIGH_RISK_THRESHOLD, NO_TOOL_REASON, tool_threshold
 from agent.config import CloudSettings, PolicySettings
 from agent.jobs import Decision
 from agent.policy.complexity import complexity
@@ -119,6 +120,11 @@ class Router:
             )
         threshold = self.threshold(request.task)
         task = request.task.value
+        strict = tool_threshold(request, edge, HIGH_RISK_THRESHOLD)
+        if strict is not None and strict > threshold and edge.tool_call is not None:
+            threshold, task = strict, f"{task}: {edge.tool_call.name} is high-risk"
+        elif edge.reason == NO_TOOL_REASON:
+            task = f"{task}: {NO_TOOL_REASON}"
         if edge.confidence >= threshold:
             return Decision(
                 escalate=False,

@@ -258,7 +258,9 @@ class ToolExemplar(BaseModel):
     model_config = ConfigDict(extra="ignore", frozen=True)
 
     text: str = Field(min_length=1, max_length=512, description="The command.")
-    call: ToolCall | None = Field(description="Its call; null: no tool fits.")
+    call: ToolCall | None = Field(
+        default=None, description="Its call; null or absent: no tool fits."
+    )
 
 
 class ToolSetSpec(BaseModel):

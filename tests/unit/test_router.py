@@ -1,6 +1,7 @@
+from agent.actions import NO_TOOL_REASON
 from agent.config import CloudSettings, PolicySettings
 from agent.policy.router import Router
-from edge_slm.contract import EscalationReason, Request, Response, Source
+from edge_slm.contract import EscalationReason, Request, Response, Source, Task, ToolCall
 
 TOPIC = "slm/dev/request"
 
@@ -92,3 +93,60 @@ def test_edge_errors_are_not_escalated() -> None:
 def test_cloud_disabled_blocks_everything() -> None:
     router = Router(PolicySettings(), CloudSettings(enabled=False), budget_left=lambda: True)
     assert not router.before(_req(cloud="always"), TOPIC).allowed
+
+
+# -- act (#17) ----------------------------------------------------------------
+
+_UNLOCK = {
+    "type": "function",
+    "function": {
+        "name": "lock_door",
+        "parameters": {"type": "object", "properties": {"locked": {"type": "boolean"}}},
+    },
+    "risk": "high",
+}
+_LIGHTS = {"type": "function", "function": {"name": "set_lights"}}
+
+
+def _call(name: str, confidence: float, reason: str = "answered on the edge") -> Response:
+    return Response(
+        id="x",
+        ok=True,
+        tool_call=ToolCall(name=name, arguments={}),
+        confidence=confidence,
+        source=Source.EDGE,
+        reason=reason,
+    )
+
+
+def test_high_risk_tool_escalates_under_its_stricter_threshold() -> None:
+    router = _router(thresholds={Task.ACT: 0.5})
+    request = _req(task="act", tools=[_UNLOCK, _LIGHTS])
+    before = router.before(request, TOPIC)
+    lights = router.after(request, _call("set_lights", 0.8), before)
+    assert not lights.escalate
+    unlock = router.after(request, _call("lock_door", 0.8), before)
+    assert unlock.escalate
+    assert unlock.reason is EscalationReason.LOW_CONFIDENCE
+    assert "lock_door is high-risk" in unlock.text
+    assert not router.after(request, _call("lock_door", 0.95), before).escalate
+
+
+def test_tool_threshold_overrides_the_high_risk_default() -> None:
+    router = _router(thresholds={Task.ACT: 0.5})
+    request = _req(task="act", tools=[{**_UNLOCK, "threshold": 0.99}])
+    before = router.before(request, TOPIC)
+    assert router.after(request, _call("lock_door", 0.95), before).escalate
+
+
+def test_no_tool_fits_escalates_and_cloud_never_keeps_the_edge_answer() -> None:
+    router = _router()
+    request = _req(task="act", tools=[_LIGHTS])
+    none = Response(id="x", ok=True, confidence=0.0, source=Source.EDGE, reason=NO_TOOL_REASON)
+    decision = router.after(request, none, router.before(request, TOPIC))
+    assert decision.escalate
+    assert NO_TOOL_REASON in decision.text
+    local = _req(task="act", tools=[_UNLOCK], cloud="never")
+    kept = router.after(local, _call("lock_door", 0.3), router.before(local, TOPIC))
+    assert not kept.escalate
+    assert not kept.allowed
