@@ -8,11 +8,19 @@ answer, it just could not decide, and the device keeps its own label.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+from dataclasses import dataclass, replace
+from typing import Any
 
 from cloud_relay.llm import ChatRequest, Completion, LlmClient, LlmError
-from cloud_relay.prompting import UNKNOWN_LABEL, build_messages, match_label, stricter_messages
-from edge_slm.contract import Escalation, Task
+from cloud_relay.prompting import (
+    UNKNOWN_LABEL,
+    build_messages,
+    match_label,
+    stricter_messages,
+    structured_request,
+)
+from edge_slm.contract import Escalation, Task, ToolCall, validation_errors
 from edge_slm.logs import get_logger
 from edge_slm.rounding import confidence as round_confidence
 
@@ -29,6 +37,17 @@ class CloudAnswer:
     tokens_out: int
     attempts: int
     llm_calls: int
+    data: dict[str, Any] | None = None  # extract with a schema: the validated object
+    tool_call: ToolCall | None = None  # act: the validated call
+
+
+class SchemaMismatch(Exception):
+    """The LLM's answer does not validate against the escalation's schema or tools."""
+
+    def __init__(self, message: str, *, model: str, attempts: int) -> None:
+        super().__init__(message)
+        self.model = model
+        self.attempts = attempts
 
 
 def _from(
@@ -48,8 +67,14 @@ def _from(
 
 
 async def ask(llm: LlmClient, esc: Escalation, *, deadline: float) -> CloudAnswer:
-    """Raises :class:`LlmError` when the first call fails."""
-    first = await llm.complete(ChatRequest(build_messages(esc), esc.max_tokens), deadline=deadline)
+    """Raises :class:`LlmError` when the first call fails, :class:`SchemaMismatch` when an
+    extract or act answer does not validate (``jsonschema``)."""
+    extra = structured_request(esc)
+    first = await llm.complete(
+        ChatRequest(build_messages(esc), esc.max_tokens, extra=extra), deadline=deadline
+    )
+    if extra is not None:
+        return _structured(esc, first)
     if esc.task is not Task.CLASSIFY or not esc.labels:
         return _from(first, answer=first.text.strip(), label=None, confidence=first.confidence)
     label = match_label(first.text, esc.labels)
@@ -88,3 +113,41 @@ def _merge(a: CloudAnswer, *, attempts: int, tokens_in: int, tokens_out: int) ->
         attempts=a.attempts + attempts,
         llm_calls=2,
     )
+
+
+def _structured(esc: Escalation, c: Completion) -> CloudAnswer:
+    """The validated object (extract) or call (act) of ``c``; :class:`SchemaMismatch` if none."""
+
+    def mismatch(why: str) -> SchemaMismatch:
+        return SchemaMismatch(why, model=c.model, attempts=c.attempts)
+
+    if esc.task is Task.ACT:
+        if len(c.tool_calls) != 1:
+            raise mismatch(f"expected one tool call, got {len(c.tool_calls)}")
+        name, raw = c.tool_calls[0]
+        tool = next((t for t in esc.tools or [] if t["function"]["name"] == name), None)
+        if tool is None:
+            raise mismatch(f"the cloud called an unknown tool {name[:64]!r}")
+        arguments = _json_object(raw, mismatch)
+        errors = validation_errors(tool["function"].get("parameters") or {}, arguments)
+        if errors:
+            raise mismatch(f"arguments of {name}: " + "; ".join(errors))
+        call = ToolCall(name=name, arguments=arguments)
+        text = json.dumps(call.model_dump(), separators=(",", ":"), ensure_ascii=False)
+        return replace(_from(c, answer=text, label=None, confidence=c.confidence), tool_call=call)
+    data = _json_object(c.text, mismatch)
+    errors = validation_errors(esc.json_schema or {}, data)
+    if errors:
+        raise mismatch("; ".join(errors))
+    text = json.dumps(data, separators=(",", ":"), ensure_ascii=False)
+    return replace(_from(c, answer=text, label=None, confidence=c.confidence), data=data)
+
+
+def _json_object(raw: str, mismatch: Any) -> dict[str, Any]:
+    try:
+        value = json.loads(raw)
+    except (json.JSONDecodeError, RecursionError):
+        raise mismatch("the answer is not JSON") from None
+    if not isinstance(value, dict):
+        raise mismatch("the answer is not a JSON object")
+    return value

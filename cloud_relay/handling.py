@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import structlog
 
 from cloud_relay.agreement import agrees
-from cloud_relay.answering import CloudAnswer, ask
+from cloud_relay.answering import CloudAnswer, SchemaMismatch, ask
 from cloud_relay.config import RelaySettings
 from cloud_relay.intake import Envelope
 from cloud_relay.limits import check_budget
@@ -270,6 +270,19 @@ class Handler:
             deadline = time.monotonic() + self._s.llm.total_timeout_s
         try:
             answer = await ask(self._llm, esc, deadline=deadline)
+        except SchemaMismatch as exc:
+            log.warning(
+                "cloud_answer_invalid", task=esc.task.value, model=exc.model, error=str(exc)
+            )
+            if self._metrics is not None:
+                self._metrics.llm_call("invalid")
+            return self._failure(
+                env,
+                Outcome.LLM_ERROR,
+                ErrorCode.SCHEMA_MISMATCH,
+                f"the cloud's answer does not match the schema: {exc}",
+                attempts=exc.attempts,
+            )
         except LlmError as exc:
             if self._metrics is not None:
                 self._metrics.llm_call(exc.failure.value)
@@ -318,6 +331,8 @@ class Handler:
             outcome=Outcome.OK,
             answer=a.answer,
             label=a.label,
+            data=a.data,
+            tool_call=a.tool_call,
             confidence=a.confidence,
             model=a.model,
             tokens=TokenUsage(prompt=a.tokens_in, completion=a.tokens_out),

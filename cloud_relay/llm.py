@@ -48,6 +48,9 @@ _RETRY_STATUS = frozenset({408, 429, 500, 502, 503, 504})
 class ChatRequest:
     messages: list[dict[str, str]]
     max_tokens: int
+    #: Extra request fields: ``response_format`` (structured outputs), ``tools`` and
+    #: ``tool_choice`` (extract with a schema, act).
+    extra: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +62,8 @@ class Completion:
     confidence: float | None
     attempts: int
     finish_reason: str | None = None
+    #: The message's tool calls as (name, arguments JSON text), in order.
+    tool_calls: tuple[tuple[str, str], ...] = ()
 
 
 class LlmFailure(StrEnum):
@@ -117,8 +122,12 @@ def _confidence(body: dict[str, Any], choice: dict[str, Any]) -> float | None:
 def parse_completion(body: dict[str, Any], *, model: str, attempts: int) -> Completion:
     try:
         choice = body["choices"][0]
-        text = choice["message"]["content"] or ""
-    except (KeyError, IndexError, TypeError) as exc:
+        text = choice["message"].get("content") or ""
+        calls = tuple(
+            (str(c["function"]["name"]), str(c["function"].get("arguments") or "{}"))
+            for c in choice["message"].get("tool_calls") or []
+        )
+    except (KeyError, IndexError, TypeError, AttributeError) as exc:
         raise _Retryable(
             f"malformed completion: {exc!r}", breaker_failure=True, retry_after_s=None
         ) from exc
@@ -131,6 +140,7 @@ def parse_completion(body: dict[str, Any], *, model: str, attempts: int) -> Comp
         confidence=_confidence(body, choice),
         attempts=attempts,
         finish_reason=choice.get("finish_reason"),
+        tool_calls=calls,
     )
 
 
@@ -249,6 +259,7 @@ class OpenAiChat:
         }
         if self._s.request_logprobs:
             payload["logprobs"] = True
+        payload.update(request.extra or {})
         remaining = max(deadline - time.monotonic(), 0.001)
         timeouts = Timeouts(
             connect=min(self._s.connect_timeout_s, remaining),

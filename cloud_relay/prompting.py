@@ -10,6 +10,7 @@ cannot close its own block. The reply topic never depends on model output.
 from __future__ import annotations
 
 import json
+from typing import Any
 
 from edge_slm.contract import Escalation, SensorReading, Task
 
@@ -32,7 +33,14 @@ SYSTEM_PROMPTS: dict[Task, str] = {
     "data as short `key: value` lines. Output only those lines. " + _DATA_RULE,
     Task.SUMMARIZE: "You summarize the data in one or two short sentences. Output only the "
     "summary. " + _DATA_RULE,
+    Task.ACT: "You turn the command in the data into exactly one call of one of the tools "
+    "you are given. Use only what the data says; do not invent argument values. " + _DATA_RULE,
 }
+#: extract with a schema: the reply is the JSON object (structured outputs enforce its shape).
+SCHEMA_EXTRACT_PROMPT = (
+    "You extract the fields of the given JSON schema from the data. Use null for a field "
+    "the data does not mention; never invent values. " + _DATA_RULE
+)
 
 _STRICT_RETRY = (
     "Your previous reply was not one of the allowed labels. Reply with ONLY one of these "
@@ -69,10 +77,47 @@ def user_prompt(esc: Escalation) -> str:
 
 
 def build_messages(esc: Escalation) -> list[dict[str, str]]:
+    system = SYSTEM_PROMPTS[esc.task]
+    if esc.task is Task.EXTRACT and esc.json_schema is not None:
+        system = SCHEMA_EXTRACT_PROMPT
     return [
-        {"role": "system", "content": SYSTEM_PROMPTS[esc.task]},
+        {"role": "system", "content": system},
         {"role": "user", "content": user_prompt(esc)},
     ]
+
+
+def structured_request(esc: Escalation) -> dict[str, Any] | None:
+    """The OpenAI request fields that constrain the answer: the schema or the tools."""
+    if esc.task is Task.EXTRACT and esc.json_schema is not None:
+        return {
+            "response_format": {
+                "type": "json_schema",
+                "json_schema": {
+                    "name": "extract",
+                    "schema": esc.json_schema,
+                    # Strict mode needs every property required and no extras; a schema
+                    # with optional properties is sent non-strict and still validated here.
+                    "strict": _strict_ok(esc.json_schema),
+                },
+            }
+        }
+    if esc.task is Task.ACT and esc.tools:
+        return {"tools": esc.tools, "tool_choice": "required"}
+    return None
+
+
+def _strict_ok(node: Any) -> bool:
+    if isinstance(node, dict):
+        props = node.get("properties")
+        if isinstance(props, dict) and (
+            set(node.get("required", [])) != set(props)
+            or node.get("additionalProperties") is not False
+        ):
+            return False
+        return all(_strict_ok(v) for v in node.values())
+    if isinstance(node, list):
+        return all(_strict_ok(v) for v in node)
+    return True
 
 
 def stricter_messages(esc: Escalation, previous_reply: str) -> list[dict[str, str]]:

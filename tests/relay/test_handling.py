@@ -290,3 +290,83 @@ def test_cloud_confidence_is_rounded_as_the_edge_rounds(
     assert rig.send()["confidence"] == 0.7123  # edge_slm.rounding.CONFIDENCE_DECIMALS
     (row,) = sqlite_store.logs(LogQuery())
     assert row.cloud_confidence == 0.7123
+
+
+# -- extract with a schema, act (#17) -------------------------------------------
+
+_ROOM_SCHEMA = {
+    "type": "object",
+    "properties": {"room": {"type": ["string", "null"]}, "celsius": {"type": ["number", "null"]}},
+    "required": ["room", "celsius"],
+    "additionalProperties": False,
+}
+_SET_TEMP = {
+    "type": "function",
+    "function": {
+        "name": "set_temperature",
+        "description": "Set a room's thermostat.",
+        "parameters": _ROOM_SCHEMA,
+    },
+}
+
+
+def _tool_message(name: str, arguments: str) -> dict[str, Any]:
+    call = {"id": "call_1", "type": "function", "function": {"name": name, "arguments": arguments}}
+    return {"message": {"role": "assistant", "content": None, "tool_calls": [call]}}
+
+
+def test_extract_forwards_the_schema_and_validates_the_answer(
+    server: FaultServer, sqlite_store: RelayStore
+) -> None:
+    server.default = Step(content='{"room":"bedroom","celsius":21}')
+    rig = Rig(server, sqlite_store)
+    reply = rig.send(task="extract", text="bedroom to 21", schema=_ROOM_SCHEMA)
+    assert reply["ok"] is True
+    assert reply["data"] == {"room": "bedroom", "celsius": 21}
+    sent = server.requests[0]["response_format"]
+    assert sent == {
+        "type": "json_schema",
+        "json_schema": {"name": "extract", "schema": _ROOM_SCHEMA, "strict": True},
+    }
+
+
+@pytest.mark.parametrize(
+    "content", ["not json at all", '{"room":"bedroom"}', '{"room":5,"celsius":21}', "[1]"]
+)
+def test_invalid_cloud_answer_is_a_typed_error_and_logged(
+    server: FaultServer, sqlite_store: RelayStore, content: str
+) -> None:
+    """A cloud that ignores the schema: the device gets schema_mismatch, never the object."""
+    server.default = Step(content=content)
+    rig = Rig(server, sqlite_store)
+    reply = rig.send(task="extract", text="bedroom to 21", schema=_ROOM_SCHEMA)
+    assert (reply["ok"], reply["outcome"]) == (False, "llm_error")
+    assert reply["error"]["code"] == "schema_mismatch"
+    assert "data" not in reply
+    (row,) = sqlite_store.logs(LogQuery())
+    assert (row.error or "").startswith("schema_mismatch")
+
+
+def test_act_forwards_tools_with_tool_choice_required_and_validates_the_call(
+    server: FaultServer, sqlite_store: RelayStore
+) -> None:
+    server.script = [
+        Step(choice_extra=_tool_message("set_temperature", '{"room":"bedroom","celsius":21}')),
+        Step(choice_extra=_tool_message("set_temperature", '{"room":"bedroom"}')),
+        Step(choice_extra=_tool_message("unlock_door", "{}")),
+    ]
+    rig = Rig(server, sqlite_store)
+    reply = rig.send(rid="a1", task="act", text="bedroom to 21", tools=[_SET_TEMP])
+    assert reply["ok"] is True
+    assert reply["tool_call"] == {
+        "name": "set_temperature",
+        "arguments": {"room": "bedroom", "celsius": 21},
+    }
+    assert server.requests[0]["tools"] == [_SET_TEMP]
+    assert server.requests[0]["tool_choice"] == "required"
+    for rid in ("a2", "a3"):
+        bad = rig.send(rid=rid, task="act", text="bedroom to 21", tools=[_SET_TEMP])
+        assert bad["error"]["code"] == "schema_mismatch", bad
+    # The log keeps the call as the cloud answer (logs, export and the dashboard show it).
+    ok = [r for r in sqlite_store.logs(LogQuery()) if r.outcome is Outcome.OK]
+    assert [json.loads(r.cloud_answer or "") for r in ok] == [reply["tool_call"]]
