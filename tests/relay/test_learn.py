@@ -220,3 +220,69 @@ def test_cloud_relay_learn_pushes_retained_over_a_real_broker(
         device.stop()
     assert got[0].retain
     assert decode(SkillHead, got[0].payload).version == 1
+
+
+def test_cloud_relay_run_learns_on_its_schedule(
+    tmp_path: Path, broker: PrivateBroker, encoder: object
+) -> None:
+    from cloud_relay.config import load_settings
+    from cloud_relay.daemon import RelayDaemon
+
+    db = f"sqlite:///{tmp_path / 'relay.db'}"
+    store = open_store(db)
+    try:
+        for i, (text, label) in enumerate(cases()):
+            log_case(store, i, text, label)
+    finally:
+        store.close()
+    skills = tmp_path / "skills"
+    skills.mkdir()
+    (skills / f"{SKILL}.toml").write_text(
+        "\n".join(
+            f'[labels.{name}]\ndescription = "{label.description}"\n'
+            f"exemplars = {json.dumps(label.exemplars)}"
+            for name, label in SPEC.labels.items()
+        )
+    )
+    settings = load_settings(
+        db=db,
+        **{
+            "mqtt.broker": broker.url,
+            "llm.model": "unused",  # no escalation comes: the LLM is never called
+            "learn.interval_s": 0.5,
+            "learn.skills": [SKILL],
+            "learn.skills_dir": skills,
+            "learn.min_cases": 10,
+        },
+    )
+    daemon = RelayDaemon(settings)
+    runner = threading.Thread(target=daemon.run)
+    runner.start()
+    got: list[Inbound] = []
+    arrived = threading.Event()
+
+    def on_message(msg: Inbound) -> None:
+        got.append(msg)
+        arrived.set()
+
+    device = MqttConnection(
+        url=BrokerUrl.parse(broker.url),
+        client_id="device-sched",
+        on_connect=lambda: device.subscribe([(skill_head("slm", SKILL), 1)]),
+        on_message=on_message,
+    )
+    assert device.start(connect_timeout_s=5)
+    try:
+        assert arrived.wait(30), "no head pushed by the relay's learn thread"
+    finally:
+        device.stop()
+        daemon.request_stop()
+        runner.join(30)
+    assert decode(SkillHead, got[0].payload).version == 1
+    latest = open_store(db)
+    try:
+        head = latest.latest_head(SKILL)
+        assert head is not None
+        assert head.version == 1  # later runs found no new case: nothing pushed again
+    finally:
+        latest.close()
