@@ -150,3 +150,16 @@ def test_no_tool_fits_escalates_and_cloud_never_keeps_the_edge_answer() -> None:
     kept = router.after(local, _call("lock_door", 0.3), router.before(local, TOPIC))
     assert not kept.escalate
     assert not kept.allowed
+
+
+def test_privacy_local_is_never_escalated_nor_sampled_for_learning() -> None:
+    # Shadow samples and escalations are what `cloud-relay learn` trains heads on; the
+    # handler samples a shadow only when `after(...).allowed`.
+    router = _router(shadow_rate=1.0)
+    request = _req(task="classify", skill="home_intents", privacy="local")
+    before = router.before(request, TOPIC)
+    for confidence in (0.01, 0.99):
+        d = router.after(request, _edge(confidence), before)
+        assert not d.escalate
+        assert not d.allowed
+    assert router.sample_shadow()  # sampling itself is on: the rule is what stops it
