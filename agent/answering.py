@@ -17,13 +17,14 @@ from agent.engine.engine import (
     StopWhen,
 )
 from agent.engine.prompts import build_messages, user_content
-from agent.skills.classify import classify_skill
+from agent.skills.classify import classify_labels, classify_skill
 from edge_slm.contract import ErrorCode, Request, Response, Source, Task, TokenUsage
 from edge_slm.rounding import confidence as round_confidence
 
 if TYPE_CHECKING:
     from agent.skills import Skill
     from agent.skills.embedding import Embedder
+    from edge_slm.head import Head
 
 
 #: The reason of an edge answer that no rule decided (the router then says why it stands).
@@ -38,12 +39,14 @@ def answer(  # noqa: PLR0911 - one return per engine failure and per kind of ans
     stop: StopWhen,
     skill: Skill | None = None,
     embedder: Embedder | None = None,
+    head: tuple[Head, int] | None = None,
 ) -> Response:
     """Answer on the edge. Engine failures become typed error responses.
 
     With a ``skill`` (resolved at intake for a request naming one), classify uses
     the skill's fixed prompt, kept prefilled by the engine, its verbalizers, and,
-    per the skill's fit for this model, the ``embedder`` and a calibrated confidence.
+    per the skill's fit for this model, the ``embedder`` and a calibrated confidence;
+    or the skill's ``head`` (and version) pushed by the relays, which answers alone.
     """
     messages = build_messages(request)
     try:
@@ -57,9 +60,17 @@ def answer(  # noqa: PLR0911 - one return per engine failure and per kind of ans
                 readings=request.readings,
                 embedder=embedder,
                 stop=stop,
+                head=head,
             )
         elif request.task is Task.CLASSIFY:
-            result = engine.classify(messages, request.labels or [], stop=stop)
+            result = classify_labels(
+                engine,
+                messages,
+                request.labels or [],
+                user_content(request),
+                embedder=embedder,
+                stop=stop,
+            )
         else:
             result = engine.generate(messages, max_tokens=max_tokens, stop=stop)
     except DeadlineExceeded as exc:

@@ -22,11 +22,14 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 
 from agent.engine.engine import Classification, Engine, StopWhen
+from agent.engine.prompts import Message
 from agent.skills import Skill
 from agent.skills.bands import judge, judge_text
 from agent.skills.calibration import Decision, Evidence, decide
 from agent.skills.embedding import Embedder
+from agent.skills.head_stage import ACCEPT, combine, skill_head, zero_shot_head
 from edge_slm.contract import SensorReading, SkillFit
+from edge_slm.head import Head, HeadOutput
 
 
 def uses_embedding(fit: SkillFit | None, embedder: Embedder | None) -> bool:
@@ -64,7 +67,10 @@ def classify_skill(
     readings: Sequence[SensorReading] = (),
     embedder: Embedder | None = None,
     stop: StopWhen = StopWhen(),  # noqa: B008  (frozen dataclass: never mutated)
+    head: tuple[Head, int] | None = None,
 ) -> Classification:
+    """``head``: the skill's head pushed by the relays and its version; without one, the
+    head fitted from the skill's own texts (version 0), when the embedder is loaded."""
     start = time.perf_counter()
     # No `sensor` field: a report may state its readings in words (bands.judge_text).
     verdict = judge(skill.spec, readings) if readings else judge_text(skill.spec, text)
@@ -80,6 +86,22 @@ def classify_skill(
             total_s=time.perf_counter() - start,
             basis=verdict.basis,
         )
+    first: HeadOutput | None = None
+    version = 0
+    if embedder is not None and skill.spec.embedding and skill.spec.head:
+        used, version = head if head is not None else (skill_head(embedder, skill), 0)
+        first = used.predict(embedder.embed([text])[0])
+        if first.confidence >= ACCEPT:
+            prompt_tokens, answer_tokens = _unrun_size(engine, skill, text, first.label)
+            return Classification(
+                label=first.label,
+                confidence=first.confidence,
+                scores=first.probs,
+                prompt_tokens=prompt_tokens,
+                scored_tokens=answer_tokens,
+                total_s=time.perf_counter() - start,
+                basis=f"skill head v{version}",
+            )
     fit = skill.fit_for(engine.name)
     sims = None
     if embedder is not None and skill.spec.embedding and uses_embedding(fit, embedder):
@@ -93,16 +115,63 @@ def classify_skill(
         return raw[0].scores
 
     decision, _ = decide_skill(fit, sims, run_slm)
+    label, confidence = decision.label, decision.confidence
+    if first is not None:
+        label, confidence = combine(first, label, confidence)
     if raw:
         prompt_tokens, scored_tokens = raw[0].prompt_tokens, raw[0].scored_tokens
     else:
-        prompt_tokens, scored_tokens = _unrun_size(engine, skill, text, decision.label)
+        prompt_tokens, scored_tokens = _unrun_size(engine, skill, text, label)
     return Classification(
-        label=decision.label,
-        confidence=decision.confidence,
+        label=label,
+        confidence=confidence,
         scores=decision.scores,
         prompt_tokens=prompt_tokens,
         scored_tokens=scored_tokens,
+        total_s=time.perf_counter() - start,
+    )
+
+
+def classify_labels(
+    engine: Engine,
+    messages: Sequence[Message],
+    labels: Sequence[str],
+    text: str,
+    *,
+    embedder: Embedder | None = None,
+    stop: StopWhen = StopWhen(),  # noqa: B008  (frozen dataclass: never mutated)
+) -> Classification:
+    """A request listing its own labels: the zero-shot head from the label names first,
+    the SLM where it is unsure, the more confident of the two (both calibrated) after."""
+    start = time.perf_counter()
+    first = None
+    if embedder is not None:
+        first = zero_shot_head(embedder, labels).predict(embedder.embed([text])[0])
+        if first.confidence >= ACCEPT:
+            return Classification(
+                label=first.label,
+                confidence=first.confidence,
+                scores=first.probs,
+                prompt_tokens=0,
+                scored_tokens=0,
+                total_s=time.perf_counter() - start,
+                basis="zero-shot head",
+            )
+    slm = engine.classify(messages, labels, stop=stop)
+    if first is None:
+        return slm
+    # The SLM's raw top share is not a P(correct) (two labels give at least 0.5): it
+    # only picks the label, and the head's calibrated confidence in that label stays.
+    label = slm.label
+    confidence = (
+        first.confidence if label == first.label else min(first.confidence, 1 - first.confidence)
+    )
+    return Classification(
+        label=label,
+        confidence=confidence,
+        scores=slm.scores,
+        prompt_tokens=slm.prompt_tokens,
+        scored_tokens=slm.scored_tokens,
         total_s=time.perf_counter() - start,
     )
 

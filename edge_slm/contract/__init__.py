@@ -58,11 +58,13 @@ from edge_slm.contract.request import (
 )
 from edge_slm.contract.skills import (
     Bound,
+    HeadProvenance,
     LabelName,
     Scoring,
     SensorBand,
     SkillCalibrator,
     SkillFit,
+    SkillHead,
     SkillLabel,
     SkillName,
     SkillSpec,
@@ -104,6 +106,7 @@ __all__ = [
     "ErrorInfo",
     "Escalation",
     "EscalationReason",
+    "HeadProvenance",
     "Kind",
     "LabelName",
     "LatencySummary",
@@ -121,6 +124,7 @@ __all__ = [
     "SensorReading",
     "SkillCalibrator",
     "SkillFit",
+    "SkillHead",
     "SkillLabel",
     "SkillName",
     "SkillSpec",
@@ -159,10 +163,11 @@ WIRE_MODELS: dict[str, type[BaseModel]] = {
     "DeviceConfig": DeviceConfig,
     "DesiredModel": DesiredModel,
     "RelayStatus": RelayStatus,
+    "SkillHead": SkillHead,
 }
 
 #: Models whose receivers validate them (schemas exported in validation mode).
-_RECEIVED = (Request, Escalation, CloudReply, DeviceConfig, DesiredModel)
+_RECEIVED = (Request, Escalation, CloudReply, DeviceConfig, DesiredModel, SkillHead)
 
 
 def json_schemas() -> dict[str, dict[str, Any]]:

@@ -212,6 +212,13 @@ class SkillSpec(BaseModel):
         "was made with it). Turn it off where labels hinge on numbers, such as sensor "
         "thresholds: sentence embeddings do not read magnitudes.",
     )
+    head: bool = Field(
+        default=True,
+        description="Answer first from a head over the encoder's vectors (fitted on the "
+        "device from the skill's own texts, or pushed by `cloud-relay learn`) and run the "
+        "SLM only where it is unsure; needs `embedding`. Off: the embedding stage and the "
+        "SLM per the fit, as before.",
+    )
     fits: dict[Annotated[str, Field(min_length=1, max_length=128)], SkillFit] = Field(
         default_factory=dict,
         max_length=16,

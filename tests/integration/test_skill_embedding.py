@@ -149,6 +149,7 @@ def test_the_agent_answers_a_fitted_skill_with_the_embedding_stage(
     agent replies with can only come from the embedder and the fit."""
     calibrator = {"slm_weight": 0.0, "embed_weight": 40.0, "bias": -2.0, "top_weight": 3.0}
     spec = {
+        "head": False,  # the fit's own stages, not the skill head (test_skill_head.py)
         "labels": {
             "fridge_open": {"exemplars": ["the fridge door was left open"]},
             "fridge_closed": {"exemplars": ["the fridge is shut tight"]},

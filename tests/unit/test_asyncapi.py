@@ -22,7 +22,7 @@ import yaml
 import edge_slm
 from edge_slm import schemas
 from edge_slm.contract import WIRE_MODELS, ErrorCode, Source, json_schemas
-from edge_slm.topics import DeviceTopics, escalation_subscription, relay_status
+from edge_slm.topics import DeviceTopics, escalation_subscription, relay_status, skill_head
 
 ROOT = Path(__file__).resolve().parents[2]
 ASYNCAPI = ROOT / "docs" / "asyncapi.yaml"
@@ -166,7 +166,10 @@ def _device_topics(prefix: str, device_id: str) -> dict[str, str]:
 
 
 #: Fleet-wide topics (not under one device), by channel name.
-FLEET_TOPICS = {"relayStatus": relay_status("{prefix}", "{relayId}")}
+FLEET_TOPICS = {
+    "relayStatus": relay_status("{prefix}", "{relayId}"),
+    "skillHead": skill_head("{prefix}", "{skill}"),
+}
 
 
 def test_channels_are_exactly_the_device_and_fleet_topics(spec: dict[str, Any]) -> None:
@@ -198,6 +201,7 @@ def test_operations_say_who_sends_what(spec: dict[str, Any]) -> None:
         "config": "receive",
         "model": "receive",
         "relayStatus": "receive",
+        "skillHead": "receive",
     }
 
 

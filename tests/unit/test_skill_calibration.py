@@ -217,7 +217,10 @@ class _ClearEmbedder(_Embedder):
 def test_an_answer_the_cascade_gave_is_priced_as_if_the_slm_had_read_it() -> None:
     emb = SkillCalibrator(embed_weight=30.0, bias=-3.0, top_weight=5.0)
     fit = _fit(1.0).model_copy(update={"embedding_only": emb, "accept": 0.8})
-    spec = SkillSpec.model_validate({"labels": {"a": {}, "b": {}}, "fits": {"m": fit}})
+    # head off: this is the fit's own embedding stage (the skill head: test_skill_head.py)
+    spec = SkillSpec.model_validate(
+        {"labels": {"a": {}, "b": {}}, "fits": {"m": fit}, "head": False}
+    )
     got = classify_skill(
         _SizingEngine(),  # type: ignore[arg-type]
         Skill.of("s", spec, "config"),

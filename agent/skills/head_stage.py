@@ -1,0 +1,118 @@
+"""The head stage of classify: a logistic-regression head over the encoder's vectors,
+which answers first; the SLM runs only where it is unsure.
+
+A skill without a pushed head gets one fitted from its own texts (per label: the
+"verbalizer: description" line and the exemplars; ``edge_slm.head.skill_texts``),
+on the device, the first time the skill is used with this encoder (a few hundred ms
+with scikit-learn), and kept per skill content: version 0. A head the relays push
+(``cloud-relay learn``) replaces it (``SkillRegistry.set_head``).
+
+A request that lists its own ``labels`` gets a zero-shot head from the label names:
+cosine to each name's vector at the encoder's temperature, its confidence mapped to
+a probability of being right by a calibration fitted once, offline, on the dev split
+of the project's voice set with label subsets of every size (``bench/head_stage.py``)
+so that it means the same for 2 labels as for 12. Kept per label set (LRU).
+
+Both confidences are calibrated probabilities that the label is right, so one
+threshold (``ACCEPT``) says when the head answers alone, and the router's classify
+threshold says when the cloud gets it.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections import OrderedDict
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from edge_slm.contract.skills import default_verbalizer
+from edge_slm.head import Head, HeadOutput, fit_head, skill_texts
+
+if TYPE_CHECKING:
+    from agent.skills import Skill
+    from agent.skills.embedding import Embedder
+
+#: The head answers alone at or above this calibrated P(correct); below it the SLM runs.
+#: Chosen on the dev split of the voice set (bench/head_stage.py): it keeps the head's
+#: own answers about as accurate as the cascade's, and answers most requests.
+ACCEPT = 0.75
+#: Zero-shot heads: 1 / the softmax temperature over cosines (MiniLM was trained
+#: contrastively at a scale of 20), and the calibration of the top share,
+#: ``sigmoid(A * logit(p_top) + B + K_WEIGHT * log(K))``, fitted on the dev split.
+SCALE = 20.0
+ZERO_SHOT_A = 1.56
+ZERO_SHOT_B = -0.38
+ZERO_SHOT_K_WEIGHT = 0.30
+KEPT = 32
+
+
+class _Kept:
+    """Heads by key, least recently used dropped beyond ``KEPT``; any thread."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._heads: OrderedDict[object, Head] = OrderedDict()
+
+    def get(self, key: object) -> Head | None:
+        with self._lock:
+            found = self._heads.get(key)
+            if found is not None:
+                self._heads.move_to_end(key)
+            return found
+
+    def put(self, key: object, head: Head) -> None:
+        with self._lock:
+            self._heads[key] = head
+            while len(self._heads) > KEPT:
+                self._heads.popitem(last=False)
+
+
+_skill_heads = _Kept()
+_label_heads = _Kept()
+
+
+def skill_head(embedder: Embedder, skill: Skill) -> Head:
+    """The head fitted from ``skill``'s own texts with ``embedder`` (kept per content)."""
+    key = (embedder.name, skill.name, skill.fingerprint)
+    found = _skill_heads.get(key)
+    if found is not None:
+        return found
+    texts, gold = skill_texts(skill.spec)
+    head = fit_head(embedder.embed(texts), gold, skill.labels)
+    _skill_heads.put(key, head)
+    return head
+
+
+def zero_shot_head(embedder: Embedder, labels: Sequence[str]) -> Head:
+    """A head from the label names alone (``lights_on`` reads ``lights on``)."""
+    key = (embedder.name, tuple(labels))
+    found = _label_heads.get(key)
+    if found is not None:
+        return found
+    vectors = embedder.embed([default_verbalizer(label) for label in labels])
+    head = Head(
+        labels=tuple(labels),
+        weights=(vectors * SCALE).astype(np.float32),
+        bias=np.zeros(len(labels), dtype=np.float32),
+        calibration=(ZERO_SHOT_A, ZERO_SHOT_B + ZERO_SHOT_K_WEIGHT * math.log(len(labels))),
+    )
+    _label_heads.put(key, head)
+    return head
+
+
+def combine(head: HeadOutput, slm: str, slm_confidence: float) -> tuple[str, float]:
+    """Head and SLM evidence when the SLM ran (the head was unsure). Both confidences
+    are calibrated P(correct). When they agree, either being right makes the label
+    right: ``1 - (1 - c_head)(1 - c_slm)``; when they disagree, the more confident one
+    answers, discounted by the other's confidence, so a disagreement goes to the cloud.
+    Chosen on the dev split (bench/head_stage.py, ``cascade_product``): the same
+    accuracy as taking the more confident one, and a better ranking of right/wrong."""
+    if slm == head.label:
+        return slm, 1 - (1 - head.confidence) * (1 - slm_confidence)
+    low = min(head.confidence, slm_confidence)
+    if slm_confidence > head.confidence:
+        return slm, slm_confidence * (1 - low)
+    return head.label, head.confidence * (1 - low)
