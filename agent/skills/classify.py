@@ -148,12 +148,15 @@ def classify_labels(
     if embedder is not None:
         first = zero_shot_head(embedder, labels).predict(embedder.embed([text])[0])
         if first.confidence >= ACCEPT:
+            # Priced as if the model had read it, like every edge answer (cost avoided).
+            prompt = len(engine.encode_chat(messages))
+            answered = [*messages, {"role": "assistant", "content": first.label}]
             return Classification(
                 label=first.label,
                 confidence=first.confidence,
                 scores=first.probs,
-                prompt_tokens=0,
-                scored_tokens=0,
+                prompt_tokens=prompt,
+                scored_tokens=max(1, len(engine.encode_chat(answered)) - prompt),
                 total_s=time.perf_counter() - start,
                 basis="zero-shot head",
             )
