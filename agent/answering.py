@@ -45,8 +45,10 @@ def answer(  # noqa: PLR0911 - one return per engine failure and per kind of ans
 
     With a ``skill`` (resolved at intake for a request naming one), classify uses
     the skill's fixed prompt, kept prefilled by the engine, its verbalizers, and,
-    per the skill's fit for this model, the ``embedder`` and a calibrated confidence;
-    or the skill's ``head`` (and version) pushed by the relays, which answers alone.
+    per the skill's fit for this model, the ``embedder`` and a calibrated confidence.
+    The skill's head answers first (``head``: the one pushed by the relays and its
+    version; without one, the head fitted from the skill's texts); the SLM runs only
+    where it is unsure. Ad-hoc ``labels`` get a zero-shot head from the label names.
     """
     messages = build_messages(request)
     try:
