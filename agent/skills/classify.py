@@ -1,19 +1,22 @@
-"""Classify with a skill: its bands, the embedding stage, the SLM's label scores, its fit.
+"""Classify with a skill: its bands, its head, the SLM's label scores, its fit.
 
 Readings that the skill's bands cover are judged by rule first
-(``agent/skills/bands.py``); only what the bands leave open goes on.
-With a fit for this model that was made with the loaded embedder, the request is
-embedded first; when the embedding stage alone is confident enough (the fit's
-``accept``), that is the answer and the SLM is skipped. Otherwise the SLM scores
-the labels after the skill's kept prefix (``Engine.classify_fixed``) and the fit
-mixes both into one distribution and a calibrated confidence
-(``agent/skills/calibration.py``). Without the embedder the fit's ``slm_only``
-calibrator is used; a model the skill has no fit for gets the SLM's raw
-distribution and top share.
+(``agent/skills/bands.py``); only what the bands leave open goes on. Then the
+cascade (``agent/skills/head_stage.py``): the skill's head (pushed by the relays,
+else fitted from the skill's texts) answers when its calibrated P(correct) is at
+least ``ACCEPT``, and the SLM is skipped. Otherwise the SLM scores the labels after
+the skill's kept prefix (``Engine.classify_fixed``), its fit (with the embedding
+stage when made with the loaded embedder, ``agent/skills/calibration.py``) gives
+its label and calibrated confidence, and ``head_stage.combine`` merges both. A
+skill with ``head = false`` runs the fit's stages alone, as before the head. A
+model the skill has no fit for gets the SLM's raw distribution and top share.
 
-An answer from the bands or the embedding stage reports the tokens the model would
-have read and the label's own (``Engine.fixed_prompt_size``): the telemetry prices
-edge answers by their tokens, and these are cloud calls avoided too.
+Ad-hoc ``labels`` (no skill) go the same way with a zero-shot head from the label
+names (``classify_labels``).
+
+An answer from the bands or a head reports the tokens the model would have read and
+the label's own (``Engine.fixed_prompt_size``): the telemetry prices edge answers by
+their tokens, and these are cloud calls avoided too.
 """
 
 from __future__ import annotations
