@@ -33,7 +33,7 @@ from edge_slm.head import Head, HeadOutput, fit_head, skill_texts
 
 if TYPE_CHECKING:
     from agent.skills import Skill
-    from agent.skills.embedding import Embedder
+    from edge_slm.encoder import Encoder
 
 #: The head answers alone at or above this calibrated P(correct); below it the SLM runs.
 #: Chosen on the dev split of the voice set (bench/head_stage.py): it keeps the head's
@@ -74,7 +74,7 @@ _skill_heads = _Kept()
 _label_heads = _Kept()
 
 
-def skill_head(embedder: Embedder, skill: Skill) -> Head:
+def skill_head(embedder: Encoder, skill: Skill) -> Head:
     """The head fitted from ``skill``'s own texts with ``embedder`` (kept per content)."""
     key = (embedder.name, skill.name, skill.fingerprint)
     found = _skill_heads.get(key)
@@ -86,7 +86,7 @@ def skill_head(embedder: Embedder, skill: Skill) -> Head:
     return head
 
 
-def zero_shot_head(embedder: Embedder, labels: Sequence[str]) -> Head:
+def zero_shot_head(embedder: Encoder, labels: Sequence[str]) -> Head:
     """A head from the label names alone (``lights_on`` reads ``lights on``)."""
     key = (embedder.name, tuple(labels))
     found = _label_heads.get(key)
