@@ -23,7 +23,7 @@ from __future__ import annotations
 import math
 import threading
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -116,3 +116,15 @@ def combine(head: HeadOutput, slm: str, slm_confidence: float) -> tuple[str, flo
     if slm_confidence > head.confidence:
         return slm, slm_confidence * (1 - low)
     return head.label, head.confidence * (1 - low)
+
+
+def warm(skills: Iterable[Skill], embedder: Encoder) -> int:
+    """Fit the heads of ``skills`` now (at load, off the request path), so that the
+    first request of a skill does not pay for scikit-learn's import and the fit.
+    Returns how many were fitted."""
+    done = 0
+    for skill in skills:
+        if skill.spec.embedding and skill.spec.head:
+            skill_head(embedder, skill)
+            done += 1
+    return done
