@@ -99,6 +99,37 @@ def hwu64(per_intent: int, seed: int) -> Dataset:
     return Dataset("hwu64", labels, names, labels, stream, _read(HWU64 / "test.jsonl"))
 
 
+#: HWU64 intents that are one of ``home_intents``' labels (HWU64 has no timers or locks).
+HOME_OF_HWU64 = {
+    "iot_hue_lighton": "lights_on",
+    "iot_hue_lightoff": "lights_off",
+    "play_music": "play_music",
+    "audio_volume_up": "volume_up",
+    "weather_query": "weather_query",
+}
+
+
+def hwu64_home(per_intent: int, seed: int) -> Dataset:
+    """The built-in ``home_intents`` skill on HWU64 utterances of its labels: a stream and
+    a held-out set that no shipped fit, calibration or exemplar has seen."""
+    from agent.skills import SkillRegistry
+    from edge_slm.head import skill_texts
+
+    skill = SkillRegistry().get("home_intents")
+    assert skill is not None
+    texts, gold = skill_texts(skill.spec)
+    train = [(t, HOME_OF_HWU64[i]) for t, i in _read(HWU64 / "train.jsonl") if i in HOME_OF_HWU64]
+    random.Random(seed).shuffle(train)
+    taken: dict[str, int] = defaultdict(int)
+    stream = []
+    for text, label in train:
+        if taken[label] < per_intent:
+            taken[label] += 1
+            stream.append((text, label))
+    held = [(t, HOME_OF_HWU64[i]) for t, i in _read(HWU64 / "test.jsonl") if i in HOME_OF_HWU64]
+    return Dataset("hwu64_home", skill.labels, texts, gold, stream, held)
+
+
 class Learner(Protocol):
     """Where the head is refitted: in process here; the relay's learn loop in the
     real-system replay."""
@@ -234,7 +265,7 @@ def plot(name: str, result: dict[str, Any]) -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.learning", description=__doc__)
-    parser.add_argument("--data", choices=["voice", "hwu64"], default="voice")
+    parser.add_argument("--data", choices=["voice", "hwu64", "hwu64_home"], default="voice")
     parser.add_argument("--every", type=int, default=10, help="refit every N escalations")
     parser.add_argument("--per-intent", type=int, default=20, help="hwu64: stream size")
     parser.add_argument(
@@ -246,12 +277,24 @@ def main(argv: list[str] | None = None) -> int:
         "the head does not answer alone goes to the cloud",
     )
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--real",
+        action="store_true",
+        help="replay through the real system (agent, relay, gold cloud, cloud-relay learn)",
+    )
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args(argv)
 
     from bench.skills import _embedder
 
-    data = voice() if args.data == "voice" else hwu64(args.per_intent, args.seed)
+    if args.data == "voice":
+        data = voice()
+    elif args.data == "hwu64":
+        data = hwu64(args.per_intent, args.seed)
+    else:
+        data = hwu64_home(args.per_intent, args.seed)
+    if args.real:
+        return _real(data, args.every)
     embedder = _embedder(args.threads)
     every_text = sorted(
         {*data.skill_texts, *(t for t, _ in data.stream), *(t for t, _ in data.heldout)}
@@ -293,6 +336,28 @@ def main(argv: list[str] | None = None) -> int:
     print(f"embed+head p50 {result['latency_embed_and_head']['p50_ms']:.1f} ms")
     print(plot(data.name, result))
     print(write_results(f"learning_{data.name}", result))
+    return 0
+
+
+def _real(data: Dataset, every: int) -> int:
+    import tempfile
+
+    from bench._learning_real import real_curve
+
+    with tempfile.TemporaryDirectory(prefix="learning-") as tmp:
+        result = real_curve(data.stream, data.heldout, every, Path(tmp))
+    cols = ["cloud labelled", "seen", "escalated", "edge acc", "AUROC", "system acc", "head alone"]
+    keys = [
+        "cloud_labelled",
+        "seen",
+        "escalated",
+        "edge_accuracy",
+        "auroc",
+        "system_accuracy",
+        "answered_by_head_alone",
+    ]
+    print(table(cols, [[p[k] for k in keys] for p in result["points"]]))
+    print(write_results(f"learning_{data.name}_real", result))
     return 0
 
 

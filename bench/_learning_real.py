@@ -1,0 +1,185 @@
+"""``bench/learning.py --real``: the learning curve through the real system.
+
+mosquitto, the real agent (SmolLM2 + MiniLM, the classify cascade), the real relay
+(``cloud-relay run``) with a cloud that answers the gold label (``bench/_gold_llm.py``),
+and ``cloud-relay learn`` between batches, which fits a head on the logged cloud labels
+and pushes it retained; the agent applies it live (its ``head_applied`` log event).
+
+Stream requests name the skill and may escalate (``cloud: auto``). Held-out requests are
+sent with ``cloud: never``: they never leave the device, so they are never logged nor
+learned from; a held-out answer under the agent's classify threshold counts as escalated
+(the cloud is right) for the system accuracy.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from agent.config import PolicySettings
+from agent.skills.calibration import auroc
+from edge_slm.contract import Task
+from edge_slm.topics import DeviceTopics
+from tests.support.agent import AgentProcess, read_events, wait_for_status
+from tests.support.app import AppClient
+from tests.support.broker import PrivateBroker, free_port
+from tests.support.procs import Daemon, Relay
+
+SKILL = "home_intents"
+
+
+def _ask(app: AppClient, topics: DeviceTopics, reply_topic: str, text: str, cloud: str) -> Any:
+    rid = uuid.uuid4().hex
+    body = {"v": 1, "id": rid, "kind": "voice", "task": "classify", "skill": SKILL}
+    app.publish(topics.request, {**body, "text": text, "cloud": cloud}, response_topic=reply_topic)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        reply = app.next_reply(timeout=120).payload
+        if reply.get("id") == rid and not reply.get("supersedes"):
+            return reply
+    raise TimeoutError(rid)
+
+
+def _heldout(
+    app: AppClient, topics: DeviceTopics, reply: str, held: list[tuple[str, str]], threshold: float
+) -> dict[str, Any]:
+    outs = [_ask(app, topics, reply, text, "never") for text, _ in held]
+    right = [o.get("label") == g for o, (_, g) in zip(outs, held, strict=True)]
+    conf = [float(o.get("confidence") or 0.0) for o in outs]
+    esc = [c < threshold for c in conf]
+    by_head = [str(o.get("reason") or "").startswith("skill head") for o in outs]
+    lat = sorted(float(o.get("latency_ms") or 0) for o, h in zip(outs, by_head, strict=True) if h)
+    n = len(held)
+    return {
+        "escalated": sum(esc) / n,
+        "edge_accuracy": sum(right) / n,
+        "auroc": auroc(conf, right),
+        "system_accuracy": sum(r or e for r, e in zip(right, esc, strict=True)) / n,
+        "answered_by_head_alone": sum(by_head) / n,
+        "head_alone_p50_ms": lat[len(lat) // 2] if lat else None,
+    }
+
+
+def real_curve(
+    stream: list[tuple[str, str]], held: list[tuple[str, str]], every: int, tmp: Path
+) -> dict[str, Any]:
+    threshold = PolicySettings().thresholds[Task.CLASSIFY]
+    gold = tmp / "gold.json"
+    gold.write_text(json.dumps(dict(stream)))
+    port = free_port()
+    cloud = Daemon(
+        [*("-m", "bench._gold_llm", "--port", str(port), "--gold", str(gold))], tmp / "gold.log"
+    )
+    db = f"sqlite:///{tmp / 'relay.db'}"
+    points: list[dict[str, Any]] = []
+    with PrivateBroker() as broker:
+        topics = DeviceTopics("slm", f"learn-{uuid.uuid4().hex[:6]}")
+        time.sleep(1.0)
+        relay = Relay(
+            broker_url=broker.url,
+            llm_url=f"http://127.0.0.1:{port}/v1",
+            model="gold",
+            db=db,
+            log_path=tmp / "relay.log",
+            ready=True,
+            CLOUD_RELAY_LEARN__INTERVAL_S="86400",
+        )
+        agent = AgentProcess(
+            broker_url=broker.url,
+            device_id=topics.device_id,
+            log_path=tmp / "agent.log",
+            EDGE_AGENT_OUTBOX__PATH=str(tmp / "outbox.db"),
+        )
+        app = AppClient(broker.port)
+        reply = f"apps/{uuid.uuid4().hex}/reply"
+        app.subscribe(reply)
+        try:
+            wait_for_status(broker.port, topics.status, "online", timeout=180)
+            points.append(
+                {
+                    "cloud_labelled": 0,
+                    "seen": 0,
+                    "head_version": 0,
+                    **_heldout(app, topics, reply, held, threshold),
+                }
+            )
+            labelled = 0
+            for seen, (text, _) in enumerate(stream, 1):
+                out = _ask(app, topics, reply, text, "auto")
+                if out.get("escalated"):
+                    labelled += 1
+                    if labelled % every == 0 or seen == len(stream):
+                        points.append(
+                            {
+                                "cloud_labelled": labelled,
+                                "seen": seen,
+                                **_learn(
+                                    db=db,
+                                    broker_url=broker.url,
+                                    tmp=tmp,
+                                    app=app,
+                                    topics=topics,
+                                    reply=reply,
+                                    held=held,
+                                    threshold=threshold,
+                                ),
+                            }
+                        )
+        finally:
+            app.close()
+            agent.close()
+            relay.close()
+            cloud.close()
+    return {"points": points, "threshold": threshold, "stream": len(stream), "heldout": len(held)}
+
+
+def _learn(
+    *,
+    db: str,
+    broker_url: str,
+    tmp: Path,
+    app: AppClient,
+    topics: DeviceTopics,
+    reply: str,
+    held: list[tuple[str, str]],
+    threshold: float,
+) -> dict[str, Any]:
+    before = sum(e.get("event") == "head_applied" for e in read_events(tmp / "agent.log"))
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "cloud_relay",
+            "learn",
+            "--db",
+            db,
+            "--broker",
+            broker_url,
+            "--skill",
+            SKILL,
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+        env={**__import__("os").environ, "CLOUD_RELAY_LEARN__MIN_CASES": "5"},
+    )
+    result = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
+    pushed = bool(result) and result[0].get("action") == "pushed"
+    if pushed:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            events = read_events(tmp / "agent.log")
+            if sum(e.get("event") == "head_applied" for e in events) > before:
+                break
+            time.sleep(0.2)
+    return {
+        "learn": result[0] if result else {"error": out.stderr[-300:]},
+        **_heldout(app, topics, reply, held, threshold),
+    }
