@@ -16,14 +16,19 @@ import argparse
 import json
 import math
 import random
+import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from agent.config import PolicySettings
 from bench.eval_data import SKILL_OF, load_family, split
 from bench.routing import auroc
 from bench.skills import _embedder, _engine
+from edge_slm.contract import Task
+
+THRESHOLD = PolicySettings().thresholds[Task.CLASSIFY]
 
 
 def _ece(conf: list[float], right: list[bool], bins: int = 10) -> float:
@@ -79,6 +84,23 @@ def main() -> None:  # noqa: PLR0912, PLR0915 - one linear report
         float(np.mean([r for r, t in zip(right, taken, strict=True) if t] or [0])), 3
     )
 
+    report["head"]["accept_sweep"] = {
+        str(a): {
+            "share": round(float(np.mean([c >= a for c in conf])), 3),
+            "accuracy": round(
+                float(np.mean([r for r, c in zip(right, conf, strict=True) if c >= a] or [0])), 3
+            ),
+        }
+        for a in (0.6, 0.65, 0.7, 0.75, 0.8, 0.85)
+    }
+    timings = []
+    for text in texts:
+        t0 = time.perf_counter()
+        head.predict(embedder.embed([text])[0])
+        timings.append((time.perf_counter() - t0) * 1000)
+    report["head"]["p50_ms"] = round(float(np.percentile(timings, 50)), 2)
+    report["head"]["p90_ms"] = round(float(np.percentile(timings, 90)), 2)
+
     # Zero-shot heads over label subsets (2..K) containing the gold label.
     rng = random.Random(0)
     names = skill.labels
@@ -120,7 +142,7 @@ def main() -> None:  # noqa: PLR0912, PLR0915 - one linear report
             dists.append(d.scores)
         slm_right = [d == g for _, d, _, g in rows]
         report["slm"] = _summary([c for _, _, c, _ in rows], slm_right)
-        for rule in ("max", "product", "head_then_slm", "head_alone", "poe"):
+        for rule in ("max", "product", "head_then_slm", "head_alone", "poe", "head_label"):
             labels, confs = [], []
             for (o, d, c, _), dist in zip(rows, dists, strict=True):
                 if o.confidence >= ACCEPT:
@@ -136,6 +158,12 @@ def main() -> None:  # noqa: PLR0912, PLR0915 - one linear report
                     else:
                         labels.append(o.label if o.confidence >= c else d)
                         confs.append(max(o.confidence, c) * (1 - min(o.confidence, c)))
+                elif rule == "head_label":  # the head's label; the SLM only routes
+                    labels.append(o.label)
+                    agree = d == o.label
+                    confs.append(
+                        1 - (1 - c) * (1 - o.confidence) if agree else o.confidence * (1 - c)
+                    )
                 elif rule == "head_alone":
                     labels.append(o.label)
                     confs.append(o.confidence)
@@ -148,9 +176,16 @@ def main() -> None:  # noqa: PLR0912, PLR0915 - one linear report
                 else:
                     labels.append(d)
                     confs.append(c)
-            report[f"cascade_{rule}"] = _summary(
-                confs, [lab == g for lab, (_, _, _, g) in zip(labels, rows, strict=True)]
-            )
+            hits = [lab == g for lab, (_, _, _, g) in zip(labels, rows, strict=True)]
+            report[f"cascade_{rule}"] = _summary(confs, hits)
+            kept = [h for h, c in zip(hits, confs, strict=True) if c >= THRESHOLD]
+            report[f"cascade_{rule}"] |= {
+                "escalated": round(1 - len(kept) / len(hits), 3),
+                "accuracy_kept": round(float(np.mean(kept or [0])), 3),
+                "system_accuracy_perfect_cloud": round(
+                    (sum(kept) + len(hits) - len(kept)) / len(hits), 3
+                ),
+            }
     text_out = json.dumps(report, indent=2)
     print(text_out)
     if args.json:
