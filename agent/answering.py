@@ -70,7 +70,8 @@ def answer(  # noqa: PLR0911 - one return per engine failure and per kind of ans
                 messages,
                 request.labels or [],
                 user_content(request),
-                embedder=embedder,
+                # Sentence vectors do not read magnitudes: readings stay with the SLM.
+                embedder=None if request.readings else embedder,
                 stop=stop,
             )
         else:

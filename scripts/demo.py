@@ -29,15 +29,11 @@ from edge_slm.mqtt import BrokerUrl, Inbound, MqttConnection
 from edge_slm.topics import DeviceTopics, status_wildcard
 from tests.support.broker import PrivateBroker, free_port
 
-INTENTS = [
-    "lights_on",
-    "lights_off",
-    "set_temperature",
-    "play_music",
-    "lock_door",
-    "weather_query",
-]
-STATES = ["normal", "warning", "critical"]
+# The built-in skills: voice commands go through the cascade (the skill's head first,
+# the SLM where it is unsure, the cloud under the threshold); sensor reports are
+# judged by the sensor_state skill (its bands, then the SLM).
+VOICE_SKILL = "home_intents"
+SENSOR_SKILL = "sensor_state"
 DEVICE = "demo-kitchen"
 
 
@@ -47,7 +43,7 @@ def _sensor(name: str, value: float, unit: str, text: str) -> dict[str, Any]:
         "text": text,
         "sensor": {"name": name, "value": value, "unit": unit},
         "task": "classify",
-        "labels": STATES,
+        "skill": SENSOR_SKILL,
     }
 
 
@@ -58,7 +54,7 @@ SCRIPT: list[tuple[str, dict[str, Any]]] = [
             "kind": "voice",
             "text": "turn on the kitchen lights",
             "task": "classify",
-            "labels": INTENTS,
+            "skill": VOICE_SKILL,
         },
     ),
     (
@@ -67,7 +63,7 @@ SCRIPT: list[tuple[str, dict[str, Any]]] = [
             "kind": "voice",
             "text": "uh can you put on some jazz",
             "task": "classify",
-            "labels": INTENTS,
+            "skill": VOICE_SKILL,
         },
     ),
     (
@@ -76,7 +72,7 @@ SCRIPT: list[tuple[str, dict[str, Any]]] = [
             "kind": "voice",
             "text": "it's getting really dark in here",
             "task": "classify",
-            "labels": INTENTS,
+            "skill": VOICE_SKILL,
         },
     ),
     (
@@ -85,7 +81,7 @@ SCRIPT: list[tuple[str, dict[str, Any]]] = [
             "kind": "voice",
             "text": "lock the front door please",
             "task": "classify",
-            "labels": INTENTS,
+            "skill": VOICE_SKILL,
         },
     ),
     ("sensor", _sensor("living_room/temp", 21.5, "°C", "Living room temperature report")),
@@ -122,7 +118,7 @@ SCRIPT: list[tuple[str, dict[str, Any]]] = [
             "kind": "voice",
             "text": "switch off every light downstairs",
             "task": "classify",
-            "labels": INTENTS,
+            "skill": VOICE_SKILL,
             "cloud": "always",
             "deadline_ms": 600,
         },
