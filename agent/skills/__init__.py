@@ -22,11 +22,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from agent.engine.engine import FixedPrompt
 from agent.engine.prompts import Message
 from edge_slm.contract import SkillFit, SkillSpec
+
+if TYPE_CHECKING:
+    from edge_slm.head import Head
 
 Origin = Literal["builtin", "config", "pushed"]
 
@@ -43,7 +46,7 @@ class Skill:
     @classmethod
     def of(cls, name: str, spec: SkillSpec, origin: Origin) -> Skill:
         # What does not change the prompt is left out, so a refit keeps kept prefixes.
-        canonical = spec.model_dump_json(exclude={"fits", "embedding", "bands"}).encode()
+        canonical = spec.model_dump_json(exclude={"fits", "embedding", "bands", "head"}).encode()
         return cls(name, spec, origin, hashlib.sha256(canonical).hexdigest()[:16])
 
     def fit_for(self, model: str) -> SkillFit | None:
@@ -143,6 +146,8 @@ class SkillRegistry:
         self._base |= {n: Skill.of(n, s, "config") for n, s in (configured or {}).items()}
         self._lock = threading.Lock()
         self._skills = dict(self._base)
+        #: Heads pushed by the relays (``cloud-relay learn``): skill -> (head, version).
+        self._heads: dict[str, tuple[Head, int]] = {}
 
     def get(self, name: str) -> Skill | None:
         return self._skills.get(name)
@@ -153,6 +158,34 @@ class SkillRegistry:
     def all(self) -> list[Skill]:
         skills = self._skills
         return [skills[name] for name in sorted(skills)]
+
+    def set_head(self, name: str, head: Head, version: int) -> None:
+        """Use ``head`` for skill ``name`` from now on; HeadRejected when it does not fit."""
+        from edge_slm.head import HeadRejected
+
+        skill = self._skills.get(name)
+        if skill is None:
+            raise HeadRejected(f"no skill {name!r} on this device")
+        if tuple(skill.labels) != head.labels:
+            raise HeadRejected(f"labels {list(head.labels)} are not the skill's {skill.labels}")
+        with self._lock:
+            current = self._heads.get(name)
+            if current is not None and current[1] >= version:
+                raise HeadRejected(f"version {version} is not newer than {current[1]}")
+            self._heads[name] = (head, version)
+
+    def head(self, name: str) -> tuple[Head, int] | None:
+        """The pushed head of skill ``name`` and its version, if one fits the skill now
+        (a config push may have changed its labels since)."""
+        found = self._heads.get(name)
+        skill = self._skills.get(name)
+        if found is None or skill is None or tuple(skill.labels) != found[0].labels:
+            return None
+        return found
+
+    def head_versions(self) -> dict[str, int]:
+        """The head version in use per skill: the pushed one's, 0 for none."""
+        return {name: (self.head(name) or (None, 0))[1] for name in sorted(self._skills)}
 
     def set_pushed(self, specs: Mapping[str, SkillSpec]) -> list[str]:
         """Replace the pushed layer; returns the names whose content changed."""
