@@ -251,7 +251,11 @@ def plot(name: str, result: dict[str, Any]) -> Path:
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.plot(x, [p["escalated"] for p in pts], "o-", label="escalation rate (held-out)")
     ax.plot(x, [p["system_accuracy"] for p in pts], "s-", label="system accuracy (held-out)")
-    ax.plot(x, [p["head_accuracy"] for p in pts], "^-", label="head alone accuracy")
+    if "head_accuracy" in pts[0]:
+        ax.plot(x, [p["head_accuracy"] for p in pts], "^-", label="head alone accuracy")
+    else:  # the real system: the cascade's answers, and the share the head gave alone
+        ax.plot(x, [p["edge_accuracy"] for p in pts], "^-", label="edge accuracy (cascade)")
+        ax.plot(x, [p["answered_by_head_alone"] for p in pts], "d-", label="answered by head")
     ax.set_xlabel("cloud-labelled escalations learned from")
     ax.set_ylim(0, 1.02)
     ax.grid(alpha=0.3)
@@ -357,6 +361,7 @@ def _real(data: Dataset, every: int) -> int:
         "answered_by_head_alone",
     ]
     print(table(cols, [[p[k] for k in keys] for p in result["points"]]))
+    print(plot(f"{data.name}_real", result))
     print(write_results(f"learning_{data.name}_real", result))
     return 0
 
