@@ -160,3 +160,15 @@ def test_the_readme_two_label_example_is_not_confidently_wrong(
     assert unsure["ok"] is True, unsure
     assert unsure["confidence"] < THRESHOLD, unsure
     assert f"< {THRESHOLD:.2f} (classify)" in unsure["reason"]
+
+
+def test_the_agent_answers_a_built_in_skill_from_its_head(
+    topics: DeviceTopics, agent: AgentProcess, app: AppClient
+) -> None:
+    """The default path: a request naming home_intents, the real agent, its head."""
+    app.subscribe(topics.response)
+    reply = app.classify(topics.request, text="turn off the lights", skill="home_intents")
+    assert reply["ok"] is True, reply
+    assert reply["label"] == "lights_off"
+    assert reply["reason"].startswith("skill head v0; confidence"), reply
+    assert reply["confidence"] >= THRESHOLD
