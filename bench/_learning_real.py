@@ -66,8 +66,15 @@ def _heldout(
 
 
 def real_curve(
-    stream: list[tuple[str, str]], held: list[tuple[str, str]], every: int, tmp: Path
+    stream: list[tuple[str, str]],
+    held: list[tuple[str, str]],
+    every: int,
+    tmp: Path,
+    *,
+    shadow_rate: float = 0.0,
 ) -> dict[str, Any]:
+    """``shadow_rate``: the share of confident stream answers the agent also sends to the
+    cloud (shadow samples), which the relay learns from too."""
     threshold = PolicySettings().thresholds[Task.CLASSIFY]
     gold = tmp / "gold.json"
     gold.write_text(json.dumps(dict(stream)))
@@ -94,6 +101,7 @@ def real_curve(
             device_id=topics.device_id,
             log_path=tmp / "agent.log",
             EDGE_AGENT_OUTBOX__PATH=str(tmp / "outbox.db"),
+            EDGE_AGENT_POLICY__SHADOW_RATE=str(shadow_rate),
         )
         app = AppClient(broker.port)
         reply = f"apps/{uuid.uuid4().hex}/reply"
@@ -135,7 +143,13 @@ def real_curve(
             agent.close()
             relay.close()
             cloud.close()
-    return {"points": points, "threshold": threshold, "stream": len(stream), "heldout": len(held)}
+    return {
+        "points": points,
+        "threshold": threshold,
+        "shadow_rate": shadow_rate,
+        "stream": len(stream),
+        "heldout": len(held),
+    }
 
 
 def _learn(

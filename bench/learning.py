@@ -282,6 +282,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
+        "--shadow-rate",
+        type=float,
+        default=0.0,
+        help="--real: share of confident answers also sent to the cloud as shadow samples",
+    )
+    parser.add_argument(
         "--real",
         action="store_true",
         help="replay through the real system (agent, relay, gold cloud, cloud-relay learn)",
@@ -298,7 +304,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         data = hwu64_home(args.per_intent, args.seed)
     if args.real:
-        return _real(data, args.every)
+        return _real(data, args.every, args.shadow_rate)
     embedder = _embedder(args.threads)
     every_text = sorted(
         {*data.skill_texts, *(t for t, _ in data.stream), *(t for t, _ in data.heldout)}
@@ -343,13 +349,13 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _real(data: Dataset, every: int) -> int:
+def _real(data: Dataset, every: int, shadow_rate: float) -> int:
     import tempfile
 
     from bench._learning_real import real_curve
 
     with tempfile.TemporaryDirectory(prefix="learning-") as tmp:
-        result = real_curve(data.stream, data.heldout, every, Path(tmp))
+        result = real_curve(data.stream, data.heldout, every, Path(tmp), shadow_rate=shadow_rate)
     cols = ["cloud labelled", "seen", "escalated", "edge acc", "AUROC", "system acc", "head alone"]
     keys = [
         "cloud_labelled",
@@ -361,8 +367,9 @@ def _real(data: Dataset, every: int) -> int:
         "answered_by_head_alone",
     ]
     print(table(cols, [[p[k] for k in keys] for p in result["points"]]))
-    print(plot(f"{data.name}_real", result))
-    print(write_results(f"learning_{data.name}_real", result))
+    name = f"{data.name}_real" + (f"_shadow{shadow_rate:g}" if shadow_rate else "")
+    print(plot(name, result))
+    print(write_results(f"learning_{name}", result))
     return 0
 
 
