@@ -21,10 +21,11 @@ from pathlib import Path
 from agent.bundle import BundleError
 
 ARCHES = ("aarch64", "x86_64")
-# The newest glibc a device must have: 2.28 (Debian 10+, Ubuntu 20.04+ so JetPack 5/6,
-# Raspberry Pi OS bookworm). pip does not widen ``--platform manylinux_2_28_*`` to older
-# glibcs itself, so every tag down to manylinux2014 (glibc 2.17) is passed.
-GLIBC_MINOR_MAX = 28
+# The newest glibc a wheel may need: 2.35, that of Ubuntu 22.04 (JetPack 6); Debian
+# bookworm and Raspberry Pi OS 12 have 2.36. (llguidance's aarch64 wheels need 2.31, so
+# 2.28 is too old.) pip does not widen ``--platform manylinux_2_35_*`` to older glibcs
+# itself, so every tag down to manylinux2014 (glibc 2.17) is passed.
+GLIBC_MINOR_MAX = 35
 GLIBC_MINOR_MIN = 17
 _NO_MATCH = re.compile(r"No matching distribution found for (\S+)")
 _NO_VERSION = re.compile(r"satisfies the requirement (\S+)")
