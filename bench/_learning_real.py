@@ -31,11 +31,13 @@ from tests.support.broker import PrivateBroker, free_port
 from tests.support.procs import Daemon, Relay
 
 SKILL = "home_intents"
+#: The skill a run streams to; a fresh skill also has its TOML text (agent config + relay).
+_run: dict[str, Any] = {"skill": SKILL, "skills_dir": None}
 
 
 def _ask(app: AppClient, topics: DeviceTopics, reply_topic: str, text: str, cloud: str) -> Any:
     rid = uuid.uuid4().hex
-    body = {"v": 1, "id": rid, "kind": "voice", "task": "classify", "skill": SKILL}
+    body = {"v": 1, "id": rid, "kind": "voice", "task": "classify", "skill": _run["skill"]}
     app.publish(topics.request, {**body, "text": text, "cloud": cloud}, response_topic=reply_topic)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
@@ -72,10 +74,22 @@ def real_curve(
     tmp: Path,
     *,
     shadow_rate: float = 0.0,
+    fresh: tuple[str, str] | None = None,
 ) -> dict[str, Any]:
     """``shadow_rate``: the share of confident stream answers the agent also sends to the
-    cloud (shadow samples), which the relay learns from too."""
+    cloud (shadow samples), which the relay learns from too. ``fresh``: (name, TOML) of a
+    skill written for the run, given to the agent in its config and to the relay's learn
+    as a skills folder, instead of the built-in ``home_intents``."""
     threshold = PolicySettings().thresholds[Task.CLASSIFY]
+    agent_env: dict[str, str] = {}
+    if fresh is not None:
+        import tomllib
+
+        name, text = fresh
+        (tmp / "skills").mkdir()
+        (tmp / "skills" / f"{name}.toml").write_text(text)
+        _run.update(skill=name, skills_dir=tmp / "skills")
+        agent_env["EDGE_AGENT_SKILLS"] = json.dumps({name: tomllib.loads(text)})
     gold = tmp / "gold.json"
     gold.write_text(json.dumps(dict(stream)))
     port = free_port()
@@ -102,6 +116,7 @@ def real_curve(
             log_path=tmp / "agent.log",
             EDGE_AGENT_OUTBOX__PATH=str(tmp / "outbox.db"),
             EDGE_AGENT_POLICY__SHADOW_RATE=str(shadow_rate),
+            **agent_env,
         )
         app = AppClient(broker.port)
         reply = f"apps/{uuid.uuid4().hex}/reply"
@@ -175,8 +190,9 @@ def _learn(
             "--broker",
             broker_url,
             "--skill",
-            SKILL,
+            _run["skill"],
             "--json",
+            *(["--skills-dir", str(_run["skills_dir"])] if _run["skills_dir"] else []),
         ],
         capture_output=True,
         text=True,

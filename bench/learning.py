@@ -130,6 +130,38 @@ def hwu64_home(per_intent: int, seed: int) -> Dataset:
     return Dataset("hwu64_home", skill.labels, texts, gold, stream, held)
 
 
+#: A skill written the way the README says, with no data beyond its own words: the labels
+#: of ``hwu64_home``, a description and two exemplars each (not from HWU64).
+FRESH_SKILL = """description = "What the user wants the home to do"
+[labels.lights_on]
+description = "switch lights on"
+exemplars = ["turn the lamp on", "lights on in the kitchen please"]
+[labels.lights_off]
+description = "switch lights off"
+exemplars = ["kill the lights", "switch off the bedroom light"]
+[labels.play_music]
+description = "play some music or a song"
+exemplars = ["put on some jazz", "play my running playlist"]
+[labels.volume_up]
+description = "make the sound louder"
+exemplars = ["turn it up", "louder please"]
+[labels.weather_query]
+description = "ask about the weather or forecast"
+exemplars = ["will it rain tomorrow", "how hot is it outside today"]
+"""
+
+
+def hwu64_fresh(per_intent: int, seed: int) -> Dataset:
+    """``hwu64_home``'s stream and held-out set for a freshly written skill."""
+    from agent.skills import parse_skill
+    from edge_slm.head import skill_texts
+
+    home = hwu64_home(per_intent, seed)
+    spec = parse_skill(FRESH_SKILL)
+    texts, gold = skill_texts(spec)
+    return Dataset("hwu64_fresh", list(spec.labels), texts, gold, home.stream, home.heldout)
+
+
 class Learner(Protocol):
     """Where the head is refitted: in process here; the relay's learn loop in the
     real-system replay."""
@@ -269,7 +301,9 @@ def plot(name: str, result: dict[str, Any]) -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.learning", description=__doc__)
-    parser.add_argument("--data", choices=["voice", "hwu64", "hwu64_home"], default="voice")
+    parser.add_argument(
+        "--data", choices=["voice", "hwu64", "hwu64_home", "hwu64_fresh"], default="voice"
+    )
     parser.add_argument("--every", type=int, default=10, help="refit every N escalations")
     parser.add_argument("--per-intent", type=int, default=20, help="hwu64: stream size")
     parser.add_argument(
@@ -301,8 +335,10 @@ def main(argv: list[str] | None = None) -> int:
         data = voice()
     elif args.data == "hwu64":
         data = hwu64(args.per_intent, args.seed)
-    else:
+    elif args.data == "hwu64_home":
         data = hwu64_home(args.per_intent, args.seed)
+    else:
+        data = hwu64_fresh(args.per_intent, args.seed)
     if args.real:
         return _real(data, args.every, args.shadow_rate)
     embedder = _embedder(args.threads)
@@ -355,7 +391,10 @@ def _real(data: Dataset, every: int, shadow_rate: float) -> int:
     from bench._learning_real import real_curve
 
     with tempfile.TemporaryDirectory(prefix="learning-") as tmp:
-        result = real_curve(data.stream, data.heldout, every, Path(tmp), shadow_rate=shadow_rate)
+        fresh = ("home_fresh", FRESH_SKILL) if data.name == "hwu64_fresh" else None
+        result = real_curve(
+            data.stream, data.heldout, every, Path(tmp), shadow_rate=shadow_rate, fresh=fresh
+        )
     cols = ["cloud labelled", "seen", "escalated", "edge acc", "AUROC", "system acc", "head alone"]
     keys = [
         "cloud_labelled",
