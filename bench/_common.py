@@ -113,6 +113,12 @@ def write_results(name: str, data: dict[str, Any]) -> Path:
     return path
 
 
+def report(name: str, data: dict[str, Any]) -> int:
+    """Write the results file, say where it went, and give ``main``'s exit status (0)."""
+    print(f"\nwrote {write_results(name, data)}")
+    return 0
+
+
 def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
     """A plain Markdown table, so the output pastes straight into BENCHMARKS.md."""
     cells = [[str(h) for h in headers], *[[_fmt(c) for c in row] for row in rows]]

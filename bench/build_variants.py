@@ -21,7 +21,7 @@ import sys
 import time
 from pathlib import Path
 
-from bench._common import dir_size, write_results
+from bench._common import dir_size, report
 
 #: name -> (precision, extra options)
 VARIANTS: dict[str, tuple[str, list[str]]] = {
@@ -86,8 +86,7 @@ def main(argv: list[str] | None = None) -> int:
         "fidelity": str(shipped_fid),
     }
     print("shipped-int8", results["shipped-int8"], flush=True)
-    print(f"wrote {write_results('build_variants', {'model': args.model, 'variants': results})}")
-    return 0
+    return report("build_variants", {"model": args.model, "variants": results})
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ import sys
 import time
 from typing import Any
 
-from bench._common import cpu_busy_s, percentile, proc_cpu_s, table, wait_for_quiet, write_results
+from bench._common import cpu_busy_s, percentile, proc_cpu_s, report, table, wait_for_quiet
 from bench.eval_data import load_family
 
 
@@ -124,8 +124,7 @@ def main(argv: list[str] | None = None) -> int:  # noqa: PLR0915 - one linear sc
         "generated_samples": samples,
         "times_ms": times,
     }
-    print(f"\nwrote {write_results('classify_path', data)}")
-    return 0
+    return report("classify_path", data)
 
 
 if __name__ == "__main__":

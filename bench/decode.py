@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench._common import median, proc_mb, table, write_results
+from bench._common import median, proc_mb, report, table
 from bench._engines import add_clean_run_options, llama_timed, ours_timed, spawn_clean
 
 ROOMS = ("kitchen", "hallway", "bedroom", "garage", "office", "bathroom")
@@ -179,8 +179,7 @@ def main(argv: list[str] | None = None) -> int:
         "ratios": ratios,
         "samples": samples,
     }
-    print(f"\nwrote {write_results('decode', data)}")
-    return 0
+    return report("decode", data)
 
 
 if __name__ == "__main__":

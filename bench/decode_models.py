@@ -38,7 +38,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench._common import median, proc_mb, table, wait_for_quiet, write_results
+from bench._common import median, proc_mb, report, table, wait_for_quiet
 from bench._engines import add_clean_run_options, llama_timed, ours_timed, spawn_clean
 from bench.decode import LOG, PROMPTS
 
@@ -299,8 +299,7 @@ def main(argv: list[str] | None = None) -> int:  # noqa: PLR0915 - one linear sc
         "bandwidth_used_gbs": bw,
         "models": results,
     }
-    print(f"\nwrote {write_results('decode_models', data)}")
-    return 0
+    return report("decode_models", data)
 
 
 if __name__ == "__main__":

@@ -36,7 +36,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from bench._common import cpu_busy_s, percentile, proc_cpu_s, table, wait_for_quiet, write_results
+from bench._common import cpu_busy_s, percentile, proc_cpu_s, report, table, wait_for_quiet
 from bench._mqtt import BenchClient, running_agent
 
 REQUESTS: dict[str, dict[str, Any]] = {
@@ -230,8 +230,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     name = "mqtt_overhead" if args.task == "classify" else f"mqtt_overhead_{args.task}"
     name += "" if args.spin == "on" else "_nospin"
-    print(f"wrote {write_results(name, data)}")
-    return 0
+    return report(name, data)
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ import time
 import uuid
 from pathlib import Path
 
-from bench._common import percentile, table, wait_for_quiet, write_results
+from bench._common import percentile, report, table, wait_for_quiet
 from bench._mqtt import BenchClient
 from bench.mqtt_overhead import REQUESTS, bench_echo
 from edge_slm.topics import DeviceTopics
@@ -156,8 +156,7 @@ def main(argv: list[str] | None = None) -> int:
         "echo_round_trip_p50_ms": echo_ms,
         "phases": {name: {"p50_ms": p50, "p90_ms": p90} for name, p50, p90 in rows},
     }
-    print(f"wrote {write_results('mqtt_trace', data)}")
-    return 0
+    return report("mqtt_trace", data)
 
 
 if __name__ == "__main__":

@@ -37,7 +37,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from bench._common import cpu_busy_s, median, proc_cpu_s, table, wait_for_quiet, write_results
+from bench._common import cpu_busy_s, median, proc_cpu_s, report, table, wait_for_quiet
 
 MOSQUITTO_AUTOSAVE_PER_S = 254.0  # the figure for autosave_on_changes at 0 loss
 TARGET_PER_S = 4 * MOSQUITTO_AUTOSAVE_PER_S
@@ -279,8 +279,7 @@ def main(argv: list[str] | None = None) -> int:
         "kills": kills,
         "target_met": met,
     }
-    print(f"wrote {write_results('outbox_durability', data)}")
-    return 0
+    return report("outbox_durability", data)
 
 
 if __name__ == "__main__":

@@ -60,9 +60,9 @@ from bench._common import (
     cpu_busy_s,
     percentile,
     proc_cpu_s,
+    report,
     table,
     wait_for_quiet,
-    write_results,
 )
 from edge_slm.topics import DeviceTopics, escalation_subscription, fleet_filter
 from tests.relay.device import escalation
@@ -517,8 +517,7 @@ def main(argv: list[str] | None = None) -> int:  # noqa: PLR0915 - one linear sc
         "py_spy": shutil.which("py-spy"),
         "py_spy_gil": args.profile_gil,
     }
-    print(f"\nwrote {write_results('relay_throughput', data)}")
-    return 0
+    return report("relay_throughput", data)
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from bench._common import dir_size, proc_mb, table, wait_for_quiet, write_results
+from bench._common import dir_size, proc_mb, report, table, wait_for_quiet
 from bench._mqtt import BenchClient, running_agent
 
 LONG_TEXT = " ".join(
@@ -87,8 +87,7 @@ def main(argv: list[str] | None = None) -> int:
         "peak_rss_mb": peak_mb,
         "peak_over_disk": peak_mb / disk_mb,
     }
-    print(f"\nwrote {write_results('rss', data)}")
-    return 0
+    return report("rss", data)
 
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from bench._common import dir_size, proc_mb, table, wait_for_quiet, write_results
+from bench._common import dir_size, proc_mb, report, table, wait_for_quiet
 from bench._mqtt import BenchClient, running_agent
 
 CLASSIFY: dict[str, Any] = {
@@ -112,8 +112,7 @@ def main(argv: list[str] | None = None) -> int:
         "growth_pct": 100 * growth / base["rss_mb"],
         "peak_over_disk": last["peak_mb"] / disk_mb,
     }
-    print(f"wrote {write_results('rss_leak', data)}")
-    return 0
+    return report("rss_leak", data)
 
 
 if __name__ == "__main__":
