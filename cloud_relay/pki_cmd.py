@@ -131,6 +131,26 @@ def add_pki_command(subparsers: Any) -> argparse.ArgumentParser:
 _DESCRIPTION = "Manage the fleet's CA. Keys are written with mode 0600 and never printed."
 
 
+# kind, command, CN metavar, help, --san help (None: the kind takes no --san).
+_ISSUE_COMMANDS: tuple[tuple[CertKind, str, str, str, str | None], ...] = (
+    (
+        CertKind.DEVICE,
+        "issue-device",
+        "DEVICE_ID",
+        "client certificate, CN = device id",
+        "extra subjectAltName (DNS name or IP)",
+    ),
+    (CertKind.RELAY, "issue-relay", "NAME", "client certificate for a cloud relay (relay-*)", None),
+    (
+        CertKind.SERVER,
+        "issue-server",
+        "HOSTNAME",
+        "broker certificate, SAN = HOSTNAME and --san",
+        "further DNS name or IP the broker answers on",
+    ),
+)
+
+
 def _add_commands(pki: argparse.ArgumentParser) -> None:
     sub = pki.add_subparsers(dest="pki_command", required=True)
 
@@ -140,25 +160,14 @@ def _add_commands(pki: argparse.ArgumentParser) -> None:
     p.add_argument("--days", type=int, default=3650, help="CA validity (default 3650)")
     p.set_defaults(func=_guard(_cmd_init_ca))
 
-    p = sub.add_parser("issue-device", help="client certificate, CN = device id")
-    p.add_argument("cn", metavar="DEVICE_ID")
-    _dir_arg(p)
-    p.add_argument("--days", type=int, default=365, help="validity (default 365)")
-    p.add_argument("--san", action="append", help="extra subjectAltName (DNS name or IP)")
-    p.set_defaults(func=_guard(_cmd_issue(CertKind.DEVICE)))
-
-    p = sub.add_parser("issue-relay", help="client certificate for a cloud relay (relay-*)")
-    p.add_argument("cn", metavar="NAME")
-    _dir_arg(p)
-    p.add_argument("--days", type=int, default=365, help="validity (default 365)")
-    p.set_defaults(func=_guard(_cmd_issue(CertKind.RELAY)))
-
-    p = sub.add_parser("issue-server", help="broker certificate, SAN = HOSTNAME and --san")
-    p.add_argument("cn", metavar="HOSTNAME")
-    _dir_arg(p)
-    p.add_argument("--days", type=int, default=365, help="validity (default 365)")
-    p.add_argument("--san", action="append", help="further DNS name or IP the broker answers on")
-    p.set_defaults(func=_guard(_cmd_issue(CertKind.SERVER)))
+    for kind, name, cn, help_, san_help in _ISSUE_COMMANDS:
+        p = sub.add_parser(name, help=help_)
+        p.add_argument("cn", metavar=cn)
+        _dir_arg(p)
+        p.add_argument("--days", type=int, default=365, help="validity (default 365)")
+        if san_help:
+            p.add_argument("--san", action="append", help=san_help)
+        p.set_defaults(func=_guard(_cmd_issue(kind)))
 
     p = sub.add_parser("revoke", help="revoke by CN or serial; rewrites crl.pem")
     p.add_argument("ref", metavar="SERIAL|CN")
