@@ -25,7 +25,8 @@
 #   7. SIGTERM: the agent drains and leaves an `offline` status; its peak RSS (VmHWM of
 #      the qemu process, which overstates the guest's own) against the Pi profile's
 #      MemoryMax
-# Mounts, the broker and the agent are undone on any exit (trap), success or failure.
+# Mounts, the broker and the agent are undone on any exit (trap), success or failure;
+# EDGE_SLM_KEEP_WORK=1 keeps the scratch folder (root copy, logs) for a post-mortem.
 #
 # Emulated timings prove that it works, never how fast a board is (BENCHMARKS.md).
 set -euo pipefail

@@ -53,7 +53,11 @@ def cmd_bundle(args: argparse.Namespace) -> int:
         f"{info['arch']} Python {info['python']}, profile {info['profile']}, "
         f"models {', '.join(result.models)}, {len(result.wheels)} wheels"
     )
-    print(f"install offline: sudo ./install-device.sh --bundle {result.path.name} --device-id ID")
+    name = result.path.name
+    print(
+        f"install offline: tar -xf {name} edge-slm-bundle/deploy/install-device.sh && "
+        f"sudo edge-slm-bundle/deploy/install-device.sh --bundle {name} --device-id ID"
+    )
     return 0
 
 
