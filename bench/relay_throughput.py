@@ -324,16 +324,20 @@ def measure(
     return row
 
 
+def _collapsed(raw: Path) -> Iterator[tuple[str, int]]:
+    """(stack, sample count) per line of py-spy's collapsed-stack output."""
+    for line in raw.read_text().splitlines():
+        stack, _, count_s = line.rpartition(" ")
+        if stack:
+            yield stack, int(count_s)
+
+
 def _profile_summary(raw: Path, top: int = 30) -> list[tuple[str, float, float]]:
     """(function, inclusive %, self %) from py-spy's collapsed stacks."""
     inclusive: collections.Counter[str] = collections.Counter()
     own: collections.Counter[str] = collections.Counter()
     total = 0
-    for line in raw.read_text().splitlines():
-        stack, _, count_s = line.rpartition(" ")
-        if not stack:
-            continue
-        count = int(count_s)
+    for stack, count in _collapsed(raw):
         total += count
         frames = [f.split(" (")[0] + " (" + f.split(" (")[-1].split(":")[0].rsplit("/", 1)[-1]
                   for f in stack.split(";")]  # fmt: skip
@@ -360,11 +364,8 @@ def profile_categories(raw: Path) -> list[tuple[str, float]]:
     """Share of py-spy samples per category (deepest matching frame wins)."""
     shares: collections.Counter[str] = collections.Counter()
     total = 0
-    for line in raw.read_text().splitlines():
-        stack, _, count_s = line.rpartition(" ")
-        if not stack:
-            continue
-        total += int(count_s)
+    for stack, count in _collapsed(raw):
+        total += count
         found = "other (threading, queue, stdlib)"
         for frame in reversed(stack.split(";")):
             where = frame.rsplit("(", 1)[-1]
@@ -372,7 +373,7 @@ def profile_categories(raw: Path) -> list[tuple[str, float]]:
             if hit:
                 found = hit
                 break
-        shares[found] += int(count_s)
+        shares[found] += count
     return [(c, 100 * n / total) for c, n in shares.most_common()]
 
 
