@@ -121,6 +121,21 @@ class Issued:
         return dt.datetime.fromisoformat(self.not_after) <= now
 
 
+def _key_usage(*, ca: bool) -> x509.KeyUsage:
+    """The CA signs certificates and CRLs only; a leaf (ECDHE-ECDSA) only signs the handshake."""
+    return x509.KeyUsage(
+        digital_signature=not ca,
+        content_commitment=False,
+        key_encipherment=False,
+        data_encipherment=False,
+        key_agreement=False,
+        key_cert_sign=ca,
+        crl_sign=ca,
+        encipher_only=False,
+        decipher_only=False,
+    )
+
+
 def _now() -> dt.datetime:
     return dt.datetime.now(dt.UTC).replace(microsecond=0)
 
@@ -281,17 +296,7 @@ class Pki:
                 # pathlen 0: this CA signs leaves only, never a sub-CA.
                 .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
                 .add_extension(
-                    x509.KeyUsage(
-                        digital_signature=False,
-                        content_commitment=False,
-                        key_encipherment=False,
-                        data_encipherment=False,
-                        key_agreement=False,
-                        key_cert_sign=True,
-                        crl_sign=True,
-                        encipher_only=False,
-                        decipher_only=False,
-                    ),
+                    _key_usage(ca=True),
                     critical=True,
                 )
                 .add_extension(ski, critical=False)
@@ -359,17 +364,7 @@ class Pki:
                 .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
                 .add_extension(
                     # ECDHE-ECDSA: the key only signs the handshake.
-                    x509.KeyUsage(
-                        digital_signature=True,
-                        content_commitment=False,
-                        key_encipherment=False,
-                        data_encipherment=False,
-                        key_agreement=False,
-                        key_cert_sign=False,
-                        crl_sign=False,
-                        encipher_only=False,
-                        decipher_only=False,
-                    ),
+                    _key_usage(ca=False),
                     critical=True,
                 )
                 # A client certificate cannot serve as a broker and vice versa:
