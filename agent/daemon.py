@@ -9,7 +9,9 @@ with ``shutting_down``, publish ``offline``, then undo start-up in reverse
 order (ExitStack).
 
 The retained config and desired model are taken in here, on the network
-thread: both are cheap (a validation, a hand-over to the OTA thread).
+thread: both are cheap (a validation, a hand-over to the OTA thread). So are
+the skill heads the relays push (``agent/heads.py``: decoded here, applied on
+their own thread); the status names the head version of every skill.
 """
 
 from __future__ import annotations
@@ -32,12 +34,13 @@ from agent.engine.engine import Engine
 from agent.engine.holder import ModelHolder, ModelSpec
 from agent.engine.selftest import run_self_test
 from agent.handler import ModelAnswerer, RequestHandler
+from agent.heads import HeadIntake
 from agent.models.ota import OtaUpdater
 from agent.policy.redact import Redactor
 from agent.policy.router import Router
 from agent.recent import RecentRequests
 from agent.routing import ReplyRoute
-from agent.skills import SkillRegistry
+from agent.skills import SkillRegistry, head_stage
 from agent.skills.embedding import Embedder
 from agent.telemetry import TelemetryRecorder
 from agent.worker import InferenceWorker
@@ -56,7 +59,7 @@ from edge_slm.lifecycle import Lifecycle
 from edge_slm.logs import get_logger
 from edge_slm.mqtt import Inbound, Will
 from edge_slm.settings import is_loopback
-from edge_slm.topics import relay_status_filter
+from edge_slm.topics import matches, relay_status_filter, skill_head_filter
 
 log = get_logger("agent.daemon")
 
@@ -117,6 +120,7 @@ class AgentDaemon(Lifecycle):
         self._handler: RequestHandler | None = None
         self._startup_conditions: set[str] = set()
         self._outbox: Outbox | None = None
+        self._heads: HeadIntake | None = None
         s = settings
         self.scheduler = Scheduler()
         self.telemetry = TelemetryRecorder(
@@ -124,6 +128,8 @@ class AgentDaemon(Lifecycle):
         )
         self.router = Router(s.policy, s.cloud, budget_left=self._budget_left)
         self.recent = RecentRequests()
+        # Before the will: a status names the skills' head versions.
+        self.skills = SkillRegistry(s.skills, builtin=s.builtin_skills)
         # Requests are PUBACKed only once answered (see agent/recent.py), so the
         # broker redelivers what a killed agent was holding.
         self.mqtt = s.mqtt.connection(
@@ -133,7 +139,6 @@ class AgentDaemon(Lifecycle):
             will=Will(self.topics.status, self._status("offline")),
             manual_ack=True,
         )
-        self.skills = SkillRegistry(s.skills, builtin=s.builtin_skills)
 
     @property
     def models(self) -> ModelHolder[Engine]:
@@ -213,6 +218,8 @@ class AgentDaemon(Lifecycle):
         )
         del engine
         embedder = load_embedder(s)
+        if embedder is not None:
+            self._warm_heads(embedder)
         self.telemetry.set_model(spec.name)
         if spec.version is not None:
             log.info("model_from_ota", model=spec.name, version=spec.version, path=str(spec.path))
@@ -243,7 +250,9 @@ class AgentDaemon(Lifecycle):
             telemetry=self.telemetry,
             recent=self.recent,
             skills=self.skills,
-            answerer=ModelAnswerer(self.models, embedder=embedder, telemetry=self.telemetry),
+            answerer=ModelAnswerer(
+                self.models, embedder=embedder, telemetry=self.telemetry, heads=self.skills.head
+            ),
             on_idle=self._worker_idle,
         )
         self.scheduler.start()
@@ -254,6 +263,15 @@ class AgentDaemon(Lifecycle):
             self._serve_metrics(stack)
         handler.start()
         stack.callback(handler.stop)
+        # Skill heads the relays push: decoded on the network thread, applied on its own.
+        self._heads = heads = HeadIntake(
+            self.skills,
+            prefix=s.topic_prefix,
+            embedder=embedder.name if embedder is not None else None,
+            on_applied=self._publish_status,
+        )
+        heads.start()
+        stack.callback(heads.stop)
         if s.ota.enabled:
             self._start_ota(stack)
         connected = self.mqtt.start(connect_timeout_s=s.mqtt.connect_timeout_s)
@@ -267,6 +285,18 @@ class AgentDaemon(Lifecycle):
             provider=self.provider,
             request_topic=self.topics.request,
         )
+
+    def _warm_heads(self, embedder: Embedder) -> None:
+        """Fit the skill-text heads now, on a thread of their own: otherwise the first
+        request of a skill pays for scikit-learn's import and the fit (1-4 s)."""
+
+        def warm() -> None:
+            try:
+                log.info("heads_fitted", count=head_stage.warm(self.skills.all(), embedder))
+            except Exception:  # the heads are then fitted on first use instead
+                log.exception("heads_fit_failed")
+
+        threading.Thread(target=warm, name="heads-warm", daemon=True).start()
 
     def _drain(self) -> None:
         self.handler.drain(self.settings.limits.drain_timeout_s)
@@ -398,6 +428,7 @@ class AgentDaemon(Lifecycle):
                 (self.topics.config, 1),
                 (self.topics.model, 1),
                 (relay_status_filter(self.settings.topic_prefix), 1),
+                (skill_head_filter(self.settings.topic_prefix), 1),
             ]
         )
         self._publish_status()
@@ -436,6 +467,14 @@ class AgentDaemon(Lifecycle):
         self.mqtt.publish(self.topics.status, self._status("online"), qos=1, retain=True)
 
     def _on_message(self, msg: Inbound) -> None:
+        if self._heads is not None and matches(
+            skill_head_filter(self.settings.topic_prefix), msg.topic
+        ):
+            try:
+                self._heads.on_message(msg)
+            finally:
+                self.mqtt.ack(msg)
+            return
         if msg.topic not in (self.topics.config, self.topics.model):
             self.handler.on_message(msg)  # requests, cloud replies, relays: acked when handled
             return
@@ -499,6 +538,7 @@ class AgentDaemon(Lifecycle):
             conditions=self._conditions() or None,
             model_state=self._models.state() if self._models else None,
             model_update=self._ota.update if self._ota else None,
+            heads=self.skills.head_versions() or None,
             ts=time.time(),
         )
         return status.to_wire()

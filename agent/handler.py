@@ -62,6 +62,7 @@ if TYPE_CHECKING:
     from agent.skills import SkillRegistry
     from agent.skills.embedding import Embedder
     from agent.telemetry import TelemetryRecorder
+    from edge_slm.head import Head
     from edge_slm.mqtt import Inbound
 
 log = get_logger("agent.handler")
@@ -95,10 +96,12 @@ class ModelAnswerer:
         *,
         embedder: Embedder | None,
         telemetry: TelemetryRecorder,
+        heads: Callable[[str], tuple[Head, int] | None] = lambda _name: None,
     ) -> None:
         self._models = models
         self._embedder = embedder
         self._telemetry = telemetry
+        self._heads = heads  # SkillRegistry.head: a pushed head, read per request
 
     def __call__(self, job: Job, stop: StopWhen) -> Response:
         engine = self._models.get()
@@ -110,6 +113,7 @@ class ModelAnswerer:
                 stop=stop,
                 skill=job.skill,
                 embedder=self._embedder,
+                head=self._heads(job.skill.name) if job.skill is not None else None,
             )
         finally:
             self._models.touch()

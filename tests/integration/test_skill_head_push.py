@@ -1,0 +1,129 @@
+"""A skill head pushed over a real broker changes the real agent's answers, live.
+
+The real agent (SmolLM2 build, the MiniLM encoder from the model cache) answers a
+request of ``home_intents``; a head fitted with the same encoder, which has
+learned (from "cloud labels" made up for the test) that this very phrasing means
+``play_music``, is published retained on the skill's head topic; the agent applies
+it without a restart, says so in its status (``heads``), and answers
+``play_music`` from the head. A head for another encoder, or a broken one, is
+refused and logged, and the agent keeps serving with the head it had.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import paho.mqtt.client as paho
+import pytest
+from paho.mqtt.enums import CallbackAPIVersion
+
+from agent.models import ModelCache, default_cache_dir
+from agent.models.embedders import DEFAULT_EMBEDDER, installed
+from agent.skills import SkillRegistry
+from agent.skills.embedding import Embedder
+from edge_slm.head import fit_head, skill_texts
+from edge_slm.topics import DeviceTopics, skill_head
+from tests.support.agent import AgentProcess
+from tests.support.app import AppClient
+from tests.support.broker import PrivateBroker
+
+SKILL = "home_intents"
+QUERY = "switch off the lights in the hall"
+TAUGHT = ["switch off the lights in the hall", "switch off the hall lights", "hall lights off"]
+
+
+@pytest.fixture(scope="module")
+def encoder() -> Embedder:
+    folder = installed(ModelCache(default_cache_dir()), DEFAULT_EMBEDDER)
+    if folder is None:
+        pytest.skip(f"{DEFAULT_EMBEDDER} is not installed in the model cache")
+    return Embedder(folder, name=DEFAULT_EMBEDDER, threads=1)
+
+
+@pytest.fixture
+def relay_client(broker: PrivateBroker) -> Iterator[paho.Client]:
+    client = paho.Client(
+        callback_api_version=CallbackAPIVersion.VERSION2,
+        client_id=f"relay-{uuid.uuid4().hex[:6]}",
+        protocol=paho.MQTTv5,
+    )
+    client.connect("127.0.0.1", broker.port)
+    client.loop_start()
+    yield client
+    client.disconnect()
+    client.loop_stop()
+
+
+def push(client: paho.Client, topic: str, payload: bytes) -> None:
+    client.publish(topic, payload, qos=1, retain=True).wait_for_publish(5)
+
+
+def heads_in_status(port: int, topic: str, want: dict[str, int], timeout: float = 30) -> None:
+    seen: list[dict[str, Any]] = []
+    client = paho.Client(
+        callback_api_version=CallbackAPIVersion.VERSION2, client_id=f"st-{uuid.uuid4().hex[:6]}"
+    )
+    client.on_message = lambda _c, _u, msg: seen.append(json.loads(msg.payload))
+    client.connect("127.0.0.1", port)
+    client.subscribe(topic, 1)
+    client.loop_start()
+    try:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            heads = seen[-1].get("heads") or {} if seen else {}
+            if all(heads.get(k) == v for k, v in want.items()):
+                return
+            time.sleep(0.05)
+    finally:
+        client.disconnect()
+        client.loop_stop()
+    raise AssertionError(f"heads {want} not in the status: {seen[-1:] or 'none'}")
+
+
+def test_a_pushed_head_changes_the_agents_answers(
+    app: AppClient,
+    topics: DeviceTopics,
+    agent: AgentProcess,
+    broker: PrivateBroker,
+    relay_client: paho.Client,
+    encoder: Embedder,
+) -> None:
+    app.subscribe(topics.response)
+    before = app.classify(topics.request, text=QUERY, skill=SKILL)
+    assert before["ok"] is True, before
+    assert before["label"] != "play_music"  # the model reads "lights off", not music
+    heads_in_status(broker.port, topics.status, {SKILL: 0})
+
+    skill = SkillRegistry().get(SKILL)
+    assert skill is not None
+    texts, gold = skill_texts(skill.spec)
+    texts += TAUGHT * 3
+    gold += ["play_music"] * len(TAUGHT) * 3
+    head = fit_head(encoder.embed(texts), gold, skill.labels)
+    wire = head.to_wire(skill=SKILL, version=1, embedder=encoder.name, cloud_labels=9)
+    push(relay_client, skill_head("slm", SKILL), wire.to_wire())
+    heads_in_status(broker.port, topics.status, {SKILL: 1})
+
+    after = app.classify(topics.request, text=QUERY, skill=SKILL)
+    assert after["ok"] is True, after
+    assert after["label"] == "play_music", after
+    assert "skill head v1" in after["reason"], after
+
+    # Refused, logged, and the head in use stays: another encoder, then garbage.
+    other = head.to_wire(skill=SKILL, version=2, embedder="another-encoder")
+    push(relay_client, skill_head("slm", SKILL), other.to_wire())
+    push(relay_client, skill_head("slm", SKILL), b'{"v": 1, "skill": "home_intents"}')
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        rejected = [e for e in agent.log_events() if e.get("event") == "head_rejected"]
+        if len(rejected) >= 2:
+            break
+        time.sleep(0.1)
+    assert len(rejected) >= 2, rejected
+    again = app.classify(topics.request, text=QUERY, skill=SKILL)
+    assert again["label"] == "play_music"
+    assert agent.proc.poll() is None
