@@ -33,6 +33,7 @@ from cloud_relay.config import LearnSettings
 from cloud_relay.store import LabelledCase, PushedHead, RelayStore
 from edge_slm.contract import SkillSpec, WireError, decode
 from edge_slm.contract.skills import SkillHead
+from edge_slm.encoder import ONNX_FILE, TOKENIZER_FILE
 from edge_slm.head import Head, fit_head, skill_texts
 from edge_slm.logs import get_logger
 from edge_slm.topics import skill_head
@@ -46,7 +47,7 @@ Publish = Callable[[str, bytes], None]
 
 
 class TextEncoder(Protocol):
-    """What the loop needs of the sentence encoder (``agent.skills.embedding.Embedder``)."""
+    """What the loop needs of the sentence encoder (:class:`edge_slm.encoder.Encoder`)."""
 
     name: str
 
@@ -85,16 +86,15 @@ def encoder_folder(settings: LearnSettings) -> Path:
 
 def load_encoder(settings: LearnSettings) -> TextEncoder:
     folder = encoder_folder(settings)
-    if not (folder / "model.onnx").is_file() or not (folder / "tokenizer.json").is_file():
+    if not (folder / ONNX_FILE).is_file() or not (folder / TOKENIZER_FILE).is_file():
         raise LearnUnavailable(
             f"encoder {settings.encoder!r} is not installed in {folder.parent}: "
             f"`edge-agent models build {settings.encoder} --install-source`"
         )
-    # The agent's encoder class (onnxruntime + tokenizers), until it moves to edge_slm.
-    from agent.skills.embedding import Embedder
+    from edge_slm.encoder import Encoder  # onnxruntime: only when learning runs
 
     # One thread: learning is background work beside the relay's hot path.
-    return Embedder(folder, name=settings.encoder, threads=1)
+    return Encoder(folder, name=settings.encoder, threads=1)
 
 
 def held_out(case: LabelledCase, fraction: float) -> bool:
