@@ -12,6 +12,7 @@ import hmac
 import json
 import time
 from collections.abc import AsyncIterator
+from typing import Any
 
 from pydantic import ValidationError
 from starlette.applications import Starlette
@@ -20,7 +21,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from agent.serve.chat import ChatSession, new_completion_id
+from agent.serve.chat import ChatSession, engine_error, new_completion_id
 from agent.serve.errors import (
     ApiError,
     bad_request,
@@ -34,6 +35,8 @@ from agent.serve.errors import (
 from agent.serve.runner import Busy, Closed, EngineRunner, StreamingEngine
 from agent.serve.schemas import ChatCompletionRequest, ModelCard, ModelList
 from agent.serve.sse import ClientGone, SSEResponse, unless_disconnected
+from agent.serve.structured import structured_completion
+from edge_slm.contract import ToolSpec
 from edge_slm.logs import get_logger
 
 log = get_logger("agent.serve")
@@ -114,6 +117,12 @@ class _Api:
             raise model_not_found(req.model, self.model_name)
         messages = [m.as_engine_message() for m in req.messages]
         try:
+            structured = req.structured()
+        except ValueError as exc:
+            raise bad_request(str(exc), param="tool_choice") from exc
+        if structured is not None:
+            return await self._structured(request, messages, req, *structured)
+        try:
             ticket = self.runner.submit(
                 messages,
                 max_tokens=req.token_budget(self.max_tokens_cap),
@@ -142,6 +151,47 @@ class _Api:
         response = SSEResponse(session.chunks(), on_close=ticket.cancel.set)
         response.headers.update(headers)
         return response
+
+    async def _structured(
+        self,
+        request: Request,
+        messages: list[dict[str, str]],
+        req: ChatCompletionRequest,
+        schema: dict[str, Any],
+        tools: list[ToolSpec],
+    ) -> Response:
+        try:
+            ticket = self.runner.submit(
+                messages,
+                max_tokens=req.token_budget(self.max_tokens_cap),
+                logprobs=False,
+                top_logprobs=0,
+                schema=schema,
+            )
+        except Busy as exc:
+            raise busy(exc.retry_after_s) from exc
+        except Closed as exc:
+            raise unavailable(str(exc)) from exc
+        completion_id = new_completion_id()
+        try:
+            result = await unless_disconnected(request, ticket.result, ticket.cancel.set)
+        except ClientGone:
+            return Response(status_code=499)
+        except Exception as exc:
+            raise engine_error(exc) from exc
+        log.info(
+            "chat_completion_structured",
+            id=completion_id,
+            tools=len(tools),
+            finish_reason=result.finish_reason,
+            completion_tokens=result.completion_tokens,
+            forced_tokens=result.forced_tokens,
+            total_ms=round(result.total_s * 1000, 1),
+        )
+        body = structured_completion(
+            result, tools, model=self.model_name, completion_id=completion_id
+        )
+        return JSONResponse(body, headers={"x-request-id": completion_id})
 
     @contextlib.asynccontextmanager
     async def lifespan(self, _: Starlette) -> AsyncIterator[None]:

@@ -19,9 +19,9 @@ import threading
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
-from agent.engine.engine import StopWhen, StreamEvent
+from agent.engine.engine import StopWhen, StreamEvent, Structured
 from agent.engine.prompts import Message
 from edge_slm.logs import get_logger
 
@@ -44,6 +44,15 @@ class StreamingEngine(Protocol):
         top_logprobs: int = ...,
     ) -> Iterator[StreamEvent]: ...
 
+    def generate_structured(
+        self,
+        schema: dict[str, Any],
+        *,
+        messages: Sequence[Message] | None = ...,
+        max_tokens: int,
+        stop: StopWhen = ...,
+    ) -> Structured: ...
+
 
 class Busy(Exception):
     def __init__(self, retry_after_s: int) -> None:
@@ -63,9 +72,9 @@ class Ticket:
         self.submitted = time.monotonic()
         self.started: float | None = None  # when the worker picked it up
         self._loop = loop
-        self._events: asyncio.Queue[StreamEvent | BaseException] = asyncio.Queue()
+        self._events: asyncio.Queue[StreamEvent | Structured | BaseException] = asyncio.Queue()
 
-    def put(self, item: StreamEvent | BaseException) -> None:
+    def put(self, item: StreamEvent | Structured | BaseException) -> None:
         """Called from the worker thread."""
         # The loop is closed when the server stopped under a running job: nobody listens.
         with contextlib.suppress(RuntimeError):
@@ -76,6 +85,17 @@ class Ticket:
         item = await self._events.get()
         if isinstance(item, BaseException):
             raise item
+        if isinstance(item, Structured):
+            raise TypeError("a structured job has no stream events")
+        return item
+
+    async def result(self) -> Structured:
+        """The one result of a structured job (``submit(..., schema=...)``)."""
+        item = await self._events.get()
+        if isinstance(item, BaseException):
+            raise item
+        if not isinstance(item, Structured):
+            raise TypeError("a streaming job has no structured result")
         return item
 
 
@@ -86,6 +106,7 @@ class _Job:
     max_tokens: int
     logprobs: bool
     top_logprobs: int
+    schema: dict[str, Any] | None = None  # decode under it, one Structured result
 
 
 class EngineRunner:
@@ -110,11 +131,17 @@ class EngineRunner:
             return len(self._admitted)
 
     def submit(
-        self, messages: list[Message], *, max_tokens: int, logprobs: bool, top_logprobs: int
+        self,
+        messages: list[Message],
+        *,
+        max_tokens: int,
+        logprobs: bool,
+        top_logprobs: int,
+        schema: dict[str, Any] | None = None,
     ) -> Ticket:
         """Admit a job or raise :class:`Busy` / :class:`Closed`; call on the event loop."""
         ticket = Ticket(asyncio.get_running_loop())
-        job = _Job(ticket, messages, max_tokens, logprobs, top_logprobs)
+        job = _Job(ticket, messages, max_tokens, logprobs, top_logprobs, schema)
         with self._lock:
             if self._closed:
                 raise Closed("the server is shutting down")
@@ -149,6 +176,13 @@ class EngineRunner:
     def _execute(self, job: _Job) -> None:
         stop = StopWhen(cancel=job.ticket.cancel)
         try:
+            if job.schema is not None:
+                job.ticket.put(
+                    self.engine.generate_structured(
+                        job.schema, messages=job.messages, max_tokens=job.max_tokens, stop=stop
+                    )
+                )
+                return
             events = self.engine.stream(
                 job.messages,
                 max_tokens=job.max_tokens,

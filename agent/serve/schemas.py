@@ -14,12 +14,17 @@ confidence in [0, 1] (see :mod:`agent.engine.confidence`).
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from edge_slm.contract import SchemaError, ToolSpec, check_schema, tool_call_schema
+from edge_slm.contract.structured import MAX_TOOLS
+
 MAX_STOP_SEQUENCES = 4  # OpenAI's limit
 MAX_TOP_LOGPROBS = 20  # OpenAI's limit
+#: ``response_format: {"type": "json_object"}``: any JSON object.
+_ANY_OBJECT: dict[str, Any] = {"type": "object", "properties": {}}
 
 
 class _Tolerant(BaseModel):
@@ -64,6 +69,40 @@ class ChatCompletionRequest(_Tolerant):
     logprobs: bool = False
     top_logprobs: int | None = Field(default=None, ge=0, le=MAX_TOP_LOGPROBS)
     n: int = 1
+    # Structured outputs: decoded under the schema (the documented subset), not streamed.
+    response_format: dict[str, Any] | None = None
+    tools: list[ToolSpec] | None = Field(default=None, min_length=1, max_length=MAX_TOOLS)
+    tool_choice: str | dict[str, Any] | None = None
+
+    @field_validator("response_format")
+    @classmethod
+    def _format(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        if value is None or value.get("type") == "text":
+            return None
+        if value.get("type") == "json_object":
+            return {"type": "json_schema", "json_schema": {"schema": _ANY_OBJECT}}
+        if value.get("type") != "json_schema" or not isinstance(value.get("json_schema"), dict):
+            raise ValueError("response_format type must be text, json_object or json_schema")
+        try:
+            check_schema(value["json_schema"].get("schema"), where="json_schema.schema")
+        except SchemaError as exc:
+            raise ValueError(f"{exc.code.value}: {exc}") from None
+        return value
+
+    def structured(self) -> tuple[dict[str, Any], list[ToolSpec]] | None:
+        """The schema to decode under and the tools it calls ([] for response_format)."""
+        if self.tools and self.tool_choice != "none":
+            tools = list(self.tools)
+            choice = self.tool_choice
+            if isinstance(choice, dict):
+                name = (choice.get("function") or {}).get("name")
+                tools = [t for t in tools if t.name == name]
+                if not tools:
+                    raise ValueError(f"tool_choice names no given tool: {name!r}")
+            return tool_call_schema(tools, allow_none=choice in (None, "auto")), tools
+        if self.response_format is not None:
+            return dict(self.response_format["json_schema"]["schema"]), []
+        return None
 
     @field_validator("n")
     @classmethod
@@ -81,6 +120,12 @@ class ChatCompletionRequest(_Tolerant):
         if any(not s for s in stops):
             raise ValueError("stop sequences must be non-empty")
         return value
+
+    @model_validator(mode="after")
+    def _structured_not_streamed(self) -> ChatCompletionRequest:
+        if self.stream and (self.tools or self.response_format):
+            raise ValueError("response_format json_schema and tools are served with stream=false")
+        return self
 
     @model_validator(mode="after")
     def _top_needs_logprobs(self) -> ChatCompletionRequest:
@@ -125,17 +170,29 @@ class ChoiceLogprobs(BaseModel):
     refusal: None = None
 
 
+class FunctionCall(BaseModel):
+    name: str
+    arguments: str  # JSON text, as OpenAI sends it
+
+
+class ToolCallOut(BaseModel):
+    id: str
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
 class AssistantMessage(BaseModel):
     role: Literal["assistant"] = "assistant"
-    content: str
+    content: str | None
     refusal: None = None
+    tool_calls: list[ToolCallOut] | None = None
 
 
 class Choice(BaseModel):
     index: int = 0
     message: AssistantMessage
     logprobs: ChoiceLogprobs | None = None
-    finish_reason: FinishReason
+    finish_reason: FinishReason | Literal["tool_calls"]
 
 
 class Usage(BaseModel):

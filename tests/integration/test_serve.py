@@ -339,3 +339,91 @@ def test_disconnect_stops_generation(model_dir: Path, tmp_path: Path, stream: bo
         assert event["completion_tokens"] < 2000
     finally:
         assert s.stop() == 0
+
+
+# -- structured outputs (#17) ---------------------------------------------------
+
+_ROOM = {
+    "type": "object",
+    "properties": {"room": {"type": "string"}, "celsius": {"type": "number"}},
+    "required": ["room", "celsius"],
+    "additionalProperties": False,
+}
+_TOOLS: list[Any] = [
+    {
+        "type": "function",
+        "function": {
+            "name": "set_temperature",
+            "description": "Set a thermostat",
+            "parameters": _ROOM,
+        },
+    },
+    {
+        "type": "function",
+        "function": {
+            "name": "set_lights",
+            "description": "Lights on or off",
+            "parameters": {
+                "type": "object",
+                "properties": {"room": {"type": "string"}, "on": {"type": "boolean"}},
+                "required": ["room", "on"],
+                "additionalProperties": False,
+            },
+        },
+    },
+]
+_SET = [{"role": "user", "content": "Set the bedroom to 21 degrees."}]
+
+
+def test_response_format_json_schema_is_valid_json(client: OpenAI) -> None:
+    import jsonschema
+
+    reply = client.chat.completions.create(
+        model=MODEL,
+        messages=_SET,  # type: ignore[arg-type]
+        max_tokens=48,
+        response_format={
+            "type": "json_schema",
+            "json_schema": {"name": "room", "schema": _ROOM, "strict": True},
+        },
+    )
+    content = reply.choices[0].message.content or ""
+    if reply.choices[0].finish_reason == "stop":
+        value = json.loads(content)
+        jsonschema.validate(value, _ROOM)
+        assert content == json.dumps(value, separators=(",", ":"), ensure_ascii=False)  # compact
+    assert 0.0 <= reply.model_extra["x_confidence"] <= 1.0  # type: ignore[index]
+
+
+def test_tools_required_give_a_valid_tool_call(client: OpenAI) -> None:
+    import jsonschema
+
+    reply = client.chat.completions.create(
+        model=MODEL,
+        messages=_SET,  # type: ignore[arg-type]
+        max_tokens=48,
+        tools=_TOOLS,
+        tool_choice="required",
+    )
+    choice = reply.choices[0]
+    assert choice.finish_reason == "tool_calls"
+    (call,) = choice.message.tool_calls or []
+    params = {t["function"]["name"]: t["function"]["parameters"] for t in _TOOLS}
+    jsonschema.validate(json.loads(call.function.arguments), params[call.function.name])  # type: ignore[union-attr]
+
+
+def test_unsupported_schema_and_streamed_tools_are_400(client: OpenAI) -> None:
+    bad = {"type": "object", "properties": {"a": {"type": "string", "pattern": "x"}}}
+    with pytest.raises(openai.BadRequestError, match="unsupported_schema"):
+        client.chat.completions.create(
+            model=MODEL,
+            messages=_SET,  # type: ignore[arg-type]
+            response_format={"type": "json_schema", "json_schema": {"name": "a", "schema": bad}},
+        )
+    with pytest.raises(openai.BadRequestError, match="stream=false"):
+        client.chat.completions.create(
+            model=MODEL,
+            messages=_SET,  # type: ignore[arg-type]
+            tools=_TOOLS,
+            stream=True,
+        )
