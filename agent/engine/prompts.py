@@ -10,6 +10,8 @@ _SYSTEM = {
     Task.ANSWER: "You are the assistant of a smart-home device. Answer in one or two short "
     "sentences.",
     Task.SUMMARIZE: "Summarize the user's input in one short sentence.",
+    # act always runs constrained with its tools' prompt (agent.actions); here for completeness.
+    Task.ACT: "Turn the user's command into one tool call. Reply with JSON only.",
     Task.EXTRACT: "Extract the key facts from the user's input as one compact JSON object. "
     "Reply with JSON only.",
 }

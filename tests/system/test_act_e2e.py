@@ -1,0 +1,56 @@
+"""An ``act`` end to end (#17): real broker, agent, relay, and ``edge-agent serve`` as the cloud.
+
+The edge call is made unsure on purpose (act threshold 1.0), so it escalates; the
+relay forwards the tool set's tools with ``tool_choice: required`` to the cloud
+(serve, constrained the same way), validates the call, and the app gets it.
+"""
+
+from __future__ import annotations
+
+import json
+
+import jsonschema
+
+from agent.actions import TOOL_SETS
+from tests.support.system import System
+
+ALWAYS_ESCALATE = json.dumps({"act": 1.0, "extract": 1.0})
+
+
+def test_act_escalates_through_the_relay_and_returns_a_valid_call(system: System) -> None:
+    system.start_relay()
+    system.start_agent(EDGE_AGENT_POLICY__THRESHOLDS=ALWAYS_ESCALATE)
+    system.ask("act-1", task="act", tool_set="home", text="set the bedroom to 21 degrees")
+    reply = system.app.next_reply(timeout=90).payload
+    assert reply["ok"] is True, reply.get("error")
+    assert reply["source"] == "cloud"
+    assert reply["escalated"] is True
+    call = reply["tool_call"]
+    home = TOOL_SETS.get("home")
+    assert home is not None
+    params = {t.name: t.function.parameters for t in home.tools}
+    jsonschema.validate(call["arguments"], params[call["name"]])
+    escalation = system.spy.next_reply().payload
+    assert escalation["task"] == "act"
+    assert [t["function"]["name"] for t in escalation["tools"]] == list(params)
+    assert "risk" not in escalation["tools"][0]  # edge-only fields stay on the device
+    assert "field_confidence" not in escalation["edge"]
+    [row] = [r for r in system.relay_rows() if r["request_id"] == "act-1"]
+    assert row["outcome"] == "ok"
+    assert json.loads(row["cloud_answer"]) == call  # the log shows the call
+
+
+def test_extract_with_a_schema_escalates_and_comes_back_valid(system: System) -> None:
+    schema = {
+        "type": "object",
+        "properties": {"room": {"type": "string"}, "celsius": {"type": "number"}},
+        "required": ["room", "celsius"],
+        "additionalProperties": False,
+    }
+    system.start_relay()
+    system.start_agent(EDGE_AGENT_POLICY__THRESHOLDS=ALWAYS_ESCALATE)
+    system.ask("ex-1", task="extract", schema=schema, text="the bedroom should be 21 degrees")
+    reply = system.app.next_reply(timeout=90).payload
+    assert reply["ok"] is True, reply.get("error")
+    assert reply["source"] == "cloud"
+    jsonschema.validate(reply["data"], schema)
