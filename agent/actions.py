@@ -77,9 +77,11 @@ class ToolSets:
         with self._lock:
             return self._pushed.get(name) or self._builtin.get(name)
 
-    def set_pushed(self, sets: Mapping[str, ToolSetSpec]) -> None:
+    def set_pushed(self, sets: Mapping[str, ToolSetSpec]) -> list[str]:
+        """Replace the pushed sets; return their names (for the config log)."""
         with self._lock:
             self._pushed = dict(sets)
+            return sorted(self._pushed)
 
 
 #: The device's tool sets (intake resolves a request's ``tool_set`` here, answering

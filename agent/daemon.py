@@ -26,6 +26,7 @@ from typing import Literal
 
 from prometheus_client import start_http_server
 
+from agent.actions import TOOL_SETS
 from agent.cloud.escalator import Escalator
 from agent.cloud.outbox import Outbox
 from agent.cloud.scheduler import Scheduler
@@ -503,6 +504,8 @@ class AgentDaemon(Lifecycle):
         changes = self.router.update(thresholds=config.thresholds, shadow_rate=config.shadow_rate)
         if config.skills is not None:  # kept prefixes of changed skills go on first use
             changes["skills"] = self.skills.set_pushed(config.skills)
+        if config.tool_sets is not None:  # a changed set's prompt key changes with it
+            changes["tool_sets"] = TOOL_SETS.set_pushed(config.tool_sets)
         log.info(
             "config_applied",
             changes=changes,
