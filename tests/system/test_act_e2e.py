@@ -54,3 +54,30 @@ def test_extract_with_a_schema_escalates_and_comes_back_valid(system: System) ->
     assert reply["ok"] is True, reply.get("error")
     assert reply["source"] == "cloud"
     jsonschema.validate(reply["data"], schema)
+
+
+def test_act_deadline_gives_the_edge_call_then_the_cloud_correction(system: System) -> None:
+    """As for labels: the relay is down, the deadline passes, the app gets the edge call
+    (edge-fallback); the relay comes back and the cloud's call follows as a correction."""
+    system.start_agent()
+    system.ask(
+        "late-act",
+        task="act",
+        tool_set="home",
+        text="make the office 19 degrees",
+        cloud="always",
+        deadline_ms=3000,
+    )
+    fallback = system.app.next_reply(timeout=30).payload
+    assert fallback["source"] == "edge-fallback", fallback
+    assert fallback["escalated"] is True
+    assert "field_confidence" in fallback
+    assert ("tool_call" in fallback) or fallback["confidence"] == 0.0
+    system.start_relay()
+    correction = system.app.next_reply(timeout=90).payload
+    assert correction["id"] == "late-act"
+    assert correction["source"] == "cloud"
+    assert correction["supersedes"] is True
+    home = TOOL_SETS.get("home")
+    assert home is not None
+    assert correction["tool_call"]["name"] in {t.name for t in home.tools}
