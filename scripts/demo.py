@@ -141,6 +141,10 @@ SCRIPT: list[tuple[str, dict[str, Any]]] = [
             "cloud": "always",
         },
     ),
+    # An action: one tool call, constrained to the tool set's schema, with a confidence.
+    ("action", {"text": "set the bedroom to 21 degrees", "task": "act", "tool_set": "home"}),
+    # A high-risk tool: the edge call escalates unless its confidence reaches 0.9.
+    ("high-risk action", {"text": "disarm the alarm", "task": "act", "tool_set": "home"}),
     ("bad input", {"text": "hi", "task": "classify"}),
 ]
 
