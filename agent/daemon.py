@@ -220,7 +220,7 @@ class AgentDaemon(Lifecycle):
         del engine
         embedder = load_embedder(s)
         if embedder is not None:
-            self._warm_heads(embedder)
+            self._warm_heads(embedder, stack)
         self.telemetry.set_model(spec.name)
         if spec.version is not None:
             log.info("model_from_ota", model=spec.name, version=spec.version, path=str(spec.path))
@@ -287,17 +287,30 @@ class AgentDaemon(Lifecycle):
             request_topic=self.topics.request,
         )
 
-    def _warm_heads(self, embedder: Embedder) -> None:
+    def _warm_heads(self, embedder: Embedder, stack: ExitStack) -> None:
         """Fit the skill-text heads now, on a thread of their own: otherwise the first
-        request of a skill pays for scikit-learn's import and the fit (1-4 s)."""
+        request of a skill pays for scikit-learn's import and the fit (1-4 s).
+
+        Shutdown stops it between skills and joins it: a thread still inside
+        onnxruntime or scikit-learn when the interpreter exits aborts the process
+        (SIGABRT), so a SIGTERM soon after start would not exit cleanly."""
+        stop = threading.Event()
 
         def warm() -> None:
             try:
-                log.info("heads_fitted", count=head_stage.warm(self.skills.all(), embedder))
+                fitted = head_stage.warm(self.skills.all(), embedder, stop=stop)
+                log.info("heads_fitted", count=fitted)
             except Exception:  # the heads are then fitted on first use instead
                 log.exception("heads_fit_failed")
 
-        threading.Thread(target=warm, name="heads-warm", daemon=True).start()
+        thread = threading.Thread(target=warm, name="heads-warm", daemon=True)
+        thread.start()
+
+        def join() -> None:
+            stop.set()
+            thread.join()
+
+        stack.callback(join)
 
     def _drain(self) -> None:
         self.handler.drain(self.settings.limits.drain_timeout_s)

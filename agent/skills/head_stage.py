@@ -118,12 +118,14 @@ def combine(head: HeadOutput, slm: str, slm_confidence: float) -> tuple[str, flo
     return head.label, head.confidence * (1 - low)
 
 
-def warm(skills: Iterable[Skill], embedder: Encoder) -> int:
+def warm(skills: Iterable[Skill], embedder: Encoder, *, stop: threading.Event | None = None) -> int:
     """Fit the heads of ``skills`` now (at load, off the request path), so that the
     first request of a skill does not pay for scikit-learn's import and the fit.
-    Returns how many were fitted."""
+    Stops before the next skill once ``stop`` is set. Returns how many were fitted."""
     done = 0
     for skill in skills:
+        if stop is not None and stop.is_set():
+            break
         if skill.spec.embedding and skill.spec.head:
             skill_head(embedder, skill)
             done += 1
