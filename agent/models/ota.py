@@ -293,7 +293,7 @@ class OtaUpdater(Generic[E]):
         current = self._current()
         if current.version == desired.sha256[:12] and current.name == desired.name:
             log.info("model_update_skipped", model=desired.name, why="already running")
-            self._finish(desired, S.DONE)
+            self._finish(desired)
             return True
         key = cache_key(desired.name, desired.sha256)
         installed_here = False
@@ -347,7 +347,7 @@ class OtaUpdater(Generic[E]):
                 reason=exc.reason,
                 kept=current.name,
             )
-            self._finish(desired, S.FAILED, failed_step=exc.step, reason=exc.reason[:500])
+            self._finish(desired, exc)
             return False
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -362,7 +362,7 @@ class OtaUpdater(Generic[E]):
             load_ms=round(load_s * 1000, 1),
             took_s=round(time.monotonic() - started, 2),
         )
-        self._finish(desired, S.DONE)
+        self._finish(desired)
         return True
 
     def _download(self, desired: DesiredModel, tmp: Path) -> Path:
@@ -462,15 +462,12 @@ class OtaUpdater(Generic[E]):
         with self._lock:
             self._state = new_state
 
-    def _finish(
-        self,
-        desired: DesiredModel,
-        state: ModelUpdateState,
-        *,
-        failed_step: ModelUpdateState | None = None,
-        reason: str | None = None,
-    ) -> None:
-        self._progress(desired, state, failed_step=failed_step, reason=reason)
+    def _finish(self, desired: DesiredModel, failure: OtaStepFailed | None = None) -> None:
+        """Report the outcome, done or (with ``failure``) failed, and keep it as ``last``."""
+        if failure is None:
+            self._progress(desired, S.DONE)
+        else:
+            self._progress(desired, S.FAILED, failed_step=failure.step, reason=failure.reason[:500])
         with self._lock:
             self._state = self._state.model_copy(update={"last": self._update})
             snapshot = self._state
