@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.config import PolicySettings
-from agent.skills.calibration import auroc
+from bench.routing import cut_at
 from edge_slm.contract import Task
 from edge_slm.topics import DeviceTopics
 from tests.support.agent import AgentProcess, read_events, wait_for_status
@@ -52,16 +52,15 @@ def _heldout(
 ) -> dict[str, Any]:
     outs = [_ask(app, topics, reply, text, "never") for text, _ in held]
     right = [o.get("label") == g for o, (_, g) in zip(outs, held, strict=True)]
-    conf = [float(o.get("confidence") or 0.0) for o in outs]
-    esc = [c < threshold for c in conf]
+    cut = cut_at(right, [float(o.get("confidence") or 0.0) for o in outs], threshold)
     by_head = [str(o.get("reason") or "").startswith("skill head") for o in outs]
     lat = sorted(float(o.get("latency_ms") or 0) for o, h in zip(outs, by_head, strict=True) if h)
     n = len(held)
     return {
-        "escalated": sum(esc) / n,
+        "escalated": cut.escalated,
         "edge_accuracy": sum(right) / n,
-        "auroc": auroc(conf, right),
-        "system_accuracy": sum(r or e for r, e in zip(right, esc, strict=True)) / n,
+        "auroc": cut.auroc,
+        "system_accuracy": cut.system_accuracy,
         "answered_by_head_alone": sum(by_head) / n,
         "head_alone_p50_ms": lat[len(lat) // 2] if lat else None,
     }

@@ -44,8 +44,8 @@ from typing import Any, Protocol
 import numpy as np
 import numpy.typing as npt
 
-from agent.skills.calibration import auroc
 from bench._common import RESULTS_DIR, percentile, table, write_results
+from bench.routing import cut_at
 from edge_slm.head import Head, fit_head
 
 HWU64 = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "hwu64"
@@ -188,19 +188,14 @@ def measure(
 ) -> dict[str, float]:
     outs = [head.predict(v) for v in vectors]
     right = [o.label == g for o, g in zip(outs, gold, strict=True)]
-    conf = [o.confidence for o in outs]
-    escalated = [c < threshold for c in conf]
-    n = len(gold)
+    cut = cut_at(right, [o.confidence for o in outs], threshold)
     return {
-        "escalated": sum(escalated) / n,
-        "head_accuracy": sum(right) / n,
-        "auroc": auroc(conf, right),
-        "system_accuracy": sum(r or e for r, e in zip(right, escalated, strict=True)) / n,
-        "answered_by_head": 1 - sum(escalated) / n,
-        "accuracy_when_answered": (
-            sum(r for r, e in zip(right, escalated, strict=True) if not e)
-            / max(1, n - sum(escalated))
-        ),
+        "escalated": cut.escalated,
+        "head_accuracy": sum(right) / len(gold),
+        "auroc": cut.auroc,
+        "system_accuracy": cut.system_accuracy,
+        "answered_by_head": 1 - cut.escalated,
+        "accuracy_when_answered": cut.kept_accuracy,
     }
 
 

@@ -23,6 +23,7 @@ import hashlib
 import json
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -79,6 +80,29 @@ def run_model(name: str, items: Sequence[EvalItem], *, reuse: bool, threads: int
     for item, row in zip(items, rows, strict=True):  # re-scored every run: rules may change
         row["correct"] = is_correct(item, label=row.get("label"), text=row.get("text"))
     return rows
+
+
+@dataclass(frozen=True, slots=True)
+class Cut:
+    """Routing at one confidence threshold: an answer under it escalates, and the cloud
+    is taken as right (``agent.policy.router`` escalates the same way)."""
+
+    escalated: float  # share of the answers escalated
+    auroc: float  # how well confidence ranks right answers over wrong ones
+    kept_accuracy: float  # accuracy of the answers kept on the edge (0 when none is)
+    system_accuracy: float  # accuracy when every escalated answer comes back right
+
+
+def cut_at(correct: Sequence[bool], confidence: Sequence[float], threshold: float) -> Cut:
+    escalated = [c < threshold for c in confidence]
+    n, kept = len(correct), len(correct) - sum(escalated)
+    pairs = list(zip(correct, escalated, strict=True))
+    return Cut(
+        escalated=sum(escalated) / n,
+        auroc=auroc(confidence, correct),
+        kept_accuracy=sum(ok for ok, e in pairs if not e) / max(1, kept),
+        system_accuracy=sum(ok or e for ok, e in pairs) / n,
+    )
 
 
 def escalation_curve(conf: np.ndarray, edge: np.ndarray, cloud: np.ndarray) -> np.ndarray:

@@ -21,9 +21,9 @@ from typing import Any
 
 from agent.config import PolicySettings
 from agent.engine.prompts import user_content
-from agent.skills.calibration import auroc
 from bench._common import percentile, table, write_results
 from bench.eval_data import load_family, split
+from bench.routing import cut_at
 from edge_slm.contract import Task
 
 SKILL = "sensor_state"
@@ -70,21 +70,17 @@ def run(split_name: str, threads: int, limit: int) -> dict[str, Any]:
 def summarize(rows: list[dict[str, Any]], threshold: float) -> dict[str, Any]:
     n = len(rows)
     correct = [r["label"] == r["gold"] for r in rows]
-    conf = [r["confidence"] for r in rows]
-    escalated = [c < threshold for c in conf]
+    cut = cut_at(correct, [r["confidence"] for r in rows], threshold)
     danger = [r for r in rows if r["danger"]]
     unsafe = [r["id"] for r in danger if r["label"] == "normal" and r["confidence"] >= threshold]
     return {
         "items": n,
         "threshold": threshold,
         "accuracy": sum(correct) / n,
-        "auroc": auroc(conf, correct),
-        "escalated": sum(escalated) / n,
-        "edge_accuracy_kept": (
-            sum(ok for ok, e in zip(correct, escalated, strict=True) if not e)
-            / max(1, n - sum(escalated))
-        ),
-        "system_accuracy": sum(ok or e for ok, e in zip(correct, escalated, strict=True)) / n,
+        "auroc": cut.auroc,
+        "escalated": cut.escalated,
+        "edge_accuracy_kept": cut.kept_accuracy,
+        "system_accuracy": cut.system_accuracy,
         "by_rule": sum(r["by_rule"] for r in rows) / n,
         "danger_items": len(danger),
         "danger_answered_normal_confidently": unsafe,
