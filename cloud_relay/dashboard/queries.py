@@ -17,7 +17,7 @@ from __future__ import annotations
 import math
 from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from cloud_relay.render import device_dict
@@ -47,7 +47,8 @@ DEFAULT_SPAN_S = 3600.0
 
 @dataclass(frozen=True, slots=True)
 class LogFilters:
-    """The table's filters; the same ones narrow the charts and the summary."""
+    """The table's filters (each a :class:`LogQuery` field of the same name); the same
+    ones narrow the charts and the summary."""
 
     device_id: str | None = None
     outcome: Outcome | None = None
@@ -56,15 +57,7 @@ class LogFilters:
     search: str | None = None
 
     def query(self, *, limit: int | None, offset: int = 0) -> LogQuery:
-        return LogQuery(
-            device_id=self.device_id,
-            outcome=self.outcome,
-            since=self.since,
-            until=self.until,
-            search=self.search,
-            limit=limit,
-            offset=offset,
-        )
+        return LogQuery(**asdict(self), limit=limit, offset=offset)
 
 
 def row_dict(r: LogRow) -> dict[str, Any]:
