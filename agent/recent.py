@@ -28,6 +28,7 @@ import time
 from collections import OrderedDict
 from pathlib import Path
 
+from agent.localdb import open_wal
 from edge_slm.contract import ErrorCode, Response
 from edge_slm.logs import get_logger
 from edge_slm.mqtt import Inbound
@@ -182,15 +183,11 @@ class RecentRequests:
 
 
 def _connect(path: Path) -> sqlite3.Connection:
-    db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-    try:
-        # WAL with synchronous=NORMAL: a commit survives the process being killed
-        # (what this guards against) without an fsync per reply.
-        db.execute("PRAGMA journal_mode=WAL")
-        db.execute("PRAGMA synchronous=NORMAL")
-        db.execute(_SCHEMA)
-        db.execute("SELECT COUNT(*) FROM replied").fetchone()
-    except sqlite3.DatabaseError:
-        db.close()
-        raise
-    return db
+    # synchronous=NORMAL: a commit survives the process being killed (what this
+    # guards against) without an fsync per reply.
+    return open_wal(path, synchronous="NORMAL", setup=_setup)
+
+
+def _setup(db: sqlite3.Connection) -> None:
+    db.execute(_SCHEMA)
+    db.execute("SELECT COUNT(*) FROM replied").fetchone()

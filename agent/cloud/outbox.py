@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from agent.localdb import open_wal
 from edge_slm.logs import get_logger
 
 log = get_logger("agent.outbox")
@@ -219,21 +220,17 @@ class Outbox:
 
 
 def _open(path: Path) -> sqlite3.Connection:
-    db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-    try:
-        # WAL + synchronous=FULL: each commit is fsynced, so a row that add()
-        # returned for survives a power cut.
-        db.execute("PRAGMA journal_mode=WAL")
-        db.execute("PRAGMA synchronous=FULL")
-        db.executescript(SCHEMA)
-        columns = {row[1] for row in db.execute("PRAGMA table_info(outbox)")}
-        if "replied" not in columns:  # an outbox written by 0.1.0 before the column
-            db.execute("ALTER TABLE outbox ADD COLUMN replied INTEGER NOT NULL DEFAULT 0")
-        db.execute("SELECT COUNT(*) FROM outbox").fetchone()
-    except sqlite3.DatabaseError:
-        db.close()
-        raise
-    return db
+    # synchronous=FULL: each commit is fsynced, so a row that add() returned for
+    # survives a power cut.
+    return open_wal(path, synchronous="FULL", setup=_setup)
+
+
+def _setup(db: sqlite3.Connection) -> None:
+    db.executescript(SCHEMA)
+    columns = {row[1] for row in db.execute("PRAGMA table_info(outbox)")}
+    if "replied" not in columns:  # an outbox written by 0.1.0 before the column
+        db.execute("ALTER TABLE outbox ADD COLUMN replied INTEGER NOT NULL DEFAULT 0")
+    db.execute("SELECT COUNT(*) FROM outbox").fetchone()
 
 
 _SELECT = (
