@@ -22,7 +22,7 @@ from __future__ import annotations
 import hashlib
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal, Protocol
 
@@ -173,18 +173,9 @@ class Learner:
                 accuracy_new=accuracy_new,
                 accuracy_old=accuracy_old,
             )
-            log.info(
-                f"head_{action}",
-                skill=name,
-                reason=reason,
-                version=version,
-                cases=len(cases),
-                train=train,
-                held_out=held,
-                accuracy_new=accuracy_new,
-                accuracy_old=accuracy_old,
-                outside_labels=len(rows) - len(cases),
-            )
+            fields = asdict(result)
+            del fields["action"]  # the event's name says it
+            log.info(f"head_{action}", **fields, outside_labels=len(rows) - len(cases))
             return result
 
         if len(cases) < self._s.min_cases:
