@@ -56,6 +56,13 @@ class HeadOutput:
     confidence: float
 
 
+#: The highest confidence a head claims. It is a probability estimated from a few
+#: dozen texts, never a certainty (only a skill's rules are): without the cap a
+#: saturated sigmoid read 1.0 on the wire (4 decimals), and met a threshold of 1.0,
+#: which means "always escalate".
+MAX_CONFIDENCE = 0.9999
+
+
 def _sigmoid(x: float) -> float:
     return 1.0 / (1.0 + math.exp(-x)) if x >= 0 else math.exp(x) / (1.0 + math.exp(x))
 
@@ -86,7 +93,7 @@ class Head:
 
     def confidence(self, p_top: float) -> float:
         a, b = self.calibration
-        return _sigmoid(a * _logit(p_top) + b)
+        return min(_sigmoid(a * _logit(p_top) + b), MAX_CONFIDENCE)
 
     def predict(self, vector: Vectors) -> HeadOutput:
         probs = self.probabilities(vector.reshape(1, -1))[0]

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from edge_slm.contract.skills import default_verbalizer
-from edge_slm.head import Head, HeadOutput, fit_head, skill_texts
+from edge_slm.head import MAX_CONFIDENCE, Head, HeadOutput, fit_head, skill_texts
 
 if TYPE_CHECKING:
     from agent.skills import Skill
@@ -111,7 +111,7 @@ def combine(head: HeadOutput, slm: str, slm_confidence: float) -> tuple[str, flo
     Chosen on the dev split (bench/head_stage.py, ``cascade_product``): the same
     accuracy as taking the more confident one, and a better ranking of right/wrong."""
     if slm == head.label:
-        return slm, 1 - (1 - head.confidence) * (1 - slm_confidence)
+        return slm, min(1 - (1 - head.confidence) * (1 - slm_confidence), MAX_CONFIDENCE)
     low = min(head.confidence, slm_confidence)
     if slm_confidence > head.confidence:
         return slm, slm_confidence * (1 - low)

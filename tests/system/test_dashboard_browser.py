@@ -141,7 +141,8 @@ def test_dashboard_in_headless_chromium(system: System, browser: Browser) -> Non
         fleet.ask(fleet.garage, f"garage-{i}", text)
     fleet.ask(fleet.garage, "garage-local", "lights on", cloud="never")
     replies = fleet.replies()
-    assert {r["source"] for k, r in replies.items() if "local" not in k} == {"cloud"}, replies
+    sources = {k: (r["source"], r.get("confidence"), r.get("reason")) for k, r in replies.items()}
+    assert {s[0] for k, s in sources.items() if "local" not in k} == {"cloud"}, sources
     assert {replies[k]["source"] for k in ("kitchen-local", "garage-local")} == {"edge"}
 
     store = open_store(system.db, read_only=True)

@@ -13,7 +13,8 @@ import pytest
 from agent.skills import SkillRegistry
 from agent.skills.head_stage import combine
 from edge_slm.contract import SkillHead, UnsupportedVersion, WireError, decode
-from edge_slm.head import Head, HeadOutput, HeadRejected, fit_head
+from edge_slm.head import MAX_CONFIDENCE, Head, HeadOutput, HeadRejected, fit_head
+from edge_slm.rounding import confidence as round_confidence
 
 DIM = 24
 
@@ -98,6 +99,24 @@ def test_the_cascade_combination() -> None:
     label, conf = combine(head, "b", 0.3)
     assert label == "a"
     assert conf == pytest.approx(0.6 * 0.7)
+
+
+def test_a_head_is_never_certain_so_a_threshold_of_one_always_escalates() -> None:
+    """A saturated head (the zero-shot one on "play some jazz" read 1.0) stays below 1.0
+    on the wire, and so does the cascade's combination of two confident stages."""
+    labels = ("lights_on", "play_music")
+    head = Head(
+        labels=labels,
+        weights=np.array([[50.0, 0.0], [0.0, 50.0]], dtype=np.float32),
+        bias=np.zeros(2, dtype=np.float32),
+        calibration=(1.56, 0.0),
+    )
+    out = head.predict(np.array([0.0, 1.0], dtype=np.float32))
+    assert out.label == "play_music"
+    assert out.confidence == MAX_CONFIDENCE
+    assert round_confidence(out.confidence) < 1.0
+    _, combined = combine(out, "play_music", 0.9999)
+    assert round_confidence(combined) < 1.0
 
 
 def test_typed_refusals() -> None:
