@@ -501,12 +501,7 @@ class SqlStore:
                 sample.ts,
                 sample.received_at,
                 sample.started_at,
-                sample.count("edge"),
-                sample.count("cloud"),
-                sample.count("edge-fallback"),
-                sample.count("error"),
-                sample.escalations,
-                sample.cost_avoided_usd,
+                *_counters(sample),
                 *(v for pair in lat for v in pair),
             ),
         )
@@ -530,12 +525,7 @@ class SqlStore:
             (
                 *([sample.started_at] * len(cols)),
                 sample.started_at,
-                sample.count("edge"),
-                sample.count("cloud"),
-                sample.count("edge-fallback"),
-                sample.count("error"),
-                sample.escalations,
-                sample.cost_avoided_usd,
+                *_counters(sample),
                 sample.started_at,
                 sample.raw,
                 sample.ts,
@@ -682,6 +672,19 @@ class SqlStore:
 
     def close(self) -> None:
         self._db.close()
+
+
+def _counters(sample: TelemetrySample) -> tuple[int, int, int, int, int, float]:
+    """The run's cumulative counters, in the order both tables list them: edge, cloud,
+    fallback and error requests, escalations, cost avoided."""
+    return (
+        sample.count("edge"),
+        sample.count("cloud"),
+        sample.count("edge-fallback"),
+        sample.count("error"),
+        sample.escalations,
+        sample.cost_avoided_usd,
+    )
 
 
 def _to_device(r: Row) -> DeviceRow:
