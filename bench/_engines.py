@@ -51,6 +51,47 @@ def llama_timed(llm: Any, ids: list[int], budget: int) -> dict[str, Any]:
     }
 
 
+def ours_runs(
+    model_dir: Path,
+    threads: int,
+    max_tokens: int,
+    prompts: dict[str, list[dict[str, str]]],
+    warm_up: list[dict[str, str]],
+) -> dict[str, Any]:
+    """A measurement worker's body for our Engine: load it (timed), take one short
+    warm-up generation, then one timed generation per prompt."""
+    from agent.engine.engine import Engine
+
+    start = time.perf_counter()
+    engine = Engine(model_dir, name="bench", provider="cpu", threads=threads)
+    load_s = time.perf_counter() - start
+    engine.generate(warm_up, max_tokens=8)
+    runs = {name: ours_timed(engine, msgs, max_tokens) for name, msgs in prompts.items()}
+    return {"load_s": load_s, "runs": runs}
+
+
+def llama_runs(
+    gguf: Path,
+    threads: int,
+    max_tokens: int,
+    prompts: dict[str, list[int]],
+    warm_up: list[int],
+    **options: int,
+) -> dict[str, Any]:
+    """The same for llama.cpp on ``gguf`` (``options``: ``n_ctx`` and the like), fed the
+    token ids our chat template rendered, so both engines see the same prompt."""
+    from llama_cpp import Llama
+
+    start = time.perf_counter()
+    llm: Any = Llama(  # Any: llama_cpp is typed only partly, and absent in CI
+        model_path=str(gguf), n_threads=threads, n_threads_batch=threads, verbose=False, **options
+    )
+    load_s = time.perf_counter() - start
+    llama_timed(llm, warm_up, 8)
+    runs = {name: llama_timed(llm, ids, max_tokens) for name, ids in prompts.items()}
+    return {"load_s": load_s, "runs": runs}
+
+
 def children_cpu_s() -> float:
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
     return usage.ru_utime + usage.ru_stime

@@ -16,12 +16,11 @@ import os
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
 from bench._common import median, proc_mb, report, table
-from bench._engines import add_clean_run_options, llama_timed, ours_timed, spawn_clean
+from bench._engines import add_clean_run_options, llama_runs, ours_runs, spawn_clean
 
 ROOMS = ("kitchen", "hallway", "bedroom", "garage", "office", "bathroom")
 LOG = "\n".join(
@@ -60,32 +59,11 @@ def worker_prompts() -> dict[str, Any]:
 
 
 def worker_ours(threads: int, max_tokens: int) -> dict[str, Any]:
-    from agent.engine.engine import Engine
-
-    start = time.perf_counter()
-    engine = Engine(_model_dir(), name="bench", provider="cpu", threads=threads)
-    load_s = time.perf_counter() - start
-    engine.generate(PROMPTS["short"], max_tokens=8)  # warm-up
-    runs = {name: ours_timed(engine, msgs, max_tokens) for name, msgs in PROMPTS.items()}
-    return {"load_s": load_s, "runs": runs}
+    return ours_runs(_model_dir(), threads, max_tokens, PROMPTS, warm_up=PROMPTS["short"])
 
 
 def worker_llama(threads: int, max_tokens: int, prompts: dict[str, list[int]]) -> dict[str, Any]:
-    from llama_cpp import Llama
-
-    start = time.perf_counter()
-    llm: Any = Llama(  # Any: llama_cpp is typed only partly, and absent in CI
-        model_path=str(_gguf()),
-        n_threads=threads,
-        n_threads_batch=threads,
-        n_ctx=1024,
-        verbose=False,
-    )
-    load_s = time.perf_counter() - start
-
-    llama_timed(llm, prompts["short"], 8)  # warm-up
-    runs = {n: llama_timed(llm, ids, max_tokens) for n, ids in prompts.items()}
-    return {"load_s": load_s, "runs": runs}
+    return llama_runs(_gguf(), threads, max_tokens, prompts, warm_up=prompts["short"], n_ctx=1024)
 
 
 def _worker(args: argparse.Namespace) -> int:

@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from bench._common import median, proc_mb, report, table, wait_for_quiet
-from bench._engines import add_clean_run_options, llama_timed, ours_timed, spawn_clean
+from bench._engines import add_clean_run_options, llama_runs, ours_runs, spawn_clean
 from bench.decode import LOG, PROMPTS
 
 MODELS = ("smollm2-135m-instruct", "qwen2.5-coder-0.5b-instruct")
@@ -89,29 +89,15 @@ def worker_prompts(model: str) -> dict[str, Any]:
 
 
 def worker_ours(model_dir: Path, threads: int, max_tokens: int, prompts: dict[str, Any]) -> Any:
-    from agent.engine.engine import Engine
-
-    start = time.perf_counter()
-    engine = Engine(model_dir, name="bench", provider="cpu", threads=threads)
-    load_s = time.perf_counter() - start
-    engine.generate(prompts["story"]["messages"], max_tokens=8)  # warm-up
-    runs = {n: ours_timed(engine, p["messages"], max_tokens) for n, p in prompts.items()}
-    return {"load_s": load_s, "runs": runs}
+    messages = {n: p["messages"] for n, p in prompts.items()}
+    return ours_runs(model_dir, threads, max_tokens, messages, warm_up=messages["story"])
 
 
 def worker_llama(gguf: Path, threads: int, max_tokens: int, prompts: dict[str, Any]) -> Any:
-    from llama_cpp import Llama
-
-    start = time.perf_counter()
-    llm: Any = Llama(
-        model_path=str(gguf), n_threads=threads, n_threads_batch=threads, n_ctx=2048,
-        n_batch=1024, verbose=False,
-    )  # fmt: skip
-    load_s = time.perf_counter() - start
-
-    llama_timed(llm, prompts["story"]["ids"], 8)  # warm-up
-    runs = {n: llama_timed(llm, p["ids"], max_tokens) for n, p in prompts.items()}
-    return {"load_s": load_s, "runs": runs}
+    ids = {n: p["ids"] for n, p in prompts.items()}
+    return llama_runs(
+        gguf, threads, max_tokens, ids, warm_up=ids["story"], n_ctx=2048, n_batch=1024
+    )
 
 
 # -- bandwidth and bytes per token -------------------------------------------------
