@@ -17,6 +17,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,7 +115,14 @@ def plot(group: str, pairs: Sequence[Pair], rec: Recommendation, out_dir: Path) 
 
     out_dir.mkdir(parents=True, exist_ok=True)
     slug = group.replace("=", "-").replace(" ", "_")
-    written = []
+
+    def save(fig: Figure, ax: Axes, title: str, name: str) -> Path:
+        ax.set_title(title)
+        ax.legend(loc="lower right")
+        path = out_dir / f"{name}_{slug}.png"
+        fig.savefig(path, dpi=100, bbox_inches="tight")
+        plt.close(fig)  # pyplot keeps every figure alive until it is closed
+        return path
 
     fig, ax = plt.subplots(figsize=(5, 5))
     points = reliability(pairs)
@@ -119,22 +131,12 @@ def plot(group: str, pairs: Sequence[Pair], rec: Recommendation, out_dir: Path) 
     for conf, agree, count in points:
         ax.annotate(str(count), (conf, agree), textcoords="offset points", xytext=(4, 4))
     ax.set(xlabel="edge confidence", ylabel="agreement with the cloud", xlim=(0, 1), ylim=(0, 1))
-    ax.set_title(f"Reliability, {group} ({len(pairs)} pairs)")
-    ax.legend(loc="lower right")
-    path = out_dir / f"reliability_{slug}.png"
-    fig.savefig(path, dpi=100, bbox_inches="tight")
-    plt.close(fig)
-    written.append(path)
+    reliability_png = save(fig, ax, f"Reliability, {group} ({len(pairs)} pairs)", "reliability")
 
     fig, ax = plt.subplots(figsize=(6, 4))
     pts = curve(pairs)
     ax.plot([p[1] for p in pts], [p[2] for p in pts], marker=".", label="confidence threshold")
     ax.scatter([rec.escalation_rate], [rec.quality], color="red", zorder=3, label="recommended")
     ax.set(xlabel="escalation rate", ylabel="expected quality", xlim=(0, 1), ylim=(0, 1.02))
-    ax.set_title(f"Quality vs escalation, {group}: threshold {rec.threshold:.2f}")
-    ax.legend(loc="lower right")
-    path = out_dir / f"escalation_curve_{slug}.png"
-    fig.savefig(path, dpi=100, bbox_inches="tight")
-    plt.close(fig)
-    written.append(path)
-    return written
+    title = f"Quality vs escalation, {group}: threshold {rec.threshold:.2f}"
+    return [reliability_png, save(fig, ax, title, "escalation_curve")]
