@@ -136,20 +136,13 @@ def real_curve(
                 if out.get("escalated"):
                     labelled += 1
                     if labelled % every == 0 or seen == len(stream):
+                        learned = _learn(db, broker.url, tmp / "agent.log")
                         points.append(
                             {
                                 "cloud_labelled": labelled,
                                 "seen": seen,
-                                **_learn(
-                                    db=db,
-                                    broker_url=broker.url,
-                                    tmp=tmp,
-                                    app=app,
-                                    topics=topics,
-                                    reply=reply,
-                                    held=held,
-                                    threshold=threshold,
-                                ),
+                                "learn": learned,
+                                **_heldout(app, topics, reply, held, threshold),
                             }
                         )
         finally:
@@ -166,18 +159,10 @@ def real_curve(
     }
 
 
-def _learn(
-    *,
-    db: str,
-    broker_url: str,
-    tmp: Path,
-    app: AppClient,
-    topics: DeviceTopics,
-    reply: str,
-    held: list[tuple[str, str]],
-    threshold: float,
-) -> dict[str, Any]:
-    before = sum(e.get("event") == "head_applied" for e in read_events(tmp / "agent.log"))
+def _learn(db: str, broker_url: str, agent_log: Path) -> dict[str, Any]:
+    """Run ``cloud-relay learn`` once; when it pushed a head, wait until the agent has
+    applied it. Returns learn's JSON line, or the end of its stderr."""
+    before = sum(e.get("event") == "head_applied" for e in read_events(agent_log))
     out = subprocess.run(
         [
             sys.executable,
@@ -204,11 +189,8 @@ def _learn(
     if pushed:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
-            events = read_events(tmp / "agent.log")
+            events = read_events(agent_log)
             if sum(e.get("event") == "head_applied" for e in events) > before:
                 break
             time.sleep(0.2)
-    return {
-        "learn": result[0] if result else {"error": out.stderr[-300:]},
-        **_heldout(app, topics, reply, held, threshold),
-    }
+    return result[0] if result else {"error": out.stderr[-300:]}
