@@ -7,6 +7,7 @@ import argparse
 import json
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -166,13 +167,27 @@ def _cmd_dashboard(args: argparse.Namespace) -> int:
         return 2
 
 
-def _cmd_logs(args: argparse.Namespace) -> int:
+def _query_and_store(
+    args: argparse.Namespace, *, limit: int | None, oldest_first: bool = False
+) -> tuple[LogQuery, RelayStore] | None:
+    """The rows ``--device``, ``--since`` and ``--outcome`` ask for, and the store opened;
+    None after printing why not."""
     opened = since_and_store(args)
     if opened is None:
-        return 2
+        return None
     since, store = opened
     outcome = Outcome(args.outcome) if args.outcome else None
-    query = LogQuery(device_id=args.device, since=since, outcome=outcome, limit=args.limit)
+    query = LogQuery(
+        device_id=args.device, since=since, outcome=outcome, limit=limit, oldest_first=oldest_first
+    )
+    return query, store
+
+
+def _cmd_logs(args: argparse.Namespace) -> int:
+    opened = _query_and_store(args, limit=args.limit)
+    if opened is None:
+        return 2
+    query, store = opened
     try:
         rows = list(reversed(store.logs(query)))  # oldest first on screen, like a log
         if args.json:
@@ -182,7 +197,7 @@ def _cmd_logs(args: argparse.Namespace) -> int:
             print(table(render.LOG_HEADERS, [render.log_cells(r) for r in rows]))
         sys.stdout.flush()
         if args.follow:
-            _follow(store, args, since, outcome, rows)
+            _follow(store, query, rows, as_json=args.json)
     except KeyboardInterrupt:
         pass
     finally:
@@ -190,28 +205,15 @@ def _cmd_logs(args: argparse.Namespace) -> int:
     return 0
 
 
-def _follow(
-    store: RelayStore,
-    args: argparse.Namespace,
-    since: float | None,
-    outcome: Outcome | None,
-    rows: list[LogRow],
-) -> None:
-    """Print rows as they are finalized (answered), until interrupted."""
+def _follow(store: RelayStore, query: LogQuery, rows: list[LogRow], *, as_json: bool) -> None:
+    """Print the rows ``query`` matches as they are finalized (answered), until interrupted."""
     answered = [r.answered_at for r in rows if r.answered_at]
     cursor = max(answered, default=time.time())
     while True:
         time.sleep(0.5)
-        query = LogQuery(
-            device_id=args.device,
-            since=since,
-            outcome=outcome,
-            answered_after=cursor,
-            limit=None,
-            oldest_first=True,
-        )
-        for r in store.logs(query):
-            print(render.log_json(r) if args.json else "  ".join(render.log_cells(r)))
+        newer = replace(query, answered_after=cursor, limit=None, oldest_first=True)
+        for r in store.logs(newer):
+            print(render.log_json(r) if as_json else "  ".join(render.log_cells(r)))
             cursor = max(cursor, r.answered_at or cursor)
         sys.stdout.flush()
 
@@ -266,14 +268,10 @@ def _cmd_devices(args: argparse.Namespace) -> int:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    opened = since_and_store(args)
+    opened = _query_and_store(args, limit=None, oldest_first=True)
     if opened is None:
         return 2
-    since, store = opened
-    outcome = Outcome(args.outcome) if args.outcome else None
-    query = LogQuery(
-        device_id=args.device, since=since, outcome=outcome, limit=None, oldest_first=True
-    )
+    query, store = opened
     try:
         rows = store.logs(query)
     finally:
