@@ -11,6 +11,8 @@ command -v mosquitto_rr >/dev/null || missing+=(mosquitto-clients)
 # The dashboard's browser test: headless Chromium, driven by Playwright (and chromedriver).
 [ -x /usr/bin/chromium ] || missing+=(chromium)
 [ -x /usr/bin/chromedriver ] || missing+=(chromium-driver)
+# The shell scripts' lint test (tests/deploy/test_install.py).
+command -v shellcheck >/dev/null || missing+=(shellcheck)
 if ((${#missing[@]})); then
   echo "==> installing ${missing[*]} with apt-get"
   sudo=""

@@ -20,7 +20,9 @@
 #      needs procfs to load external data; the host's CPU list in /sys is masked, see
 #      below) against a mosquitto on the host's loopback
 #   6. from the host with the stock mosquitto_rr: a classify (label and confidence), an
-#      answer and a bad request (a typed error); the retained status must say aarch64
+#      answer, an extract with a schema (constrained decoding: the object must have exactly
+#      the schema's fields and types) and a bad request (a typed error); the retained
+#      status must say aarch64
 #      and provider cpu
 #   7. SIGTERM: the agent drains and leaves an `offline` status; its peak RSS (VmHWM of
 #      the qemu process, which overstates the guest's own) against the Pi profile's
@@ -322,6 +324,9 @@ reply=$(ask classify '{"v":1,"id":"c1","kind":"voice","text":"turn off the light
 check classify "r['ok'] and r['label'] in ('lights_on', 'lights_off', 'set_temperature') and 0 <= r['confidence'] <= 1" "$reply"
 reply=$(ask answer '{"v":1,"id":"a1","text":"What is the capital of France? Answer in one word.","task":"answer","max_tokens":16,"cloud":"never"}')
 check answer "r['ok'] and r['source'] == 'edge' and r['answer'].strip() != ''" "$reply"
+# llguidance in the aarch64 onnxruntime-genai wheel: a schema-constrained extract on the edge.
+reply=$(ask extract '{"v":1,"id":"e1","text":"Alice is 31 and lives in Lyon.","task":"extract","cloud":"never","schema":{"type":"object","properties":{"name":{"type":"string"},"age":{"type":"integer"}},"required":["name","age"],"additionalProperties":false}}')
+check extract "r['ok'] and r['source'] == 'edge' and set(r['data']) == {'name', 'age'} and isinstance(r['data']['name'], str) and type(r['data']['age']) is int and 0 <= r['confidence'] <= 1" "$reply"
 reply=$(ask bad-request '{"v":1,"id":"b1","text":"hi","task":"classify"}')
 check bad-request "not r['ok'] and r['error']['code'] == 'invalid_request'" "$reply"
 

@@ -14,6 +14,7 @@ for arg in "$@"; do
   fi
 done
 scripts/bootstrap.sh
+# shellcheck source=/dev/null
 . .venv/bin/activate
 echo "==> ruff"
 ruff check .

@@ -344,8 +344,9 @@ def test_shellcheck_clean() -> None:
     shellcheck = shutil.which("shellcheck")
     if shellcheck is None:
         pytest.skip("shellcheck is not installed (apt-get install shellcheck)")
+    scripts = [REPO / "deploy/install-device.sh", *sorted((REPO / "scripts").glob("*.sh"))]
     proc = subprocess.run(
-        [shellcheck, str(REPO / "deploy/install-device.sh")],
+        [shellcheck, *map(str, scripts)],
         capture_output=True,
         text=True,
         check=False,
