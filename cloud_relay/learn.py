@@ -23,6 +23,7 @@ import hashlib
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 from typing import Literal, Protocol
 
@@ -195,25 +196,15 @@ class Learner:
         old, old_what = self._head_in_use(last, labels, vectors[:n_text], text_gold)
         acc_new = accuracy(new, test_vectors, test_gold)
         acc_old = accuracy(old, test_vectors, test_gold)
+        # A decision on the checked fit reports its figures.
+        fitted = partial(
+            done, train=n_train, held=len(test), accuracy_new=acc_new, accuracy_old=acc_old
+        )
         if acc_new < acc_old:
-            return done(
-                "kept",
-                f"the new head is worse on the held-out cases than {old_what}",
-                train=n_train,
-                held=len(test),
-                accuracy_new=acc_new,
-                accuracy_old=acc_old,
-            )
+            return fitted("kept", f"the new head is worse on the held-out cases than {old_what}")
         version = (last_version or 0) + 1
         if self._dry_run:
-            return done(
-                "skipped",
-                f"dry run: would push version {version}",
-                train=n_train,
-                held=len(test),
-                accuracy_new=acc_new,
-                accuracy_old=acc_old,
-            )
+            return fitted("skipped", f"dry run: would push version {version}")
         wire = new.to_wire(
             skill=name,
             version=version,
@@ -235,14 +226,8 @@ class Learner:
         if not self._store.record_head(pushed):
             return done("skipped", f"version {version} was pushed by another relay")
         self._publish(skill_head(self._prefix, name), payload)
-        return done(
-            "pushed",
-            f"at least as accurate on the held-out cases as {old_what}",
-            version=version,
-            train=n_train,
-            held=len(test),
-            accuracy_new=acc_new,
-            accuracy_old=acc_old,
+        return fitted(
+            "pushed", f"at least as accurate on the held-out cases as {old_what}", version=version
         )
 
     def _head_in_use(
