@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from cloud_relay.calibrate import Pair, Recommendation, plot, recommend
-from cloud_relay.cli_support import add_common, settings_from, since_and_store
+from cloud_relay.cli_support import add_common, add_row_filters, settings_from, since_and_store
 from cloud_relay.config import RelaySettings
 from cloud_relay.store import LogQuery, LogRow
 from edge_slm.contract import DeviceConfig, Task
@@ -30,8 +30,7 @@ def add_calibrate_command(sub: argparse._SubParsersAction[argparse.ArgumentParse
     target = p.add_mutually_exclusive_group(required=True)
     target.add_argument("--target-escalation", type=float, help="highest escalation rate, 0-1")
     target.add_argument("--target-agreement", type=float, help="lowest expected quality, 0-1")
-    p.add_argument("--device", help="only this device's rows")
-    p.add_argument("--since", help="ISO time or age: 10m, 2h, 1d (default: all)")
+    add_row_filters(p)
     p.add_argument("--per-device", action="store_true", help="one threshold per device and task")
     p.add_argument("--min-pairs", type=int, default=20, help="skip groups with fewer pairs")
     p.add_argument("--out", type=Path, default=Path("calibration"), help="folder for the PNGs")

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from cloud_relay import render
-from cloud_relay.cli_support import add_common, settings_from, since_and_store
+from cloud_relay.cli_support import add_common, add_row_filters, settings_from, since_and_store
 from cloud_relay.stats import compute
 from cloud_relay.store import LogQuery, LogRow, RelayStore, StoreError, open_store
 from edge_slm import __version__
@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from cloud_relay.config import RelaySettings
 
 
-def _parser() -> argparse.ArgumentParser:  # noqa: PLR0915 - one block per sub-command
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="cloud-relay",
         description="Forward edge escalations to a large LLM and keep a log of them.",
@@ -50,9 +50,7 @@ def _parser() -> argparse.ArgumentParser:  # noqa: PLR0915 - one block per sub-c
         "logs", help="show the newest relay log rows (printed oldest first, like a log)"
     )
     add_common(logs)
-    logs.add_argument("--device", help="only this device")
-    logs.add_argument("--since", help="ISO time or age: 10m, 2h, 1d")
-    logs.add_argument("--outcome", choices=[o.value for o in Outcome], help="only this outcome")
+    add_row_filters(logs, outcome=True)
     logs.add_argument("--limit", type=int, default=50, help="rows to show (default 50)")
     logs.add_argument("--follow", "-f", action="store_true", help="keep printing new rows")
     logs.add_argument("--json", action="store_true", help="one JSON object per line")
@@ -60,8 +58,7 @@ def _parser() -> argparse.ArgumentParser:  # noqa: PLR0915 - one block per sub-c
 
     stats = sub.add_parser("stats", help="per-device and fleet-wide figures")
     add_common(stats)
-    stats.add_argument("--device", help="only this device")
-    stats.add_argument("--since", help="ISO time or age: 10m, 2h, 1d (default: all)")
+    add_row_filters(stats)
     stats.add_argument("--json", action="store_true", help="JSON output")
     stats.set_defaults(func=_cmd_stats)
 
@@ -81,10 +78,8 @@ def _parser() -> argparse.ArgumentParser:  # noqa: PLR0915 - one block per sub-c
         "without text (before this version, or with store_prompts off) are skipped.",
     )
     add_common(export)
+    add_row_filters(export, outcome=True)
     export.add_argument("--format", choices=["jsonl"], default="jsonl", help="output format")
-    export.add_argument("--device", help="only this device")
-    export.add_argument("--since", help="ISO time or age: 10m, 2h, 1d (default: all)")
-    export.add_argument("--outcome", choices=[o.value for o in Outcome], help="only this outcome")
     export.add_argument("--output", "-o", type=Path, help="write here instead of stdout")
     export.set_defaults(func=_cmd_export)
 

@@ -11,12 +11,21 @@ from pydantic import ValidationError
 from cloud_relay.config import RelaySettings, load_settings
 from cloud_relay.store import RelayStore, StoreError, open_store
 from cloud_relay.timespec import parse_since
+from edge_slm.contract import Outcome
 from edge_slm.settings import describe_errors
 
 
 def add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", type=Path, help="TOML config file (e.g. /etc/edge-slm/relay.toml)")
     p.add_argument("--db", help="store URL: sqlite:///path or postgresql://...")
+
+
+def add_row_filters(p: argparse.ArgumentParser, *, outcome: bool = False) -> None:
+    """``--device`` and ``--since`` (and ``--outcome``): which log rows a command reads."""
+    p.add_argument("--device", help="only this device")
+    p.add_argument("--since", help="ISO time or age: 10m, 2h, 1d (default: all)")
+    if outcome:
+        p.add_argument("--outcome", choices=[o.value for o in Outcome], help="only this outcome")
 
 
 def settings_from(args: argparse.Namespace, **overrides: object) -> RelaySettings | None:
