@@ -47,6 +47,7 @@ from typing import Any, TypeVar
 
 from cloud_relay.store.base import Claim, Final, NewEscalation, RelayStore, StoreError, Usage
 from edge_slm.logs import get_logger
+from edge_slm.queues import drain
 
 log = get_logger("cloud_relay.store.writer")
 
@@ -110,14 +111,7 @@ class StoreWriter:
                 log.error("store_writer_stop_timeout", timeout_s=timeout_s)
                 return
         # A call that raced stop() in behind the marker: its caller must not wait forever.
-        late: list[_Call] = []
-        while True:
-            try:
-                item = self._queue.get_nowait()
-            except queue.Empty:
-                break
-            if isinstance(item, _Call):
-                late.append(item)
+        late = [item for item in drain(self._queue) if isinstance(item, _Call)]
         self._settle([(c, None, StoreError("the store writer is stopped")) for c in late])
 
     # -- submitting --------------------------------------------------------
