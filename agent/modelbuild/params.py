@@ -59,3 +59,11 @@ class TuneParams:
             for unused in ("method", "lora_rank", "lora_alpha"):
                 del fields[unused]
         return fields
+
+    def record_fields(self) -> dict[str, Any]:
+        """Every setting, as the manifest's ``TuneRecord`` keeps them: a full tune's
+        LoRA settings are None, since it does not use them."""
+        fields = asdict(self)
+        if self.method == "full":
+            fields["lora_rank"] = fields["lora_alpha"] = None
+        return fields
