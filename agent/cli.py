@@ -10,7 +10,7 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from edge_slm import __version__
-from edge_slm.console import quiet_on_closed_pipe
+from edge_slm.console import quiet_on_closed_pipe, run_command
 from edge_slm.logs import configure_logging
 from edge_slm.settings import describe_errors
 
@@ -100,9 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 @quiet_on_closed_pipe
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    code: int = args.func(args)
-    return code
+    return run_command(build_parser(), argv)
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ from cloud_relay.cli_support import add_common, add_row_filters, settings_from, 
 from cloud_relay.stats import compute
 from cloud_relay.store import LogQuery, LogRow, RelayStore, StoreError, open_store
 from edge_slm import __version__
-from edge_slm.console import quiet_on_closed_pipe, table
+from edge_slm.console import quiet_on_closed_pipe, run_command, table
 from edge_slm.contract import Outcome
 
 if TYPE_CHECKING:
@@ -289,9 +289,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 @quiet_on_closed_pipe
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    code: int = args.func(args)
-    return code
+    return run_command(_parser(), argv)
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ from typing import Any
 
 from cloud_relay import authz
 from cloud_relay.pki import CertKind, Issued, Pki, PkiError, issued_json
+from edge_slm.console import run_command
 
 __all__ = ["add_pki_command", "main"]
 
@@ -205,9 +206,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """``python -m cloud_relay.pki_cmd ...``: the same commands as ``cloud-relay pki ...``."""
     parser = argparse.ArgumentParser(prog="python -m cloud_relay.pki_cmd", description=_DESCRIPTION)
     _add_commands(parser)
-    args = parser.parse_args(argv)
-    code: int = args.func(args)
-    return code
+    return run_command(parser, argv)
 
 
 if __name__ == "__main__":

@@ -1,8 +1,10 @@
 """Terminal output shared by ``edge-agent``, ``cloud-relay`` and ``scripts/demo.py``:
-a quiet end on a closed pipe, plain-text tables, text cut at word boundaries."""
+sub-command dispatch, a quiet end on a closed pipe, plain-text tables, text cut at word
+boundaries."""
 
 from __future__ import annotations
 
+import argparse
 import functools
 import os
 import shutil
@@ -19,6 +21,14 @@ P = ParamSpec("P")
 EXIT_CLOSED_PIPE = 141
 
 SEP = "  "
+
+
+def run_command(parser: argparse.ArgumentParser, argv: Sequence[str] | None = None) -> int:
+    """Parse ``argv`` and run the sub-command's ``func`` (its ``set_defaults``); what it
+    returns is the exit code."""
+    args = parser.parse_args(argv)
+    code: int = args.func(args)
+    return code
 
 
 def quiet_on_closed_pipe(main: Callable[P, int]) -> Callable[P, int]:
