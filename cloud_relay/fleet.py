@@ -32,6 +32,7 @@ from cloud_relay.store import RelayStore, StatusUpdate, TelemetrySample
 from edge_slm.contract import Status, Telemetry, WireError, decode
 from edge_slm.logs import get_logger
 from edge_slm.mqtt import Inbound
+from edge_slm.queues import stop_consumer
 from edge_slm.topics import device_of
 
 log = get_logger("cloud_relay.fleet")
@@ -210,11 +211,5 @@ class FleetWriter:
 
     def stop(self, timeout_s: float = 5.0) -> None:
         """Write what is queued (up to ``timeout_s``), then end the thread."""
-        if not self._thread.is_alive():
-            return
-        try:
-            self._queue.put(_STOP, timeout=timeout_s)
-        except queue.Full:
+        if not stop_consumer(self._queue, _STOP, self._thread, timeout_s):
             log.warning("fleet_stop_queue_full")
-            return
-        self._thread.join(timeout=timeout_s)

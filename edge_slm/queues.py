@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import queue
+import threading
 from typing import TypeVar
 
 T = TypeVar("T")
@@ -20,3 +21,17 @@ def drain(q: queue.Queue[T] | queue.SimpleQueue[T]) -> list[T]:
             items.append(q.get_nowait())
         except queue.Empty:
             return items
+
+
+def stop_consumer(q: queue.Queue[T], marker: T, thread: threading.Thread, timeout_s: float) -> bool:
+    """Queue ``marker`` behind the work already queued, so ``thread`` finishes that work
+    and then ends, and wait up to ``timeout_s`` for it. False when the queue stayed full
+    that long (the consumer is stuck): the marker is not queued, nothing is joined."""
+    if not thread.is_alive():
+        return True
+    try:
+        q.put(marker, timeout=timeout_s)
+    except queue.Full:
+        return False
+    thread.join(timeout_s)
+    return True
