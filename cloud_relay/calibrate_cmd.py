@@ -10,7 +10,13 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from cloud_relay.calibrate import Pair, Recommendation, plot, recommend
-from cloud_relay.cli_support import add_common, add_row_filters, settings_from, since_and_store
+from cloud_relay.cli_support import (
+    add_common,
+    add_row_filters,
+    connect_publisher,
+    settings_from,
+    since_and_store,
+)
 from cloud_relay.config import RelaySettings
 from cloud_relay.store import LogQuery, LogRow
 from edge_slm.contract import DeviceConfig, Task
@@ -51,13 +57,7 @@ def _groups(rows: Sequence[LogRow], per_device: bool) -> dict[tuple[str | None, 
 
 def _apply(settings: RelaySettings, configs: dict[str, DeviceConfig]) -> None:
     """Publish each config retained at QoS 1 under the relay's identity."""
-    conn = settings.mqtt.connection(
-        client_id=f"{settings.mqtt.client_id}-calibrate",
-        on_connect=lambda: None,
-        on_message=lambda _msg: None,
-    )
-    if not conn.start(connect_timeout_s=settings.mqtt.connect_timeout_s):
-        raise ConnectionError(f"cannot reach the broker at {settings.mqtt.url}")
+    conn = connect_publisher(settings, "calibrate")
     try:
         for device_id, config in configs.items():
             topic = DeviceTopics(settings.topic_prefix, device_id).config

@@ -1,4 +1,4 @@
-"""Shared pieces of the relay's sub-commands: settings and store from the flags."""
+"""Shared pieces of the relay's sub-commands: settings, store and broker from the flags."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from cloud_relay.config import RelaySettings, load_settings
 from cloud_relay.store import RelayStore, StoreError, open_store
 from cloud_relay.timespec import parse_since
 from edge_slm.contract import Outcome
+from edge_slm.mqtt import MqttConnection
 from edge_slm.settings import describe_errors
 
 
@@ -58,3 +59,20 @@ def since_and_store(args: argparse.Namespace) -> tuple[float | None, RelayStore]
         return None
     store = store_from(args)
     return None if store is None else (since, store)
+
+
+def connect_publisher(settings: RelaySettings, role: str) -> MqttConnection:
+    """A publish-only broker connection under the relay's identity (the broker lets only
+    relays publish configs and heads), client id ``<mqtt.client_id>-<role>``.
+
+    Raises ConnectionError when the broker cannot be reached.
+    """
+    conn = settings.mqtt.connection(
+        client_id=f"{settings.mqtt.client_id}-{role}",
+        on_connect=lambda: None,
+        on_message=lambda _msg: None,
+    )
+    if not conn.start(connect_timeout_s=settings.mqtt.connect_timeout_s):
+        conn.stop()
+        raise ConnectionError(f"cannot reach the broker at {settings.mqtt.url}")
+    return conn

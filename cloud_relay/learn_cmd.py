@@ -14,7 +14,7 @@ import uuid
 from dataclasses import asdict
 from pathlib import Path
 
-from cloud_relay.cli_support import add_common, settings_from
+from cloud_relay.cli_support import add_common, connect_publisher, settings_from
 from cloud_relay.config import RelaySettings
 from cloud_relay.learn import LearnUnavailable, SkillResult
 from cloud_relay.learn_loop import learn_once
@@ -66,16 +66,7 @@ class _Publisher:
 
     def __call__(self, topic: str, payload: bytes) -> None:
         if self._conn is None:
-            s = self._settings
-            conn = s.mqtt.connection(
-                client_id=f"{s.mqtt.client_id}-learn-{uuid.uuid4().hex[:6]}",
-                on_connect=lambda: None,
-                on_message=lambda _msg: None,
-            )
-            if not conn.start(connect_timeout_s=s.mqtt.connect_timeout_s):
-                conn.stop()
-                raise ConnectionError(f"cannot reach the broker at {s.mqtt.url}")
-            self._conn = conn
+            self._conn = connect_publisher(self._settings, f"learn-{uuid.uuid4().hex[:6]}")
         self._conn.publish(topic, payload, qos=1, retain=True)
 
     def close(self) -> None:
