@@ -19,7 +19,7 @@ from pydantic_settings import (
 
 from agent.models.embedders import DEFAULT_EMBEDDER
 from edge_slm.contract import Kind, SkillName, SkillSpec, Task
-from edge_slm.settings import DaemonSettings, MetricsSettings, MqttSettings
+from edge_slm.settings import DaemonSettings, MetricsSettings, MqttSettings, user_state_dir
 from edge_slm.settings import Section as _Section
 from edge_slm.topics import DeviceTopics
 
@@ -115,8 +115,7 @@ def _state_dir() -> Path:
     state = os.environ.get("STATE_DIRECTORY")  # systemd StateDirectory=
     if state:
         return Path(state.split(":")[0])
-    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
-    return Path(base) / "edge-slm"
+    return user_state_dir()
 
 
 class PolicySettings(_Section):

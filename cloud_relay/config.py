@@ -19,7 +19,13 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
-from edge_slm.settings import DaemonSettings, MetricsSettings, MqttSettings, is_loopback
+from edge_slm.settings import (
+    DaemonSettings,
+    MetricsSettings,
+    MqttSettings,
+    is_loopback,
+    user_state_dir,
+)
 from edge_slm.settings import Section as _Section
 from edge_slm.topics import (
     escalation_subscription,
@@ -34,8 +40,7 @@ def default_client_id() -> str:
 
 
 def default_db_url() -> str:
-    state = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
-    return f"sqlite:///{Path(state) / 'edge-slm' / 'relay.db'}"
+    return f"sqlite:///{user_state_dir() / 'relay.db'}"
 
 
 class RelayMqttSettings(MqttSettings):

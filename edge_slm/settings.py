@@ -207,6 +207,13 @@ class MqttSettings(Section):
         )
 
 
+def user_state_dir() -> Path:
+    """``$XDG_STATE_HOME/edge-slm`` (default ``~/.local/state/edge-slm``): where a daemon
+    started by hand keeps its state, outside systemd's ``StateDirectory=``."""
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(base) / "edge-slm"
+
+
 def is_loopback(host: str) -> bool:
     """``localhost`` or a loopback address (127.0.0.0/8, ::1): what may listen without auth."""
     if host == "localhost":
