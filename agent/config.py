@@ -19,7 +19,15 @@ from pydantic_settings import (
 
 from agent.models.embedders import DEFAULT_EMBEDDER
 from edge_slm.contract import Kind, SkillName, SkillSpec, Task
-from edge_slm.settings import DaemonSettings, MetricsSettings, MqttSettings, user_state_dir
+from edge_slm.settings import (
+    DaemonSettings,
+    LogFormatSetting,
+    LogLevel,
+    MetricsSettings,
+    MqttSettings,
+    TopicPrefix,
+    user_state_dir,
+)
 from edge_slm.settings import Section as _Section
 from edge_slm.topics import DeviceTopics
 
@@ -278,7 +286,7 @@ class AgentSettings(DaemonSettings):
         min_length=1,
         max_length=64,
     )
-    topic_prefix: str = Field(default="slm", description="First segment of every topic.")
+    topic_prefix: TopicPrefix = "slm"
     mqtt: MqttSettings = Field(default_factory=MqttSettings, description="Broker connection.")
     model: ModelSettings = Field(default_factory=ModelSettings, description="The on-device SLM.")
     limits: LimitSettings = Field(default_factory=LimitSettings, description="Input limits.")
@@ -304,12 +312,8 @@ class AgentSettings(DaemonSettings):
         default=True, description="Offer the built-in skills (`home_intents`, `sensor_state`)."
     )
     ota: OtaSettings = Field(default_factory=OtaSettings, description="Over-the-air model updates.")
-    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
-        default="INFO", description="Log level."
-    )
-    log_format: Literal["auto", "json", "console"] = Field(
-        default="auto", description="`auto`: JSON unless stderr is a terminal."
-    )
+    log_level: LogLevel = "INFO"
+    log_format: LogFormatSetting = "auto"
 
     @model_validator(mode="after")
     def _valid_topics(self) -> AgentSettings:

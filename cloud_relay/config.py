@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import socket
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import (
@@ -21,8 +21,11 @@ from pydantic_settings import (
 
 from edge_slm.settings import (
     DaemonSettings,
+    LogFormatSetting,
+    LogLevel,
     MetricsSettings,
     MqttSettings,
+    TopicPrefix,
     is_loopback,
     user_state_dir,
 )
@@ -309,7 +312,7 @@ class RelaySettings(DaemonSettings):
 
     model_config = SettingsConfigDict(env_prefix="CLOUD_RELAY_")
 
-    topic_prefix: str = Field(default="slm", description="First segment of every topic.")
+    topic_prefix: TopicPrefix = "slm"
     share_group: str = Field(
         default="relays",
         description="MQTT 5 shared-subscription group; relays in one group split the load.",
@@ -359,12 +362,8 @@ class RelaySettings(DaemonSettings):
         description="Relay log store: sqlite:///path (default under $XDG_STATE_HOME) or "
         "postgresql://... for a fleet of relays.",
     )
-    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
-        default="INFO", description="Log level."
-    )
-    log_format: Literal["auto", "json", "console"] = Field(
-        default="auto", description="`auto`: JSON unless stderr is a terminal."
-    )
+    log_level: LogLevel = "INFO"
+    log_format: LogFormatSetting = "auto"
 
     @field_validator("db")
     @classmethod

@@ -12,7 +12,7 @@ import ipaddress
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Self
+from typing import Annotated, Any, Literal, Self
 
 from pydantic import (
     BaseModel,
@@ -31,6 +31,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from edge_slm.logs import LogFormat
 from edge_slm.mqtt import BrokerUrl, Inbound, MqttConnection, TlsFiles, Will
 
 
@@ -107,6 +108,14 @@ class DaemonSettings(BaseSettings):
         loaded = _FromFile(**nested)
         assert isinstance(loaded, cls)  # noqa: S101 - for the type checker
         return loaded
+
+
+# Top-level fields both daemons have, with one meaning: each daemon sets the default.
+TopicPrefix = Annotated[str, Field(description="First segment of every topic.")]
+LogLevel = Annotated[Literal["DEBUG", "INFO", "WARNING", "ERROR"], Field(description="Log level.")]
+LogFormatSetting = Annotated[
+    LogFormat, Field(description="`auto`: JSON unless stderr is a terminal.")
+]
 
 
 class MetricsSettings(Section):
