@@ -7,6 +7,11 @@ tokens the model chose freely. Here that becomes the reply:
 * ``confidence`` is the weakest required value (for ``act``: the tool name and
   the tool's required arguments); a free-text string that no word of the request
   backs (an invented name) counts as unsure, :data:`UNGROUNDED`;
+* an ``act`` call with a registered tool set that has a fit for the engine's model
+  (``edge-agent toolsets fit``) gets that confidence calibrated: P(the call is
+  exactly right), the value routing and the high-risk thresholds compare.
+  ``field_confidence`` stays raw, and so does the confidence of inline ``tools``
+  and of a model without a fit;
 * ``none`` gives no ``tool_call`` and confidence 0: it routes like low confidence;
 * an answer that ran out of length or does not validate (``jsonschema``) has
   confidence 0 too, never an invented object.
@@ -29,6 +34,7 @@ from typing import Any
 from agent.engine.engine import Engine, FixedPrompt, StopWhen, Structured
 from agent.engine.guided import grounded, weakest
 from agent.engine.prompts import Message, user_content
+from agent.toolset_fit import calibrate
 from edge_slm.contract import (
     NO_TOOL,
     Request,
@@ -42,6 +48,7 @@ from edge_slm.contract import (
     tool_call_schema,
     validation_errors,
 )
+from edge_slm.contract.structured import ToolSetFit
 from edge_slm.logs import get_logger
 from edge_slm.rounding import confidence as round_confidence
 
@@ -159,7 +166,8 @@ def answer_structured(
         result = engine.generate_structured(
             tool_call_schema(tools), fixed=prompt, user=text, max_tokens=max_tokens, stop=stop
         )
-        return _act_reply(engine, request, tools, result, text)
+        fit = tool_set.fits.get(engine.name) if tool_set and request.tool_set else None
+        return _act_reply(engine, request, tools, result, text, fit=fit)
     schema = request.json_schema or {}
     system = _EXTRACT_SYSTEM + json.dumps(schema, separators=(",", ":"))
     result = engine.generate_structured(
@@ -195,8 +203,19 @@ def _common(engine: Engine, request: Request, result: Structured) -> dict[str, A
     }
 
 
+def required_fields(tool: ToolSpec) -> list[str]:
+    """The paths whose weakest confidence is a call of ``tool``'s raw confidence."""
+    return ["name", *(f"arguments.{r}" for r in tool.function.parameters.get("required", []))]
+
+
 def _act_reply(
-    engine: Engine, request: Request, tools: list[ToolSpec], result: Structured, text: str
+    engine: Engine,
+    request: Request,
+    tools: list[ToolSpec],
+    result: Structured,
+    text: str,
+    *,
+    fit: ToolSetFit | None,
 ) -> Response:
     common = _common(engine, request, result)
     value = result.value
@@ -211,11 +230,9 @@ def _act_reply(
         )
     tool = next(t for t in tools if t.name == value["name"])
     confidences = _grounding(result.field_confidence, value["arguments"], text, "arguments.")
-    required = [
-        "name",
-        *(f"arguments.{r}" for r in tool.function.parameters.get("required", [])),
-    ]
-    confidence = weakest(confidences, required)
+    confidence = weakest(confidences, required_fields(tool))
+    if fit is not None:
+        confidence = calibrate(confidence, fit)
     return Response(
         **common,
         tool_call=ToolCall(name=value["name"], arguments=value["arguments"]),

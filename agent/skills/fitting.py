@@ -21,6 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Protocol
 
+from pydantic import BaseModel
+
 from agent.engine.engine import Engine
 from agent.skills import Skill
 from agent.skills.calibration import Evidence, decide, ece, fit
@@ -227,8 +229,8 @@ def _toml_value(value: object) -> str:
     return str(value)
 
 
-def render_fit(model: str, result: SkillFit) -> str:
-    """The ``[fits."<model>"]`` tables of one fit, as TOML text."""
+def render_fit(model: str, result: BaseModel) -> str:
+    """The ``[fits."<model>"]`` tables of one fit (a skill's or a tool set's), as TOML text."""
     key = f"fits.{_toml_value(model)}"
     data = result.model_dump(exclude_none=True)
     lines = [f"[{key}]"]
@@ -244,8 +246,8 @@ def render_fit(model: str, result: SkillFit) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_fit(path: Path, model: str, result: SkillFit) -> None:
-    """Replace (or add) the model's fit in the skill file at ``path``."""
+def write_fit(path: Path, model: str, result: BaseModel) -> None:
+    """Replace (or add) the model's fit in the skill (or tool set) file at ``path``."""
     text = path.read_text(encoding="utf-8") if path.exists() else ""
     header = re.compile(r"^\[(.+)\]\s*$")
     mine = f"fits.{_toml_value(model)}"

@@ -263,6 +263,51 @@ class ToolExemplar(BaseModel):
     )
 
 
+class PlattScaling(BaseModel):
+    """``sigmoid(a * logit(raw) + b)``: a raw confidence mapped to a probability of being right.
+
+    ``a`` must be positive: a calibration may stretch and shift the raw confidence but
+    never reverse its order (that would escalate the surest calls first)."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    a: float = Field(gt=0, le=100, description="Slope on the raw confidence's logit.")
+    b: float = Field(ge=-100, le=100, description="Intercept.")
+
+
+class ToolSetFit(BaseModel):
+    """A tool set's calibration on one edge model, fitted on the dev split by
+    ``edge-agent toolsets fit``; stored in the set under ``[fits."<model>"]``."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    calibration: PlattScaling = Field(
+        description="Maps an act reply's raw confidence (its weakest required field) to "
+        "P(the call is exactly right: tool and every argument)."
+    )
+    items: int = Field(ge=0, description="Tool calls the fit was made on.")
+    auroc: float | None = Field(
+        default=None,
+        ge=0,
+        le=1,
+        description="AUROC of the confidence for exact calls on those items (a monotone "
+        "calibration leaves the raw one's ranking, so it is the same before and after).",
+    )
+    ece_before: float | None = Field(
+        default=None,
+        ge=0,
+        le=1,
+        description="Expected calibration error of the raw confidence on those items.",
+    )
+    ece_after: float | None = Field(
+        default=None,
+        ge=0,
+        le=1,
+        description="The same with the calibration, cross-validated (each item predicted by "
+        "a fit that did not see it).",
+    )
+
+
 class ToolSetSpec(BaseModel):
     """A named set of tools registered on the device (TOML, agent config or DeviceConfig)."""
 
@@ -277,6 +322,12 @@ class ToolSetSpec(BaseModel):
     tools: list[ToolSpec] = Field(min_length=1, max_length=MAX_TOOLS, description="The tools.")
     exemplars: list[ToolExemplar] = Field(
         default_factory=list, max_length=32, description="Few-shot examples, in prompt order."
+    )
+    fits: dict[Annotated[str, Field(min_length=1, max_length=128)], ToolSetFit] = Field(
+        default_factory=dict,
+        max_length=16,
+        description="Fitted calibration of the act confidence by edge model name "
+        "(`edge-agent toolsets fit`); a model without one gets the raw confidence.",
     )
 
     @field_validator("tools")

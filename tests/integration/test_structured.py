@@ -10,6 +10,7 @@ import pytest
 
 from agent.actions import TOOL_SETS, act_prompt, answer_structured
 from agent.engine.engine import Engine
+from agent.toolset_fit import calibrate
 from edge_slm.contract import Request, Task, decode, tool_call_schema, validation_errors
 
 pytestmark = pytest.mark.model
@@ -101,11 +102,13 @@ def test_act_calls_a_tool_or_none_always_valid(engine: Engine) -> None:
         else:
             call = {"name": reply.tool_call.name, "arguments": reply.tool_call.arguments}
             assert validation_errors(tool_call_schema(list(home.tools)), call) == []
-            assert reply.confidence == min(
+            raw = min(
                 v
                 for k, v in reply.field_confidence.items()
                 if k == "name" or k.removeprefix("arguments.") in _required(home, call["name"])
             )
+            fit = home.fits.get(engine.name)  # the set's calibration for this model, if fitted
+            assert reply.confidence == pytest.approx(calibrate(raw, fit) if fit else raw, abs=1e-3)
 
 
 def test_tool_set_prompt_is_prefilled_once_and_reused(engine: Engine) -> None:
