@@ -36,6 +36,7 @@ from agent.engine.holder import ModelHolder, ModelSpec
 from agent.engine.selftest import run_self_test
 from agent.handler import ModelAnswerer, RequestHandler
 from agent.heads import HeadIntake
+from agent.inbound import decode_or_log
 from agent.models.ota import OtaUpdater
 from agent.policy.redact import Redactor
 from agent.policy.router import Router
@@ -53,8 +54,6 @@ from edge_slm.contract import (
     ModelUpdateState,
     Response,
     Status,
-    WireError,
-    decode,
 )
 from edge_slm.lifecycle import Lifecycle
 from edge_slm.logs import get_logger
@@ -420,17 +419,14 @@ class AgentDaemon(Lifecycle):
         if self._ota is None:
             log.warning("model_update_rejected", error="over-the-air updates are disabled")
             return
-        try:
-            desired = decode(DesiredModel, msg.payload)
-        except WireError as exc:
-            log.warning("model_update_rejected", code=exc.code.value, error=str(exc)[:300])
-            return
-        if desired.device_id != self.settings.device_id:
-            log.warning(
-                "model_update_rejected", error="device_id mismatch", device_id=desired.device_id
-            )
-            return
-        self._ota.submit(desired)
+        desired = decode_or_log(
+            DesiredModel,
+            msg.payload,
+            rejected="model_update_rejected",
+            device_id=self.settings.device_id,
+        )
+        if desired is not None:
+            self._ota.submit(desired)
 
     # -- MQTT side (network thread) ----------------------------------------
 
@@ -506,13 +502,10 @@ class AgentDaemon(Lifecycle):
         """A retained DeviceConfig from the relay: validate, then apply live."""
         if not msg.payload:
             return  # the retained config was cleared; keep the current settings
-        try:
-            config = decode(DeviceConfig, msg.payload)
-        except WireError as exc:
-            log.warning("config_rejected", code=exc.code.value, error=str(exc)[:300])
-            return
-        if config.device_id != self.settings.device_id:
-            log.warning("config_rejected", error="device_id mismatch", device_id=config.device_id)
+        config = decode_or_log(
+            DeviceConfig, msg.payload, rejected="config_rejected", device_id=self.settings.device_id
+        )
+        if config is None:
             return
         changes = self.router.update(thresholds=config.thresholds, shadow_rate=config.shadow_rate)
         if config.skills is not None:  # kept prefixes of changed skills go on first use

@@ -18,7 +18,7 @@ import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from edge_slm.contract import WireError, decode
+from agent.inbound import decode_or_log
 from edge_slm.contract.skills import SkillHead
 from edge_slm.logs import get_logger
 from edge_slm.topics import skill_head
@@ -73,10 +73,8 @@ class HeadIntake:
     def on_message(self, msg: Inbound) -> None:
         if not msg.payload:
             return  # a cleared retained head: keep the one in use
-        try:
-            head = decode(SkillHead, msg.payload)
-        except WireError as exc:
-            log.warning("head_rejected", topic=msg.topic, code=exc.code.value, error=str(exc)[:300])
+        head = decode_or_log(SkillHead, msg.payload, rejected="head_rejected", topic=msg.topic)
+        if head is None:
             return
         if msg.topic != skill_head(self._prefix, head.skill):
             log.warning("head_rejected", topic=msg.topic, skill=head.skill, error="topic mismatch")

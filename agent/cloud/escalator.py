@@ -29,6 +29,7 @@ from agent.answering import with_latency
 from agent.cloud.outbox import Outbox, OutboxFull, OutboxRow
 from agent.cloud.scheduler import Scheduler
 from agent.config import CloudSettings, OutboxSettings
+from agent.inbound import decode_or_log
 from agent.jobs import Job
 from agent.policy.redact import Redactor
 from agent.routing import ReplyRoute
@@ -42,8 +43,6 @@ from edge_slm.contract import (
     Response,
     SensorReading,
     Source,
-    WireError,
-    decode,
 )
 from edge_slm.logs import get_logger
 from edge_slm.mqtt import Inbound
@@ -324,13 +323,13 @@ class Escalator:
     # -- cloud replies (network thread) -----------------------------------------
 
     def on_cloud(self, msg: Inbound) -> None:
-        try:
-            reply = decode(CloudReply, msg.payload)
-        except WireError as exc:
-            log.warning("cloud_reply_rejected", code=exc.code.value, error=str(exc)[:300])
-            return
-        if reply.device_id != self._topics.device_id:
-            log.warning("cloud_reply_rejected", request_id=reply.id, device_id=reply.device_id)
+        reply = decode_or_log(
+            CloudReply,
+            msg.payload,
+            rejected="cloud_reply_rejected",
+            device_id=self._topics.device_id,
+        )
+        if reply is None:
             return
         if not reply.ok and reply.error is not None and reply.error.retry_after_ms is not None:
             # The relay shed it (busy, rate limit): not a final answer. Keep the row
