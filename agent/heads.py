@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 from agent.inbound import decode_or_log
 from edge_slm.contract.skills import SkillHead
 from edge_slm.logs import get_logger
+from edge_slm.queues import stop_consumer
 from edge_slm.topics import skill_head
 
 if TYPE_CHECKING:
@@ -60,13 +61,7 @@ class HeadIntake:
         self._thread.start()
 
     def stop(self, timeout_s: float = 5.0) -> None:
-        if not self._thread.is_alive():
-            return
-        try:
-            self._queue.put(None, timeout=timeout_s)
-        except queue.Full:
-            return
-        self._thread.join(timeout_s)
+        stop_consumer(self._queue, None, self._thread, timeout_s)
 
     # -- network thread: cheap only ------------------------------------------------
 

@@ -21,6 +21,7 @@ import structlog
 from agent.jobs import Job
 from edge_slm.contract import ErrorCode, Response
 from edge_slm.logs import get_logger
+from edge_slm.queues import drain
 
 log = get_logger("agent.worker")
 
@@ -133,16 +134,9 @@ class InferenceWorker:
         """
         if self._wait_idle(timeout_s):
             return []
-        leftover: list[Job] = []
-        while True:
-            try:
-                job = self._queue.get_nowait()
-            except queue.Empty:
-                break
-            if job is not None:
-                leftover.append(job)
-                with self._lock:
-                    self._outstanding -= 1
+        leftover = [job for job in drain(self._queue) if job is not None]
+        with self._lock:
+            self._outstanding -= len(leftover)
         self.cancelled.set()
         if not self._wait_idle(cancel_grace_s):
             log.warning("worker_did_not_cancel", grace_s=cancel_grace_s)

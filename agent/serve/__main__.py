@@ -6,15 +6,14 @@ import argparse
 import sys
 
 from agent.serve.cli import add_serve_command
+from edge_slm.console import run_command
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m agent.serve")
     sub = parser.add_subparsers(dest="command", required=True)
     add_serve_command(sub)
-    args = parser.parse_args(["serve", *(sys.argv[1:] if argv is None else argv)])
-    code: int = args.func(args)
-    return code
+    return run_command(parser, ["serve", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":
