@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from edge_slm.contract.skills import default_verbalizer
+from edge_slm.encoder import BATCH
 from edge_slm.head import MAX_CONFIDENCE, Head, HeadOutput, fit_head, skill_texts
 
 if TYPE_CHECKING:
@@ -76,12 +77,24 @@ _label_heads = _Kept()
 
 def skill_head(embedder: Encoder, skill: Skill) -> Head:
     """The head fitted from ``skill``'s own texts with ``embedder`` (kept per content)."""
+    head = _skill_head(embedder, skill, stop=None)
+    assert head is not None  # noqa: S101 - only a stop leaves it unfitted
+    return head
+
+
+def _skill_head(embedder: Encoder, skill: Skill, stop: threading.Event | None) -> Head | None:
+    """``skill_head``, given up (None) between two batches of texts once ``stop`` is set."""
     key = (embedder.name, skill.name, skill.fingerprint)
     found = _skill_heads.get(key)
     if found is not None:
         return found
     texts, gold = skill_texts(skill.spec)
-    head = fit_head(embedder.embed(texts), gold, skill.labels)
+    batches = []
+    for i in range(0, len(texts), BATCH):
+        if stop is not None and stop.is_set():
+            return None
+        batches.append(embedder.embed(texts[i : i + BATCH]))
+    head = fit_head(np.concatenate(batches), gold, skill.labels)
     _skill_heads.put(key, head)
     return head
 
@@ -121,12 +134,13 @@ def combine(head: HeadOutput, slm: str, slm_confidence: float) -> tuple[str, flo
 def warm(skills: Iterable[Skill], embedder: Encoder, *, stop: threading.Event | None = None) -> int:
     """Fit the heads of ``skills`` now (at load, off the request path), so that the
     first request of a skill does not pay for scikit-learn's import and the fit.
-    Stops before the next skill once ``stop`` is set. Returns how many were fitted."""
+    Once ``stop`` is set it gives up at the next batch of texts: a shutdown then waits
+    for one encoder run, not for every skill's texts (minutes on an emulated board).
+    Returns how many were fitted."""
     done = 0
     for skill in skills:
-        if stop is not None and stop.is_set():
-            break
         if skill.spec.embedding and skill.spec.head:
-            skill_head(embedder, skill)
+            if _skill_head(embedder, skill, stop) is None:
+                break
             done += 1
     return done

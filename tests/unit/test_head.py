@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import base64
 import json
+import threading
+from collections.abc import Sequence
 
 import numpy as np
 import pytest
 
-from agent.skills import SkillRegistry
+from agent.skills import SkillRegistry, head_stage
 from agent.skills.head_stage import combine
 from edge_slm.contract import SkillHead, UnsupportedVersion, WireError, decode
 from edge_slm.head import MAX_CONFIDENCE, Head, HeadOutput, HeadRejected, fit_head
@@ -158,3 +160,34 @@ def test_the_registry_takes_a_head_live_and_refuses_one_that_does_not_fit() -> N
         registry.set_head("home_intents", fit_head(y, ygold, two), 3)
     with pytest.raises(HeadRejected):
         registry.set_head("no_such_skill", head, 3)
+
+
+class _CountingEncoder:
+    """Random unit vectors, one encoder run per call; sets ``stop`` after ``stop_after``."""
+
+    def __init__(self, name: str, stop: threading.Event | None = None, stop_after: int = 0):
+        self.name, self.runs, self._stop, self._stop_after = name, 0, stop, stop_after
+        self._rng = np.random.default_rng(0)
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
+        self.runs += 1
+        if self._stop is not None and self.runs >= self._stop_after:
+            self._stop.set()  # a SIGTERM arriving while this batch runs
+        x = self._rng.normal(size=(len(texts), DIM))
+        return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+def test_warming_the_heads_gives_up_at_the_next_batch_once_stopped() -> None:
+    """A shutdown waits for one encoder run, not for every skill's texts (the join that
+    keeps the process from aborting would otherwise take minutes on a slow board)."""
+    skills = [s for s in SkillRegistry().all() if s.spec.embedding and s.spec.head]
+    assert skills
+    stop = threading.Event()
+    stopped = _CountingEncoder("warm-stopped", stop, stop_after=1)
+    assert head_stage.warm(skills, stopped, stop=stop) == 0  # type: ignore[arg-type]
+    assert stopped.runs == 1
+    whole = _CountingEncoder("warm-whole")
+    assert head_stage.warm(skills, whole, stop=threading.Event()) == len(skills)  # type: ignore[arg-type]
+    batches = [-(-len(head_stage.skill_texts(s.spec)[0]) // head_stage.BATCH) for s in skills]
+    assert whole.runs == sum(batches)
+    assert max(batches) > 1  # so the stopped run really gave up inside a skill
