@@ -164,6 +164,7 @@ def test_dashboard_in_headless_chromium(system: System, browser: Browser) -> Non
         wait_until("the garage's offline status", garage_offline)
         in_store = {r.request_id: r.device_id for r in store.logs(LogQuery(limit=None))}
         avoided = {d.device_id: d.totals.cost_avoided_usd for d in store.devices()}
+        heads = {d.device_id: d.heads for d in store.devices()}
     finally:
         store.close()
     assert sorted(in_store) == sorted(
@@ -190,7 +191,7 @@ def test_dashboard_in_headless_chromium(system: System, browser: Browser) -> Non
 
         page = browser.new_page(viewport={"width": 1440, "height": 1000})
         try:
-            _drive(page, url, fleet, in_store)
+            _drive(page, url, fleet, in_store, heads[kitchen])
         except BaseException:
             page.screenshot(path=str(artifacts_dir() / "dashboard-failure.png"), full_page=True)
             raise
@@ -223,7 +224,13 @@ def _page_problems(page: Page) -> list[str]:
     return problems
 
 
-def _drive(page: Page, url: str, fleet: Fleet, in_store: dict[str, str]) -> None:
+def _drive(
+    page: Page,
+    url: str,
+    fleet: Fleet,
+    in_store: dict[str, str],
+    kitchen_heads: dict[str, int] | None,
+) -> None:
     """Everything the browser does and checks."""
     kitchen, garage = fleet.kitchen.device_id, fleet.garage.device_id
     problems = _page_problems(page)
@@ -268,6 +275,12 @@ def _drive(page: Page, url: str, fleet: Fleet, in_store: dict[str, str]) -> None
     expect(kitchen_row).to_have_attribute("data-status", "online")
     expect(page.locator(f'#devices tr[data-device="{garage}"]')).to_have_attribute(
         "data-status", "offline"
+    )
+    # The classify head per skill, as the device's retained status reported it (@0: the
+    # head the device fitted from the skill's own text).
+    assert kitchen_heads, "the kitchen's status reports no skill heads"
+    expect(kitchen_row.locator("td").nth(5)).to_have_text(
+        ", ".join(f"{skill}@{v}" for skill, v in sorted(kitchen_heads.items()))
     )
     expect(page.locator("#c-online")).to_have_text("1 / 2")
     expect(page.locator("#c-avoided")).to_have_text(re.compile(r"^\$\d"))  # a figure
