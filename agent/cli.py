@@ -83,6 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
     from agent.profiles import build_parser as build_profile_parser
     from agent.serve.cli import add_serve_command
     from agent.skills.cli import add_skills_commands
+    from agent.toolsets_cli import add_toolsets_commands
 
     parser = argparse.ArgumentParser(
         prog="edge-agent", description="Edge SLM agent with cloud fallback over MQTT."
@@ -93,6 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_models_commands(sub)
     add_serve_command(sub)
     add_skills_commands(sub)
+    add_toolsets_commands(sub)
     add_bundle_command(sub)
     build_profile_parser(sub.add_parser("profile", help="device profiles (deploy/profiles.toml)"))
     return parser

@@ -12,12 +12,15 @@ import pytest
 from pydantic import ValidationError
 
 from agent.actions import BUILTIN_DIR, answer_structured
+from agent.cli import main as cli_main
+from agent.config import CloudSettings, PolicySettings
 from agent.engine.engine import StopWhen, Structured
+from agent.policy.router import Router
 from agent.toolset_fit import calibrate, cross_validated, fit_pairs
 from agent.toolsets_cli import add_toolsets_commands
 from bench.act_eval import escalated_exact
 from edge_slm.console import run_command
-from edge_slm.contract import Request, decode
+from edge_slm.contract import Request, Task, decode
 from edge_slm.contract.structured import PlattScaling, ToolSetFit, ToolSetSpec
 
 HOME = BUILTIN_DIR / "home.toml"
@@ -190,3 +193,15 @@ def test_escalating_the_least_confident_share_to_a_perfect_cloud() -> None:
     assert escalated_exact(confidences, corrects, 0.0) == 0.5
     assert escalated_exact(confidences, corrects, 0.25) == 0.75  # the 0.1 one
     assert escalated_exact(confidences, corrects, 0.5) == 0.75  # 0.1 and the right 0.2
+
+
+def test_act_has_its_own_default_threshold_a_calibrated_probability() -> None:
+    thresholds = PolicySettings().thresholds
+    assert thresholds[Task.ACT] == 0.6
+    router = Router(PolicySettings(), CloudSettings(), budget_left=lambda: True)
+    assert router.threshold(Task.ACT) == 0.6  # not the router's 0.5 fallback
+
+
+def test_edge_agent_lists_the_tool_sets(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli_main(["toolsets", "list"]) == 0
+    assert "home: 6 tools" in capsys.readouterr().out
