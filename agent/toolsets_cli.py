@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-EXIT_BAD_INPUT = 2
+from agent.fit_cli import EXIT_BAD_INPUT, add_fit_options, fit_settings
 
 
 def add_toolsets_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -32,8 +32,7 @@ def add_toolsets_commands(sub: argparse._SubParsersAction[argparse.ArgumentParse
         help="JSONL of {request, gold: {call}} (tests/data/eval/home_actions.jsonl); only "
         "its dev split (the rule of bench.eval_data.split_of) is used, never the held-out one",
     )
-    fit.add_argument("--model", default=None, help="edge model (catalog name); default: config")
-    fit.add_argument("--config", type=Path, help="agent TOML config (model, cache, threads)")
+    add_fit_options(fit, config_help="agent TOML config (model, cache, threads)")
     fit.add_argument(
         "--write",
         type=Path,
@@ -62,10 +61,7 @@ def _cmd_list(_args: argparse.Namespace) -> int:
 
 
 def _cmd_fit(args: argparse.Namespace) -> int:
-    from pydantic import ValidationError
-
     from agent.actions import BUILTIN_DIR, TOOL_SETS
-    from agent.config import load_settings
     from agent.daemon import resolve_model
     from agent.engine.engine import Engine
     from agent.modelbuild.tune_data import eval_split_of
@@ -73,14 +69,8 @@ def _cmd_fit(args: argparse.Namespace) -> int:
     from agent.skills.fitting import render_fit, write_fit
     from agent.toolset_fit import fit_pairs, load_calls, observe
 
-    try:
-        settings = load_settings(
-            args.config,
-            device_id=None if args.config else "toolsets-fit",
-            **{"model.name": args.model},
-        )
-    except (ValidationError, FileNotFoundError, ValueError) as exc:
-        print(f"invalid configuration: {exc}", file=sys.stderr)
+    settings = fit_settings(args, device_id="toolsets-fit")
+    if settings is None:
         return EXIT_BAD_INPUT
     spec = TOOL_SETS.get(args.tool_set)
     if spec is None:

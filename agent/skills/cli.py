@@ -6,9 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from pydantic import ValidationError
-
-EXIT_BAD_INPUT = 2
+from agent.fit_cli import EXIT_BAD_INPUT, add_fit_options, fit_settings
 
 
 def add_skills_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -33,8 +31,7 @@ def add_skills_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]
         help="JSONL of labelled requests: the eval format ({request, gold: {label}}), "
         "{request, answer}, or the relay's `cloud-relay export` (the cloud's label)",
     )
-    fit.add_argument("--model", default=None, help="edge model (catalog name); default: config")
-    fit.add_argument("--config", type=Path, help="agent TOML config (model, cache, embedder)")
+    add_fit_options(fit, config_help="agent TOML config (model, cache, embedder)")
     fit.add_argument(
         "--skill-file",
         type=Path,
@@ -66,7 +63,6 @@ def _cmd_list(_args: argparse.Namespace) -> int:
 
 
 def _cmd_fit(args: argparse.Namespace) -> int:
-    from agent.config import load_settings
     from agent.daemon import load_embedder, resolve_model
     from agent.engine.engine import Engine
     from agent.modelbuild.tune_data import load_examples
@@ -74,15 +70,8 @@ def _cmd_fit(args: argparse.Namespace) -> int:
     from agent.skills import SkillRegistry, builtin_path
     from agent.skills.fitting import fit_skill, render_fit, write_fit
 
-    try:
-        # The fit needs the model section only; a device id is required by the schema.
-        settings = load_settings(
-            args.config,
-            device_id=None if args.config else "skills-fit",
-            **{"model.name": args.model},
-        )
-    except (ValidationError, FileNotFoundError, ValueError) as exc:
-        print(f"invalid configuration: {exc}", file=sys.stderr)
+    settings = fit_settings(args, device_id="skills-fit")
+    if settings is None:
         return EXIT_BAD_INPUT
     registry = SkillRegistry(settings.skills, builtin=settings.builtin_skills)
     skill = registry.get(args.skill)
