@@ -70,7 +70,8 @@ _ACT_SYSTEM = "You turn a command into one tool call. Reply with JSON only."
 
 
 class ToolSets:
-    """Tool sets by name: built-in TOML files, then pushed ones (which take precedence)."""
+    """Tool sets by name: built-in TOML files, then the agent config's ``[tool_sets.*]``,
+    then those pushed in ``DeviceConfig``; a later layer takes precedence by name."""
 
     def __init__(self, directory: Path = BUILTIN_DIR) -> None:
         self._lock = threading.Lock()
@@ -78,11 +79,21 @@ class ToolSets:
             path.stem: ToolSetSpec.model_validate(tomllib.loads(path.read_text()))
             for path in sorted(directory.glob("*.toml"))
         }
+        self._configured: dict[str, ToolSetSpec] = {}
         self._pushed: dict[str, ToolSetSpec] = {}
 
     def get(self, name: str) -> ToolSetSpec | None:
         with self._lock:
-            return self._pushed.get(name) or self._builtin.get(name)
+            for layer in (self._pushed, self._configured, self._builtin):
+                if name in layer:
+                    return layer[name]
+            return None
+
+    def set_configured(self, sets: Mapping[str, ToolSetSpec]) -> list[str]:
+        """The agent config's sets (at start-up); return their names."""
+        with self._lock:
+            self._configured = dict(sets)
+            return sorted(self._configured)
 
     def set_pushed(self, sets: Mapping[str, ToolSetSpec]) -> list[str]:
         """Replace the pushed sets; return their names (for the config log)."""

@@ -18,7 +18,7 @@ from pydantic_settings import (
 )
 
 from agent.models.embedders import DEFAULT_EMBEDDER
-from edge_slm.contract import Kind, SkillName, SkillSpec, Task
+from edge_slm.contract import Kind, SkillName, SkillSpec, Task, ToolSetName, ToolSetSpec
 from edge_slm.settings import (
     DaemonSettings,
     LogFormatSetting,
@@ -316,6 +316,12 @@ class AgentSettings(DaemonSettings):
     )
     builtin_skills: bool = Field(
         default=True, description="Offer the built-in skills (`home_intents`, `sensor_state`)."
+    )
+    tool_sets: dict[ToolSetName, ToolSetSpec] = Field(
+        default_factory=dict,
+        description="`act` tool sets by name, `[tool_sets.<name>]` (see README, Actions and "
+        "extraction); a name here replaces the built-in set of that name, and a set pushed "
+        "in the relay's DeviceConfig replaces this one.",
     )
     ota: OtaSettings = Field(default_factory=OtaSettings, description="Over-the-air model updates.")
     log_level: LogLevel = "INFO"

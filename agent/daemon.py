@@ -130,6 +130,7 @@ class AgentDaemon(Lifecycle):
         self.recent = RecentRequests()
         # Before the will: a status names the skills' head versions.
         self.skills = SkillRegistry(s.skills, builtin=s.builtin_skills)
+        TOOL_SETS.set_configured(s.tool_sets)
         # Requests are PUBACKed only once answered (see agent/recent.py), so the
         # broker redelivers what a killed agent was holding.
         self.mqtt = s.mqtt.connection(

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from agent.actions import NO_TOOL_REASON, ToolSets, act_prompt, tool_threshold
+from agent.config import AgentSettings
 from edge_slm.contract import Request, Response, ToolCall, ToolSetSpec
 
 _LIGHTS = {"type": "function", "function": {"name": "set_lights", "description": "Lights"}}
@@ -25,6 +28,38 @@ def test_pushed_sets_take_precedence_and_can_be_cleared() -> None:
     assert home is not None
     assert home != mine
     assert sets.get("nothing") is None
+
+
+def test_the_agent_config_registers_sets_between_built_in_and_pushed(tmp_path: Path) -> None:
+    """``[tool_sets.<name>]`` in the agent's TOML: a new set, or one replacing a built-in
+    set of its name; a set pushed in DeviceConfig still replaces it."""
+    config = tmp_path / "agent.toml"
+    config.write_text(
+        'device_id = "kitchen"\n'
+        "[tool_sets.garden]\n"
+        'description = "Garden"\n'
+        "[[tool_sets.garden.tools]]\n"
+        'type = "function"\n'
+        'function = { name = "water", description = "Water the garden" }\n'
+        "[tool_sets.home]\n"
+        "[[tool_sets.home.tools]]\n"
+        'type = "function"\n'
+        'function = { name = "set_lights", description = "Lights" }\n'
+    )
+    settings = AgentSettings.load(config)
+    sets = ToolSets()
+    assert sets.set_configured(settings.tool_sets) == ["garden", "home"]
+    garden = sets.get("garden")
+    assert garden is not None
+    assert [t.name for t in garden.tools] == ["water"]
+    home = sets.get("home")
+    assert home is not None
+    assert [t.name for t in home.tools] == ["set_lights"]  # the built-in set is replaced
+    pushed = ToolSetSpec.model_validate({"tools": [{**_LIGHTS, "function": {"name": "dim"}}]})
+    sets.set_pushed({"home": pushed})
+    assert sets.get("home") == pushed
+    sets.set_pushed({})
+    assert sets.get("home") == home
 
 
 def test_act_prompt_lists_tools_and_exemplars_and_its_key_follows_content() -> None:
