@@ -66,10 +66,12 @@ def test_act_deadline_gives_the_edge_call_then_the_cloud_correction(system: Syst
         tool_set="home",
         text="make the office 19 degrees",
         cloud="always",
-        deadline_ms=3000,
+        # Room for the first act of a fresh agent (the tool set's prefill and grammar)
+        # on a loaded 2-core runner: at 3 s it was sometimes deadline_exceeded instead.
+        deadline_ms=12_000,
     )
-    fallback = system.app.next_reply(timeout=30).payload
-    assert fallback["source"] == "edge-fallback", fallback
+    fallback = system.app.next_reply(timeout=60).payload
+    assert fallback.get("source") == "edge-fallback", fallback
     assert fallback["escalated"] is True
     assert "field_confidence" in fallback
     assert ("tool_call" in fallback) or fallback["confidence"] == 0.0
