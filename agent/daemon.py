@@ -291,9 +291,9 @@ class AgentDaemon(Lifecycle):
         """Fit the skill-text heads now, on a thread of their own: otherwise the first
         request of a skill pays for scikit-learn's import and the fit (1-4 s).
 
-        Shutdown stops it between skills and joins it: a thread still inside
-        onnxruntime or scikit-learn when the interpreter exits aborts the process
-        (SIGABRT), so a SIGTERM soon after start would not exit cleanly."""
+        Shutdown stops it at its next batch of texts and joins it: a thread still
+        inside onnxruntime or scikit-learn when the interpreter exits aborts the
+        process (SIGABRT), so a SIGTERM soon after start would not exit cleanly."""
         stop = threading.Event()
 
         def warm() -> None:
