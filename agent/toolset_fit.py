@@ -15,7 +15,6 @@ confidence 0, which escalates whatever the calibration says.
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -27,6 +26,7 @@ from agent.skills.calibration import _logistic, auroc, ece
 from agent.skills.fitting import FOLDS
 from edge_slm.contract import Request, decode
 from edge_slm.contract.structured import PlattScaling, ToolSetFit, ToolSetSpec
+from edge_slm.head import logit, platt
 
 #: Raw confidences are clipped this far from 0 and 1 before the logit (a weakest field
 #: of exactly 1.0 is common: the grammar left one token).
@@ -46,25 +46,16 @@ def load_calls(path: Path) -> list[Labelled]:
     return [(decode(Request, r["request"]), r["gold"]["call"]) for r in rows]
 
 
-def _logit(raw: float) -> float:
-    p = min(max(raw, EPS), 1 - EPS)
-    return math.log(p / (1 - p))
-
-
 def calibrate(raw: float, fit: ToolSetFit) -> float:
     """P(exact call) for a raw act confidence."""
-    return _apply(fit.calibration.a, fit.calibration.b, raw)
+    return platt(fit.calibration.a, fit.calibration.b, raw, eps=EPS)
 
 
 def _weights(pairs: Sequence[Pair]) -> tuple[float, float]:
-    x = np.array([[_logit(raw)] for raw, _ in pairs], dtype=np.float64)
+    x = np.array([[logit(raw, eps=EPS)] for raw, _ in pairs], dtype=np.float64)
     y = np.array([float(ok) for _, ok in pairs], dtype=np.float64)
     w = _logistic(x, y)
     return float(w[1]), float(w[0])
-
-
-def _apply(a: float, b: float, raw: float) -> float:
-    return 1.0 / (1.0 + math.exp(-max(-50.0, min(50.0, a * _logit(raw) + b))))
 
 
 def cross_validated(pairs: Sequence[Pair], folds: int = FOLDS) -> list[Pair]:
@@ -73,7 +64,7 @@ def cross_validated(pairs: Sequence[Pair], folds: int = FOLDS) -> list[Pair]:
     for k in range(min(folds, len(pairs))):
         a, b = _weights([p for i, p in enumerate(pairs) if i % folds != k])
         for i in range(k, len(pairs), folds):
-            out[i] = (_apply(a, b, pairs[i][0]), pairs[i][1])
+            out[i] = (platt(a, b, pairs[i][0], eps=EPS), pairs[i][1])
     return out
 
 

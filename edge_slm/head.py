@@ -67,9 +67,17 @@ def _sigmoid(x: float) -> float:
     return 1.0 / (1.0 + math.exp(-x)) if x >= 0 else math.exp(x) / (1.0 + math.exp(x))
 
 
-def _logit(p: float) -> float:
-    p = min(max(p, 1e-6), 1 - 1e-6)
+def logit(p: float, *, eps: float = 1e-6) -> float:
+    """``log(p / (1 - p))`` with ``p`` kept ``eps`` away from 0 and 1."""
+    p = min(max(p, eps), 1 - eps)
     return math.log(p / (1 - p))
+
+
+def platt(a: float, b: float, p: float, *, eps: float = 1e-6) -> float:
+    """Platt scaling on the logit, ``sigmoid(a * logit(p) + b)``, with ``p`` kept
+    ``eps`` away from 0 and 1: a head's top share, or an ``act`` reply's raw
+    confidence (``agent/toolset_fit.py``)."""
+    return _sigmoid(a * logit(p, eps=eps) + b)
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,8 +100,7 @@ class Head:
         return out
 
     def confidence(self, p_top: float) -> float:
-        a, b = self.calibration
-        return min(_sigmoid(a * _logit(p_top) + b), MAX_CONFIDENCE)
+        return min(platt(*self.calibration, p_top), MAX_CONFIDENCE)
 
     def predict(self, vector: Vectors) -> HeadOutput:
         probs = self.probabilities(vector.reshape(1, -1))[0]
@@ -189,7 +196,7 @@ def fit_head(
     right = (top == y).astype(int)
     if right.min() == right.max():
         return head  # all right (or all wrong) out of fold: nothing to calibrate on
-    feature = np.array([[_logit(float(p))] for p in oof.max(axis=1)])
+    feature = np.array([[logit(float(p))] for p in oof.max(axis=1)])
     platt = LogisticRegression(C=1e6, max_iter=1000).fit(feature, right)
     calibration = (float(platt.coef_[0][0]), float(platt.intercept_[0]))
     return Head(labels=names, weights=head.weights, bias=head.bias, calibration=calibration)
