@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from agent.engine.engine import Engine, StopWhen
-from agent.skills.calibration import _logistic, auroc, ece
+from agent.skills.calibration import auroc, ece, logistic
 from agent.skills.fitting import FOLDS
 from edge_slm.contract import Request, decode
 from edge_slm.contract.structured import PlattScaling, ToolSetFit, ToolSetSpec
@@ -54,7 +54,7 @@ def calibrate(raw: float, fit: ToolSetFit) -> float:
 def _weights(pairs: Sequence[Pair]) -> tuple[float, float]:
     x = np.array([[logit(raw, eps=EPS)] for raw, _ in pairs], dtype=np.float64)
     y = np.array([float(ok) for _, ok in pairs], dtype=np.float64)
-    w = _logistic(x, y)
+    w = logistic(x, y)
     return float(w[1]), float(w[0])
 
 

@@ -134,7 +134,7 @@ def _nll(items: Sequence[tuple[Evidence, str]], cal: SkillCalibrator) -> float:
     return -sum(math.log(max(distribution(ev, cal)[gold], 1e-12)) for ev, gold in items)
 
 
-def _logistic(x: FloatArray, y: FloatArray) -> FloatArray:
+def logistic(x: FloatArray, y: FloatArray) -> FloatArray:
     """Weights (intercept first) of an L2-regularized logistic regression, by Newton steps."""
     design = np.column_stack([np.ones(len(x)), x])
     w = np.zeros(design.shape[1])
@@ -172,7 +172,7 @@ def fit(items: Sequence[tuple[Evidence, str]], *, embedding: bool) -> SkillCalib
         top, agree = features(ev, scores)
         rows.append((top, agree) if embedding and slm else (top,))
         correct.append(_argmax(scores) == gold)
-    w = _logistic(np.array(rows, dtype=np.float64), np.array(correct, dtype=np.float64))
+    w = logistic(np.array(rows, dtype=np.float64), np.array(correct, dtype=np.float64))
     return mix.model_copy(
         update={
             "bias": float(w[0]),
