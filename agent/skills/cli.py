@@ -6,22 +6,21 @@ import argparse
 import sys
 from pathlib import Path
 
-from agent.fit_cli import EXIT_BAD_INPUT, add_fit_options, fit_settings
+from agent import fit_cli
 
 
 def add_skills_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    skills = sub.add_parser("skills", help="classify skills: list them, fit their calibration")
-    verbs = skills.add_subparsers(dest="skills_command", required=True)
-
-    ls = verbs.add_parser("list", help="the built-in skills, their labels and fitted models")
-    ls.set_defaults(func=_cmd_list)
-
-    fit = verbs.add_parser(
-        "fit",
-        help="fit a skill's calibration for one edge model on labelled data",
-        description="Run the model (and the embedder) on every labelled example, fit the "
+    fit = fit_cli.add_list_and_fit(
+        sub,
+        "skills",
+        help="classify skills: list them, fit their calibration",
+        list_help="the built-in skills, their labels and fitted models",
+        list_cmd=_cmd_list,
+        fit_help="fit a skill's calibration for one edge model on labelled data",
+        fit_description="Run the model (and the embedder) on every labelled example, fit the "
         "skill's calibrators, print the expected calibration error before and after "
         "(5-fold cross-validated), and store the fit in the skill's TOML file.",
+        fit_cmd=_cmd_fit,
     )
     fit.add_argument("skill", help="skill name, e.g. home_intents")
     fit.add_argument(
@@ -31,7 +30,7 @@ def add_skills_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]
         help="JSONL of labelled requests: the eval format ({request, gold: {label}}), "
         "{request, answer}, or the relay's `cloud-relay export` (the cloud's label)",
     )
-    add_fit_options(fit, config_help="agent TOML config (model, cache, embedder)")
+    fit_cli.add_fit_options(fit, config_help="agent TOML config (model, cache, embedder)")
     fit.add_argument(
         "--skill-file",
         type=Path,
@@ -47,8 +46,6 @@ def add_skills_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]
         "distinguishing prefix (prefix: fewer forward passes, faster); the fit records it "
         "and the agent scores that way",
     )
-    fit.add_argument("--dry-run", action="store_true", help="print the fit, write nothing")
-    fit.set_defaults(func=_cmd_fit)
 
 
 def _cmd_list(_args: argparse.Namespace) -> int:
@@ -68,28 +65,28 @@ def _cmd_fit(args: argparse.Namespace) -> int:
     from agent.modelbuild.tune_data import load_examples
     from agent.models.errors import ModelError
     from agent.skills import SkillRegistry, builtin_path
-    from agent.skills.fitting import fit_skill, render_fit, write_fit
+    from agent.skills.fitting import fit_skill
 
-    settings = fit_settings(args, device_id="skills-fit")
+    settings = fit_cli.fit_settings(args, device_id="skills-fit")
     if settings is None:
-        return EXIT_BAD_INPUT
+        return fit_cli.EXIT_BAD_INPUT
     registry = SkillRegistry(settings.skills, builtin=settings.builtin_skills)
     skill = registry.get(args.skill)
     if skill is None:
         print(
             f"error: no skill {args.skill!r}; known: {', '.join(registry.names())}", file=sys.stderr
         )
-        return EXIT_BAD_INPUT
+        return fit_cli.EXIT_BAD_INPUT
     target = args.skill_file or (builtin_path(skill.name) if skill.origin == "builtin" else None)
     if target is None and not args.dry_run:
         print("error: give --skill-file for a skill that is not built in", file=sys.stderr)
-        return EXIT_BAD_INPUT
+        return fit_cli.EXIT_BAD_INPUT
     try:
         loaded = load_examples(args.data, registry)
         spec = resolve_model(settings)
     except ModelError as exc:  # TuneDataError (with file:line) is one
         print(f"error: {exc}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+        return fit_cli.EXIT_BAD_INPUT
     # The skill's own lines, and inline-label lines with exactly its labels.
     examples = [
         e
@@ -103,7 +100,7 @@ def _cmd_fit(args: argparse.Namespace) -> int:
         report = fit_skill(engine, skill, examples, embedder, args.scoring)
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+        return fit_cli.EXIT_BAD_INPUT
     fit = report.fit
     print(
         f"{skill.name} on {spec.name}"
@@ -126,8 +123,4 @@ def _cmd_fit(args: argparse.Namespace) -> int:
             + (" (the embedding stage alone loses too much accuracy)" if fit.combined else "")
         )
     )
-    print(render_fit(spec.name, fit))
-    if not args.dry_run and target is not None:
-        write_fit(target, spec.name, fit)
-        print(f"wrote the fit into {target}", file=sys.stderr)
-    return 0
+    return fit_cli.finish_fit(spec.name, fit, target=target, dry_run=args.dry_run)
