@@ -8,10 +8,14 @@ from typing import Any
 
 import pytest
 
-from agent.actions import TOOL_SETS, act_prompt, answer_structured
+from agent.actions import NO_TOOL_REASON, TOOL_SETS, act_prompt, answer_structured
 from agent.engine.engine import Engine
+from agent.models import DEFAULT_MODEL, ModelCache, default_cache_dir, get_entry
+from agent.models.catalog import HubSource
+from agent.profiles import load_profiles
 from agent.toolset_fit import calibrate
 from edge_slm.contract import Request, Task, decode, tool_call_schema, validation_errors
+from tests.support.model import built_model_dir
 
 pytestmark = pytest.mark.model
 
@@ -142,3 +146,52 @@ def _never() -> Any:
 
 def test_task_act_is_a_task() -> None:
     assert Task("act") is Task.ACT
+
+
+def _portfolio() -> list[str]:
+    """Every model a device profile names (``deploy/profiles.toml``), default first."""
+    named = {p.model for p in load_profiles().values()}
+    return [DEFAULT_MODEL, *sorted(named - {DEFAULT_MODEL})]
+
+
+@pytest.mark.parametrize("model", _portfolio())
+def test_every_portfolio_model_stays_valid_under_guidance(model: str) -> None:
+    """Constrained decoding holds for each model a profile ships: every act reply is a
+    valid call or ``none``, every extract a valid object (or, out of length, no object at
+    confidence 0). Models this machine has not built are skipped; the default one is
+    built if missing."""
+    cache = ModelCache(default_cache_dir())
+    if model == DEFAULT_MODEL:
+        path = built_model_dir()
+    elif cache.is_current(model):
+        path = cache.require(model)
+    else:
+        how = "download" if isinstance(get_entry(model).source, HubSource) else "build"
+        pytest.skip(f"{model} is not installed here (edge-agent models {how} {model})")
+    engine = Engine(path, name=model, provider="cpu", threads=2)
+    home = TOOL_SETS.get("home")
+    assert home is not None
+    schema = tool_call_schema(list(home.tools))
+    for text in [
+        "set the living room to 19.5 degrees",
+        "unlock the front door",
+        "remind me to call mum in 20 minutes",
+        "what's the capital of France",
+    ]:
+        request = _request(task="act", text=text, tool_set="home")
+        request = request.model_copy(update={"tools": list(home.tools)})
+        reply = answer_structured(engine, request, max_tokens=64, stop=_never())
+        if reply.tool_call is None:
+            assert reply.reason == NO_TOOL_REASON, (model, text, reply)
+        else:
+            call = {"name": reply.tool_call.name, "arguments": reply.tool_call.arguments}
+            assert validation_errors(schema, call) == [], (model, text, call)
+    for text in ["x", "My name is Alice, I am 31 and I can weld."]:
+        reply = answer_structured(
+            engine, _request(task="extract", text=text, schema=PERSON), max_tokens=64, stop=_never()
+        )
+        if reply.data is None:
+            assert reply.finish_reason == "length", (model, reply)
+            assert reply.confidence == 0.0, (model, reply)
+        else:
+            assert validation_errors(PERSON, reply.data) == [], (model, text, reply.data)
