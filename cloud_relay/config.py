@@ -347,8 +347,9 @@ class RelaySettings(DaemonSettings):
     )
     store_prompts: bool = Field(
         default=True,
-        description="Keep each escalation's text, labels and sensor readings in the log, as "
-        "received (the device redacted them), for `cloud-relay export`; false stores none.",
+        description="Keep each escalation's text, labels, sensor readings, tools (act) and "
+        "schema (extract) in the log, as received (the device redacted them), for "
+        "`cloud-relay export`; false stores none.",
     )
     agreement_threshold: float = Field(
         default=0.5,

@@ -50,6 +50,7 @@ from edge_slm.contract import (
     Escalation,
     Outcome,
     TokenUsage,
+    ToolCall,
 )
 from edge_slm.logs import get_logger
 
@@ -98,6 +99,11 @@ class _Gate:
     error: Exception | None = None  # a check failed: logged once claimed
 
 
+def _call(call: ToolCall | None) -> dict[str, Any] | None:
+    """A call as the log keeps it: ``{"name", "arguments"}``."""
+    return None if call is None else call.model_dump(mode="json")
+
+
 def _key(env: Envelope) -> str:
     if env.request_id is not None:
         return env.request_id
@@ -126,8 +132,8 @@ class Handler:
         self._prices = PriceBook(settings.prices)
 
     def _case(self, esc: Escalation | None) -> dict[str, Any]:
-        """The case's text, labels and readings, exactly as received (the device redacted
-        them before they left it), unless ``store_prompts`` is off."""
+        """The case's text, labels, tools, schema and readings, exactly as received (the
+        device redacted them before they left it), unless ``store_prompts`` is off."""
         if esc is None or not self._s.store_prompts:
             return {}
         return {
@@ -136,6 +142,8 @@ class Handler:
             "sensor": [r.model_dump(mode="json", exclude_none=True) for r in esc.sensor]
             if esc.sensor is not None
             else None,
+            "tools": esc.tools,
+            "json_schema": esc.json_schema,
         }
 
     async def __call__(self, env: Envelope) -> Tail | None:
@@ -174,6 +182,8 @@ class Handler:
                 edge_confidence=edge.confidence if edge else None,
                 redactions=dict(esc.redactions) if esc else {},
                 edge_model=edge.model if edge else None,
+                edge_tool_call=_call(edge.tool_call) if edge else None,
+                edge_data=edge.data if edge else None,
                 skill=esc.skill if esc else None,
                 llm_start=time.time() if gate.refusal is None else None,
                 **self._case(esc),
@@ -363,6 +373,8 @@ class Handler:
             cloud_label=a.label,
             cloud_confidence=a.confidence,
             agreement=agreement,
+            cloud_tool_call=_call(a.tool_call),
+            cloud_data=a.data,
         )
         return _Decision(reply, final)
 

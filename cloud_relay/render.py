@@ -209,8 +209,9 @@ def device_dict(d: DeviceRow, *, now: float, stale_after_s: float) -> dict[str, 
     }
 
 
-def export_record(r: LogRow) -> dict[str, Any]:
-    """One escalation as a distillation example: the case, both answers, the verdict."""
+def case_fields(r: LogRow) -> dict[str, Any]:
+    """What the export and the dashboard's rows both show of an escalation: who sent which
+    case, and how it ended."""
     return {
         "device_id": r.device_id,
         "request_id": r.request_id,
@@ -218,19 +219,42 @@ def export_record(r: LogRow) -> dict[str, Any]:
         "kind": r.kind,
         "task": r.task,
         "text": r.text,
-        "labels": r.labels,
-        "sensor": r.sensor,
         "reason": r.reason,
         "outcome": r.outcome.value if r.outcome else None,
+    }
+
+
+def export_record(r: LogRow) -> dict[str, Any]:
+    """One escalation as a distillation example: the case, both answers, the verdict.
+
+    Every record has the same keys; those of another task are null. An ``act`` record has
+    ``tools`` (the request's, OpenAI's format) and ``cloud.tool_call`` / ``edge.tool_call``
+    (``{"name", "arguments"}``); an ``extract`` record has ``schema`` and ``cloud.data`` /
+    ``edge.data`` (objects). ``answer`` keeps the same as compact JSON text. The case
+    (``text``, ``labels``, ``sensor``, ``tools``, ``schema``) is null when the relay ran with
+    ``store_prompts`` off; the structured fields are null for rows logged before store
+    migration 6, and an answer's when that side gave none (an edge that found no tool, a
+    failed escalation).
+    """
+    return {
+        **case_fields(r),
+        "labels": r.labels,
+        "sensor": r.sensor,
+        "tools": r.tools,
+        "schema": r.json_schema,
         "cloud": {
             "answer": r.cloud_answer,
             "label": r.cloud_label,
+            "tool_call": r.cloud_tool_call,
+            "data": r.cloud_data,
             "confidence": r.cloud_confidence,
             "model": r.llm_model,
         },
         "edge": {
             "answer": r.edge_answer,
             "label": r.edge_label,
+            "tool_call": r.edge_tool_call,
+            "data": r.edge_data,
             "confidence": r.edge_confidence,
             "model": r.edge_model,
         },

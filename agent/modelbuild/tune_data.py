@@ -157,7 +157,9 @@ def _prompt(
 
 
 def _relay_request(raw: dict[str, Any]) -> dict[str, Any]:
-    fields = {k: raw.get(k) for k in ("kind", "task", "text", "labels", "sensor")}
+    # tools and schema too: an act or extract line is then a valid request, skipped by task.
+    keys = ("kind", "task", "text", "labels", "sensor", "tools", "schema")
+    fields = {k: raw.get(k) for k in keys}
     return {
         "v": 1,
         "id": str(raw.get("request_id") or ""),

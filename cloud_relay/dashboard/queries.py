@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from cloud_relay.render import device_dict
+from cloud_relay.render import case_fields, device_dict
 from cloud_relay.stats import percentile
 from cloud_relay.store import LogPoint, LogQuery, LogRow, RelayStore, TelemetrySample
 from edge_slm.contract import Outcome
@@ -61,18 +61,13 @@ class LogFilters:
 
 
 def row_dict(r: LogRow) -> dict[str, Any]:
-    """One log row for the table (the stored reply JSON is left out: it repeats the rest)."""
+    """One log row for the table. Left out: the stored reply JSON (it repeats the rest), and
+    the request's tools and schema (large, and the table shows the answers only). An act
+    row's calls are ``{"name", "arguments"}``, an extract row's data objects; null otherwise."""
     return {
-        "device_id": r.device_id,
-        "request_id": r.request_id,
+        **case_fields(r),
         "relay_id": r.relay_id,
-        "received_at": r.received_at,
         "answered_at": r.answered_at,
-        "task": r.task,
-        "kind": r.kind,
-        "reason": r.reason,
-        "text": r.text,
-        "outcome": r.outcome.value if r.outcome else None,
         "latency_ms": r.latency_ms,
         "attempts": r.attempts,
         "llm_model": r.llm_model,
@@ -81,9 +76,13 @@ def row_dict(r: LogRow) -> dict[str, Any]:
         "cost_usd": r.cost_usd,
         "edge_answer": r.edge_answer,
         "edge_label": r.edge_label,
+        "edge_tool_call": r.edge_tool_call,
+        "edge_data": r.edge_data,
         "edge_confidence": r.edge_confidence,
         "cloud_answer": r.cloud_answer,
         "cloud_label": r.cloud_label,
+        "cloud_tool_call": r.cloud_tool_call,
+        "cloud_data": r.cloud_data,
         "cloud_confidence": r.cloud_confidence,
         "agreement": r.agreement,
         "error": r.error,

@@ -51,6 +51,14 @@ class NewEscalation:
     sensor: list[dict[str, Any]] | None = None
     #: The skill the request named (``Escalation.skill``), for ``cloud-relay learn``.
     skill: str | None = None
+    #: The act request's tools (OpenAI's format, as resolved by the device) and the extract
+    #: request's schema: part of the case, so None too when `store_prompts` is off.
+    tools: list[dict[str, Any]] | None = None
+    json_schema: dict[str, Any] | None = None
+    #: The edge's structured answer: its call ``{"name", "arguments"}`` (act) or object
+    #: (extract); ``edge_answer`` holds the same as compact JSON text.
+    edge_tool_call: dict[str, Any] | None = None
+    edge_data: dict[str, Any] | None = None
     #: Set when the claimer is about to call the LLM: saves a separate mark_llm_start.
     llm_start: float | None = None
 
@@ -71,6 +79,10 @@ class Final:
     cloud_answer: str | None = None
     cloud_label: str | None = None
     cloud_confidence: float | None = None
+    #: The cloud's validated call ``{"name", "arguments"}`` (act) or object (extract);
+    #: ``cloud_answer`` holds the same as compact JSON text.
+    cloud_tool_call: dict[str, Any] | None = None
+    cloud_data: dict[str, Any] | None = None
     agreement: bool | None = None
     error: str | None = None
 
@@ -108,6 +120,14 @@ class LogRow:
     labels: list[str] | None = None
     sensor: list[dict[str, Any]] | None = None
     skill: str | None = None
+    #: Structured requests and answers (see :class:`NewEscalation` and :class:`Final`);
+    #: None for other tasks and for rows logged before store migration 6.
+    tools: list[dict[str, Any]] | None = None
+    json_schema: dict[str, Any] | None = None
+    edge_tool_call: dict[str, Any] | None = None
+    edge_data: dict[str, Any] | None = None
+    cloud_tool_call: dict[str, Any] | None = None
+    cloud_data: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -143,6 +143,20 @@ MIGRATIONS: list[tuple[int, list[str]]] = [
             )""",
         ],
     ),
+    (
+        # Actions, not labels (#17): an act request's tools and an extract request's schema,
+        # and both sides' call (act) or object (extract), each JSON text. The answer
+        # columns keep their compact JSON text too: the text views and search use it.
+        6,
+        [
+            "ALTER TABLE relay_log ADD COLUMN tools TEXT",  # JSON list, OpenAI's format
+            "ALTER TABLE relay_log ADD COLUMN json_schema TEXT",  # JSON object
+            "ALTER TABLE relay_log ADD COLUMN edge_tool_call TEXT",  # {"name", "arguments"}
+            "ALTER TABLE relay_log ADD COLUMN edge_data TEXT",  # JSON object
+            "ALTER TABLE relay_log ADD COLUMN cloud_tool_call TEXT",
+            "ALTER TABLE relay_log ADD COLUMN cloud_data TEXT",
+        ],
+    ),
 ]
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
@@ -150,7 +164,8 @@ _COLUMNS = (
     "device_id, request_id, relay_id, received_at, task, kind, reason, edge_answer, edge_label, "
     "edge_confidence, redactions, llm_start, answered_at, outcome, llm_model, tokens_in, "
     "tokens_out, cost_usd, attempts, cloud_answer, cloud_label, cloud_confidence, agreement, "
-    "error, latency_ms, reply, edge_model, prompt_text, labels, sensor, skill"
+    "error, latency_ms, reply, edge_model, prompt_text, labels, sensor, skill, tools, "
+    "json_schema, edge_tool_call, edge_data, cloud_tool_call, cloud_data"
 )
 
 _DEVICE_COLUMNS = (
@@ -247,6 +262,11 @@ def _json_or_null(value: object) -> str | None:
     return None if value is None else json.dumps(value, ensure_ascii=False)
 
 
+def _parsed(text: str | None) -> Any:
+    """A JSON column's value; None for NULL (an empty object or list stays one)."""
+    return None if text is None else json.loads(text)
+
+
 def _max_of(column: str) -> str:
     # Portable MAX(column, ?): SQLite's scalar MAX and PostgreSQL's GREATEST differ.
     return f"CASE WHEN {column} IS NULL OR {column} < ? THEN ? ELSE {column} END"
@@ -304,15 +324,17 @@ def _log_filters(query: LogQuery) -> tuple[str, list[Any]]:
 _CLAIM_INSERT = (
     "INSERT INTO relay_log (device_id, request_id, relay_id, claimed_at, received_at, "
     "task, kind, reason, edge_answer, edge_label, edge_confidence, redactions, "
-    "edge_model, prompt_text, labels, sensor, llm_start, skill) "
-    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+    "edge_model, prompt_text, labels, sensor, llm_start, skill, tools, json_schema, "
+    "edge_tool_call, edge_data) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
     "ON CONFLICT (device_id, request_id) DO NOTHING"
 )
 
 _FINALIZE = (
     "UPDATE relay_log SET outcome = ?, answered_at = ?, reply = ?, latency_ms = ?, "
     "llm_model = ?, tokens_in = ?, tokens_out = ?, cost_usd = ?, attempts = ?, "
-    "cloud_answer = ?, cloud_label = ?, cloud_confidence = ?, agreement = ?, error = ? "
+    "cloud_answer = ?, cloud_label = ?, cloud_confidence = ?, agreement = ?, error = ?, "
+    "cloud_tool_call = ?, cloud_data = ? "
     "WHERE device_id = ? AND request_id = ?"
 )
 
@@ -337,6 +359,10 @@ def _claim_row(esc: NewEscalation, now: float) -> tuple[Any, ...]:
         _json_or_null(esc.sensor),
         esc.llm_start,
         esc.skill,
+        _json_or_null(esc.tools),
+        _json_or_null(esc.json_schema),
+        _json_or_null(esc.edge_tool_call),
+        _json_or_null(esc.edge_data),
     )
 
 
@@ -414,6 +440,8 @@ class SqlStore:
                     final.cloud_confidence,
                     _bool(final.agreement),
                     final.error,
+                    _json_or_null(final.cloud_tool_call),
+                    _json_or_null(final.cloud_data),
                     device_id,
                     request_id,
                 )
@@ -769,6 +797,12 @@ def _to_row(r: Row) -> LogRow:
         labels=json.loads(r[28]) if r[28] else None,
         sensor=json.loads(r[29]) if r[29] else None,
         skill=r[30],
+        tools=_parsed(r[31]),
+        json_schema=_parsed(r[32]),
+        edge_tool_call=_parsed(r[33]),
+        edge_data=_parsed(r[34]),
+        cloud_tool_call=_parsed(r[35]),
+        cloud_data=_parsed(r[36]),
     )
 
 

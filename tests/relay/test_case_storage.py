@@ -57,3 +57,19 @@ def test_store_prompts_off_keeps_no_case(server: FaultServer, store: RelayStore)
     (row,) = store.logs(LogQuery())
     assert (row.text, row.labels, row.sensor) == (None, None, None)
     assert row.outcome is not None
+
+
+def test_store_prompts_off_keeps_no_schema_but_the_answers(
+    server: FaultServer, store: RelayStore
+) -> None:
+    """The schema (like an act request's tools) is part of the case; the objects are answers,
+    logged like the answer texts."""
+    server.default = Step(content='{"room":"bedroom"}')
+    rig = Rig(server, store)
+    rig.settings.store_prompts = False
+    schema = {"type": "object", "properties": {"room": {"type": "string"}}}
+    edge = {"answer": '{"room":"bed"}', "data": {"room": "bed"}, "confidence": 0.2, "model": "m"}
+    rig.send(rid="c3", task="extract", text=REDACTED, schema=schema, edge=edge)
+    (row,) = store.logs(LogQuery())
+    assert (row.text, row.json_schema) == (None, None)
+    assert (row.edge_data, row.cloud_data) == ({"room": "bed"}, {"room": "bedroom"})

@@ -320,7 +320,14 @@ def test_extract_forwards_the_schema_and_validates_the_answer(
 ) -> None:
     server.default = Step(content='{"room":"bedroom","celsius":21}')
     rig = Rig(server, sqlite_store)
-    reply = rig.send(task="extract", text="bedroom to 21", schema=_ROOM_SCHEMA)
+    edge = {"answer": '{"room":"bed","celsius":2}', "confidence": 0.2, "model": "smol"}
+    edge_data = {"room": "bed", "celsius": 2}
+    reply = rig.send(
+        task="extract",
+        text="bedroom to 21",
+        schema=_ROOM_SCHEMA,
+        edge={**edge, "data": edge_data},
+    )
     assert reply["ok"] is True
     assert reply["data"] == {"room": "bedroom", "celsius": 21}
     sent = server.requests[0]["response_format"]
@@ -328,6 +335,14 @@ def test_extract_forwards_the_schema_and_validates_the_answer(
         "type": "json_schema",
         "json_schema": {"name": "extract", "schema": _ROOM_SCHEMA, "strict": True},
     }
+    # The log keeps the schema and both objects (logs, export and the dashboard show them).
+    (row,) = sqlite_store.logs(LogQuery())
+    assert (row.json_schema, row.edge_data, row.cloud_data) == (
+        _ROOM_SCHEMA,
+        edge_data,
+        reply["data"],
+    )
+    assert (row.tools, row.edge_tool_call, row.cloud_tool_call) == (None, None, None)
 
 
 @pytest.mark.parametrize(
@@ -356,7 +371,14 @@ def test_act_forwards_tools_with_tool_choice_required_and_validates_the_call(
         Step(choice_extra=_tool_message("unlock_door", "{}")),
     ]
     rig = Rig(server, sqlite_store)
-    reply = rig.send(rid="a1", task="act", text="bedroom to 21", tools=[_SET_TEMP])
+    edge_call = {"name": "set_temperature", "arguments": {"room": "bed", "celsius": 2}}
+    edge = {
+        "answer": json.dumps(edge_call),
+        "tool_call": edge_call,
+        "confidence": 0.2,
+        "model": "m",
+    }
+    reply = rig.send(rid="a1", task="act", text="bedroom to 21", tools=[_SET_TEMP], edge=edge)
     assert reply["ok"] is True
     assert reply["tool_call"] == {
         "name": "set_temperature",
@@ -367,6 +389,12 @@ def test_act_forwards_tools_with_tool_choice_required_and_validates_the_call(
     for rid in ("a2", "a3"):
         bad = rig.send(rid=rid, task="act", text="bedroom to 21", tools=[_SET_TEMP])
         assert bad["error"]["code"] == "schema_mismatch", bad
-    # The log keeps the call as the cloud answer (logs, export and the dashboard show it).
+    # The log keeps the call as the cloud answer (logs, export and the dashboard show it),
+    # and as a call next to the tools and the edge's call.
     ok = [r for r in sqlite_store.logs(LogQuery()) if r.outcome is Outcome.OK]
     assert [json.loads(r.cloud_answer or "") for r in ok] == [reply["tool_call"]]
+    assert [(r.tools, r.edge_tool_call, r.cloud_tool_call) for r in ok] == [
+        ([_SET_TEMP], edge_call, reply["tool_call"])
+    ]
+    failed = [r for r in sqlite_store.logs(LogQuery()) if r.outcome is not Outcome.OK]
+    assert [(r.tools, r.cloud_tool_call) for r in failed] == [([_SET_TEMP], None)] * 2

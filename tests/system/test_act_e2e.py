@@ -38,6 +38,9 @@ def test_act_escalates_through_the_relay_and_returns_a_valid_call(system: System
     [row] = [r for r in system.relay_rows() if r["request_id"] == "act-1"]
     assert row["outcome"] == "ok"
     assert json.loads(row["cloud_answer"]) == call  # the log shows the call
+    assert row["cloud_tool_call"] == call  # and keeps it as a call, next to the tools
+    assert row["tools"] == escalation["tools"]
+    assert row["edge_tool_call"] == escalation["edge"].get("tool_call")
 
 
 def test_extract_with_a_schema_escalates_and_comes_back_valid(system: System) -> None:

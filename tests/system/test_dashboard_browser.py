@@ -315,3 +315,48 @@ def _drive(
     assert shot.stat().st_size > 20_000
     assert not problems, problems
     page.close()
+
+
+def test_act_and_extract_answers_read_as_calls_and_objects(
+    browser: Browser, tmp_path: Path
+) -> None:
+    """An act row shows each side's call as ``name(key=value, ...)``, an extract row its
+    object (store migration 6), from a store filled through its API."""
+    from tests.relay.test_structured_store import _act, _extract
+
+    db = f"sqlite:///{tmp_path / 'relay.db'}"
+    store = open_store(db)
+    try:
+        _act(store)
+        _extract(store, edge_data={"room": "bedroom", "celsius": 20})
+    finally:
+        store.close()
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    dashboard = Daemon(
+        ["-m", "cloud_relay", "dashboard", "--db", db, "--port", str(port)],
+        tmp_path / "dashboard.log",
+        env={"CLOUD_RELAY_DASHBOARD__TOKEN": TOKEN, "CLOUD_RELAY_LOG_FORMAT": "json"},
+    )
+    try:
+        wait_until("the dashboard", lambda: _healthy(url), timeout=30)
+        page = browser.new_page(viewport={"width": 1440, "height": 1000})
+        try:
+            problems = _page_problems(page)
+            page.goto(f"{url}/#token={TOKEN}")
+            expect(page.locator("body")).to_have_attribute("data-loaded", "true")
+            act = page.locator('#logs tr[data-request="act-1"] td')
+            edge, cloud = act.nth(10), act.nth(11)
+            expect(cloud).to_have_text('set_temperature(room="bedroom", celsius=21.5)')
+            # The edge cell is narrower: cut short, the whole call in its tooltip.
+            expect(edge).to_have_text(re.compile(r"^set_temperature\(room=.*\(0\.40\)$"))
+            expect(edge).to_have_attribute("title", 'set_temperature(room="bedroom", celsius=20)')
+            extract = page.locator('#logs tr[data-request="ex-1"] td')
+            expect(extract.nth(11)).to_have_text('{"room":"bedroom","celsius":21}')
+            expect(extract.nth(10)).to_have_text('{"room":"bedroom","celsius":20} (0.30)')
+            assert not problems, problems
+        finally:
+            page.close()
+    finally:
+        dashboard.terminate(timeout=15)
+        dashboard.close()

@@ -143,8 +143,10 @@ def test_relay_export_uses_the_cloud_teacher(tmp_path):
     assert "kitchen/co2" in loaded.examples[2].user  # readings reach the user turn
 
 
-def test_a_real_relay_export_line_parses(tmp_path):
-    from cloud_relay.render import export_record
+def log_row(**changes: object) -> Any:
+    """A relay log row as the store reads it: a classify escalation the cloud answered."""
+    from dataclasses import replace
+
     from cloud_relay.store.base import LogRow
     from edge_slm.contract import Outcome
 
@@ -179,7 +181,13 @@ def test_a_real_relay_export_line_parses(tmp_path):
         labels=["normal", "warning", "critical"],
         sensor=[SENSOR],
     )
-    (ex,) = load_examples(write(tmp_path, json.dumps(export_record(row)))).examples
+    return replace(row, **changes)
+
+
+def test_a_real_relay_export_line_parses(tmp_path):
+    from cloud_relay.render import export_record
+
+    (ex,) = load_examples(write(tmp_path, json.dumps(export_record(log_row())))).examples
     assert (ex.key, ex.label, ex.form) == ("dev-9/req-1", "critical", "relay")
     assert ex.request.readings[0].name == "kitchen/co2"
 
@@ -204,6 +212,25 @@ def test_lines_that_teach_nothing_are_skipped_and_counted(tmp_path):
         "relay outcome llm_error": 1,
         "cloud answer is none of the labels": 1,
         "task answer (tune trains classify only)": 2,
+    }
+
+
+def test_act_and_extract_export_lines_are_skipped_not_malformed(tmp_path):
+    """An act request is only valid with its tools, an extract one with its schema: the
+    export carries them (store migration 6), so such lines are skipped by task."""
+    from cloud_relay.render import export_record
+
+    schema = {"type": "object", "properties": {"celsius": {"type": "number"}}}
+    tool = {"type": "function", "function": {"name": "set_temperature", "parameters": schema}}
+    call = {"name": "set_temperature", "arguments": {"celsius": 21}}
+    act = log_row(request_id="a1", task="act", labels=None, tools=[tool], cloud_tool_call=call)
+    extract = log_row(request_id="x1", task="extract", labels=None, json_schema=schema)
+    lines = [json.dumps(export_record(r)) for r in (act, extract)]
+    loaded = load_examples(write(tmp_path, *lines, relay("r4")))
+    assert [e.key for e in loaded.examples] == ["dev-1/r4"]
+    assert loaded.skipped == {
+        "task act (tune trains classify only)": 1,
+        "task extract (tune trains classify only)": 1,
     }
 
 

@@ -72,6 +72,17 @@
     const flat = String(text).replace(/\s+/g, " ").trim();
     return flat.length > n ? flat.slice(0, n - 1) + "…" : flat;
   }
+  // An act answer as a call: set_temperature(room="bedroom", celsius=21).
+  function callText(call) {
+    const args = Object.entries(call.arguments || {}).map(([k, v]) => `${k}=${JSON.stringify(v)}`);
+    return `${call.name}(${args.join(", ")})`;
+  }
+  // What a side answered: its call (act), object (extract), label, or text.
+  function answerText(call, data, label, answer) {
+    if (call) return callText(call);
+    if (data) return JSON.stringify(data);
+    return label || answer;
+  }
 
   // -- filters -----------------------------------------------------------------
   function epochOf(input) {
@@ -192,11 +203,17 @@
       const outcome = el("td");
       outcome.append(el("span", r.outcome || "in flight", `badge outcome-${r.outcome || "in_flight"}`));
       const agree = r.agreement == null ? "–" : r.agreement ? "yes" : "no";
-      const edge = r.edge_label || r.edge_answer;
+      const edge = answerText(r.edge_tool_call, r.edge_data, r.edge_label, r.edge_answer);
       const edgeText = edge
         ? `${short(edge, 40)}${r.edge_confidence == null ? "" : ` (${r.edge_confidence.toFixed(2)})`}`
         : "–";
-      const cloud = r.outcome && r.outcome !== "ok" && r.error ? r.error : r.cloud_label || r.cloud_answer;
+      const cloud = r.outcome && r.outcome !== "ok" && r.error
+        ? r.error
+        : answerText(r.cloud_tool_call, r.cloud_data, r.cloud_label, r.cloud_answer);
+      const edgeCell = el("td", edgeText, "answer");
+      const cloudCell = el("td", short(cloud, 60) || "–", "answer");
+      if (edge) edgeCell.title = edge; // the whole call when the cell cuts it short
+      if (cloud) cloudCell.title = cloud;
       const reqCell = el("td", short(r.request_id, 18), "mono");
       reqCell.title = r.text ? `${r.request_id}\n${r.text}` : r.request_id;
       tr.append(
@@ -204,7 +221,7 @@
         el("td", r.task || "–"), el("td", r.reason || "–"), outcome,
         el("td", ms(r.latency_ms), "n"), el("td", `${r.tokens_in}/${r.tokens_out}`, "n"),
         el("td", usd(r.cost_usd), "n"), el("td", agree, `agree-${agree}`),
-        el("td", edgeText, "answer"), el("td", short(cloud, 60) || "–", "answer"),
+        edgeCell, cloudCell,
       );
       return tr;
     });
