@@ -124,6 +124,13 @@ def test_summary_null_accuracy_confidence_and_per_intent() -> None:
     assert conf["auroc"] == 1.0
     assert out["field_confidence"]["non_null_values"]["fields"] == 3
     assert out["p50_ms"] == 200.0
+    # at 0.4 only "noon" (0.9) stays: 1 right of 1 kept, of 3 gold slots
+    assert out["confident_values_0.4"] == {
+        "predicted_slots": 1,
+        "precision": 1.0,
+        "recall": round(1 / 3, 3),
+        "f1": 0.5,
+    }
     assert math.isnan(Counts().f1)
 
 
