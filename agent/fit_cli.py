@@ -42,7 +42,8 @@ def add_list_and_fit(
     return fit
 
 
-def add_fit_options(fit: argparse.ArgumentParser, *, config_help: str) -> None:
+def add_fit_options(fit: argparse.ArgumentParser, *, data_help: str, config_help: str) -> None:
+    fit.add_argument("--data", type=Path, required=True, help=data_help)
     fit.add_argument("--model", default=None, help="edge model (catalog name); default: config")
     fit.add_argument("--config", type=Path, help=config_help)
     fit.add_argument("--dry-run", action="store_true", help="print the fit, write nothing")

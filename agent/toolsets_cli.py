@@ -24,14 +24,12 @@ def add_toolsets_commands(sub: argparse._SubParsersAction[argparse.ArgumentParse
         fit_cmd=_cmd_fit,
     )
     fit.add_argument("--tool-set", required=True, help="tool set name, e.g. home")
-    fit.add_argument(
-        "--data",
-        type=Path,
-        required=True,
-        help="JSONL of {request, gold: {call}} (tests/data/eval/home_actions.jsonl); only "
+    fit_cli.add_fit_options(
+        fit,
+        data_help="JSONL of {request, gold: {call}} (tests/data/eval/home_actions.jsonl); only "
         "its dev split (the rule of bench.eval_data.split_of) is used, never the held-out one",
+        config_help="agent TOML config (model, cache, threads)",
     )
-    fit_cli.add_fit_options(fit, config_help="agent TOML config (model, cache, threads)")
     fit.add_argument(
         "--write",
         type=Path,

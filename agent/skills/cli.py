@@ -23,14 +23,12 @@ def add_skills_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]
         fit_cmd=_cmd_fit,
     )
     fit.add_argument("skill", help="skill name, e.g. home_intents")
-    fit.add_argument(
-        "--data",
-        type=Path,
-        required=True,
-        help="JSONL of labelled requests: the eval format ({request, gold: {label}}), "
+    fit_cli.add_fit_options(
+        fit,
+        data_help="JSONL of labelled requests: the eval format ({request, gold: {label}}), "
         "{request, answer}, or the relay's `cloud-relay export` (the cloud's label)",
+        config_help="agent TOML config (model, cache, embedder)",
     )
-    fit_cli.add_fit_options(fit, config_help="agent TOML config (model, cache, embedder)")
     fit.add_argument(
         "--skill-file",
         type=Path,
