@@ -23,7 +23,7 @@ def test_act_escalates_through_the_relay_and_returns_a_valid_call(system: System
     system.ask("act-1", task="act", tool_set="home", text="set the bedroom to 21 degrees")
     reply = system.app.next_reply(timeout=90).payload
     assert reply["ok"] is True, reply.get("error")
-    assert reply["source"] == "cloud"
+    assert reply["source"] == "cloud", json.dumps(reply)
     assert reply["escalated"] is True
     call = reply["tool_call"]
     home = TOOL_SETS.get("home")
@@ -55,7 +55,7 @@ def test_extract_with_a_schema_escalates_and_comes_back_valid(system: System) ->
     system.ask("ex-1", task="extract", schema=schema, text="the bedroom should be 21 degrees")
     reply = system.app.next_reply(timeout=90).payload
     assert reply["ok"] is True, reply.get("error")
-    assert reply["source"] == "cloud"
+    assert reply["source"] == "cloud", json.dumps(reply)
     jsonschema.validate(reply["data"], schema)
 
 
