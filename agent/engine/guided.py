@@ -157,14 +157,31 @@ def weakest(confidences: dict[str, float], required: Iterable[str]) -> float:
     return min(chosen, default=1.0)
 
 
+#: Words too common to back a value alone: as substrings, "a" and "of" were in nearly every
+#: request, so a schema description copied into a field passed as backed (HWU64 slot F1).
+_FILLER = frozenset(
+    {"a", "an", "and", "are", "at", "be", "by", "for", "from", "i", "in", "is", "it", "me"}
+    | {"my", "of", "on", "or", "please", "the", "this", "to", "with", "you"}
+)
+
+
+def _words(text: str) -> list[str]:
+    return "".join(c if c.isalnum() else " " for c in text.lower()).split()
+
+
 def grounded(value: str, source: str) -> bool:
-    """Whether a free string value is backed by the request's text (a word of it appears).
+    """Whether a free string value is backed by the request's text: one of its words, filler
+    aside, is a word of the text, or one differing only in an ending ("light", "lights").
 
     Guards ``extract`` against invented records ("John Doe" from "x").
     """
-    words = [w for w in "".join(c if c.isalnum() else " " for c in value.lower()).split() if w]
-    text = source.lower()
-    return bool(words) and any(w in text for w in words)
+    said = set(_words(source))
+    return any(
+        w in said
+        or any(min(len(w), len(t)) >= 4 and (t.startswith(w) or w.startswith(t)) for t in said)
+        for w in _words(value)
+        if w not in _FILLER
+    )
 
 
 def load_tokenizer(model_dir: Path, eos_ids: Iterable[int]) -> Any:
