@@ -28,23 +28,12 @@ class Claim:
     reply: str | None = None  # the stored CloudReply JSON when FINAL
 
 
-@dataclass(frozen=True, slots=True)
-class NewEscalation:
-    """What is known about an escalation when it is claimed."""
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Case:
+    """What a claimed escalation and its log row both hold of the case."""
 
-    device_id: str
-    request_id: str
-    relay_id: str
-    received_at: float
-    task: str | None = None
-    kind: str | None = None
-    reason: str | None = None
-    edge_answer: str | None = None
-    edge_label: str | None = None
-    edge_confidence: float | None = None
-    redactions: dict[str, int] = field(default_factory=dict)
-    # The case as the relay received it: already redacted on the device (kept for
-    # `cloud-relay export`; None when `store_prompts` is off).
+    #: The case as the relay received it: already redacted on the device (kept for
+    #: `cloud-relay export`; None when `store_prompts` is off).
     edge_model: str | None = None
     text: str | None = None
     labels: list[str] | None = None
@@ -59,6 +48,23 @@ class NewEscalation:
     #: (extract); ``edge_answer`` holds the same as compact JSON text.
     edge_tool_call: dict[str, Any] | None = None
     edge_data: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class NewEscalation(Case):
+    """What is known about an escalation when it is claimed."""
+
+    device_id: str
+    request_id: str
+    relay_id: str
+    received_at: float
+    task: str | None = None
+    kind: str | None = None
+    reason: str | None = None
+    edge_answer: str | None = None
+    edge_label: str | None = None
+    edge_confidence: float | None = None
+    redactions: dict[str, int] = field(default_factory=dict)
     #: Set when the claimer is about to call the LLM: saves a separate mark_llm_start.
     llm_start: float | None = None
 
@@ -88,7 +94,7 @@ class Final:
 
 
 @dataclass(frozen=True, slots=True)
-class LogRow:
+class LogRow(Case):
     device_id: str
     request_id: str
     relay_id: str
@@ -115,17 +121,8 @@ class LogRow:
     error: str | None
     latency_ms: float | None
     reply: str | None
-    edge_model: str | None = None
-    text: str | None = None
-    labels: list[str] | None = None
-    sensor: list[dict[str, Any]] | None = None
-    skill: str | None = None
-    #: Structured requests and answers (see :class:`NewEscalation` and :class:`Final`);
-    #: None for other tasks and for rows logged before store migration 6.
-    tools: list[dict[str, Any]] | None = None
-    json_schema: dict[str, Any] | None = None
-    edge_tool_call: dict[str, Any] | None = None
-    edge_data: dict[str, Any] | None = None
+    #: The cloud's structured answer (see :class:`Final`); None for other tasks and for
+    #: rows logged before store migration 6, like the case's structured fields.
     cloud_tool_call: dict[str, Any] | None = None
     cloud_data: dict[str, Any] | None = None
 

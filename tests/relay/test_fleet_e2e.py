@@ -265,6 +265,8 @@ def test_export_holds_the_redacted_case_and_metrics_count_it(
     assert rows["e1"]["edge"] == {
         "answer": "100 degrees",
         "label": None,
+        "tool_call": None,  # act only
+        "data": None,  # extract only
         "confidence": 0.31,
         "model": "smollm2-135m-instruct",
     }
