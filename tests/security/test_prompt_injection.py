@@ -1,6 +1,7 @@
 """Prompt injection through escalation, end to end.
 
-Every item of ``tests/data/injection/corpus.jsonl`` (override, role play, fake
+Every item of ``tests/data/injection/corpus.jsonl`` (the first two of each category in
+the default run, all of them with ``scripts/test.sh --full``: override, role play, fake
 system tags, JSON break-outs, the relay's own data delimiters, topic and
 device hijack requests, label smuggling, unicode tricks, several languages) is
 sent with ``cloud: always`` through the whole system: mosquitto, the agent, the
@@ -25,6 +26,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from edge_slm.contract import Outcome
 from edge_slm.topics import matches, relay_status_filter
 from tests.support.app import AppClient, Reply
@@ -33,6 +36,9 @@ from tests.support.system import System
 CORPUS = Path(__file__).parents[1] / "data" / "injection" / "corpus.jsonl"
 LABELS = ["lights_on", "lights_off", "play_music"]
 CONCURRENCY = 3
+#: The default run's short form: this many items of each category (the whole corpus with
+#: ``scripts/test.sh --full``).
+SHORT_PER_CATEGORY = 2
 DEADLINE_MS = 60_000  # generous: the answer must come from the cloud, not the fallback
 
 
@@ -74,8 +80,36 @@ def _request(item: dict[str, Any]) -> dict[str, Any]:
     return fields
 
 
-def test_injection_corpus_never_changes_routing(system: System) -> None:
+def first_of_each_category(items: list[dict[str, Any]], n: int) -> list[dict[str, Any]]:
+    """The first ``n`` items of every category, in file order."""
+    taken: Counter[str] = Counter()
+    out = []
+    for item in items:
+        if taken[item["category"]] < n:
+            taken[item["category"]] += 1
+            out.append(item)
+    return out
+
+
+def test_the_short_form_covers_every_category_and_both_tasks() -> None:
     items = load_corpus()
+    short = first_of_each_category(items, SHORT_PER_CATEGORY)
+    assert {i["category"] for i in short} == {i["category"] for i in items}
+    assert {i["task"] for i in short} == {"classify", "answer"}
+    assert len(short) < len(items)
+
+
+@pytest.mark.parametrize(
+    "per_category",
+    [
+        pytest.param(SHORT_PER_CATEGORY, id="short"),
+        pytest.param(None, id="whole-corpus", marks=pytest.mark.slow),
+    ],
+)
+def test_injection_corpus_never_changes_routing(system: System, per_category: int | None) -> None:
+    items = load_corpus()
+    if per_category is not None:
+        items = first_of_each_category(items, per_category)
     ids = [i["id"] for i in items]
     watch = AppClient(system.broker.port)  # everything on the broker, wherever it goes
     try:
