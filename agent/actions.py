@@ -89,6 +89,11 @@ class ToolSets:
                     return layer[name]
             return None
 
+    def names(self) -> list[str]:
+        """Every set's name, all layers."""
+        with self._lock:
+            return sorted({*self._builtin, *self._configured, *self._pushed})
+
     def set_configured(self, sets: Mapping[str, ToolSetSpec]) -> list[str]:
         """The agent config's sets (at start-up); return their names."""
         with self._lock:

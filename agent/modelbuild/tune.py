@@ -1,4 +1,4 @@
-"""``edge-agent models tune``: fine-tune a catalog model on classify examples.
+"""``edge-agent models tune``: fine-tune a catalog model on classify and act examples.
 
 The distillation loop: the relay's export (the cloud model's labels), or any JSONL of
 (request, answer) pairs, teaches the edge model; the result is a new, versioned model
@@ -80,7 +80,10 @@ from agent.models.manifest import (
 from agent.models.progress import Progress
 
 STAGES = 8
-PROMPT_RULE = "skills: system prompt without exemplars; inline labels: the bare prompt"
+PROMPT_RULE = (
+    "skills: system prompt without exemplars; inline labels: the bare prompt; "
+    "act: the act prompt with the tool set's exemplars"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,6 +145,15 @@ def _run_streamed(
     raise BuildFailed(name, "train", f"exit code {rc}; last lines:\n{log_tail(log)}", kept)
 
 
+def measured_splits(p: Plan) -> dict[str, list[Example]]:
+    """The held-out splits measured before and after, act examples apart from classify."""
+    out: dict[str, list[Example]] = {}
+    for name, items in (("data", p.heldout), ("official", p.official)):
+        out[name] = [e for e in items if e.call is None]
+        out[f"{name}-act"] = [e for e in items if e.call is not None]
+    return out
+
+
 def _write_examples(path: Path, examples: list[Example]) -> None:
     with path.open("w", encoding="utf-8") as out:
         for ex in examples:
@@ -160,7 +172,7 @@ def _measure(
 
 def _describe(loaded: Loaded, p: Plan, fraction: float) -> list[str]:
     lines = [
-        f"  {len(loaded.examples)} classify examples in {loaded.path.name}: "
+        f"  {len(loaded.examples)} classify and act examples in {loaded.path.name}: "
         f"{len(p.train)} train, {len(p.heldout)} held out ({fraction:.0%} by hash of id)"
     ]
     if p.capped:
@@ -201,7 +213,9 @@ def _load(
             progress.note(line)
         if not split.train:
             raise TuneDataError(
-                data, None, "no training examples (every classify line is held out or skipped)"
+                data,
+                None,
+                "no training examples (every classify and act line is held out or skipped)",
             )
     return loaded, split
 
@@ -358,7 +372,7 @@ def tune(
     if free < recipe.scratch_bytes:
         raise DiskFull(cache.root, recipe.scratch_bytes, free)
 
-    splits = {"data": split.heldout, "official": split.official}
+    splits = measured_splits(split)
     started = time.monotonic()
     with enospc_as_disk_full(cache.root, recipe.scratch_bytes), cache.staging(name) as tmp:
         with progress.stage(f"before: {base} on the held-out examples"):

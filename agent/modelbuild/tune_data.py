@@ -1,4 +1,4 @@
-"""Training data of ``edge-agent models tune``: JSONL in, typed classify examples out.
+"""Training data of ``edge-agent models tune``: JSONL in, typed classify and act examples out.
 
 Three line forms are accepted, told apart by their keys:
 
@@ -7,18 +7,24 @@ Three line forms are accepted, told apart by their keys:
 * ``pair``: ``{"request": <Request>, "answer": "..."}``, the answer being a label's
   name or its verbalizer (the words scored for it);
 * ``relay``: a line of ``cloud-relay export``, ``{"device_id", "request_id", "kind",
-  "task", "text", "labels", "sensor", "outcome", "cloud": {"label", "answer", ...}}``;
-  the cloud model is the teacher.
+  "task", "text", "labels", "sensor", "tools", "schema", "outcome", "cloud": {"label",
+  "answer", "tool_call", ...}}``; the cloud model is the teacher.
 
-Only classify requests are examples (the tune teaches the model to pick labels).
-Lines that are well formed but teach nothing (another task, a failed escalation, a
-cloud answer that is none of the labels) are *skipped* and counted; lines that are
+Classify and act requests are examples: the tune teaches the model to pick labels and
+to call tools. An act line names its call instead of a label: ``gold: {"call": ...}``
+(eval), ``answer: {"name", "arguments"}`` (pair), or the export's ``cloud.tool_call``
+(relay); a null call means no tool fits. Lines that are well formed but teach nothing
+(another task, a failed escalation, a cloud answer that is none of the labels, a call
+that does not validate against the tools) are *skipped* and counted; lines that are
 malformed raise :class:`TuneDataError` with ``file:line``.
 
 Each example's prompt is the one the agent gives the tuned model: a skill's system
 prompt *without* its exemplars (the tuned weights carry them), or the bare
 inline-labels prompt (``build_messages``). The target is the label's verbalizer,
-followed by the end-of-turn token: what ``Engine.classify`` scores.
+followed by the end-of-turn token: what ``Engine.classify`` scores. An act example's
+prompt is the act prompt the agent sends (``agent.actions.act_prompt``: the tool set's
+instructions, tools and exemplars, found by name or, for a relay line, by its tools),
+and its target is the call as compact JSON, what constrained decoding produces.
 
 Splits: an example is held out by a hash of its key (never by position or seed), so
 the split is stable when lines are added, reordered or re-exported. Items of the
@@ -40,10 +46,19 @@ from pathlib import Path
 from typing import Any, Literal
 
 import agent
+from agent.actions import TOOL_SETS, act_prompt
 from agent.engine.prompts import Message, build_messages, user_content
 from agent.models.errors import ModelError
 from agent.skills import SkillRegistry
-from edge_slm.contract import Request, Task
+from edge_slm.contract import (
+    NO_TOOL,
+    Request,
+    Task,
+    ToolSetSpec,
+    ToolSpec,
+    tool_call_schema,
+    validation_errors,
+)
 
 Form = Literal["eval", "pair", "relay"]
 #: The project's labelled eval set, present in a source checkout only.
@@ -63,7 +78,7 @@ class TuneDataError(ModelError):
 
 @dataclass(frozen=True, slots=True)
 class Example:
-    """One classify request with its teacher (or gold) label, ready to prompt."""
+    """One classify (or act) request with its teacher (or gold) answer, ready to prompt."""
 
     key: str  # unique in its file: the request id (relay: device_id/request_id)
     request: Request
@@ -74,6 +89,9 @@ class Example:
     fixed: tuple[Message, ...]  # the turns before the request's own user turn
     choices: Mapping[str, str]  # label -> the words scored for it
     calibrate: bool  # the skill's contextual-calibration setting (inline: unused)
+    #: act only: the call ``{"name", "arguments"}``, or ``{"name": "none"}`` (no tool fits).
+    call: dict[str, Any] | None = None
+    tools: tuple[ToolSpec, ...] = ()  # act only: the tools it may call
 
     @property
     def user(self) -> str:
@@ -82,7 +100,9 @@ class Example:
 
     @property
     def target(self) -> str:
-        """The words the tuned model must answer: the label's verbalizer."""
+        """What the tuned model must answer: the label's verbalizer, or the call as JSON."""
+        if self.call is not None:
+            return json.dumps(self.call, separators=(",", ":"), ensure_ascii=False)
         return self.choices[self.label]
 
     def chat(self) -> list[Message]:
@@ -214,15 +234,17 @@ def _label(form: Form, raw: dict[str, Any], choices: Mapping[str, str]) -> str:
 def _example(raw: Any, lineno: int, skills: SkillRegistry) -> Example:
     form = _form(raw)
     request = Request.model_validate(_relay_request(raw) if form == "relay" else raw["request"])
-    if request.task is not Task.CLASSIFY:
-        raise _Skip(f"task {request.task.value} (tune trains classify only)")
-    prompt_name, fixed, choices, calibrate = _prompt(request, skills)
-    label = _label(form, raw, choices)
     key = (
         f"{raw['device_id']}/{request.id}"
         if form == "relay" and raw.get("device_id")
         else request.id
     )
+    if request.task is Task.ACT:
+        return _act_example(form, raw, request, key, lineno)
+    if request.task is not Task.CLASSIFY:
+        raise _Skip(f"task {request.task.value} (tune trains classify and act)")
+    prompt_name, fixed, choices, calibrate = _prompt(request, skills)
+    label = _label(form, raw, choices)
     return Example(
         key=key,
         request=request,
@@ -236,8 +258,72 @@ def _example(raw: Any, lineno: int, skills: SkillRegistry) -> Example:
     )
 
 
+def _tool_set_of(request: Request) -> tuple[str | None, ToolSetSpec | None, list[ToolSpec]]:
+    """The request's tool set (named, or the built-in one with exactly its tools) and tools."""
+    if request.tool_set is not None:
+        spec = TOOL_SETS.get(request.tool_set)
+        if spec is None:
+            raise ValueError(f"unknown tool set {request.tool_set!r}")
+        return request.tool_set, spec, list(request.tools or spec.tools)
+    tools = list(request.tools or [])
+    if not tools:
+        raise ValueError("an act request needs tools or a tool_set")
+    names = [t.name for t in tools]
+    for name in TOOL_SETS.names():
+        spec = TOOL_SETS.get(name)
+        if spec is not None and [t.name for t in spec.tools] == names:
+            return name, spec, tools
+    return None, None, tools
+
+
+def _taught_call(form: Form, raw: dict[str, Any]) -> Any:
+    """The call a line teaches, as written: gold, the pair's answer, or the cloud's."""
+    if form == "eval":
+        gold = raw["gold"]
+        if not isinstance(gold, dict) or "call" not in gold:
+            raise ValueError("an act line's gold must be {'call': {...} or null}")
+        return gold["call"]
+    if form == "pair":
+        return raw["answer"]
+    if raw.get("outcome") not in (None, "ok"):
+        raise _Skip(f"relay outcome {raw.get('outcome')}")
+    cloud = raw["cloud"]
+    if not isinstance(cloud, dict):
+        raise TypeError("'cloud' must be an object")
+    if cloud.get("tool_call") is None:
+        raise _Skip("no cloud tool call")
+    return cloud["tool_call"]
+
+
+def _act_example(
+    form: Form, raw: dict[str, Any], request: Request, key: str, lineno: int
+) -> Example:
+    set_name, spec, tools = _tool_set_of(request)
+    call = _taught_call(form, raw)
+    call = {"name": NO_TOOL} if call is None else call
+    errors = validation_errors(tool_call_schema(tools), call)
+    if errors:
+        if form == "relay":  # the relay validated it against the tools it was sent
+            raise _Skip("cloud call does not validate against the tools")
+        raise ValueError(f"call {json.dumps(call)[:200]} is not valid: {'; '.join(errors)}")
+    prompt = act_prompt(tools, spec, set_name or "inline")
+    return Example(
+        key=key,
+        request=request,
+        label=call["name"],
+        form=form,
+        line=lineno,
+        prompt_name=prompt.name,
+        fixed=prompt.messages,
+        choices={},
+        calibrate=False,
+        call=call,
+        tools=tuple(tools),
+    )
+
+
 def load_examples(path: Path, skills: SkillRegistry | None = None) -> Loaded:
-    """Every classify example of a JSONL file; raises :class:`TuneDataError`."""
+    """Every classify and act example of a JSONL file; raises :class:`TuneDataError`."""
     path = Path(path)
     skills = skills or SkillRegistry()
     try:
@@ -336,6 +422,11 @@ class Plan:
     capped: int  # training examples left out by --max-examples
 
 
+def _turn(example: Example) -> tuple[Task, str]:
+    """An utterance as a task sees it: the same words are another item for another task."""
+    return example.request.task, example.user
+
+
 def plan(
     examples: Sequence[Example],
     *,
@@ -350,7 +441,7 @@ def plan(
     """
     if not 0 <= heldout_fraction < 1:
         raise ValueError("the held-out fraction must be in [0, 1)")
-    protected_users: set[str] = set()
+    protected_users: set[tuple[Task, str]] = set()
     protected_keys: set[str] = set()
     families: set[str] = set()
     # Per family, the data's most common prompt: the official items are measured in it.
@@ -359,11 +450,11 @@ def plan(
     if eval_set is not None:
         official_items = eval_set.heldout(eval_set.families)
         protected_keys = {e.key for e in official_items}
-        protected_users = {e.user for e in official_items}
+        protected_users = {_turn(e) for e in official_items}
         by_key = {i.key: f for f, items in eval_set.families.items() for i in items}
-        by_user = {i.user: f for f, items in eval_set.families.items() for i in items}
+        by_user = {_turn(i): f for f, items in eval_set.families.items() for i in items}
         for e in examples:
-            fam = by_key.get(e.key) or by_user.get(e.user)
+            fam = by_key.get(e.key) or by_user.get(_turn(e))
             if fam is not None:
                 families.add(fam)
                 forms.setdefault(fam, Counter())[e.prompt_name] += 1
@@ -372,7 +463,7 @@ def plan(
     heldout: list[Example] = []
     protected = 0
     for e in examples:
-        if e.key in protected_keys or e.user in protected_users:
+        if e.key in protected_keys or _turn(e) in protected_users:
             protected += 1
         elif held_out(e.key, heldout_fraction):
             heldout.append(e)

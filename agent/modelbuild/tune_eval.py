@@ -3,7 +3,10 @@
 Each held-out example is classified the way the agent prompts a tuned model (a
 skill's system prompt without exemplars through ``Engine.classify_fixed``, or the
 bare inline-labels prompt through ``Engine.classify``), by the base model and by the
-tuned one, so the two columns differ only in the weights.
+tuned one, so the two columns differ only in the weights. An act example is answered
+under its tools' schema with its act prompt kept prefilled (``generate_structured``),
+as the agent answers act; it is right when the call is exactly the taught one, and its
+confidence is the raw one (the weakest required field; the name's for ``none``).
 """
 
 from __future__ import annotations
@@ -22,8 +25,13 @@ if TYPE_CHECKING:
     from agent.engine.engine import Engine, FixedPrompt
     from agent.modelbuild.tune_data import Example
 
-#: Split names, in the order the table shows them.
-SPLITS = {"data": "data held-out", "official": "eval set held-out"}
+#: Split names, in the order the table shows them (act examples are measured apart).
+SPLITS = {
+    "data": "data held-out",
+    "official": "eval set held-out",
+    "data-act": "data held-out, act",
+    "official-act": "eval set held-out, act",
+}
 
 
 def figures(confidence: Sequence[float], correct: Sequence[bool]) -> EvalFigures:
@@ -49,12 +57,42 @@ def _fixed_prompt(example: Example) -> FixedPrompt:
     )
 
 
+def _act(engine: Engine, ex: Example) -> tuple[float, bool]:
+    """Act on one example: the raw confidence of the call, and whether it is the taught one."""
+    from agent.actions import required_fields
+    from agent.engine.engine import FixedPrompt
+    from agent.engine.guided import weakest
+    from agent.toolset_fit import MAX_TOKENS
+    from edge_slm.contract import tool_call_schema
+
+    tools = list(ex.tools)
+    schema = tool_call_schema(tools)
+    canonical = json.dumps([list(ex.fixed), schema], sort_keys=True)  # changes with the schema
+    prompt = FixedPrompt(
+        name=ex.prompt_name,
+        key=hashlib.sha256(canonical.encode()).hexdigest()[:16],
+        messages=ex.fixed,
+        choices={},
+    )
+    result = engine.generate_structured(schema, fixed=prompt, user=ex.user, max_tokens=MAX_TOKENS)
+    value = result.value if isinstance(result.value, dict) else {}
+    tool = next((t for t in tools if t.name == value.get("name")), None)
+    required = required_fields(tool) if tool is not None else ["name"]
+    return weakest(result.field_confidence, required), value == ex.call
+
+
 def evaluate(engine: Engine, examples: Sequence[Example]) -> EvalFigures:
-    """Classify every example with ``engine``; its figures against the examples' labels."""
+    """Classify (or act on) every example with ``engine``; its figures against the
+    examples' labels (or calls)."""
     confidence: list[float] = []
     correct: list[bool] = []
     prompts: dict[str, FixedPrompt] = {}
     for ex in examples:
+        if ex.call is not None:
+            conf, right = _act(engine, ex)
+            confidence.append(conf)
+            correct.append(right)
+            continue
         if ex.prompt_name == "inline":
             result = engine.classify(ex.chat(), list(ex.choices))
         else:

@@ -1,13 +1,14 @@
-"""Fine-tune a Hugging Face folder on classify examples (``edge-agent models tune``).
+"""Fine-tune a Hugging Face folder on classify and act examples (``edge-agent models tune``).
 
 Run as a subprocess by ``tune.py`` (``python -m agent.modelbuild.tune_train``), like
 ``convert.py``: torch's memory goes back to the OS before the ONNX builder starts.
 
 Input: a JSONL of ``{"messages": [...], "answer": "words"}``, the chat prompt and the
-label's verbalizer. Each sequence is the chat template with the generation prompt,
-then the answer's tokens, then the end-of-turn token; the loss is the mean
-cross-entropy over those answer tokens only, i.e. exactly what ``Engine.classify``
-scores at inference.
+label's verbalizer (or, for act, the call as compact JSON). Each sequence is the chat
+template with the generation prompt, then the answer's tokens, then the end-of-turn
+token; the loss is the mean cross-entropy over those answer tokens only, i.e. exactly
+what ``Engine.classify`` scores at inference (and the tokens constrained decoding
+chooses for a call).
 
 Full fine-tuning (``--method full``) or LoRA (``--method lora``: peft adapters on every
 linear layer of the blocks, merged into the weights before saving, so the ONNX builder

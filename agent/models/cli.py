@@ -235,7 +235,7 @@ def add_models_commands(
         action="store_true",
         help="install files that have no pinned sha256, recording their computed hash",
     )
-    _add_tune(add("tune", cmd_tune, "fine-tune a catalog model on classify examples (CPU)"))
+    _add_tune(add("tune", cmd_tune, "fine-tune a catalog model on classify and act examples (CPU)"))
     return models
 
 
@@ -249,8 +249,8 @@ def _add_tune(p: argparse.ArgumentParser) -> None:
         "--data",
         required=True,
         metavar="FILE.jsonl",
-        help="classify examples: `cloud-relay export` lines, eval-set lines "
-        '{"request", "gold"}, or {"request", "answer"} pairs',
+        help="classify and act examples: `cloud-relay export` lines, eval-set lines "
+        '{"request", "gold"}, or {"request", "answer"} pairs (an act answer is the call)',
     )
     p.add_argument(
         "--name",

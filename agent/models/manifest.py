@@ -69,7 +69,7 @@ class TuneRecord(BaseModel):
     key: str = Field(description="sha256 of base, data, settings and recipe: the name's suffix")
     data_file: str = Field(description="name of the JSONL it was tuned on")
     data_sha256: str
-    examples: int = Field(description="usable classify examples in the file")
+    examples: int = Field(description="usable classify and act examples in the file")
     train_examples: int
     heldout_examples: int = Field(description="the data's own held-out split, never trained")
     official_heldout_examples: int = Field(

@@ -1,4 +1,5 @@
-"""`edge-agent models tune` for real: SmolLM2 fine-tuned on 24 dev-split items, 1 epoch.
+"""`edge-agent models tune` for real: SmolLM2 fine-tuned on 24 dev-split classify items
+and 6 act items (tool calls), 1 epoch.
 
 The real conversion, training, onnxruntime-genai builder and fidelity check run in a
 temporary cache (the built base model is linked into it), so the user's cache gets
@@ -20,6 +21,7 @@ import pytest
 from agent.engine.engine import Engine
 from agent.engine.prompts import build_messages
 from agent.modelbuild.tune_data import load_examples
+from agent.modelbuild.tune_eval import SPLITS
 from agent.models import CATALOG, DEFAULT_MODEL, RECIPE_VERSION, ModelCache
 from agent.skills import SkillRegistry
 from agent.skills.classify import classify_skill
@@ -32,7 +34,7 @@ pytestmark = [
     ),
 ]
 
-SKIPPED = "task answer (tune trains classify only)"
+SKIPPED = "task answer (tune trains classify and act)"
 
 
 def lines(name: str) -> list[str]:
@@ -77,12 +79,16 @@ def tuned(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str
     eval_dir.mkdir()
     (eval_dir / "voice_intents.jsonl").write_text("\n".join(voice[:30]) + "\n")
     official = [rid(x) for x in voice[:30] if split_of(rid(x)) == "heldout"]
+    acts = lines("home_actions.jsonl")
+    (eval_dir / "home_actions.jsonl").write_text("\n".join(acts[:12]) + "\n")
+    official_act = [rid(x) for x in acts[:12] if split_of(rid(x)) == "heldout"]
 
     dev_voice, dev_sensor = dev(voice), dev(sensor)
     protected = [x for x in voice[:30] if split_of(rid(x)) == "heldout"][:2]
     question = lines("questions.jsonl")[0]
     data = root / "data.jsonl"
-    data.write_text("\n".join([*dev_voice, *dev_sensor, *protected, question]) + "\n")
+    dev_act = dev(acts, 6)
+    data.write_text("\n".join([*dev_voice, *dev_sensor, *protected, question, *dev_act]) + "\n")
 
     args = ["smollm2-135m-instruct", "--data", str(data), "--epochs", "1"]
     args += ["--heldout-fraction", "0.25", "--eval-set", str(eval_dir)]
@@ -94,6 +100,7 @@ def tuned(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str
         "run": run,
         "args": args,
         "official": official,
+        "official_act": official_act,
         "protected": [rid(x) for x in protected],
     }
 
@@ -118,6 +125,8 @@ def test_the_before_after_table_is_printed(tuned):
     }
     for row in table[1:5]:
         assert 0.0 <= float(row[-3]) <= 1.0  # accuracy
+    act_rows = [row for row in table if row[:4] == ["eval", "set", "held-out,", "act"]]
+    assert {row[-4] for row in act_rows} == {DEFAULT_MODEL, name}
     assert f"EDGE_AGENT_MODEL__NAME={name}" in run.stdout
     for stage in ("before:", "convert:", "train:", "onnx:", "fidelity:", "after:", "install:"):
         assert stage in run.stderr
@@ -142,19 +151,23 @@ def test_the_manifest_records_base_data_settings_and_figures(tuned):
     assert name.endswith(t.key[:8])
     assert t.data_sha256 == hashlib.sha256(tuned["data"].read_bytes()).hexdigest()
     assert t.data_file == "data.jsonl"
-    assert t.examples == 26
+    assert t.examples == 32  # 26 classify, 6 act
     assert t.skipped == {SKIPPED: 1}
-    assert t.train_examples + t.heldout_examples + len(tuned["protected"]) == 26
+    assert t.train_examples + t.heldout_examples + len(tuned["protected"]) == 32
     assert t.heldout_examples >= 1
-    assert t.official_heldout_examples == len(tuned["official"])
     assert (t.epochs, t.seed, t.heldout_fraction, t.batch_size) == (1, 0, 0.25, 8)
     assert t.train_seconds > 0
     assert t.final_loss > 0
     assert t.base_agreement is not None
     assert 0 < t.base_agreement <= 1
-    assert set(t.before) == set(t.after) == {"data", "official"}
+    # act is measured apart: exact calls of the eval set's held-out commands
+    assert set(t.before) == set(t.after)
+    assert {"data", "official", "official-act"} <= set(t.before) <= set(SPLITS)
     assert t.before["official"].examples == len(tuned["official"])
-    assert t.after["data"].examples == t.heldout_examples
+    assert t.before["official-act"].examples == len(tuned["official_act"])
+    assert t.official_heldout_examples == len(tuned["official"]) + len(tuned["official_act"])
+    act_heldout = t.after["data-act"].examples if "data-act" in t.after else 0
+    assert t.after["data"].examples + act_heldout == t.heldout_examples
     assert cache.verify(name).ok
 
 
@@ -165,7 +178,7 @@ def test_held_out_items_were_never_trained(tuned):
     run = tuned["run"]
     assert "2 are held-out items of the eval set: never trained" in run.stderr
     t = tuned["cache"].manifest(installed_name(run)).tune
-    assert t.train_examples == 26 - t.heldout_examples - 2
+    assert t.train_examples == 32 - t.heldout_examples - 2
 
 
 def test_the_tuned_model_loads_and_classifies(tuned):

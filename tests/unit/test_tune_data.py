@@ -11,9 +11,10 @@ from typing import Any
 
 import pytest
 
+from agent.actions import TOOL_SETS, act_prompt
 from agent.engine.prompts import build_messages
 from agent.modelbuild.params import TuneParams
-from agent.modelbuild.tune import tune_key
+from agent.modelbuild.tune import measured_splits, tune_key
 from agent.modelbuild.tune_data import (
     EVAL_DIR,
     TuneDataError,
@@ -46,6 +47,10 @@ def write(tmp_path: Path, *rows: object, name: str = "data.jsonl") -> Path:
 
 def request(rid: str, text: str = "switch the light on", **extra: object) -> dict[str, object]:
     return {"v": 1, "id": rid, "task": "classify", "text": text, "labels": VOICE_LABELS} | extra
+
+
+def act_request(rid: str, text: str = "set the hall to 20", **extra: object) -> dict[str, object]:
+    return {"v": 1, "id": rid, "task": "act", "kind": "voice", "text": text} | extra
 
 
 def relay(rid: str, *, label: str | None = "lights_on", **extra: object) -> dict[str, object]:
@@ -211,13 +216,14 @@ def test_lines_that_teach_nothing_are_skipped_and_counted(tmp_path):
     assert loaded.skipped == {
         "relay outcome llm_error": 1,
         "cloud answer is none of the labels": 1,
-        "task answer (tune trains classify only)": 2,
+        "task answer (tune trains classify and act)": 2,
     }
 
 
-def test_act_and_extract_export_lines_are_skipped_not_malformed(tmp_path):
-    """An act request is only valid with its tools, an extract one with its schema: the
-    export carries them (store migration 6), so such lines are skipped by task."""
+def test_an_act_export_line_teaches_the_clouds_call_and_extract_is_skipped(tmp_path):
+    """An act line of the export (store migration 6 keeps its tools and the cloud's call)
+    is an example whose target is the call as compact JSON, prompted as the agent
+    prompts act; an extract line is skipped by task."""
     from cloud_relay.render import export_record
 
     schema = {"type": "object", "properties": {"celsius": {"type": "number"}}}
@@ -227,11 +233,57 @@ def test_act_and_extract_export_lines_are_skipped_not_malformed(tmp_path):
     extract = log_row(request_id="x1", task="extract", labels=None, json_schema=schema)
     lines = [json.dumps(export_record(r)) for r in (act, extract)]
     loaded = load_examples(write(tmp_path, *lines, relay("r4")))
-    assert [e.key for e in loaded.examples] == ["dev-1/r4"]
-    assert loaded.skipped == {
-        "task act (tune trains classify only)": 1,
-        "task extract (tune trains classify only)": 1,
+    assert [e.key for e in loaded.examples] == ["dev-9/a1", "dev-1/r4"]
+    assert loaded.skipped == {"task extract (tune trains classify and act)": 1}
+    taught = loaded.examples[0]
+    assert taught.call == call
+    assert taught.target == '{"name":"set_temperature","arguments":{"celsius":21}}'
+    assert taught.prompt_name == "act:inline"  # tools of no registered set
+    assert "set_temperature(celsius)" in taught.fixed[0]["content"]
+    assert taught.chat()[-1] == {"role": "user", "content": taught.user}
+
+
+def test_act_lines_name_their_tool_set_and_may_teach_no_tool(tmp_path):
+    home = TOOL_SETS.get("home")
+    assert home is not None
+    tools = [t.model_dump(mode="json", exclude_none=True) for t in home.tools]
+    named = {"request": act_request("e1", tool_set="home"), "gold": {"call": None}}
+    pair = {
+        "request": act_request("p1", tools=tools),
+        "answer": {"name": "set_temperature", "arguments": {"room": "hall", "celsius": 20}},
     }
+    loaded = load_examples(write(tmp_path, named, pair))
+    none, call = loaded.examples
+    assert none.target == '{"name":"none"}'
+    assert none.label == "none"
+    # the same prompt as the agent's: the set's instructions, tools and exemplars
+    assert none.fixed == act_prompt(list(home.tools), home, "home").messages
+    assert call.prompt_name == "act:home"  # found by its tools
+    assert call.fixed == none.fixed
+
+
+@pytest.mark.parametrize(
+    ("line", "needle"),
+    [
+        ({"gold": {"call": {"name": "fly", "arguments": {}}}}, "is not valid"),
+        ({"gold": {"label": "x"}}, "an act line's gold must be"),
+    ],
+)
+def test_an_act_line_with_a_call_the_tools_refuse_is_malformed(tmp_path, line, needle):
+    row = {"request": act_request("e1", tool_set="home"), **line}
+    with pytest.raises(TuneDataError, match=needle):
+        load_examples(write(tmp_path, row))
+
+
+def test_a_relay_call_the_tools_refuse_is_skipped(tmp_path):
+    home = TOOL_SETS.get("home")
+    assert home is not None
+    tools = [t.model_dump(mode="json", exclude_none=True) for t in home.tools]
+    row = {**relay("a9", task="act", labels=None, tools=tools)}
+    row["cloud"] = {"tool_call": {"name": "fly", "arguments": {}}, "answer": None}
+    loaded = load_examples(write(tmp_path, row))
+    assert loaded.examples == []
+    assert loaded.skipped == {"cloud call does not validate against the tools": 1}
 
 
 # -- rejection with file:line --------------------------------------------------
@@ -517,6 +569,25 @@ def test_the_table_shows_both_models_per_split():
     assert lines[0].split() == ["HELD-OUT", "SPLIT", "N", "MODEL", "ACCURACY", "AUROC", "ECE"]
     assert lines[1].split() == ["data", "held-out", "4", "base-m", "0.250", "-", "0.300"]
     assert lines[2].split() == ["data", "held-out", "4", "tuned-m", "0.750", "0.500", "0.100"]
+
+
+def test_act_examples_are_measured_apart_from_classify(tmp_path):
+    call = {"name": "set_temperature", "arguments": {"room": "hall", "celsius": 20}}
+    labelled = [{"request": request(f"c{i}"), "gold": {"label": "lights_on"}} for i in range(6)]
+    acts = [
+        {"request": act_request(f"a{i}", tool_set="home"), "gold": {"call": call}} for i in range(6)
+    ]
+    rows = labelled + acts
+    examples = load_examples(write(tmp_path, *rows)).examples
+    p = plan(examples, heldout_fraction=0.5, eval_set=None)
+    splits = measured_splits(p)
+    assert set(splits) == {"data", "official", "data-act", "official-act"}
+    assert all(e.call is None for e in splits["data"])
+    assert all(e.call == call for e in splits["data-act"])
+    assert len(splits["data"]) + len(splits["data-act"]) == len(p.heldout) > 0
+    figs = {"data-act": EvalFigures(examples=3, accuracy=1 / 3, auroc=None, ece=0.2)}
+    lines = format_table(figs, figs, base="b", tuned="t").splitlines()
+    assert lines[1].split()[:5] == ["data", "held-out,", "act", "3", "b"]
 
 
 def test_a_tuned_manifest_round_trips_and_is_a_current_model(tmp_path):
