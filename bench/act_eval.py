@@ -9,7 +9,11 @@ latency). For the confidence of exact calls: ECE and AUROC of the raw confidence
 weakest required field) and of the calibrated one (the tool set's fit for the model,
 ``edge-agent toolsets fit``; the raw one without a fit), and the system exact match
 when the least confident 10%, 25% and 40% are escalated to a perfect cloud (counted
-right). Splits come from ``bench.eval_data.split_of``; the fit is made on ``dev``
+right). It also routes every reply with the agent's own ``Router`` at the default
+policy (act 0.6, high-risk tools 0.9): the share kept on the edge, the system exact
+match when the rest goes to a perfect cloud, and the high-risk calls that would run on
+the edge although wrong (the issue's target: 0). Splits come from
+``bench.eval_data.split_of``; the fit is made on ``dev``
 only, so ``heldout`` is the honest figure.
 
 ``--llama`` adds the baseline side by side in the same run: llama.cpp
@@ -39,14 +43,24 @@ from agent.actions import (
     answer_structured,
     required_fields,
 )
+from agent.config import CloudSettings, PolicySettings
 from agent.engine.engine import Engine, StopWhen
 from agent.engine.guided import weakest
 from agent.engine.prompts import Message, user_content
+from agent.jobs import Decision
 from agent.models import DEFAULT_MODEL, ModelCache, default_cache_dir
+from agent.policy.router import Router
 from agent.skills.calibration import auroc, ece
 from agent.toolset_fit import MAX_TOKENS, load_calls
 from bench.eval_data import EVAL_DIR, split_of
-from edge_slm.contract import NO_TOOL, Response, ToolSetSpec, tool_call_schema, validation_errors
+from edge_slm.contract import (
+    NO_TOOL,
+    Request,
+    Response,
+    ToolSetSpec,
+    tool_call_schema,
+    validation_errors,
+)
 
 DATA = EVAL_DIR / "home_actions.jsonl"
 #: Shares of the least confident requests escalated to a perfect cloud.
@@ -79,7 +93,8 @@ class LlamaActs:
     """llama.cpp answering the same act prompts under its JSON-schema grammar."""
 
     def __init__(self, model: str, schema: dict[str, Any], threads: int, workdir: Path) -> None:
-        from llama_cpp import Llama, LlamaGrammar
+        from llama_cpp import Llama
+        from llama_cpp.llama_grammar import LlamaGrammar
 
         from agent.modelbuild.gguf import assemble_gguf
         from agent.models import get_entry
@@ -136,6 +151,12 @@ def _edge_call(reply: Response) -> dict[str, Any] | None:
     return {"name": NO_TOOL} if reply.reason == NO_TOOL_REASON else None
 
 
+def _routed(router: Router, request: Request, reply: Response) -> bool:
+    """Whether the agent would keep ``reply`` on the edge (not escalate it)."""
+    before = Decision(escalate=False, allowed=True, reason=None, text="")
+    return not router.after(request, reply, before).escalate
+
+
 def _summary(scores: Scores, total: int, latencies: Sequence[float]) -> dict[str, Any]:
     return {
         "valid": f"{scores.valid}/{total}",
@@ -170,6 +191,9 @@ def main(argv: list[str] | None = None) -> int:
         llama_latencies: list[float] = []
         confidences: list[float] = []
         raws: list[float] = []
+        kept: list[bool] = []
+        high_risk = {t.name for t in home.tools if t.risk == "high"}
+        router = Router(PolicySettings(), CloudSettings(), budget_left=lambda: True)
         for n, (asked, _gold) in enumerate(items):
             request = asked.model_copy(update={"tools": list(home.tools)})
             turn: Message = {"role": "user", "content": user_content(asked)}
@@ -182,6 +206,7 @@ def main(argv: list[str] | None = None) -> int:
             if llama is not None and not n % 2:
                 theirs.append(llama.call(ids, llama_latencies))
             ours.append(_edge_call(reply))
+            kept.append(_routed(router, request, reply))
             confidences.append(reply.confidence or 0.0)
             raws.append(raw_confidence(reply, home))
     golds = [gold for _, gold in items]
@@ -205,6 +230,17 @@ def main(argv: list[str] | None = None) -> int:
             )
             for share in ESCALATED
         },
+    }
+    wrong_kept = [k and not c for k, c in zip(kept, corrects, strict=True)]
+    result |= {
+        "kept_on_edge": round(sum(kept) / total, 3),
+        "exact_at_default_policy_to_perfect_cloud": round(
+            sum(c or not k for k, c in zip(kept, corrects, strict=True)) / total, 3
+        ),
+        "high_risk_wrong_on_edge": sum(
+            w and (call or {}).get("name") in high_risk
+            for w, call in zip(wrong_kept, ours, strict=True)
+        ),
     }
     if llama is not None:
         result["llama_cpp"] = _summary(_scores(theirs, golds, schema), total, llama_latencies[1:])
