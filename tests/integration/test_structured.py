@@ -153,6 +153,7 @@ def _portfolio() -> list[str]:
     return sorted({p.model for p in load_profiles().values()} - {DEFAULT_MODEL})
 
 
+@pytest.mark.slow  # a larger model each: with scripts/test.sh --full
 @pytest.mark.parametrize("model", _portfolio())
 def test_every_portfolio_model_stays_valid_under_guidance(model: str) -> None:
     """Constrained decoding holds for each model a profile ships: every act reply is a
