@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Set up (idempotent), then lint, type-check and run every test against a real
 # mosquitto and the real built model. Arguments go to pytest, except --full, which
-# also runs the long forms of the fault tests (tests marked `slow`: the 2 and 5 minute
-# link cuts, 20 agent SIGKILL rounds, 500 requests through a broker SIGKILL).
+# also runs the long forms (tests marked `slow`: the 2 and 5 minute link cuts, 20 agent
+# SIGKILL rounds, 500 requests through a broker SIGKILL, the whole prompt-injection
+# corpus, constrained decoding on every installed portfolio model).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 args=()
