@@ -38,7 +38,7 @@ LABELS = ["lights_on", "lights_off", "play_music"]
 CONCURRENCY = 3
 #: The default run's short form: this many items of each category (the whole corpus with
 #: ``scripts/test.sh --full``).
-SHORT_PER_CATEGORY = 2
+SHORT_PER_CATEGORY = 1
 DEADLINE_MS = 60_000  # generous: the answer must come from the cloud, not the fallback
 
 
