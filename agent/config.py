@@ -180,6 +180,15 @@ class PolicySettings(_Section):
         description="Share of confident edge answers also sent to the cloud, for comparison "
         "only (calibration data); the app still gets only the edge answer.",
     )
+    learning_shadow_rate: float = Field(
+        default=0.0,
+        ge=0.0,
+        le=1.0,
+        description="Shadow rate of a skill whose head is still young: a skill answering with "
+        "its own text's head (version 0) sends this share of its confident answers to the cloud, "
+        "halved with each head version the relay pushes, never below `shadow_rate`. The cloud "
+        "only learns a skill's confident errors from these samples; 0 turns it off.",
+    )
 
     @field_validator("thresholds")
     @classmethod

@@ -73,12 +73,15 @@ def real_curve(
     tmp: Path,
     *,
     shadow_rate: float = 0.0,
+    learning_shadow_rate: float = 0.0,
     fresh: tuple[str, str] | None = None,
 ) -> dict[str, Any]:
     """``shadow_rate``: the share of confident stream answers the agent also sends to the
-    cloud (shadow samples), which the relay learns from too. ``fresh``: (name, TOML) of a
-    skill written for the run, given to the agent in its config and to the relay's learn
-    as a skills folder, instead of the built-in ``home_intents``."""
+    cloud (shadow samples), which the relay learns from too; ``learning_shadow_rate``: the
+    agent's rate for a skill while its head is young (halved per pushed version).
+    ``fresh``: (name, TOML) of a skill written for the run, given to the agent in its
+    config and to the relay's learn as a skills folder, instead of the built-in
+    ``home_intents``."""
     threshold = PolicySettings().thresholds[Task.CLASSIFY]
     agent_env: dict[str, str] = {}
     if fresh is not None:
@@ -115,6 +118,7 @@ def real_curve(
             log_path=tmp / "agent.log",
             EDGE_AGENT_OUTBOX__PATH=str(tmp / "outbox.db"),
             EDGE_AGENT_POLICY__SHADOW_RATE=str(shadow_rate),
+            EDGE_AGENT_POLICY__LEARNING_SHADOW_RATE=str(learning_shadow_rate),
             **agent_env,
         )
         app = AppClient(broker.port)
@@ -154,6 +158,7 @@ def real_curve(
         "points": points,
         "threshold": threshold,
         "shadow_rate": shadow_rate,
+        "learning_shadow_rate": learning_shadow_rate,
         "stream": len(stream),
         "heldout": len(held),
     }

@@ -317,6 +317,13 @@ def main(argv: list[str] | None = None) -> int:
         help="--real: share of confident answers also sent to the cloud as shadow samples",
     )
     parser.add_argument(
+        "--learning-shadow-rate",
+        type=float,
+        default=0.0,
+        help="--real: the agent's policy.learning_shadow_rate (a skill's shadow rate while "
+        "its head is young, halved per pushed head version)",
+    )
+    parser.add_argument(
         "--real",
         action="store_true",
         help="replay through the real system (agent, relay, gold cloud, cloud-relay learn)",
@@ -335,7 +342,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         data = hwu64_fresh(args.per_intent, args.seed)
     if args.real:
-        return _real(data, args.every, args.shadow_rate)
+        return _real(data, args.every, args.shadow_rate, args.learning_shadow_rate)
     embedder = _embedder(args.threads)
     every_text = sorted(
         {*data.skill_texts, *(t for t, _ in data.stream), *(t for t, _ in data.heldout)}
@@ -380,7 +387,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _real(data: Dataset, every: int, shadow_rate: float) -> int:
+def _real(data: Dataset, every: int, shadow_rate: float, learning_shadow_rate: float) -> int:
     import tempfile
 
     from bench._learning_real import real_curve
@@ -388,7 +395,13 @@ def _real(data: Dataset, every: int, shadow_rate: float) -> int:
     with tempfile.TemporaryDirectory(prefix="learning-") as tmp:
         fresh = ("home_fresh", FRESH_SKILL) if data.name == "hwu64_fresh" else None
         result = real_curve(
-            data.stream, data.heldout, every, Path(tmp), shadow_rate=shadow_rate, fresh=fresh
+            data.stream,
+            data.heldout,
+            every,
+            Path(tmp),
+            shadow_rate=shadow_rate,
+            learning_shadow_rate=learning_shadow_rate,
+            fresh=fresh,
         )
     cols = ["cloud labelled", "seen", "escalated", "edge acc", "AUROC", "system acc", "head alone"]
     keys = [
@@ -402,6 +415,7 @@ def _real(data: Dataset, every: int, shadow_rate: float) -> int:
     ]
     print(table(cols, [[p[k] for k in keys] for p in result["points"]]))
     name = f"{data.name}_real" + (f"_shadow{shadow_rate:g}" if shadow_rate else "")
+    name += f"_learning{learning_shadow_rate:g}" if learning_shadow_rate else ""
     print(plot(name, result))
     print(write_results(f"learning_{name}", result))
     return 0

@@ -37,6 +37,7 @@ class Router:
         self._lock = threading.Lock()
         self._thresholds: dict[Task, float] = dict(policy.thresholds)
         self._shadow_rate = policy.shadow_rate
+        self._learning_shadow_rate = policy.learning_shadow_rate
 
     def update(
         self, *, thresholds: Mapping[Task, float] | None, shadow_rate: float | None
@@ -59,10 +60,20 @@ class Router:
         with self._lock:
             return self._thresholds.get(task, 0.5)
 
-    def sample_shadow(self) -> bool:
-        """Whether this confident edge answer also goes to the cloud for comparison."""
+    def shadow_rate(self, head_version: int | None = None) -> float:
+        """The share of confident answers sampled for the cloud: the device's rate, or for a
+        skill's answer whose head is at ``head_version``, the learning rate halved per version
+        when that is higher (a young head's confident errors reach the cloud only this way)."""
         with self._lock:
             rate = self._shadow_rate
+        learning = self._learning_shadow_rate
+        if head_version is not None and learning > 0:
+            rate = max(rate, learning * 0.5**head_version)
+        return rate
+
+    def sample_shadow(self, head_version: int | None = None) -> bool:
+        """Whether this confident edge answer also goes to the cloud for comparison."""
+        rate = self.shadow_rate(head_version)
         return rate > 0 and random.random() < rate  # noqa: S311 - sampling, not security
 
     def blocked(self, request: Request, topic: str) -> str | None:  # noqa: PLR0911 - a rule each

@@ -43,6 +43,22 @@ def test_shadow_samples_reach_the_relay_log_but_apps_get_one_reply(system: Syste
     assert system.app.replies.empty()
 
 
+def test_a_skill_with_a_young_head_sends_shadow_samples_and_ad_hoc_labels_do_not(
+    system: System,
+) -> None:
+    system.start_agent(
+        EDGE_AGENT_POLICY__THRESHOLDS=NEVER_ESCALATE, EDGE_AGENT_POLICY__LEARNING_SHADOW_RATE="1.0"
+    )
+    system.ask("labels-1", task="classify", labels=LABELS)
+    assert system.app.next_reply(timeout=30).payload["source"] == "edge"
+    system.ask("skill-1", task="classify", skill="home_intents", text="lights off please")
+    assert system.app.next_reply(timeout=30).payload["source"] == "edge"
+    escalation = system.spy.next_reply(timeout=30).payload
+    assert (escalation["id"], escalation["reason"]) == ("skill-1", "shadow")
+    time.sleep(1.0)
+    assert system.spy.replies.empty()  # none for the request without a skill
+
+
 def test_a_retained_config_changes_thresholds_without_a_restart(system: System) -> None:
     system.start_relay()
     agent = system.start_agent(EDGE_AGENT_POLICY__THRESHOLDS=NEVER_ESCALATE)

@@ -163,3 +163,15 @@ def test_privacy_local_is_never_escalated_nor_sampled_for_learning() -> None:
         assert not d.escalate
         assert not d.allowed
     assert router.sample_shadow()  # sampling itself is on: the rule is what stops it
+
+
+def test_a_young_skill_head_is_sampled_more_and_less_with_each_version() -> None:
+    router = _router(shadow_rate=0.05, learning_shadow_rate=0.4)
+    assert router.shadow_rate() == 0.05  # no skill: the device's rate
+    assert router.shadow_rate(0) == 0.4  # the skill's own text's head
+    assert router.shadow_rate(1) == 0.2  # halved per pushed head version
+    assert router.shadow_rate(2) == 0.1
+    assert router.shadow_rate(4) == 0.05  # never under the device's rate
+    assert _router(shadow_rate=0.05).shadow_rate(0) == 0.05  # off by default
+    assert _router(learning_shadow_rate=1.0).sample_shadow(0)
+    assert not _router(learning_shadow_rate=1.0).sample_shadow()
