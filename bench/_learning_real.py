@@ -139,16 +139,19 @@ def real_curve(
                 out = _ask(app, topics, reply, text, "auto")
                 if out.get("escalated"):
                     labelled += 1
-                    if labelled % every == 0 or seen == len(stream):
-                        learned = _learn(db, broker.url, tmp / "agent.log")
-                        points.append(
-                            {
-                                "cloud_labelled": labelled,
-                                "seen": seen,
-                                "learn": learned,
-                                **_heldout(app, topics, reply, held, threshold),
-                            }
-                        )
+                last = seen == len(stream) and points[-1]["seen"] < seen
+                if (out.get("escalated") and labelled % every == 0) or last:
+                    # The end of the stream learns too: shadow samples may be waiting.
+                    learned = _learn(db, broker.url, tmp / "agent.log")
+                    points.append(
+                        {
+                            "cloud_labelled": labelled,
+                            "seen": seen,
+                            "shadow_samples": _shadow_samples(tmp / "relay.db"),
+                            "learn": learned,
+                            **_heldout(app, topics, reply, held, threshold),
+                        }
+                    )
         finally:
             app.close()
             agent.close()
@@ -162,6 +165,15 @@ def real_curve(
         "stream": len(stream),
         "heldout": len(held),
     }
+
+
+def _shadow_samples(db: Path) -> int:
+    """Shadow samples the relay has logged so far (each one a cloud call)."""
+    import sqlite3
+
+    with sqlite3.connect(db) as conn:
+        row = conn.execute("SELECT count(*) FROM relay_log WHERE reason = 'shadow'").fetchone()
+    return int(row[0])
 
 
 def _learn(db: str, broker_url: str, agent_log: Path) -> dict[str, Any]:

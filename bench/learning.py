@@ -403,15 +403,22 @@ def _real(data: Dataset, every: int, shadow_rate: float, learning_shadow_rate: f
             learning_shadow_rate=learning_shadow_rate,
             fresh=fresh,
         )
-    cols = ["cloud labelled", "seen", "escalated", "edge acc", "AUROC", "system acc", "head alone"]
+    cols = ["escalations", "seen", "shadow samples", "head version", "escalated", "edge acc"]
+    cols += ["AUROC", "system acc", "head alone", "its p50 ms"]
+    for p in result["points"]:
+        p.setdefault("shadow_samples", 0)
+        p.setdefault("head_version", (p.get("learn") or {}).get("version") or 0)
     keys = [
         "cloud_labelled",
         "seen",
+        "shadow_samples",
+        "head_version",
         "escalated",
         "edge_accuracy",
         "auroc",
         "system_accuracy",
         "answered_by_head_alone",
+        "head_alone_p50_ms",
     ]
     print(table(cols, [[p[k] for k in keys] for p in result["points"]]))
     name = f"{data.name}_real" + (f"_shadow{shadow_rate:g}" if shadow_rate else "")
