@@ -508,7 +508,11 @@ class AgentDaemon(Lifecycle):
         )
         if config is None:
             return
-        changes = self.router.update(thresholds=config.thresholds, shadow_rate=config.shadow_rate)
+        changes = self.router.update(
+            thresholds=config.thresholds,
+            shadow_rate=config.shadow_rate,
+            learning_shadow_rate=config.learning_shadow_rate,
+        )
         if config.skills is not None:  # kept prefixes of changed skills go on first use
             changes["skills"] = self.skills.set_pushed(config.skills)
         if config.tool_sets is not None:  # a changed set's prompt key changes with it

@@ -40,7 +40,11 @@ class Router:
         self._learning_shadow_rate = policy.learning_shadow_rate
 
     def update(
-        self, *, thresholds: Mapping[Task, float] | None, shadow_rate: float | None
+        self,
+        *,
+        thresholds: Mapping[Task, float] | None,
+        shadow_rate: float | None,
+        learning_shadow_rate: float | None = None,
     ) -> dict[str, object]:
         """Apply new live settings; return what changed (old -> new) for the log."""
         changes: dict[str, object] = {}
@@ -54,6 +58,10 @@ class Router:
             if shadow_rate is not None and shadow_rate != self._shadow_rate:
                 changes["shadow_rate"] = [self._shadow_rate, shadow_rate]
                 self._shadow_rate = shadow_rate
+            learning = learning_shadow_rate
+            if learning is not None and learning != self._learning_shadow_rate:
+                changes["learning_shadow_rate"] = [self._learning_shadow_rate, learning]
+                self._learning_shadow_rate = learning
         return changes
 
     def threshold(self, task: Task) -> float:
@@ -65,8 +73,7 @@ class Router:
         skill's answer whose head is at ``head_version``, the learning rate halved per version
         when that is higher (a young head's confident errors reach the cloud only this way)."""
         with self._lock:
-            rate = self._shadow_rate
-        learning = self._learning_shadow_rate
+            rate, learning = self._shadow_rate, self._learning_shadow_rate
         if head_version is not None and learning > 0:
             rate = max(rate, learning * 0.5**head_version)
         return rate

@@ -29,6 +29,13 @@ class DeviceConfig(Versioned, PeerModel):
         le=1.0,
         description="Share of confident edge answers also sent to the cloud for comparison.",
     )
+    learning_shadow_rate: float | None = Field(
+        default=None,
+        ge=0.0,
+        le=1.0,
+        description="Shadow rate of a skill whose head is still young: this share at head "
+        "version 0, halved with each pushed version, never below `shadow_rate`.",
+    )
     skills: dict[SkillName, SkillSpec] | None = Field(
         default=None,
         max_length=32,

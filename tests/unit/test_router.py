@@ -175,3 +175,13 @@ def test_a_young_skill_head_is_sampled_more_and_less_with_each_version() -> None
     assert _router(shadow_rate=0.05).shadow_rate(0) == 0.05  # off by default
     assert _router(learning_shadow_rate=1.0).sample_shadow(0)
     assert not _router(learning_shadow_rate=1.0).sample_shadow()
+
+
+def test_a_device_config_turns_the_learning_shadow_rate_on_live() -> None:
+    router = _router()
+    assert router.shadow_rate(0) == 0.0
+    changes = router.update(thresholds=None, shadow_rate=None, learning_shadow_rate=0.5)
+    assert changes == {"learning_shadow_rate": [0.0, 0.5]}
+    assert router.shadow_rate(1) == 0.25
+    assert router.update(thresholds=None, shadow_rate=None, learning_shadow_rate=None) == {}
+    assert router.shadow_rate(0) == 0.5  # a config without the field keeps it
