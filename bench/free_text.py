@@ -8,8 +8,7 @@ the AUROC of its confidence, what the product's ``answer`` threshold escalates a
 system accuracy then (the cloud taken as right), the p50 time per answer, and the
 model's size on disk. Both splits are shown; nothing is fitted or tuned here.
 
-Per-item outputs are cached with ``bench.routing``'s (``routing_items.<model>.jsonl``);
-this script always recomputes them.
+It runs every model afresh and leaves ``bench.routing``'s per-item cache as it is.
 
     edge-agent models build qwen2.5-coder-0.5b-instruct --install-source   # ~3 min
     edge-agent models build qwen2.5-coder-1.5b-instruct --install-source   # ~6 min
@@ -47,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
         if manifest is None:
             print(f"{name}: not installed, skipped (`edge-agent models build {name}`)")
             continue
-        outs = run_model(name, items, reuse=False, threads=args.threads)
+        outs = run_model(name, items, reuse=False, threads=args.threads, store=False)
         for which in ("heldout", "all"):
             picked = [
                 o

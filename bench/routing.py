@@ -47,8 +47,11 @@ def _key(item: EvalItem) -> str:
     return f"{item.id}:{hashlib.sha256(body).hexdigest()[:12]}"
 
 
-def run_model(name: str, items: Sequence[EvalItem], *, reuse: bool, threads: int) -> list[Row]:
-    """Per-item outputs of one model, from the cache where allowed, else from the engine."""
+def run_model(
+    name: str, items: Sequence[EvalItem], *, reuse: bool, threads: int, store: bool = True
+) -> list[Row]:
+    """Per-item outputs of one model, from the cache where allowed, else from the engine;
+    ``store``: write new outputs back to the cache."""
     from agent.engine.engine import Engine
     from agent.engine.prompts import build_messages
     from agent.models import ModelCache, default_cache_dir
@@ -74,6 +77,7 @@ def run_model(name: str, items: Sequence[EvalItem], *, reuse: bool, threads: int
             cached[out["key"]] = out
             if n % 25 == 0 or n == len(todo):
                 print(f"  {name}: {n}/{len(todo)}", flush=True)
+    if todo and store:
         RESULTS_DIR.mkdir(parents=True, exist_ok=True)
         path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in cached.values()))
     rows = [cached[_key(i)] for i in items]
