@@ -199,6 +199,15 @@ def _by_ram(
     return dataclasses.replace(fits[-1], detected_by=f"{why}; MemTotal {gib:.1f} GiB")
 
 
+#: The generic family of each ``uname -m``.
+_GENERIC = {
+    "x86_64": "generic-x86-64",
+    "amd64": "generic-x86-64",
+    "aarch64": "generic-arm64",
+    "arm64": "generic-arm64",
+}
+
+
 def detect(
     root: Path = Path("/"),
     *,
@@ -210,7 +219,7 @@ def detect(
     Order: Raspberry Pi (device-tree model), Jetson Orin (nv_tegra_release or
     ``nvidia,tegra234``), Snapdragon X (DMI, device-tree, cpuinfo), then the generic
     profile of the architecture (``machine``, default ``/proc/sys/kernel/arch`` or
-    ``uname -m``). ``detected_by`` says what matched.
+    ``uname -m``; x86-64 by RAM too). ``detected_by`` says what matched.
     """
     table = profiles if profiles is not None else load_profiles()
     mem = mem_total_bytes(root)
@@ -245,15 +254,11 @@ def detect(
         return _by_ram("snapdragon-x", "generic-arm64", mem, table, snapdragon)
 
     arch = _machine(root, machine).lower()
-    if arch in ("x86_64", "amd64"):
-        name = "generic-x86-64"
-    elif arch in ("aarch64", "arm64"):
-        name = "generic-arm64"
-    else:
+    family = _GENERIC.get(arch)
+    if family is None:
         raise ProfileError(f"no profile for architecture {arch!r} (64-bit x86 or Arm only)")
-    return dataclasses.replace(
-        get_profile(name, table), detected_by=f"no known board; machine {arch}"
-    )
+    # By RAM too: an x86 box with 8 GB carries the 1.5B (BENCHMARKS.md, free text per model).
+    return _by_ram(family, family, mem, table, f"no known board; machine {arch}")
 
 
 # -- command line -------------------------------------------------------------

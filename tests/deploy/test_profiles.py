@@ -23,6 +23,7 @@ EXPECTED = {
     "jetson-orin-nx-16gb",
     "snapdragon-x",
     "generic-x86-64",
+    "generic-x86-64-8gb",
     "generic-arm64",
 }
 
@@ -99,13 +100,15 @@ ORYON_CPUINFO = "".join(
             None,
             "snapdragon-x",
         ),
-        ({}, 15.5, "x86_64", "generic-x86-64"),
+        ({}, 15.5, "x86_64", "generic-x86-64-8gb"),
+        ({}, 7.6, "x86_64", "generic-x86-64-8gb"),  # 8 GB nominal, after the firmware's share
+        ({}, 3.8, "x86_64", "generic-x86-64"),
         ({}, 3.8, "aarch64", "generic-arm64"),
         (
             {"proc/cpuinfo": "processor\t: 0\nmodel name\t: Intel(R) Xeon(R)\n"},
             64,
             "x86_64",
-            "generic-x86-64",
+            "generic-x86-64-8gb",
         ),
     ],
 )
@@ -137,6 +140,7 @@ def test_older_jetson_is_not_an_orin(tmp_path: Path) -> None:
 
 def test_unreadable_meminfo_picks_the_smallest(tmp_path: Path) -> None:
     assert detect(fake_root(tmp_path, None, PI4)).name == "rpi4-2gb"
+    assert detect(fake_root(tmp_path / "x86", None, {}), machine="x86_64").name == "generic-x86-64"
 
 
 def test_unknown_architecture(tmp_path: Path) -> None:
