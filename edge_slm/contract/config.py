@@ -11,6 +11,11 @@ from edge_slm.contract.request import Task
 from edge_slm.contract.skills import SkillName, SkillSpec
 from edge_slm.contract.structured import ToolSetName, ToolSetSpec
 
+_LEARNING = (
+    "Shadow rate of a skill whose head is still young: this share at head version 0, halved "
+    "with each pushed version, never below `shadow_rate`."
+)
+
 
 class DeviceConfig(Versioned, PeerModel):
     """Relay -> agent, retained on ``<prefix>/<device_id>/config``: run-time settings.
@@ -29,13 +34,7 @@ class DeviceConfig(Versioned, PeerModel):
         le=1.0,
         description="Share of confident edge answers also sent to the cloud for comparison.",
     )
-    learning_shadow_rate: float | None = Field(
-        default=None,
-        ge=0.0,
-        le=1.0,
-        description="Shadow rate of a skill whose head is still young: this share at head "
-        "version 0, halved with each pushed version, never below `shadow_rate`.",
-    )
+    learning_shadow_rate: float | None = Field(default=None, ge=0.0, le=1.0, description=_LEARNING)
     skills: dict[SkillName, SkillSpec] | None = Field(
         default=None,
         max_length=32,
