@@ -323,7 +323,9 @@ class RequestHandler:
             elif (
                 after.allowed
                 and edge.ok
-                and self._router.sample_shadow(self._head_version(job))
+                and self._router.sample_shadow(
+                    None if job.skill is None else self._skills.head_version(job.skill.name)
+                )
                 and self._escalator.shadow(job, edge)
             ):
                 self._telemetry.escalated(EscalationReason.SHADOW)
@@ -332,13 +334,6 @@ class RequestHandler:
                 basis = None if edge.reason == EDGE_REASON else edge.reason
                 edge = edge.model_copy(update={"reason": f"{basis}; {reason}" if basis else reason})
         self._reply_job(job, edge)
-
-    def _head_version(self, job: Job) -> int | None:
-        """The version of the head the job's skill answers with (0: its own text's)."""
-        if job.skill is None:
-            return None
-        pushed = self._skills.head(job.skill.name)
-        return 0 if pushed is None else pushed[1]
 
     # -- replies (any thread) --------------------------------------------------
 

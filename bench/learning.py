@@ -79,13 +79,14 @@ def voice() -> Dataset:
     return Dataset("voice", skill.labels, texts, gold, stream, held)
 
 
-def _read(path: Path) -> list[tuple[str, str]]:
+def read_intents(path: Path) -> list[tuple[str, str]]:
+    """(text, intent) of every line of a HWU64 JSONL file."""
     rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     return [(r["text"], r["intent"]) for r in rows]
 
 
 def hwu64(per_intent: int, seed: int) -> Dataset:
-    train = _read(HWU64 / "train.jsonl")
+    train = read_intents(HWU64 / "train.jsonl")
     rng = random.Random(seed)
     rng.shuffle(train)
     taken: dict[str, int] = defaultdict(int)
@@ -96,7 +97,7 @@ def hwu64(per_intent: int, seed: int) -> Dataset:
             stream.append((text, intent))
     labels = sorted(taken)
     names = [label.replace("_", " ").replace("iot", "smart home") for label in labels]
-    return Dataset("hwu64", labels, names, labels, stream, _read(HWU64 / "test.jsonl"))
+    return Dataset("hwu64", labels, names, labels, stream, read_intents(HWU64 / "test.jsonl"))
 
 
 #: HWU64 intents that are one of ``home_intents``' labels (HWU64 has no timers or locks).
@@ -118,7 +119,8 @@ def hwu64_home(per_intent: int, seed: int) -> Dataset:
     skill = SkillRegistry().get("home_intents")
     assert skill is not None
     texts, gold = skill_texts(skill.spec)
-    train = [(t, HOME_OF_HWU64[i]) for t, i in _read(HWU64 / "train.jsonl") if i in HOME_OF_HWU64]
+    home = HOME_OF_HWU64
+    train = [(t, home[i]) for t, i in read_intents(HWU64 / "train.jsonl") if i in home]
     random.Random(seed).shuffle(train)
     taken: dict[str, int] = defaultdict(int)
     stream = []
@@ -126,7 +128,7 @@ def hwu64_home(per_intent: int, seed: int) -> Dataset:
         if taken[label] < per_intent:
             taken[label] += 1
             stream.append((text, label))
-    held = [(t, HOME_OF_HWU64[i]) for t, i in _read(HWU64 / "test.jsonl") if i in HOME_OF_HWU64]
+    held = [(t, home[i]) for t, i in read_intents(HWU64 / "test.jsonl") if i in home]
     return Dataset("hwu64_home", skill.labels, texts, gold, stream, held)
 
 

@@ -51,8 +51,8 @@ from pathlib import Path
 from typing import Any
 
 from bench._common import table
+from bench.learning import HWU64
 
-HWU64 = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "hwu64"
 DEFAULT_INTENTS = ("iot_*", "alarm_set", "weather_query")
 #: Generation budget: the agent's default (96) is short for an 8-field schema.
 MAX_TOKENS = 160

@@ -20,7 +20,6 @@ held-out one. Needs the default model and the embedder (``scripts/bootstrap.sh``
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 from typing import Any
@@ -31,10 +30,10 @@ from agent.engine.engine import StopWhen
 from agent.engine.prompts import build_messages
 from agent.skills.calibration import auroc
 from bench._common import table, write_results
+from bench.learning import HWU64, read_intents
 from bench.skills import _embedder, _engine
 from edge_slm.contract import Request, Task
 
-HWU64 = Path(__file__).resolve().parents[2] / "shared" / "data" / "hwu64" / "test.jsonl"
 #: (label, HWU64 intent) pairs: opposite commands an app would list together.
 PAIRS = [
     (("lights_on", "iot_hue_lighton"), ("lights_off", "iot_hue_lightoff")),
@@ -47,9 +46,8 @@ OLD_THRESHOLD = 0.37  # the classify threshold before the cascade
 
 def _items(path: Path) -> dict[str, list[str]]:
     by_intent: dict[str, list[str]] = {}
-    for line in path.read_text(encoding="utf-8").splitlines():
-        row = json.loads(line)
-        by_intent.setdefault(row["intent"], []).append(row["text"])
+    for text, intent in read_intents(path):
+        by_intent.setdefault(intent, []).append(text)
     return by_intent
 
 
@@ -78,7 +76,7 @@ def _summary(rows: list[dict[str, Any]], threshold: float) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--data", type=Path, default=HWU64, help="HWU64 test.jsonl")
+    ap.add_argument("--data", type=Path, default=HWU64 / "test.jsonl", help="HWU64 test.jsonl")
     args = ap.parse_args(argv)
     threshold = PolicySettings().thresholds[Task.CLASSIFY]
     engine = _engine("smollm2-135m-instruct", args.threads)
@@ -109,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
                         "ms": ms,
                     }
                 )
-    pairs = sorted({r["pair"] for r in rows}, key=[f"{a[0]}/{b[0]}" for a, b in PAIRS].index)
+    pairs = dict.fromkeys(r["pair"] for r in rows)  # in PAIRS order, those with items
     summaries = {p: _summary([r for r in rows if r["pair"] == p], threshold) for p in pairs}
     summaries["all"] = _summary(rows, threshold)
     cols = ["pair", "n", "accuracy", "AUROC", "escalated", "wrong", "wrong escalated"]

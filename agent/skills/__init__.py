@@ -183,9 +183,14 @@ class SkillRegistry:
             return None
         return found
 
+    def head_version(self, name: str) -> int:
+        """The version of the head skill ``name`` answers with: the pushed one's, 0 for none
+        (the head fitted from its own text)."""
+        return (self.head(name) or (None, 0))[1]
+
     def head_versions(self) -> dict[str, int]:
-        """The head version in use per skill: the pushed one's, 0 for none."""
-        return {name: (self.head(name) or (None, 0))[1] for name in sorted(self._skills)}
+        """The head version in use per skill."""
+        return {name: self.head_version(name) for name in sorted(self._skills)}
 
     def set_pushed(self, specs: Mapping[str, SkillSpec]) -> list[str]:
         """Replace the pushed layer; returns the names whose content changed."""

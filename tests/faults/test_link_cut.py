@@ -80,7 +80,7 @@ TEXTS = [
     "it is too dark in here",
     "music off, lights on",
 ]
-RATE_HZ = 2.0  # each baseline phase: 15 s (~24 edge-only samples) short, 30 s long
+RATE_HZ = 2.0
 DEADLINE_MS = 3000
 # A shared 2-core machine: a single scheduler hiccup moves one sample by tens of ms,
 # and with ~50 edge-only samples per phase p99 is their maximum; this much absolute
@@ -153,6 +153,7 @@ def _wants_corrections(request_id: str) -> bool:
     return request_id.startswith("r") and int(request_id[1:]) % 10 == 9
 
 
+# baseline_s: each baseline phase, 15 s (~24 edge-only samples) short, 30 s long.
 @pytest.mark.parametrize(
     ("cut_s", "ttl_s", "baseline_s"),
     [
