@@ -32,7 +32,7 @@ from tests.support.procs import Daemon, Relay
 
 SKILL = "home_intents"
 #: The skill a run streams to; a fresh skill also has its TOML text (agent config + relay).
-_run: dict[str, Any] = {"skill": SKILL, "skills_dir": None}
+_run: dict[str, Any] = {"skill": SKILL, "skills_dir": None, "paraphrases": 0}
 
 
 def _ask(app: AppClient, topics: DeviceTopics, reply_topic: str, text: str, cloud: str) -> Any:
@@ -75,13 +75,16 @@ def real_curve(
     shadow_rate: float = 0.0,
     learning_shadow_rate: float = 0.0,
     fresh: tuple[str, str] | None = None,
+    paraphrases: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """``shadow_rate``: the share of confident stream answers the agent also sends to the
     cloud (shadow samples), which the relay learns from too; ``learning_shadow_rate``: the
     agent's rate for a skill while its head is young (halved per pushed version).
     ``fresh``: (name, TOML) of a skill written for the run, given to the agent in its
     config and to the relay's learn as a skills folder, instead of the built-in
-    ``home_intents``."""
+    ``home_intents``. ``paraphrases``: a ``bench.paraphrases`` file, kept in the relay's
+    store before the stream as the relay keeps what its teacher wrote, and learned from
+    once before the first request (``cloud-relay learn``: the skill's first head)."""
     threshold = PolicySettings().thresholds[Task.CLASSIFY]
     agent_env: dict[str, str] = {}
     if fresh is not None:
@@ -134,6 +137,16 @@ def real_curve(
                     **_heldout(app, topics, reply, held, threshold),
                 }
             )
+            if paraphrases is not None:
+                _keep_paraphrases(db, paraphrases)
+                points.append(
+                    {
+                        "cloud_labelled": 0,
+                        "seen": 0,
+                        "learn": _learn(db, broker.url, tmp / "agent.log"),
+                        **_heldout(app, topics, reply, held, threshold),
+                    }
+                )
             labelled = 0
             for seen, (text, _) in enumerate(stream, 1):
                 out = _ask(app, topics, reply, text, "auto")
@@ -165,6 +178,20 @@ def real_curve(
         "stream": len(stream),
         "heldout": len(held),
     }
+
+
+def _keep_paraphrases(db: str, written: dict[str, Any]) -> None:
+    """What the relay's teacher would have kept: the file's paraphrases, at the skill's
+    fingerprint for the count they were asked at (``learn.paraphrases``, set to match)."""
+    from cloud_relay.store import Paraphrase, open_store
+
+    store = open_store(db)
+    try:
+        items = [Paraphrase(label, text) for label, text in written["paraphrases"]]
+        store.record_paraphrases(_run["skill"], written["fingerprint"], written["model"], items)
+    finally:
+        store.close()
+    _run["paraphrases"] = written["each"]
 
 
 def _shadow_samples(db: Path) -> int:
@@ -199,7 +226,13 @@ def _learn(db: str, broker_url: str, agent_log: Path) -> dict[str, Any]:
         text=True,
         timeout=600,
         check=False,
-        env={**__import__("os").environ, "CLOUD_RELAY_LEARN__MIN_CASES": "5"},
+        env={
+            **__import__("os").environ,
+            "CLOUD_RELAY_LEARN__MIN_CASES": "5",
+            # Kept already (``_keep_paraphrases``): read from the store, the LLM never asked.
+            "CLOUD_RELAY_LEARN__PARAPHRASES": str(_run["paraphrases"]),
+            "CLOUD_RELAY_LLM__MODEL": "gold",
+        },
     )
     result = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
     pushed = bool(result) and result[0].get("action") == "pushed"

@@ -37,7 +37,7 @@ import random
 import time
 from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -330,6 +330,13 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="replay through the real system (agent, relay, gold cloud, cloud-relay learn)",
     )
+    parser.add_argument(
+        "--paraphrases",
+        action="store_true",
+        help="the skill also learns from the cloud's paraphrases of its labels, written by "
+        "`python -m bench.paraphrases write` (offline: added to the skill's texts; --real: "
+        "kept in the relay's store before the stream, as the relay keeps them)",
+    )
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args(argv)
 
@@ -343,8 +350,18 @@ def main(argv: list[str] | None = None) -> int:
         data = hwu64_home(args.per_intent, args.seed)
     else:
         data = hwu64_fresh(args.per_intent, args.seed)
+    written = _paraphrases(data) if args.paraphrases else None
     if args.real:
-        return _real(data, args.every, args.shadow_rate, args.learning_shadow_rate)
+        return _real(data, args.every, args.shadow_rate, args.learning_shadow_rate, written)
+    if written is not None:
+        texts = [t for _, t in written["paraphrases"]]
+        gold = [g for g, _ in written["paraphrases"]]
+        data = replace(
+            data,
+            name=f"{data.name}_paraphrases",
+            skill_texts=[*data.skill_texts, *texts],
+            skill_gold=[*data.skill_gold, *gold],
+        )
     embedder = _embedder(args.threads)
     every_text = sorted(
         {*data.skill_texts, *(t for t, _ in data.stream), *(t for t, _ in data.heldout)}
@@ -389,7 +406,22 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _real(data: Dataset, every: int, shadow_rate: float, learning_shadow_rate: float) -> int:
+def _paraphrases(data: Dataset) -> dict[str, Any]:
+    """The written paraphrases of the data set's skill (``bench.paraphrases``)."""
+    from bench.paraphrases import load
+
+    if data.name == "hwu64":
+        raise SystemExit("--paraphrases: the hwu64 skill is its intent names, with none written")
+    return load("home_fresh" if data.name == "hwu64_fresh" else "home_intents")
+
+
+def _real(
+    data: Dataset,
+    every: int,
+    shadow_rate: float,
+    learning_shadow_rate: float,
+    written: dict[str, Any] | None,
+) -> int:
     import tempfile
 
     from bench._learning_real import real_curve
@@ -404,6 +436,7 @@ def _real(data: Dataset, every: int, shadow_rate: float, learning_shadow_rate: f
             shadow_rate=shadow_rate,
             learning_shadow_rate=learning_shadow_rate,
             fresh=fresh,
+            paraphrases=written,
         )
     cols = ["escalations", "seen", "shadow samples", "head version", "escalated", "edge acc"]
     cols += ["AUROC", "system acc", "head alone", "its p50 ms"]
@@ -425,6 +458,7 @@ def _real(data: Dataset, every: int, shadow_rate: float, learning_shadow_rate: f
     print(table(cols, [[p[k] for k in keys] for p in result["points"]]))
     name = f"{data.name}_real" + (f"_shadow{shadow_rate:g}" if shadow_rate else "")
     name += f"_learning{learning_shadow_rate:g}" if learning_shadow_rate else ""
+    name += "_paraphrases" if written else ""
     print(plot(name, result))
     print(write_results(f"learning_{name}", result))
     return 0

@@ -285,6 +285,16 @@ class LearnSettings(_Section):
     max_cases: int = Field(
         default=5000, ge=2, description="The newest this many cases per skill are used."
     )
+    paraphrases: int = Field(
+        default=20,
+        ge=0,
+        le=200,
+        description="Requests per label the cloud LLM (`llm`) is asked to write for each "
+        "skill, once per version of the skill's text, and kept in the store: every head is "
+        "fitted on them beside the skill's texts, and a skill's first head is pushed from "
+        "them before any case escalates, if it recognizes the skill's exemplars at least as "
+        "well. Only the skill's own text is sent. 0: off.",
+    )
 
 
 class ModelPrice(_Section):

@@ -31,8 +31,10 @@ import numpy as np
 import numpy.typing as npt
 
 from cloud_relay.config import LearnSettings
-from cloud_relay.store import LabelledCase, PushedHead, RelayStore
+from cloud_relay.paraphrase import Teacher, TeacherUnavailable, fingerprint
+from cloud_relay.store import LabelledCase, Paraphrase, PushedHead, RelayStore
 from edge_slm.contract import SkillSpec, WireError, decode
+from edge_slm.contract.skills import HeadProvenance as Provenance
 from edge_slm.contract.skills import SkillHead
 from edge_slm.encoder import ONNX_FILE, TOKENIZER_FILE
 from edge_slm.head import Head, fit_head, skill_texts
@@ -72,6 +74,7 @@ class SkillResult:
     held_out: int
     accuracy_new: float | None = None
     accuracy_old: float | None = None
+    paraphrases: int = 0  # the cloud-written ones it was fitted on
 
 
 def encoder_folder(settings: LearnSettings) -> Path:
@@ -121,9 +124,11 @@ class Learner:
         encoder: TextEncoder,
         publish: Publish,
         skills: Mapping[str, SkillSpec],
+        teacher: Teacher | None = None,
         dry_run: bool = False,
     ) -> None:
         self._s = settings
+        self._teacher = teacher
         self._dry_run = dry_run
         self._prefix = prefix
         self._store = store
@@ -152,6 +157,7 @@ class Learner:
         cases = [c for c in rows if c.label in spec.labels]
         last = self._store.latest_head(name)
         last_version = last.version if last else None
+        written = self._paraphrases(name, spec)
 
         def done(
             action: Action,
@@ -173,6 +179,7 @@ class Learner:
                 held_out=held,
                 accuracy_new=accuracy_new,
                 accuracy_old=accuracy_old,
+                paraphrases=len(written),
             )
             fields = asdict(result)
             del fields["action"]  # the event's name says it
@@ -180,6 +187,8 @@ class Learner:
             return result
 
         if len(cases) < self._s.min_cases:
+            if written and last is None:
+                return self._first_head(name, spec, written, done)
             return done("skipped", f"{len(cases)} cloud-labelled cases, fewer than min_cases")
         if last is not None and max(c.received_at for c in cases) <= last.pushed_at:
             return done("skipped", f"no new case since version {last.version}")
@@ -188,12 +197,14 @@ class Learner:
         if not test or not train:
             return done("skipped", "the held-out share left one side empty", held=len(test))
         texts, text_gold = skill_texts(spec)
-        vectors = self._encoder.embed([*texts, *(c.text for c in train), *(c.text for c in test)])
-        n_text, n_train = len(texts), len(train)
-        test_vectors = vectors[n_text + n_train :]
+        own = [*texts, *(p.text for p in written)]
+        own_gold = [*text_gold, *(p.label for p in written)]
+        vectors = self._encoder.embed([*own, *(c.text for c in train), *(c.text for c in test)])
+        n_own, n_train = len(own), len(train)
+        test_vectors = vectors[n_own + n_train :]
         test_gold = [c.label for c in test]
-        new = fit_head(vectors[: n_text + n_train], [*text_gold, *(c.label for c in train)], labels)
-        old, old_what = self._head_in_use(last, labels, vectors[:n_text], text_gold)
+        new = fit_head(vectors[: n_own + n_train], [*own_gold, *(c.label for c in train)], labels)
+        old, old_what = self._head_in_use(last, labels, vectors[: len(texts)], text_gold)
         acc_new = accuracy(new, test_vectors, test_gold)
         acc_old = accuracy(old, test_vectors, test_gold)
         # A decision on the checked fit reports its figures.
@@ -205,15 +216,76 @@ class Learner:
         version = (last_version or 0) + 1
         if self._dry_run:
             return fitted("skipped", f"dry run: would push version {version}")
-        wire = new.to_wire(
-            skill=name,
-            version=version,
-            embedder=self._encoder.name,
-            skill_texts=n_text,
+        provenance = Provenance(
+            skill_texts=len(texts),
             cloud_labels=n_train,
             held_out=len(test),
             accuracy_new=acc_new,
             accuracy_old=acc_old,
+            paraphrases=len(written),
+        )
+        if not self._push(name, new, version, provenance, cases=len(cases)):
+            return done("skipped", f"version {version} was pushed by another relay")
+        return fitted(
+            "pushed", f"at least as accurate on the held-out cases as {old_what}", version=version
+        )
+
+    def _first_head(
+        self,
+        name: str,
+        spec: SkillSpec,
+        written: Sequence[Paraphrase],
+        done: Callable[..., SkillResult],
+    ) -> SkillResult:
+        """A skill's first head, before enough cases escalated: its texts and the cloud's
+        paraphrases. Checked on the skill's exemplars, which the cloud was not shown: a
+        head fitted on the label lines and the paraphrases must recognize at least as many
+        of them as one fitted on the label lines alone. The head pushed is fitted on
+        all of them."""
+        labels = tuple(spec.labels)
+        lines, line_gold = skill_texts(spec, exemplars=False)
+        check = [(e, n) for n, label in spec.labels.items() for e in label.exemplars]
+        if not check:
+            return done("skipped", "no exemplars to check the paraphrases on")
+        vectors = self._encoder.embed([*lines, *(p.text for p in written), *(t for t, _ in check)])
+        n_lines, n_own = len(lines), len(lines) + len(written)
+        own_gold = [*line_gold, *(p.label for p in written)]
+        check_vectors, check_gold = vectors[n_own:], [g for _, g in check]
+        acc_new = accuracy(fit_head(vectors[:n_own], own_gold, labels), check_vectors, check_gold)
+        acc_old = accuracy(
+            fit_head(vectors[:n_lines], line_gold, labels), check_vectors, check_gold
+        )
+        fitted = partial(done, held=len(check), accuracy_new=acc_new, accuracy_old=acc_old)
+        if acc_new < acc_old:
+            return fitted(
+                "kept", "the paraphrases recognize fewer of the skill's exemplars than its text"
+            )
+        if self._dry_run:
+            return fitted("skipped", "dry run: would push version 1 (paraphrases)")
+        head = fit_head(vectors, [*own_gold, *check_gold], labels)
+        provenance = Provenance(
+            skill_texts=n_lines + len(check),
+            cloud_labels=0,
+            held_out=len(check),
+            accuracy_new=acc_new,
+            accuracy_old=acc_old,
+            paraphrases=len(written),
+        )
+        if not self._push(name, head, 1, provenance, cases=0):
+            return done("skipped", "version 1 was pushed by another relay")
+        return fitted(
+            "pushed",
+            "from the skill's text and the paraphrases: they recognize at least as many of "
+            "its exemplars",
+            version=1,
+        )
+
+    def _push(
+        self, name: str, head: Head, version: int, provenance: Provenance, *, cases: int
+    ) -> bool:
+        """Claim ``version`` in the store and publish the head; False: already taken."""
+        wire = head.to_wire(
+            skill=name, version=version, embedder=self._encoder.name, provenance=provenance
         )
         payload = wire.to_wire()
         pushed = PushedHead(
@@ -221,14 +293,31 @@ class Learner:
             version=version,
             payload=payload.decode(),
             pushed_at=time.time(),
-            cases=len(cases),
+            cases=cases,
         )
         if not self._store.record_head(pushed):
-            return done("skipped", f"version {version} was pushed by another relay")
+            return False
         self._publish(skill_head(self._prefix, name), payload)
-        return fitted(
-            "pushed", f"at least as accurate on the held-out cases as {old_what}", version=version
-        )
+        return True
+
+    def _paraphrases(self, name: str, spec: SkillSpec) -> list[Paraphrase]:
+        """The cloud's paraphrases of ``spec``'s labels: kept ones, or asked for now (and
+        kept); none when off, for a skill without a head, or when the cloud fails."""
+        each = self._s.paraphrases
+        if not each or self._teacher is None or not (spec.embedding and spec.head):
+            return []
+        key = fingerprint(spec, each)
+        kept = list(self._store.paraphrases(name, key))
+        if kept:
+            return kept
+        try:
+            written = self._teacher.paraphrase(name, spec, each)
+        except TeacherUnavailable as exc:
+            log.warning("paraphrases_unavailable", skill=name, error=str(exc))
+            return []
+        if written:
+            self._store.record_paraphrases(name, key, self._teacher.model, written)
+        return written
 
     def _head_in_use(
         self,

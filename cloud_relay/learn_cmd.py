@@ -30,6 +30,7 @@ HEADERS = (
     "version",
     "cases",
     "train",
+    "paraphrases",
     "held out",
     "acc in use",
     "acc new",
@@ -44,7 +45,10 @@ def add_learn_command(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
         description="Per skill: the cloud-labelled escalations and shadow samples in the log "
         "(already redacted on the device) plus the skill's own texts. A held-out share "
         "(learn.holdout) checks the new head against the head in use; it is pushed, retained "
-        "on <prefix>/_skills/<skill>/head, only if it is not worse there.",
+        "on <prefix>/_skills/<skill>/head, only if it is not worse there. With "
+        "learn.paraphrases the cloud LLM first writes requests for each label, once per "
+        "version of the skill's text: every head is fitted on them too, and a skill's first "
+        "head is pushed from them before any case escalates.",
     )
     add_common(p)
     p.add_argument("--broker", help="broker URL (default: the config's)")
@@ -84,6 +88,7 @@ def _cells(r: SkillResult) -> list[str]:
         "-" if r.version is None else str(r.version),
         str(r.cases),
         str(r.train),
+        str(r.paraphrases),
         str(r.held_out),
         acc(r.accuracy_old),
         acc(r.accuracy_new),

@@ -16,6 +16,7 @@ from cloud_relay.config import RelaySettings
 from cloud_relay.learn import Learner, LearnUnavailable, Publish, SkillResult, TextEncoder
 from cloud_relay.learn import load_encoder as _load_encoder
 from cloud_relay.learn_skills import SkillFileError, load_skills
+from cloud_relay.paraphrase import Teacher, teacher_for
 from cloud_relay.store import StoreError, open_store
 from edge_slm.logs import get_logger
 
@@ -27,9 +28,11 @@ def learn_once(
     publish: Publish,
     encoder: TextEncoder | None = None,
     *,
+    teacher: Teacher | None = None,
     dry_run: bool = False,
 ) -> list[SkillResult]:
-    """One learn run over every skill; raises LearnUnavailable, SkillFileError, StoreError."""
+    """One learn run over every skill; raises LearnUnavailable, SkillFileError, StoreError.
+    The teacher (paraphrases) is the relay's LLM unless one is given."""
     skills = load_skills(settings.learn.skills_dir)
     encoder = encoder if encoder is not None else _load_encoder(settings.learn)
     store = open_store(settings.db)
@@ -41,6 +44,7 @@ def learn_once(
             encoder=encoder,
             publish=publish,
             skills=skills,
+            teacher=teacher if teacher is not None else teacher_for(settings),
             dry_run=dry_run,
         )
         return learner.run()

@@ -35,15 +35,15 @@ class HeadRejected(ValueError):
     """A head that does not fit the skill or the encoder it would be used with."""
 
 
-def skill_texts(spec: SkillSpec) -> tuple[list[str], list[str]]:
+def skill_texts(spec: SkillSpec, *, exemplars: bool = True) -> tuple[list[str], list[str]]:
     """A skill's own texts and their labels: per label, "verbalizer: description" (or the
-    verbalizer alone) and each exemplar."""
+    verbalizer alone) and, with ``exemplars``, each exemplar."""
     texts: list[str] = []
     gold: list[str] = []
     for name, label in spec.labels.items():
         words = label.words(name)
         line = f"{words}: {label.description}" if label.description else words
-        for text in (line, *label.exemplars):
+        for text in (line, *(label.exemplars if exemplars else ())):
             texts.append(text)
             gold.append(name)
     return texts, gold
@@ -117,11 +117,7 @@ class Head:
         skill: str,
         version: int,
         embedder: str,
-        skill_texts: int = 0,
-        cloud_labels: int = 0,
-        held_out: int = 0,
-        accuracy_new: float | None = None,
-        accuracy_old: float | None = None,
+        provenance: HeadProvenance | None = None,
     ) -> SkillHead:
         raw = self.weights.astype("<f4").tobytes(order="C")
         return SkillHead(
@@ -133,13 +129,7 @@ class Head:
             weights=base64.b64encode(raw).decode("ascii"),
             bias=[float(b) for b in self.bias],
             calibration=self.calibration,
-            provenance=HeadProvenance(
-                skill_texts=skill_texts,
-                cloud_labels=cloud_labels,
-                held_out=held_out,
-                accuracy_new=accuracy_new,
-                accuracy_old=accuracy_old,
-            ),
+            provenance=provenance or HeadProvenance(skill_texts=0, cloud_labels=0, held_out=0),
             created_at=time.time(),
         )
 

@@ -271,6 +271,15 @@ class PushedHead:
     cases: int
 
 
+@dataclass(frozen=True, slots=True)
+class Paraphrase:
+    """A request the cloud LLM wrote for one of a skill's labels (``learn.paraphrases``):
+    training data made from the skill's own text, never from a device's request."""
+
+    label: str
+    text: str
+
+
 class StoreError(Exception):
     """The store is unreachable or its schema is newer than this code."""
 
@@ -352,6 +361,17 @@ class RelayStore(Protocol):
     def record_head(self, head: PushedHead) -> bool:
         """Claim ``head.version`` of its skill and keep the head; False when that version
         is taken already (another relay sharing the store pushed it first)."""
+        ...
+
+    def paraphrases(self, skill: str, fingerprint: str) -> Sequence[Paraphrase]:
+        """The paraphrases kept for ``skill`` at ``fingerprint`` (its text and the prompt),
+        in the order they were written; empty when none were."""
+        ...
+
+    def record_paraphrases(
+        self, skill: str, fingerprint: str, model: str, written: Sequence[Paraphrase]
+    ) -> None:
+        """Keep ``written`` for ``skill`` at ``fingerprint`` (repeats are ignored)."""
         ...
 
     def cost_avoided_since(self, since: float, device_id: str | None = None) -> dict[str, float]:

@@ -23,6 +23,7 @@ from cloud_relay.store.base import (
     LogQuery,
     LogRow,
     NewEscalation,
+    Paraphrase,
     PushedHead,
     StatusUpdate,
     StoreError,
@@ -155,6 +156,23 @@ MIGRATIONS: list[tuple[int, list[str]]] = [
             "ALTER TABLE relay_log ADD COLUMN edge_data TEXT",  # JSON object
             "ALTER TABLE relay_log ADD COLUMN cloud_tool_call TEXT",
             "ALTER TABLE relay_log ADD COLUMN cloud_data TEXT",
+        ],
+    ),
+    (
+        # The cloud as a teacher (`learn.paraphrases`): requests it wrote per skill label,
+        # kept per version of the skill's text, so they are asked for once.
+        7,
+        [
+            """CREATE TABLE IF NOT EXISTS skill_paraphrase (
+                skill TEXT NOT NULL,
+                fingerprint TEXT NOT NULL,
+                seq INTEGER NOT NULL,
+                label TEXT NOT NULL,
+                text TEXT NOT NULL,
+                model TEXT NOT NULL,
+                written_at {real} NOT NULL,
+                PRIMARY KEY (skill, fingerprint, seq)
+            )""",
         ],
     ),
 ]
@@ -697,6 +715,29 @@ class SqlStore:
                 (head.skill, head.version, head.payload, head.pushed_at, head.cases),
             )
         )
+
+    def paraphrases(self, skill: str, fingerprint: str) -> list[Paraphrase]:
+        rows = self._db.query(
+            "SELECT label, text FROM skill_paraphrase WHERE skill = ? AND fingerprint = ? "
+            "ORDER BY seq",
+            (skill, fingerprint),
+        )
+        return [Paraphrase(label=r[0], text=r[1]) for r in rows]
+
+    def record_paraphrases(
+        self, skill: str, fingerprint: str, model: str, written: Sequence[Paraphrase]
+    ) -> None:
+        now = time.time()
+        with self._db.transaction():
+            self._db.execute_many(
+                "INSERT INTO skill_paraphrase "
+                "(skill, fingerprint, seq, label, text, model, written_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (skill, fingerprint, seq) DO NOTHING",
+                [
+                    (skill, fingerprint, i, p.label, p.text, model, now)
+                    for i, p in enumerate(written)
+                ],
+            )
 
     def close(self) -> None:
         self._db.close()

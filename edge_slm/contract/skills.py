@@ -262,6 +262,9 @@ class SkillSpec(BaseModel):
         return self
 
 
+_PARAPHRASES = "Requests the cloud LLM wrote for the skill's labels that it was fitted on."
+
+
 class HeadProvenance(BaseModel):
     """What a pushed head was fitted on and how it did on the relay's held-out cases."""
 
@@ -269,13 +272,18 @@ class HeadProvenance(BaseModel):
 
     skill_texts: int = Field(ge=0, description="The skill's own texts it was fitted on.")
     cloud_labels: int = Field(ge=0, description="Cloud-labelled cases it was fitted on.")
-    held_out: int = Field(ge=0, description="Cloud-labelled cases kept out, to check it.")
+    held_out: int = Field(
+        ge=0,
+        description="Texts kept out, to check it: cloud-labelled cases, or the skill's "
+        "exemplars for a first head fitted on the cloud's paraphrases.",
+    )
     accuracy_new: float | None = Field(
         default=None, ge=0, le=1, description="Its accuracy on the held-out cases."
     )
     accuracy_old: float | None = Field(
         default=None, ge=0, le=1, description="The accuracy of the head it replaces there."
     )
+    paraphrases: int = Field(default=0, ge=0, description=_PARAPHRASES)
 
 
 class SkillHead(Versioned, OutboundModel):

@@ -25,6 +25,7 @@ from agent.models import ModelCache, default_cache_dir
 from agent.models.embedders import DEFAULT_EMBEDDER, installed
 from agent.skills import SkillRegistry
 from agent.skills.embedding import Embedder
+from edge_slm.contract.skills import HeadProvenance
 from edge_slm.head import fit_head, skill_texts
 from edge_slm.topics import DeviceTopics, skill_head
 from tests.support.agent import AgentProcess
@@ -104,7 +105,12 @@ def test_a_pushed_head_changes_the_agents_answers(
     texts += TAUGHT * 3
     gold += ["play_music"] * len(TAUGHT) * 3
     head = fit_head(encoder.embed(texts), gold, skill.labels)
-    wire = head.to_wire(skill=SKILL, version=1, embedder=encoder.name, cloud_labels=9)
+    wire = head.to_wire(
+        skill=SKILL,
+        version=1,
+        embedder=encoder.name,
+        provenance=HeadProvenance(skill_texts=0, cloud_labels=9, held_out=0),
+    )
     push(relay_client, skill_head("slm", SKILL), wire.to_wire())
     heads_in_status(broker.port, topics.status, {SKILL: 1})
 

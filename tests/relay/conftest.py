@@ -8,6 +8,8 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from cloud_relay.config import LearnSettings
+from cloud_relay.learn import TextEncoder, encoder_folder, load_encoder
 from cloud_relay.store import RelayStore, open_store
 
 PG_BASE = os.environ.get("RELAY_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
@@ -43,7 +45,7 @@ def pg_url(pg_schema_url: str) -> Iterator[str]:
     with psycopg.connect(pg_schema_url, autocommit=True) as conn:
         conn.execute(
             "DROP TABLE IF EXISTS relay_log, relay_schema_version, fleet_device, fleet_telemetry, "
-            "skill_head"
+            "skill_head, skill_paraphrase"
         )
 
 
@@ -60,3 +62,12 @@ def store(store_url: str) -> Iterator[RelayStore]:
     s = open_store(store_url)
     yield s
     s.close()
+
+
+@pytest.fixture(scope="session")
+def encoder() -> TextEncoder:
+    """The learn loop's sentence encoder, from the model cache."""
+    settings = LearnSettings()
+    if not (encoder_folder(settings) / "model.onnx").is_file():
+        pytest.skip(f"encoder {settings.encoder} is not installed in the model cache")
+    return load_encoder(settings)

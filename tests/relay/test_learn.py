@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,40 +17,15 @@ import pytest
 
 from cloud_relay.cli import main
 from cloud_relay.config import LearnSettings
-from cloud_relay.learn import Learner, encoder_folder, held_out, load_encoder
-from cloud_relay.store import Final, LabelledCase, NewEscalation, RelayStore, open_store
-from edge_slm.contract import Outcome, SkillSpec, decode
+from cloud_relay.learn import Learner, held_out
+from cloud_relay.store import LabelledCase, RelayStore, open_store
+from edge_slm.contract import decode
 from edge_slm.contract.skills import SkillHead
 from edge_slm.head import Head, fit_head, skill_texts
 from edge_slm.mqtt import BrokerUrl, Inbound, MqttConnection
 from edge_slm.topics import skill_head
+from tests.relay.learning import SKILL, SPEC, cases, log_case
 from tests.support.broker import PrivateBroker
-
-SKILL = "lights"
-SPEC = SkillSpec.model_validate(
-    {
-        "labels": {
-            "lights_on": {"description": "switch lights on", "exemplars": ["lights on"]},
-            "lights_off": {"description": "switch lights off", "exemplars": ["lights off"]},
-        }
-    }
-)
-ROOMS = ["kitchen", "bedroom", "hall", "garage", "office", "bathroom", "attic", "porch"]
-ON = ["turn on the {} light", "switch the {} lamp on", "{} is too dark, light it up"]
-OFF = ["turn off the {} light", "switch the {} lamp off", "kill the lights in the {}"]
-
-
-def cases() -> list[tuple[str, str]]:
-    out = [(t.format(r), "lights_on") for t in ON for r in ROOMS]
-    return out + [(t.format(r), "lights_off") for t in OFF for r in ROOMS]
-
-
-@pytest.fixture(scope="module")
-def encoder() -> object:
-    settings = LearnSettings()
-    if not (encoder_folder(settings) / "model.onnx").is_file():
-        pytest.skip(f"encoder {settings.encoder} is not installed in the model cache")
-    return load_encoder(settings)
 
 
 @pytest.fixture
@@ -59,34 +33,6 @@ def store(tmp_path: Path) -> Iterator[RelayStore]:
     s = open_store(f"sqlite:///{tmp_path / 'relay.db'}")
     yield s
     s.close()
-
-
-def log_case(store: RelayStore, i: int, text: str, label: str) -> None:
-    store.claim(
-        NewEscalation(
-            device_id=f"dev-{i % 3}",
-            request_id=f"r{i}",
-            relay_id="r",
-            received_at=time.time(),
-            task="classify",
-            reason="low_confidence",
-            text=text,
-            labels=list(SPEC.labels),
-            skill=SKILL,
-        ),
-        stale_before=0,
-    )
-    store.finalize(
-        f"dev-{i % 3}",
-        f"r{i}",
-        Final(
-            outcome=Outcome.OK,
-            answered_at=time.time(),
-            reply="{}",
-            latency_ms=1.0,
-            cloud_label=label,
-        ),
-    )
 
 
 def is_held_out(i: int, holdout: float) -> bool:
@@ -249,6 +195,7 @@ def test_cloud_relay_run_learns_on_its_schedule(
         **{
             "mqtt.broker": broker.url,
             "llm.model": "unused",  # no escalation comes: the LLM is never called
+            "learn.paraphrases": 0,
             "learn.interval_s": 0.5,
             "learn.skills": [SKILL],
             "learn.skills_dir": skills,

@@ -1,5 +1,6 @@
-"""Store migration 5, the learn loop's data: labelled cases per skill, pushed heads, and the
-head versions devices report, on SQLite and on a real PostgreSQL."""
+"""Store migrations 5 and 7, the learn loop's data: labelled cases per skill, pushed heads,
+the head versions devices report, and the cloud's paraphrases, on SQLite and on a real
+PostgreSQL."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from cloud_relay import render
 from cloud_relay.store import (
     Final,
     NewEscalation,
+    Paraphrase,
     PushedHead,
     RelayStore,
     StatusUpdate,
@@ -114,3 +116,22 @@ def test_devices_show_the_head_versions_of_their_status(store: RelayStore) -> No
     cells = render.device_cells(d, now=now, stale_after_s=60)
     assert cells[render.DEVICE_HEADERS.index("heads")] == "home_intents@3,sensor_state@0"
     assert render.device_dict(d, now=now, stale_after_s=60)["heads"] == d.heads
+
+
+def test_paraphrases_are_kept_per_skill_text_in_order_and_written_once(
+    store: RelayStore,
+) -> None:
+    written = [
+        Paraphrase("lights_on", "lights up please"),
+        Paraphrase("lights_off", "it's too bright, lights off"),
+        Paraphrase("lights_on", "need some light in here"),
+    ]
+    assert store.paraphrases("home", "fp1") == []
+    store.record_paraphrases("home", "fp1", "gpt-x", written)
+    assert store.paraphrases("home", "fp1") == written
+    # Another version of the skill's text, and another skill, keep their own.
+    assert store.paraphrases("home", "fp2") == []
+    assert store.paraphrases("other", "fp1") == []
+    # A second relay recording the same version adds nothing it already has.
+    store.record_paraphrases("home", "fp1", "gpt-x", written[:2])
+    assert store.paraphrases("home", "fp1") == written

@@ -15,6 +15,7 @@ import pytest
 from agent.skills import SkillRegistry, head_stage
 from agent.skills.head_stage import combine
 from edge_slm.contract import SkillHead, UnsupportedVersion, WireError, decode
+from edge_slm.contract.skills import HeadProvenance
 from edge_slm.head import MAX_CONFIDENCE, Head, HeadOutput, HeadRejected, fit_head
 from edge_slm.rounding import confidence as round_confidence
 
@@ -59,7 +60,9 @@ def test_fit_predict_and_the_wire_round_trip() -> None:
     head = fit_head(x, gold, labels)
     assert head.labels == tuple(labels)
     assert head.weights.shape == (3, DIM)
-    wire = head.to_wire(skill="home_intents", version=3, embedder="minilm", skill_texts=36)
+    provenance = HeadProvenance(skill_texts=36, cloud_labels=0, held_out=0, paraphrases=80)
+    wire = head.to_wire(skill="home_intents", version=3, embedder="minilm", provenance=provenance)
+    assert wire.provenance == provenance
     back = Head.from_wire(decode(SkillHead, json.dumps(wire.model_dump(mode="json")).encode()))
     probe, probe_gold = _data(labels, 5, noise=0.6, seed=9)
     for v, g in zip(probe, probe_gold, strict=True):
