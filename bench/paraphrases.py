@@ -106,6 +106,10 @@ def _sets(skill: str) -> list[tuple[str, Dataset]]:
     return [("voice", voice()), ("hwu64 home", hwu64_home(10**6, 0))]
 
 
+def _key(text: str) -> str:
+    return " ".join(text.lower().strip(" .!?").split())
+
+
 def _eval(args: argparse.Namespace) -> int:
     from bench.skills import _embedder
 
@@ -124,8 +128,13 @@ def _eval(args: argparse.Namespace) -> int:
         ),
     }
     rows, out = [], []
+    said = {_key(t) for t, _ in written}
     for set_name, d in _sets(args.skill):
-        for side, items in (("dev", d.stream), ("held-out", d.heldout)):
+        # The cloud never saw a held-out item, but short commands recur ("open the
+        # blinds"): the held-out side is also measured without those it wrote verbatim.
+        unseen = [(t, g) for t, g in d.heldout if _key(t) not in said]
+        sides = [("dev", d.stream), ("held-out", d.heldout), ("held-out, not written", unseen)]
+        for side, items in sides:
             vectors = embedder.embed([t for t, _ in items])
             for head_name, head in heads.items():
                 m = measure(head, vectors, [g for _, g in items], ACCEPT)

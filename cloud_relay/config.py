@@ -292,8 +292,8 @@ class LearnSettings(_Section):
         description="Requests per label the cloud LLM (`llm`) is asked to write for each "
         "skill, once per version of the skill's text, and kept in the store: every head is "
         "fitted on them beside the skill's texts, and a skill's first head is pushed from "
-        "them before any case escalates, if it recognizes the skill's exemplars at least as "
-        "well. Only the skill's own text is sent. 0: off.",
+        "them before any case escalates, if with them it recognizes at least as many of the "
+        "skill's exemplars, each left out in turn. Only the skill's own text is sent. 0: off.",
     )
 
 

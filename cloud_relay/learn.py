@@ -238,33 +238,40 @@ class Learner:
         done: Callable[..., SkillResult],
     ) -> SkillResult:
         """A skill's first head, before enough cases escalated: its texts and the cloud's
-        paraphrases. Checked on the skill's exemplars, which the cloud was not shown: a
-        head fitted on the label lines and the paraphrases must recognize at least as many
-        of them as one fitted on the label lines alone. The head pushed is fitted on
-        all of them."""
+        paraphrases. Checked on the skill's exemplars, which the cloud was not shown, each
+        left out in turn: fitted on the skill's other texts and the paraphrases, the head
+        must recognize at least as many as fitted on the other texts alone (the head the
+        devices fit at load)."""
         labels = tuple(spec.labels)
-        lines, line_gold = skill_texts(spec, exemplars=False)
-        check = [(e, n) for n, label in spec.labels.items() for e in label.exemplars]
+        texts, text_gold = skill_texts(spec)
+        lines = set(skill_texts(spec, exemplars=False)[0])
+        check = [i for i, text in enumerate(texts) if text not in lines]
         if not check:
             return done("skipped", "no exemplars to check the paraphrases on")
-        vectors = self._encoder.embed([*lines, *(p.text for p in written), *(t for t, _ in check)])
-        n_lines, n_own = len(lines), len(lines) + len(written)
-        own_gold = [*line_gold, *(p.label for p in written)]
-        check_vectors, check_gold = vectors[n_own:], [g for _, g in check]
-        acc_new = accuracy(fit_head(vectors[:n_own], own_gold, labels), check_vectors, check_gold)
-        acc_old = accuracy(
-            fit_head(vectors[:n_lines], line_gold, labels), check_vectors, check_gold
-        )
+        vectors = self._encoder.embed([*texts, *(p.text for p in written)])
+        own, extra = vectors[: len(texts)], vectors[len(texts) :]
+        extra_gold = [p.label for p in written]
+        right_old = right_new = 0
+        for i in check:
+            rest = np.arange(len(texts)) != i  # every label keeps its line
+            gold = [g for g, kept in zip(text_gold, rest, strict=True) if kept]
+            old = fit_head(own[rest], gold, labels, calibrate=False)
+            new = fit_head(
+                np.concatenate([own[rest], extra]), [*gold, *extra_gold], labels, calibrate=False
+            )
+            right_old += old.predict(own[i]).label == text_gold[i]
+            right_new += new.predict(own[i]).label == text_gold[i]
+        acc_new, acc_old = right_new / len(check), right_old / len(check)
         fitted = partial(done, held=len(check), accuracy_new=acc_new, accuracy_old=acc_old)
         if acc_new < acc_old:
             return fitted(
-                "kept", "the paraphrases recognize fewer of the skill's exemplars than its text"
+                "kept", "with the paraphrases the head recognizes fewer of the skill's exemplars"
             )
         if self._dry_run:
             return fitted("skipped", "dry run: would push version 1 (paraphrases)")
-        head = fit_head(vectors, [*own_gold, *check_gold], labels)
+        head = fit_head(vectors, [*text_gold, *extra_gold], labels)
         provenance = Provenance(
-            skill_texts=n_lines + len(check),
+            skill_texts=len(texts),
             cloud_labels=0,
             held_out=len(check),
             accuracy_new=acc_new,
@@ -275,8 +282,8 @@ class Learner:
             return done("skipped", "version 1 was pushed by another relay")
         return fitted(
             "pushed",
-            "from the skill's text and the paraphrases: they recognize at least as many of "
-            "its exemplars",
+            "from the skill's texts and the paraphrases: with them it recognizes at least as "
+            "many of its exemplars",
             version=1,
         )
 

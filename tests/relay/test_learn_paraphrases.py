@@ -16,10 +16,25 @@ from cloud_relay.store import Paraphrase, RelayStore
 from edge_slm.contract import SkillSpec, decode
 from edge_slm.contract.skills import SkillHead
 from edge_slm.head import Head, skill_texts
-from tests.relay.learning import SKILL, SPEC, cases, log_case
+from tests.relay.learning import SKILL, cases, log_case
 from tests.support.broker import free_port
 from tests.support.procs import LlmServer
 
+#: The check leaves each exemplar out in turn: a few per label make it mean something.
+SPEC = SkillSpec.model_validate(
+    {
+        "labels": {
+            "lights_on": {
+                "description": "switch lights on",
+                "exemplars": ["lights on", "turn the lamp on", "it is too dark in here"],
+            },
+            "lights_off": {
+                "description": "switch lights off",
+                "exemplars": ["lights off", "switch the lamp off", "kill the lights"],
+            },
+        }
+    }
+)
 ROOMS = ["kitchen", "bedroom", "hall", "garage", "office"]
 ON = ["switch the {} lamp on", "{} is too dark, light it up", "light up the {}"]
 OFF = ["switch the {} lamp off", "kill the lights in the {}", "{} lights out"]
@@ -76,8 +91,8 @@ def test_a_fresh_skill_gets_its_first_head_from_the_paraphrases_before_any_case(
     result = run(store, encoder, teacher, pushed)
     assert result.action == "pushed", result
     assert (result.version, result.cases, result.paraphrases) == (1, 0, 30)
-    # Checked on the two exemplars, which neither check fit saw.
-    assert result.held_out == 2
+    # Checked on the six exemplars, each left out of both check fits in turn.
+    assert result.held_out == 6
     assert result.accuracy_new is not None
     assert result.accuracy_old is not None
     assert result.accuracy_new >= result.accuracy_old
