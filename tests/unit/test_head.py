@@ -194,3 +194,32 @@ def test_warming_the_heads_gives_up_at_the_next_batch_once_stopped() -> None:
     batches = [-(-len(head_stage.skill_texts(s.spec)[0]) // head_stage.BATCH) for s in skills]
     assert whole.runs == sum(batches)
     assert max(batches) > 1  # so the stopped run really gave up inside a skill
+
+
+def test_too_few_wrong_answers_out_of_fold_leave_the_raw_top_share() -> None:
+    """Platt's two parameters on a handful of errors flatten the confidence (every answer
+    alike, none escalating): with fewer than MIN_CALIBRATION_CASES wrong out of fold the
+    head keeps the raw top share; with enough, it is calibrated."""
+    from sklearn.linear_model import LogisticRegression  # type: ignore[import-untyped]
+    from sklearn.model_selection import (  # type: ignore[import-untyped]
+        StratifiedKFold,
+        cross_val_predict,
+    )
+
+    from edge_slm.head import FOLDS, MIN_CALIBRATION_CASES, C
+
+    labels = ["a", "b", "c", "d", "e"]
+
+    def wrong_out_of_fold(x: np.ndarray, gold: list[str]) -> int:
+        y = np.array([labels.index(g) for g in gold])
+        cv = StratifiedKFold(n_splits=FOLDS, shuffle=True, random_state=0)
+        model = LogisticRegression(C=C, max_iter=2000, random_state=0)
+        oof = cross_val_predict(model, x, y, cv=cv, method="predict_proba")
+        return int((oof.argmax(axis=1) != y).sum())
+
+    easy = _data(labels, 18, noise=1.5, seed=3)
+    assert 0 < wrong_out_of_fold(*easy) < MIN_CALIBRATION_CASES
+    assert fit_head(*easy, labels).calibration == (1.0, 0.0)
+    hard = _data(labels, 18, noise=2.0, seed=3)
+    assert wrong_out_of_fold(*hard) >= MIN_CALIBRATION_CASES
+    assert fit_head(*hard, labels).calibration != (1.0, 0.0)
