@@ -82,7 +82,8 @@ def fingerprint(spec: SkillSpec, each: int) -> str:
 
 #: One call per label and style, each asking for its share of the paraphrases: a
 #: model asked for a long list in one go repeats itself (measured with a greedy
-#: 1.5B: 80 distinct of 192 asked in one call per label, BENCHMARKS.md).
+#: 1.5B: 80 kept of 192 asked in one call per label, 134 of 240 in one per style;
+#: BENCHMARKS.md). The styles are a smart-home device's: voice and app requests.
 STYLES = (
     "short, blunt commands",
     "polite or longer requests, some naming a room, a device or a detail",
