@@ -17,6 +17,7 @@ from __future__ import annotations
 import base64
 import math
 import time
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -177,7 +178,11 @@ def fit_head(
     if len(set(y.tolist())) != len(names):
         raise ValueError("every label needs at least one example")
     model = LogisticRegression(C=C, max_iter=2000, random_state=seed)
-    model.fit(vectors, y)
+    with warnings.catch_warnings():
+        # A skill of verbalizers alone has one text per label, which scikit-learn
+        # suspects is a regression target; here it is a label set by construction.
+        warnings.filterwarnings("ignore", "The number of unique classes", UserWarning)
+        model.fit(vectors, y)
     weights, bias = model.coef_, model.intercept_
     if len(names) == 2:  # one row for the second label; softmax over [0, w] is the same
         weights = np.vstack([np.zeros_like(weights), weights])

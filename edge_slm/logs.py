@@ -1,7 +1,8 @@
 """structlog configured once for both daemons.
 
 JSON lines when stderr is not a TTY (journald, CI), colored console otherwise.
-paho's stdlib logger is bridged into the same pipeline, so one stream holds all.
+paho's stdlib logger is bridged into the same pipeline, and so are Python's warnings
+(a library's ``UserWarning`` is a JSON line under journald too), so one stream holds all.
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ def configure_logging(level: str = "INFO", fmt: LogFormat = "auto") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    logging.captureWarnings(True)
 
 
 def get_logger(name: str) -> structlog.stdlib.BoundLogger:

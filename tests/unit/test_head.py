@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import json
 import threading
+import warnings
 from collections.abc import Sequence
 
 import numpy as np
@@ -223,3 +224,15 @@ def test_too_few_wrong_answers_out_of_fold_leave_the_raw_top_share() -> None:
     hard = _data(labels, 18, noise=2.0, seed=3)
     assert wrong_out_of_fold(*hard) >= MIN_CALIBRATION_CASES
     assert fit_head(*hard, labels).calibration != (1.0, 0.0)
+
+
+def test_a_skill_of_one_text_per_label_fits_without_a_warning() -> None:
+    """A skill of verbalizers alone (the HWU64 skill of intent names) has one text per
+    label; scikit-learn's regression-target warning is expected there and kept out of
+    the agent's log, and the head still answers each name's own vector."""
+    labels = [f"intent_{i}" for i in range(32)]
+    x, gold = _data(labels, 1, noise=0.1, seed=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        head = fit_head(x, gold, labels)
+    assert [head.predict(v).label for v in x] == gold
