@@ -96,8 +96,21 @@ def hwu64(per_intent: int, seed: int) -> Dataset:
             taken[intent] += 1
             stream.append((text, intent))
     labels = sorted(taken)
-    names = [label.replace("_", " ").replace("iot", "smart home") for label in labels]
+    names = [_intent_words(label) for label in labels]
     return Dataset("hwu64", labels, names, labels, stream, read_intents(HWU64 / "test.jsonl"))
+
+
+def _intent_words(intent: str) -> str:
+    return intent.replace("_", " ").replace("iot", "smart home")
+
+
+def hwu64_skill(labels: Sequence[str]) -> str:
+    """The ``hwu64`` skill as TOML for the real system: each intent's words as its
+    verbalizer and nothing else, so its own texts are the names the offline head sees."""
+    lines = ['description = "What the user asks a home assistant"']
+    for label in labels:
+        lines += [f"[labels.{label}]", f'verbalizer = "{_intent_words(label)}"']
+    return "\n".join(lines) + "\n"
 
 
 #: HWU64 intents that are one of ``home_intents``' labels (HWU64 has no timers or locks).
@@ -337,6 +350,13 @@ def main(argv: list[str] | None = None) -> int:
         "`python -m bench.paraphrases write` (offline: added to the skill's texts; --real: "
         "kept in the relay's store before the stream, as the relay keeps them)",
     )
+    parser.add_argument(
+        "--heldout-sample",
+        type=int,
+        default=0,
+        help="measure on this many held-out items drawn at random (--seed), not all of "
+        "them: a 64-intent run through the real system asks each one at every push",
+    )
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args(argv)
 
@@ -350,6 +370,9 @@ def main(argv: list[str] | None = None) -> int:
         data = hwu64_home(args.per_intent, args.seed)
     else:
         data = hwu64_fresh(args.per_intent, args.seed)
+    if 0 < args.heldout_sample < len(data.heldout):
+        held = random.Random(args.seed).sample(data.heldout, args.heldout_sample)
+        data = replace(data, heldout=held)
     written = _paraphrases(data) if args.paraphrases else None
     if args.real:
         return _real(data, args.every, args.shadow_rate, args.learning_shadow_rate, written)
@@ -427,7 +450,10 @@ def _real(
     from bench._learning_real import real_curve
 
     with tempfile.TemporaryDirectory(prefix="learning-") as tmp:
-        fresh = ("home_fresh", FRESH_SKILL) if data.name == "hwu64_fresh" else None
+        fresh = {
+            "hwu64_fresh": ("home_fresh", FRESH_SKILL),
+            "hwu64": ("hwu64", hwu64_skill(data.labels)),
+        }.get(data.name)
         result = real_curve(
             data.stream,
             data.heldout,

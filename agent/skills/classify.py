@@ -9,7 +9,8 @@ the skill's kept prefix (``Engine.classify_fixed``), its fit (with the embedding
 stage when made with the loaded embedder, ``agent/skills/calibration.py``) gives
 its label and calibrated confidence, and ``head_stage.combine`` merges both. A
 skill with ``head = false`` runs the fit's stages alone, as before the head. A
-model the skill has no fit for gets the SLM's raw distribution and top share.
+model the skill has no fit for gets the SLM's raw distribution and top share; with a
+head, that raw share only moves the head's confidence and never takes its label.
 
 Ad-hoc ``labels`` (no skill) go the same way with a zero-shot head from the label
 names (``classify_labels``).
@@ -120,7 +121,7 @@ def classify_skill(
     decision, _ = decide_skill(fit, sims, run_slm)
     label, confidence = decision.label, decision.confidence
     if first is not None:
-        label, confidence = combine(first, label, confidence)
+        label, confidence = combine(first, label, confidence, calibrated=fit is not None)
     if raw:
         prompt_tokens, scored_tokens = raw[0].prompt_tokens, raw[0].scored_tokens
     else:

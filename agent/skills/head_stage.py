@@ -116,17 +116,25 @@ def zero_shot_head(embedder: Encoder, labels: Sequence[str]) -> Head:
     return head
 
 
-def combine(head: HeadOutput, slm: str, slm_confidence: float) -> tuple[str, float]:
+def combine(
+    head: HeadOutput, slm: str, slm_confidence: float, *, calibrated: bool = True
+) -> tuple[str, float]:
     """Head and SLM evidence when the SLM ran (the head was unsure). Both confidences
     are calibrated P(correct). When they agree, either being right makes the label
     right: ``1 - (1 - c_head)(1 - c_slm)``; when they disagree, the more confident one
     answers, discounted by the other's confidence, so a disagreement goes to the cloud.
     Chosen on the dev split (bench/head_stage.py, ``cascade_product``): the same
-    accuracy as taking the more confident one, and a better ranking of right/wrong."""
+    accuracy as taking the more confident one, and a better ranking of right/wrong.
+
+    An SLM the skill has no fit for (``calibrated`` false) gives its raw top share,
+    which is not a P(correct): it moves the confidence the same way, but never takes
+    the label from the head. On HWU64 ``train.jsonl`` items (BENCHMARKS.md, "A skill
+    with no fit"), letting it outbid the head cost a fresh 5-label skill 9 points of
+    edge accuracy and a 64-label one 34; keeping the head's label cost nothing."""
     if slm == head.label:
         return slm, min(1 - (1 - head.confidence) * (1 - slm_confidence), MAX_CONFIDENCE)
     low = min(head.confidence, slm_confidence)
-    if slm_confidence > head.confidence:
+    if calibrated and slm_confidence > head.confidence:
         return slm, slm_confidence * (1 - low)
     return head.label, head.confidence * (1 - low)
 

@@ -13,10 +13,13 @@ from collections.abc import Sequence
 import numpy as np
 import pytest
 
-from agent.skills import SkillRegistry, head_stage
-from agent.skills.head_stage import combine
-from edge_slm.contract import SkillHead, UnsupportedVersion, WireError, decode
-from edge_slm.contract.skills import HeadProvenance
+from agent.config import PolicySettings
+from agent.engine.engine import Classification
+from agent.skills import Skill, SkillRegistry, head_stage
+from agent.skills.classify import classify_skill
+from agent.skills.head_stage import ACCEPT, combine
+from edge_slm.contract import SkillHead, Task, UnsupportedVersion, WireError, decode
+from edge_slm.contract.skills import HeadProvenance, SkillSpec
 from edge_slm.head import MAX_CONFIDENCE, Head, HeadOutput, HeadRejected, fit_head
 from edge_slm.rounding import confidence as round_confidence
 
@@ -105,6 +108,39 @@ def test_the_cascade_combination() -> None:
     label, conf = combine(head, "b", 0.3)
     assert label == "a"
     assert conf == pytest.approx(0.6 * 0.7)
+    # An SLM with no fit for the skill: its raw share moves the confidence, not the label.
+    assert combine(head, "b", 0.7, calibrated=False) == ("a", pytest.approx(0.6 * 0.4))
+    assert combine(head, "a", 0.7, calibrated=False) == ("a", pytest.approx(1 - 0.4 * 0.3))
+
+
+class _RawSlm:
+    """A model the skill has no fit for: it says ``b`` with a raw top share of 0.9."""
+
+    name = "m"
+    skill_exemplars = True
+    calls = 0
+
+    def classify_fixed(self, *args: object, **kwargs: object) -> Classification:
+        self.calls += 1
+        return Classification("b", 0.9, {"a": 0.1, "b": 0.9}, 50, 1, 0.0)
+
+
+class _OneVector:
+    name = "test-encoder"
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
+        return np.tile(np.array([0.3, 0.1], dtype=np.float32), (len(texts), 1))
+
+
+def test_an_unfitted_slm_does_not_take_the_label_from_an_unsure_head() -> None:
+    head = Head(labels=("a", "b"), weights=np.eye(2, dtype=np.float32), bias=np.zeros(2))
+    assert 0.5 < head.predict(np.array([0.3, 0.1])).confidence < ACCEPT  # unsure: the SLM runs
+    skill = Skill.of("s", SkillSpec.model_validate({"labels": {"a": {}, "b": {}}}), "config")
+    slm = _RawSlm()
+    got = classify_skill(slm, skill, "x", embedder=_OneVector(), head=(head, 1))  # type: ignore[arg-type]
+    assert slm.calls == 1
+    assert got.label == "a"
+    assert got.confidence < PolicySettings().thresholds[Task.CLASSIFY]  # the cloud gets it
 
 
 def test_a_head_is_never_certain_so_a_threshold_of_one_always_escalates() -> None:
