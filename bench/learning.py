@@ -27,6 +27,7 @@ through the real system (agent + relay + a gold-label cloud) plugs in at ``Learn
 
     nice -n 15 python -m bench.learning --data voice --every 10
     nice -n 15 python -m bench.learning --data hwu64 --every 100
+    nice -n 15 python -m bench.learning --data hwu64 --real --every 200 --heldout-sample 256
 """
 
 from __future__ import annotations
