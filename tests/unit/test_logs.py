@@ -26,10 +26,15 @@ def json_logs() -> Iterator[None]:
 def test_events_library_logs_and_warnings_are_json_lines(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
+    # An earlier in-process daemon may have captured warnings already, and pytest then
+    # put its own recorder back: start from uncaptured, as a fresh process does.
+    logging.captureWarnings(False)
     configure_logging("INFO", "json")
     get_logger("agent").info("request_done", id="r1")
     logging.getLogger("paho.mqtt.client").warning("connection lost")
-    warnings.warn("a library's own warning", UserWarning, stacklevel=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")  # not "once per location" across test runs
+        warnings.warn("a library's own warning", UserWarning, stacklevel=1)
     lines = [json.loads(line) for line in capsys.readouterr().err.splitlines()]
     assert [(e["logger"], e["level"]) for e in lines] == [
         ("agent", "info"),
