@@ -124,6 +124,13 @@ HOME_OF_HWU64 = {
 }
 
 
+def home_items(split: str) -> list[tuple[str, str]]:
+    """(text, ``home_intents`` label) of the HWU64 ``split`` (``train``, ``test``) items
+    whose intent is one of that skill's labels."""
+    home = HOME_OF_HWU64
+    return [(t, home[i]) for t, i in read_intents(HWU64 / f"{split}.jsonl") if i in home]
+
+
 def hwu64_home(per_intent: int, seed: int) -> Dataset:
     """The built-in ``home_intents`` skill on HWU64 utterances of its labels: a stream and
     a held-out set that no shipped fit, calibration or exemplar has seen."""
@@ -133,8 +140,7 @@ def hwu64_home(per_intent: int, seed: int) -> Dataset:
     skill = SkillRegistry().get("home_intents")
     assert skill is not None
     texts, gold = skill_texts(skill.spec)
-    home = HOME_OF_HWU64
-    train = [(t, home[i]) for t, i in read_intents(HWU64 / "train.jsonl") if i in home]
+    train = home_items("train")
     random.Random(seed).shuffle(train)
     taken: dict[str, int] = defaultdict(int)
     stream = []
@@ -142,8 +148,7 @@ def hwu64_home(per_intent: int, seed: int) -> Dataset:
         if taken[label] < per_intent:
             taken[label] += 1
             stream.append((text, label))
-    held = [(t, home[i]) for t, i in read_intents(HWU64 / "test.jsonl") if i in home]
-    return Dataset("hwu64_home", skill.labels, texts, gold, stream, held)
+    return Dataset("hwu64_home", skill.labels, texts, gold, stream, home_items("test"))
 
 
 #: A skill written the way the README says, with no data beyond its own words: the labels

@@ -39,9 +39,9 @@ from agent.skills.head_stage import ACCEPT, combine, skill_head
 from bench._common import table, write_results
 from bench.learning import (
     FRESH_SKILL,
-    HOME_OF_HWU64,
     HWU64,
     Dataset,
+    home_items,
     hwu64,
     hwu64_home,
     hwu64_skill,
@@ -70,8 +70,7 @@ def _cases(name: str) -> tuple[Dataset, Skill, list[tuple[str, str]]]:
     else:
         data = hwu64_home(40, 0)
         skill = Skill.of(name, parse_skill(FRESH_SKILL), "config")
-        home = HOME_OF_HWU64
-        pool = [(t, home[i]) for t, i in read_intents(HWU64 / "train.jsonl") if i in home]
+        pool = home_items("train")
     streamed = {t for t, _ in data.stream}
     return data, skill, [(t, g) for t, g in pool if t not in streamed]
 
