@@ -182,7 +182,8 @@ def real_curve(
 
 def _keep_paraphrases(db: str, written: dict[str, Any]) -> None:
     """What the relay's teacher would have kept: the file's paraphrases, at the skill's
-    fingerprint for the count they were asked at (``learn.paraphrases``, set to match)."""
+    fingerprint for the count and temperature they were asked at (``learn.paraphrases``
+    and ``learn.paraphrase_temperature``, set to match)."""
     from cloud_relay.store import Paraphrase, open_store
 
     store = open_store(db)
@@ -192,6 +193,7 @@ def _keep_paraphrases(db: str, written: dict[str, Any]) -> None:
     finally:
         store.close()
     _run["paraphrases"] = written["each"]
+    _run["paraphrase_temperature"] = written.get("temperature", 0.0)
 
 
 def _shadow_samples(db: Path) -> int:
@@ -231,6 +233,9 @@ def _learn(db: str, broker_url: str, agent_log: Path) -> dict[str, Any]:
             "CLOUD_RELAY_LEARN__MIN_CASES": "5",
             # Kept already (``_keep_paraphrases``): read from the store, the LLM never asked.
             "CLOUD_RELAY_LEARN__PARAPHRASES": str(_run["paraphrases"]),
+            "CLOUD_RELAY_LEARN__PARAPHRASE_TEMPERATURE": str(
+                _run.get("paraphrase_temperature", 0.0)
+            ),
             "CLOUD_RELAY_LLM__MODEL": "gold",
         },
     )

@@ -2,15 +2,17 @@
 relay's own teacher against a served model, then measure what they do for the head.
 
 ``write`` starts ``edge-agent serve`` with ``--model`` (the offline stand-in for the
-cloud LLM; greedy decoding, so the styles are all the variety it gets), asks it
-through :class:`cloud_relay.paraphrase.CloudTeacher`, exactly as ``cloud-relay learn``
-does, and keeps what it kept in ``bench/results/paraphrases_<skill>.json``.
+cloud LLM), asks it through :class:`cloud_relay.paraphrase.CloudTeacher` at
+``--temperature`` (``learn.paraphrase_temperature``; 0 is greedy), exactly as
+``cloud-relay learn`` does, and keeps what it kept in
+``bench/results/paraphrases_<skill>[_<tag>].json``.
 
 ``eval`` fits the skill's head on its own texts, with and without the paraphrases,
 and measures both on the dev side of each data set (where a decision may be made)
 and on its held-out side (reported, never tuned on): the voice set's ``dev`` stream
 and ``heldout`` split, and HWU64's home intents from ``train.jsonl`` and ``test.jsonl``.
 A request escalates under 0.75, the cascade's bar for the head answering alone.
+``--dev-only`` leaves the held-out sides out, for choosing between written sets.
 
     nice -n 15 python -m bench.paraphrases write --skill home_intents --each 20
     nice -n 15 python -m bench.paraphrases eval --skill home_intents
@@ -21,13 +23,13 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from bench._common import RESULTS_DIR, table, write_results
 from bench.learning import FRESH_SKILL, Dataset, hwu64_fresh, hwu64_home, measure, voice
+from cloud_relay.config import LearnSettings
 from edge_slm.contract import SkillSpec
 from edge_slm.head import fit_head, skill_texts
 
@@ -45,16 +47,18 @@ def skill_spec(name: str) -> SkillSpec:
     return load_skills(None)[name]
 
 
-def results_path(skill: str) -> Path:
-    return RESULTS_DIR / f"paraphrases_{skill}.json"
+def results_name(skill: str, tag: str = "") -> str:
+    return f"paraphrases_{skill}_{tag}" if tag else f"paraphrases_{skill}"
 
 
-def load(skill: str, path: Path | None = None) -> dict[str, Any]:
+def load(skill: str, tag: str = "") -> dict[str, Any]:
     """A written file, checked against the skill's text as it is now."""
     from cloud_relay.paraphrase import fingerprint
 
-    data: dict[str, Any] = json.loads((path or results_path(skill)).read_text())
-    if data["fingerprint"] != fingerprint(skill_spec(skill), data["each"]):
+    path = RESULTS_DIR / f"{results_name(skill, tag)}.json"
+    data: dict[str, Any] = json.loads(path.read_text())
+    data.setdefault("temperature", 0.0)  # written before sampling: greedy
+    if data["fingerprint"] != fingerprint(skill_spec(skill), data["each"], data["temperature"]):
         raise SystemExit(f"{skill}'s text changed since its paraphrases were written: write again")
     return data
 
@@ -75,7 +79,10 @@ def _write(args: argparse.Namespace) -> int:
             {
                 "llm": {"url": server.base_url, "model": args.model, "total_timeout_s": 300},
                 "limits": {"claim_ttl_s": 400},
-                "learn": {"paraphrases": args.each},
+                "learn": {
+                    "paraphrases": args.each,
+                    "paraphrase_temperature": args.temperature,
+                },
             }
         )
         start = time.perf_counter()
@@ -90,13 +97,14 @@ def _write(args: argparse.Namespace) -> int:
         "skill": args.skill,
         "model": args.model,
         "each": args.each,
-        "fingerprint": fingerprint(spec, args.each),
+        "temperature": args.temperature,
+        "fingerprint": fingerprint(spec, args.each, args.temperature),
         "seconds": seconds,
         "kept": len(written),
         "per_label": per_label,
         "paraphrases": [[p.label, p.text] for p in written],
     }
-    print(write_results(f"paraphrases_{args.skill}", data))
+    print(write_results(results_name(args.skill, args.tag), data))
     return 0
 
 
@@ -113,7 +121,7 @@ def _key(text: str) -> str:
 def _eval(args: argparse.Namespace) -> int:
     from bench.skills import _embedder
 
-    data = load(args.skill)
+    data = load(args.skill, args.tag)
     spec = skill_spec(args.skill)
     texts, gold = skill_texts(spec)
     labels = list(spec.labels)
@@ -134,6 +142,8 @@ def _eval(args: argparse.Namespace) -> int:
         # blinds"): the held-out side is also measured without those it wrote verbatim.
         unseen = [(t, g) for t, g in d.heldout if _key(t) not in said]
         sides = [("dev", d.stream), ("held-out", d.heldout), ("held-out, not written", unseen)]
+        if args.dev_only:
+            sides = sides[:1]
         for side, items in sides:
             vectors = embedder.embed([t for t, _ in items])
             for head_name, head in heads.items():
@@ -154,7 +164,9 @@ def _eval(args: argparse.Namespace) -> int:
                 )
     cols = ["set", "side", "n", "head", "accuracy", "AUROC", "head alone", "its accuracy"]
     print(table([*cols, "system acc"], rows))
-    name = f"paraphrases_eval_{args.skill}"
+    if args.dev_only:
+        return 0  # a choice is being made: nothing held out is printed or kept
+    name = f"paraphrases_eval_{args.skill}" + (f"_{args.tag}" if args.tag else "")
     print(write_results(name, {"paraphrases": data["kept"], "model": data["model"], "rows": out}))
     return 0
 
@@ -166,10 +178,19 @@ def main(argv: list[str] | None = None) -> int:
     w.add_argument("--skill", default="home_intents", choices=["home_intents", "home_fresh"])
     w.add_argument("--model", default="qwen2.5-coder-1.5b-instruct")
     w.add_argument("--each", type=int, default=20, help="paraphrases asked per label")
+    w.add_argument(
+        "--temperature",
+        type=float,
+        default=LearnSettings().paraphrase_temperature,
+        help="learn.paraphrase_temperature (default: %(default)s; 0 is greedy)",
+    )
+    w.add_argument("--tag", default="", help="written to paraphrases_<skill>_<tag>.json")
     w.add_argument("--threads", type=int, default=2)
     w.set_defaults(func=_write)
     e = sub.add_parser("eval", help="the head with and without them, dev and held-out")
     e.add_argument("--skill", default="home_intents", choices=["home_intents", "home_fresh"])
+    e.add_argument("--tag", default="", help="read paraphrases_<skill>_<tag>.json")
+    e.add_argument("--dev-only", action="store_true", help="measure the dev sides only")
     e.add_argument("--threads", type=int, default=2)
     e.set_defaults(func=_eval)
     args = parser.parse_args(argv)

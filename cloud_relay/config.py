@@ -295,6 +295,16 @@ class LearnSettings(_Section):
         "them before any case escalates, if with them it recognizes at least as many of the "
         "skill's exemplars, each left out in turn. Only the skill's own text is sent. 0: off.",
     )
+    paraphrase_temperature: float = Field(
+        default=0.0,
+        ge=0,
+        le=2,
+        description="Sampling temperature the paraphrases are asked at; above 0, each call "
+        "carries a seed of its own derived from the skill's text, for servers that honour "
+        "one. 0 (greedy) wrote the better heads with the offline 1.5B teacher (BENCHMARKS.md); "
+        "a stronger hosted model may write more varied ones sampled. Independent of "
+        "`llm.temperature`, which escalations are answered at.",
+    )
 
 
 class ModelPrice(_Section):

@@ -313,7 +313,7 @@ class Learner:
         each = self._s.paraphrases
         if not each or self._teacher is None or not (spec.embedding and spec.head):
             return []
-        key = fingerprint(spec, each)
+        key = fingerprint(spec, each, self._s.paraphrase_temperature)
         kept = list(self._store.paraphrases(name, key))
         if kept:
             return kept

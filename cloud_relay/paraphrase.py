@@ -73,11 +73,20 @@ class Teacher(Protocol):
         ...
 
 
-def fingerprint(spec: SkillSpec, each: int) -> str:
-    """Paraphrases are kept per this: the skill's texts, the count asked and the prompt."""
+def fingerprint(spec: SkillSpec, each: int, temperature: float) -> str:
+    """Paraphrases are kept per this: the skill's texts, the count asked, the temperature
+    they were asked at and the prompt."""
     texts, gold = skill_texts(spec)
-    raw = json.dumps([PROMPT_VERSION, each, spec.description, spec.instructions, texts, gold])
-    return hashlib.sha256(raw.encode()).hexdigest()[:32]
+    key: list[Any] = [PROMPT_VERSION, each, spec.description, spec.instructions, texts, gold]
+    if temperature:  # greedy keys as before sampling existed: what relays kept stays valid
+        key.insert(2, temperature)
+    return hashlib.sha256(json.dumps(key).encode()).hexdigest()[:32]
+
+
+def call_seed(key: str, label: str, style: str) -> int:
+    """One call's sampling seed: the same skill text asks the same way, run after run
+    (reproducible where the server honours seeds), and every call draws differently."""
+    return int(hashlib.sha256(f"{key}:{label}:{style}".encode()).hexdigest()[:8], 16)
 
 
 #: One call per label and style, each asking for its share of the paraphrases: a
@@ -187,29 +196,46 @@ class CloudTeacher:
         s = self._s
         breaker = CircuitBreaker(s.breaker.failure_threshold, s.breaker.open_s)
         llm = OpenAiChat(s.llm, model=self.model, breaker=breaker, max_concurrency=1)
+        key = fingerprint(spec, each, s.learn.paraphrase_temperature)
         written: dict[str, list[str]] = {}
         try:
             # One call at a time: background work, which must not crowd out escalations
             # on a self-hosted server; each call gets the whole `total_timeout_s`.
             for label in spec.labels:
                 for style, count in shares(each):
-                    texts = await self._ask(llm, skill, spec, label, style=style, count=count)
+                    sampling = self._sampling(call_seed(key, label, style))
+                    texts = await self._ask(
+                        llm, skill, spec, label, style=style, count=count, sampling=sampling
+                    )
                     written.setdefault(label, []).extend(texts)
         finally:
             await llm.aclose()
         return {label: texts for label, texts in written.items() if texts}
 
+    def _sampling(self, seed: int) -> dict[str, Any]:
+        temperature = self._s.learn.paraphrase_temperature
+        return {"temperature": temperature, "seed": seed} if temperature else {"temperature": 0}
+
     async def _ask(
-        self, llm: OpenAiChat, skill: str, spec: SkillSpec, label: str, *, style: str, count: int
+        self,
+        llm: OpenAiChat,
+        skill: str,
+        spec: SkillSpec,
+        label: str,
+        *,
+        style: str,
+        count: int,
+        sampling: dict[str, Any],
     ) -> list[str]:
         request = ChatRequest(
             messages=messages(spec, label, style, count),
             max_tokens=TOKENS_EACH * count + 16,
             extra={
+                **sampling,
                 "response_format": {
                     "type": "json_schema",
                     "json_schema": {"name": "requests", "schema": schema(count), "strict": False},
-                }
+                },
             },
         )
         deadline = time.monotonic() + self._s.llm.total_timeout_s

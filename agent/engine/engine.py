@@ -49,6 +49,7 @@ from agent.engine.confidence import (
 )
 from agent.engine.guided import Mirror, Step, field_confidence, guided_schema, load_tokenizer
 from agent.engine.prompts import Message
+from agent.engine.sampling import GREEDY, Sampling
 from agent.models.manifest import tuned_without_exemplars
 from edge_slm.contract import Scoring
 from edge_slm.logs import get_logger
@@ -349,7 +350,12 @@ class Engine:
         return [int(t) for t in self._tokenizer.encode(prompt)]
 
     def _generator(
-        self, prompt_ids: list[int], budget: int, *, guidance: dict[str, Any] | None = None
+        self,
+        prompt_ids: list[int],
+        budget: int,
+        *,
+        guidance: dict[str, Any] | None = None,
+        sampling: Sampling = GREEDY,
     ) -> Any:
         if len(prompt_ids) + budget > self.context_length:
             raise PromptTooLong(
@@ -358,7 +364,7 @@ class Engine:
             )
         og = self._og
         params = og.GeneratorParams(self._model)
-        params.set_search_options(do_sample=False, max_length=len(prompt_ids) + budget)
+        params.set_search_options(**sampling.search_options(), max_length=len(prompt_ids) + budget)
         if guidance is not None:
             params.set_guidance("json_schema", json.dumps(guided_schema(guidance)))
         return og.Generator(self._model, params)
@@ -373,9 +379,10 @@ class Engine:
         stop: StopWhen = _NEVER,
         logprobs: bool = False,
         top_logprobs: int = 0,
+        sampling: Sampling = GREEDY,
     ) -> Iterator[StreamEvent]:
-        """Greedy decoding as events: :class:`Prefilled`, a :class:`TokenEvent` per token,
-        then :class:`StreamEnd`.
+        """Decoding (greedy unless ``sampling`` says otherwise) as events:
+        :class:`Prefilled`, a :class:`TokenEvent` per token, then :class:`StreamEnd`.
 
         This is the only decode loop: :meth:`generate` drains it. The consumer may
         stop early by closing the iterator (``break``); nothing is decoded after
@@ -386,7 +393,7 @@ class Engine:
         start = time.perf_counter()
         stop.check()
         ids = self.encode_chat(messages)
-        gen = self._generator(ids, max_tokens)
+        gen = self._generator(ids, max_tokens, sampling=sampling)
         gen.append_tokens(ids)  # prefill
         yield Prefilled(prompt_tokens=len(ids), prefill_s=time.perf_counter() - start)
         # The stream holds back bytes of an unfinished UTF-8 character, so pieces
@@ -477,8 +484,10 @@ class Engine:
         user: str = "",
         max_tokens: int,
         stop: StopWhen = _NEVER,
+        sampling: Sampling = GREEDY,
     ) -> Structured:
-        """Greedy decoding under ``schema`` (compact JSON), with per-value confidence.
+        """Decoding under ``schema`` (compact JSON), with per-value confidence; greedy
+        unless ``sampling`` says otherwise.
 
         Either ``messages`` (prefilled afresh), or a ``fixed`` prompt and the request's
         ``user`` turn: the fixed part (a tool set's instructions and exemplars) is kept
@@ -491,7 +500,8 @@ class Engine:
         if self._ll_tokenizer is None:
             self._ll_tokenizer = load_tokenizer(self.model_dir, self._eos_ids)
         mirror = Mirror(self._ll_tokenizer, schema)
-        if fixed is not None and self.max_prefixes > 0:
+        # A kept prefix's generator was made greedy; a sampled request prefills afresh.
+        if fixed is not None and self.max_prefixes > 0 and sampling.greedy:
             entry = self._prefix(fixed, max_tokens, guidance=schema)
             suffix = self._encode(user + entry.tail)
             if entry.length + len(suffix) + max_tokens <= entry.capacity:
@@ -510,7 +520,7 @@ class Engine:
         if fixed is not None:
             messages = [*fixed.messages, {"role": "user", "content": user}]
         ids = self.encode_chat(messages or [])
-        gen = self._generator(ids, max_tokens, guidance=schema)
+        gen = self._generator(ids, max_tokens, guidance=schema, sampling=sampling)
         gen.append_tokens(ids)
         return self._decode_structured(gen, mirror, len(ids), max_tokens, stop, start=start)
 

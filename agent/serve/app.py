@@ -128,6 +128,7 @@ class _Api:
                 max_tokens=req.token_budget(self.max_tokens_cap),
                 logprobs=req.logprobs,
                 top_logprobs=req.top_k(),
+                sampling=req.sampling(),
             )
         except Busy as exc:
             raise busy(exc.retry_after_s) from exc
@@ -167,6 +168,7 @@ class _Api:
                 logprobs=False,
                 top_logprobs=0,
                 schema=schema,
+                sampling=req.sampling(),
             )
         except Busy as exc:
             raise busy(exc.retry_after_s) from exc

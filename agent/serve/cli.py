@@ -30,8 +30,9 @@ def add_serve_command(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
         "serve",
         help="serve the model over a local OpenAI-compatible HTTP API",
         description="Serve one model at /v1/chat/completions and /v1/models (OpenAI's "
-        "format; decoding is always greedy, so temperature and top_p are accepted and "
-        "ignored). Responses carry an extra x_confidence field in [0, 1].",
+        "format; greedy unless a request asks for a temperature above 0, then sampled "
+        "within top_p, reproducibly under a seed). Responses carry an extra "
+        "x_confidence field in [0, 1].",
     )
     source = serve.add_mutually_exclusive_group()
     source.add_argument(

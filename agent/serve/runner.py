@@ -23,6 +23,7 @@ from typing import Any, Protocol
 
 from agent.engine.engine import StopWhen, StreamEvent, Structured
 from agent.engine.prompts import Message
+from agent.engine.sampling import GREEDY, Sampling
 from edge_slm.logs import get_logger
 
 log = get_logger("agent.serve.runner")
@@ -42,6 +43,7 @@ class StreamingEngine(Protocol):
         stop: StopWhen = ...,
         logprobs: bool = ...,
         top_logprobs: int = ...,
+        sampling: Sampling = ...,
     ) -> Iterator[StreamEvent]: ...
 
     def generate_structured(
@@ -51,6 +53,7 @@ class StreamingEngine(Protocol):
         messages: Sequence[Message] | None = ...,
         max_tokens: int,
         stop: StopWhen = ...,
+        sampling: Sampling = ...,
     ) -> Structured: ...
 
 
@@ -107,6 +110,7 @@ class _Job:
     logprobs: bool
     top_logprobs: int
     schema: dict[str, Any] | None = None  # decode under it, one Structured result
+    sampling: Sampling = GREEDY
 
 
 class EngineRunner:
@@ -138,10 +142,11 @@ class EngineRunner:
         logprobs: bool,
         top_logprobs: int,
         schema: dict[str, Any] | None = None,
+        sampling: Sampling = GREEDY,
     ) -> Ticket:
         """Admit a job or raise :class:`Busy` / :class:`Closed`; call on the event loop."""
         ticket = Ticket(asyncio.get_running_loop())
-        job = _Job(ticket, messages, max_tokens, logprobs, top_logprobs, schema)
+        job = _Job(ticket, messages, max_tokens, logprobs, top_logprobs, schema, sampling)
         with self._lock:
             if self._closed:
                 raise Closed("the server is shutting down")
@@ -179,7 +184,11 @@ class EngineRunner:
             if job.schema is not None:
                 job.ticket.put(
                     self.engine.generate_structured(
-                        job.schema, messages=job.messages, max_tokens=job.max_tokens, stop=stop
+                        job.schema,
+                        messages=job.messages,
+                        max_tokens=job.max_tokens,
+                        stop=stop,
+                        sampling=job.sampling,
                     )
                 )
                 return
@@ -189,6 +198,7 @@ class EngineRunner:
                 stop=stop,
                 logprobs=job.logprobs,
                 top_logprobs=job.top_logprobs,
+                sampling=job.sampling,
             )
             for event in events:
                 job.ticket.put(event)

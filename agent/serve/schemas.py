@@ -1,12 +1,13 @@
 """The subset of OpenAI's chat completions API that ``edge-agent serve`` speaks.
 
-Requests are tolerant: fields we do not implement (``seed``, ``user``,
+Requests are tolerant: fields we do not implement (``user``,
 ``presence_penalty`` ...) are ignored, as an OpenAI-compatible server must
 accept what the official clients send. Fields whose meaning we cannot honour
 are rejected instead of silently ignored: ``n`` other than 1, non-text content
-parts. ``temperature`` and ``top_p`` are validated and accepted, but decoding is
-always greedy (the confidence signal is defined on the greedy choice), so a
-request gets the same answer at any temperature.
+parts. Decoding is greedy unless the request sets a ``temperature`` above 0: then
+it samples, within ``top_p``, reproducibly under a ``seed``. Unlike OpenAI, whose
+default temperature is 1, an omitted one is greedy: the agent's confidence signal
+is defined on the greedy choice, and a local model is most often asked to decide.
 
 Responses are strict models with one extension, ``x_confidence``: the engine's
 confidence in [0, 1] (see :mod:`agent.engine.confidence`).
@@ -18,6 +19,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from agent.engine.sampling import Sampling
 from edge_slm.contract import SchemaError, ToolSpec, check_schema, tool_call_schema
 from edge_slm.contract.structured import MAX_TOOLS
 
@@ -61,8 +63,9 @@ class ChatCompletionRequest(_Tolerant):
     messages: list[ChatMessage] = Field(min_length=1)
     max_tokens: int | None = Field(default=None, ge=1)
     max_completion_tokens: int | None = Field(default=None, ge=1)
-    temperature: float | None = Field(default=None, ge=0.0, le=2.0)  # accepted; greedy
-    top_p: float | None = Field(default=None, gt=0.0, le=1.0)  # accepted; greedy
+    temperature: float | None = Field(default=None, ge=0.0, le=2.0)  # None or 0: greedy
+    top_p: float | None = Field(default=None, gt=0.0, le=1.0)
+    seed: int | None = None
     stop: str | list[str] | None = None
     stream: bool = False
     stream_options: StreamOptions | None = None
@@ -104,11 +107,17 @@ class ChatCompletionRequest(_Tolerant):
             return dict(self.response_format["json_schema"]["schema"]), []
         return None
 
+    def sampling(self) -> Sampling:
+        """How to decode: greedy, or sampled when a temperature above 0 is asked."""
+        return Sampling(
+            temperature=self.temperature or 0.0, top_p=self.top_p or 1.0, seed=self.seed
+        )
+
     @field_validator("n")
     @classmethod
     def _one_choice(cls, value: int) -> int:
         if value != 1:
-            raise ValueError("only n=1 is supported (decoding is greedy: choices would be equal)")
+            raise ValueError("only n=1 is supported")
         return value
 
     @field_validator("stop")

@@ -180,6 +180,22 @@ def test_logprobs_with_top_alternatives(client: OpenAI) -> None:
         assert e.logprob == pytest.approx(tops[0], abs=1e-6)
 
 
+_POEM = [{"role": "user", "content": "Write a short poem about the sea."}]
+
+
+def test_a_temperature_samples_and_a_seed_repeats_it(client: OpenAI) -> None:
+    def text(**kw: Any) -> str:
+        reply = client.chat.completions.create(model=MODEL, messages=_POEM, max_tokens=24, **kw)  # type: ignore[arg-type]
+        return reply.choices[0].message.content or ""
+
+    greedy = text()
+    assert text(temperature=0) == greedy
+    sampled = {seed: text(temperature=1.2, top_p=0.95, seed=seed) for seed in range(4)}
+    assert text(temperature=1.2, top_p=0.95, seed=2) == sampled[2]
+    # 24 tokens drawn at 1.2: four seeds giving one text would mean no sampling.
+    assert len({greedy, *sampled.values()}) > 2, sampled
+
+
 def test_stop_sequences_cut_the_text(client: OpenAI) -> None:
     full = client.chat.completions.create(model=MODEL, messages=COUNT, max_tokens=60)
     content = full.choices[0].message.content or ""
@@ -410,6 +426,29 @@ def test_tools_required_give_a_valid_tool_call(client: OpenAI) -> None:
     (call,) = choice.message.tool_calls or []
     params = {t["function"]["name"]: t["function"]["parameters"] for t in _TOOLS}
     jsonschema.validate(json.loads(call.function.arguments), params[call.function.name])  # type: ignore[union-attr]
+
+
+def test_a_sampled_structured_reply_still_fits_its_schema(client: OpenAI) -> None:
+    import jsonschema
+
+    texts = set()
+    for seed in range(3):
+        reply = client.chat.completions.create(
+            model=MODEL,
+            messages=_SET,  # type: ignore[arg-type]
+            max_tokens=48,
+            temperature=1.5,
+            seed=seed,
+            response_format={
+                "type": "json_schema",
+                "json_schema": {"name": "room", "schema": _ROOM, "strict": True},
+            },
+        )
+        content = reply.choices[0].message.content or ""
+        assert reply.choices[0].finish_reason == "stop", content
+        jsonschema.validate(json.loads(content), _ROOM)
+        texts.add(content)
+    assert len(texts) > 1, texts
 
 
 def test_unsupported_schema_and_streamed_tools_are_400(client: OpenAI) -> None:

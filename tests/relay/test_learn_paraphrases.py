@@ -105,7 +105,10 @@ def test_a_fresh_skill_gets_its_first_head_from_the_paraphrases_before_any_case(
     head = Head.from_wire(wire)
     assert head.predict(encoder.embed(["switch the porch lamp off"])[0]).label == "lights_off"
     # Kept per version of the skill's text: the next run asks the cloud nothing.
-    assert len(store.paraphrases(SKILL, fingerprint(SPEC, 15))) == 30
+    assert (
+        len(store.paraphrases(SKILL, fingerprint(SPEC, 15, LearnSettings().paraphrase_temperature)))
+        == 30
+    )
     again = run(store, encoder, teacher, pushed)
     assert again.action == "skipped"
     assert "fewer than min_cases" in again.reason
@@ -145,7 +148,10 @@ def test_a_failing_cloud_leaves_nothing_kept_and_is_asked_again(
     pushed: list[tuple[str, bytes]] = []
     result = run(store, encoder, teacher, pushed)
     assert (result.action, result.paraphrases) == ("skipped", 0)
-    assert store.paraphrases(SKILL, fingerprint(SPEC, 15)) == []
+    assert (
+        store.paraphrases(SKILL, fingerprint(SPEC, 15, LearnSettings().paraphrase_temperature))
+        == []
+    )
     run(store, encoder, teacher, pushed)
     assert teacher.calls == 2
     assert pushed == []
@@ -165,9 +171,12 @@ def test_heads_fitted_on_cases_are_fitted_on_the_paraphrases_too(
     assert wire.provenance.cloud_labels == result.train > 0
 
 
-def _settings(url: str, model: str) -> RelaySettings:
+def _settings(url: str, model: str, temperature: float = 1.0) -> RelaySettings:
     return RelaySettings.model_validate(
-        {"llm": {"url": url, "model": model, "max_attempts": 1}, "learn": {"paraphrases": 8}}
+        {
+            "llm": {"url": url, "model": model, "max_attempts": 1},
+            "learn": {"paraphrases": 8, "paraphrase_temperature": temperature},
+        }
     )
 
 
@@ -181,6 +190,13 @@ def test_the_cloud_writes_paraphrases_over_real_http(llm: LlmServer) -> None:
         assert 0 < len(p.text) <= 120
         assert p.text.lower() not in own
     assert len({p.text.lower() for p in written}) == len(written)
+    # Sampled under per-call seeds: the same skill text is written the same way again,
+    # and not the way greedy decoding writes it (2 each: 4 short calls, for time).
+    few = teacher.paraphrase(SKILL, SPEC, 2)
+    assert few
+    assert teacher.paraphrase(SKILL, SPEC, 2) == few
+    greedy = CloudTeacher(_settings(llm.base_url, "smollm2-135m-instruct", temperature=0))
+    assert greedy.paraphrase(SKILL, SPEC, 2) != few
 
 
 def test_an_unreachable_cloud_is_reported_not_hidden() -> None:

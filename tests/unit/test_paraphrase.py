@@ -6,7 +6,16 @@ from __future__ import annotations
 
 import pytest
 
-from cloud_relay.paraphrase import STYLES, fingerprint, keep, messages, parse, schema, shares
+from cloud_relay.paraphrase import (
+    STYLES,
+    call_seed,
+    fingerprint,
+    keep,
+    messages,
+    parse,
+    schema,
+    shares,
+)
 from cloud_relay.store import Paraphrase
 from edge_slm.contract import SkillSpec
 
@@ -74,10 +83,24 @@ def test_kept_paraphrases_are_clean_new_and_belong_to_one_label() -> None:
     ]
 
 
-def test_the_fingerprint_follows_the_skill_text_and_the_count() -> None:
-    base = fingerprint(SPEC, 20)
-    assert fingerprint(SPEC, 20) == base
-    assert fingerprint(SPEC, 10) != base
+def test_the_fingerprint_follows_the_skill_text_the_count_and_the_temperature() -> None:
+    base = fingerprint(SPEC, 20, 1.0)
+    assert fingerprint(SPEC, 20, 1.0) == base
+    assert fingerprint(SPEC, 10, 1.0) != base
+    assert fingerprint(SPEC, 20, 0.0) != base
     changed = SPEC.model_copy(deep=True)
     changed.labels["lights_on"].exemplars.append("brighten up")
-    assert fingerprint(changed, 20) != base
+    assert fingerprint(changed, 20, 1.0) != base
+
+
+def test_a_greedy_fingerprint_is_the_one_kept_before_sampling_existed() -> None:
+    # What relays keep in their stores under this key must not be asked for again.
+    assert fingerprint(SPEC, 20, 0.0) == "da4e9e512ac48169754e1e019fea0d3a"
+
+
+def test_each_call_has_a_seed_of_its_own_that_the_same_text_repeats() -> None:
+    key = fingerprint(SPEC, 20, 1.0)
+    seeds = {call_seed(key, label, style) for label in SPEC.labels for style in STYLES}
+    assert len(seeds) == len(SPEC.labels) * len(STYLES)
+    assert call_seed(key, "lights_on", STYLES[0]) == call_seed(key, "lights_on", STYLES[0])
+    assert call_seed(fingerprint(SPEC, 10, 1.0), "lights_on", STYLES[0]) not in seeds

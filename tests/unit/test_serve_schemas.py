@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
+from agent.engine.sampling import GREEDY, Sampling
 from agent.serve.errors import from_validation
 from agent.serve.schemas import ChatCompletionRequest
 from agent.serve.sse import DONE, sse_data
@@ -29,7 +30,15 @@ def test_minimal_request_defaults() -> None:
 
 
 def test_unknown_fields_are_ignored() -> None:
-    assert _req(seed=3, user="u", presence_penalty=0.5, temperature=0.7, top_p=0.9).model == "m"
+    assert _req(user="u", presence_penalty=0.5, logit_bias={"1": 2}).model == "m"
+
+
+def test_decoding_is_greedy_unless_a_temperature_is_asked() -> None:
+    assert _req().sampling() == GREEDY
+    assert _req(temperature=0, top_p=0.5, seed=3).sampling().greedy
+    asked = _req(temperature=0.7, top_p=0.9, seed=3).sampling()
+    assert asked == Sampling(temperature=0.7, top_p=0.9, seed=3)
+    assert not asked.greedy
 
 
 @pytest.mark.parametrize(
