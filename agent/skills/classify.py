@@ -4,7 +4,8 @@ Readings that the skill's bands cover are judged by rule first
 (``agent/skills/bands.py``); only what the bands leave open goes on. Then the
 cascade (``agent/skills/head_stage.py``): the skill's head (pushed by the relays,
 else fitted from the skill's texts) answers when its calibrated P(correct) is at
-least ``ACCEPT``, and the SLM is skipped. Otherwise the SLM scores the labels after
+least ``ACCEPT``, and the SLM is skipped (always, for a skill with ``slm = false``:
+the head's answer stands at its own confidence). Otherwise the SLM scores the labels after
 the skill's kept prefix (``Engine.classify_fixed``), its fit (with the embedding
 stage when made with the loaded embedder, ``agent/skills/calibration.py``) gives
 its label and calibrated confidence, and ``head_stage.combine`` merges both. A
@@ -95,7 +96,7 @@ def classify_skill(
     if embedder is not None and skill.spec.embedding and skill.spec.head:
         used, version = head if head is not None else (skill_head(embedder, skill), 0)
         first = used.predict(embedder.embed([text])[0])
-        if first.confidence >= ACCEPT:
+        if first.confidence >= ACCEPT or not skill.spec.slm:
             prompt_tokens, answer_tokens = _unrun_size(engine, skill, text, first.label)
             return Classification(
                 label=first.label,

@@ -219,6 +219,14 @@ class SkillSpec(BaseModel):
         "SLM only where it is unsure; needs `embedding`. Off: the embedding stage and the "
         "SLM per the fit, as before.",
     )
+    slm: bool = Field(
+        default=True,
+        description="Run the SLM where the head is unsure. Off: the head's answer stands at "
+        "its own confidence, and what is under the threshold escalates. For skills with "
+        "many labels: the SLM scores every label per request (seconds for 64 on a small "
+        "board) and adds little there. Needs `head`; a device without an encoder still "
+        "runs the SLM.",
+    )
     fits: dict[Annotated[str, Field(min_length=1, max_length=128)], SkillFit] = Field(
         default_factory=dict,
         max_length=16,
@@ -241,6 +249,12 @@ class SkillSpec(BaseModel):
         "where an empty request has a real answer (a sensor report with nothing in it "
         "reads as `normal`).",
     )
+
+    @model_validator(mode="after")
+    def _slm_off_needs_the_head(self) -> SkillSpec:
+        if not self.slm and not (self.head and self.embedding):
+            raise ValueError("`slm = false` needs `head` and `embedding`: nothing else answers")
+        return self
 
     @model_validator(mode="after")
     def _distinct_verbalizers(self) -> SkillSpec:

@@ -27,7 +27,7 @@ from agent.skills import Skill, SkillRegistry
 from agent.skills.classify import classify_skill
 from agent.skills.embedding import Embedder
 from agent.skills.head_stage import ACCEPT, skill_head
-from edge_slm.contract import Task
+from edge_slm.contract import SkillSpec, Task
 from edge_slm.topics import DeviceTopics
 from tests.support.agent import AgentProcess
 from tests.support.app import AppClient
@@ -102,6 +102,25 @@ def test_an_unsure_head_hands_over_to_the_slm(engine: Engine, embedder: Embedder
     assert calls == 1
     assert got.basis is None
     assert got.label in _skill().labels
+
+
+def test_a_skill_without_the_slm_answers_from_its_unsure_head(
+    engine: Engine, embedder: Embedder
+) -> None:
+    skill = _skill()
+    spec = SkillSpec.model_validate({**skill.spec.model_dump(), "slm": False})
+    head = skill_head(embedder, skill)
+    candidates: Sequence[str] = ("music", "it's a bit dim", "warmer", "the door", "hmm")
+    unsure = [t for t in candidates if head.predict(embedder.embed([t])[0]).confidence < ACCEPT]
+    assert unsure, "every candidate was sure: pick vaguer ones"
+    counting = _Counting(engine)
+    got = classify_skill(
+        counting, Skill.of(skill.name, spec, "config"), unsure[0], embedder=embedder
+    )  # type: ignore[arg-type]
+    said = head.predict(embedder.embed([unsure[0]])[0])
+    assert counting.calls == 0
+    assert (got.label, got.confidence) == (said.label, said.confidence)
+    assert got.basis == "skill head v0"
 
 
 def test_a_pushed_head_takes_the_place_of_the_skill_text_one(

@@ -97,6 +97,14 @@ def test_a_skill_needs_two_labels_and_distinct_verbalizers() -> None:
         SkillSpec.model_validate({"labels": {"_": {}, "b": {}}})
 
 
+@pytest.mark.parametrize("off", ["head", "embedding"])
+def test_a_skill_without_the_slm_needs_its_head(off: str) -> None:
+    labels = {"a": {}, "b": {}}
+    assert not SkillSpec.model_validate({"labels": labels, "slm": False}).slm
+    with pytest.raises(ValidationError, match="`slm = false` needs `head` and `embedding`"):
+        SkillSpec.model_validate({"labels": labels, "slm": False, off: False})
+
+
 def test_device_config_carries_skills_and_rejects_bad_ones() -> None:
     config = DeviceConfig.model_validate(
         {"device_id": "d", "issued_at": 1.0, "skills": {"garage": GARAGE}}
