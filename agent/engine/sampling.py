@@ -2,8 +2,8 @@
 
 Everything the agent decides on decodes greedily: its confidence is defined on the
 greedy choice. Sampling is for ``edge-agent serve`` when a client asks for it
-(OpenAI's ``temperature``, ``top_p`` and ``seed``): a teacher writing varied
-training data (``cloud_relay.paraphrase``) needs it, as greedy decoding repeats itself.
+(OpenAI's ``temperature``, ``top_p`` and ``seed``), as the relay's teacher does when
+``learn.paraphrase_temperature`` is set: greedy decoding repeats itself.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ _SEED_RANGE = 2**31 - 1
 
 @dataclass(frozen=True, slots=True)
 class Sampling:
-    """``temperature`` 0 is greedy; above it, nucleus sampling over the whole vocabulary."""
+    """``temperature`` 0 is greedy; above it, a draw from the tokens within ``top_p``."""
 
     temperature: float = 0.0
     top_p: float = 1.0

@@ -5,8 +5,8 @@ Readings that the skill's bands cover are judged by rule first
 cascade (``agent/skills/head_stage.py``): the skill's head (pushed by the relays,
 else fitted from the skill's texts) answers when its calibrated P(correct) is at
 least ``ACCEPT``, and the SLM is skipped (always, for a skill with ``slm = false``:
-the head's answer stands at its own confidence). Otherwise the SLM scores the labels after
-the skill's kept prefix (``Engine.classify_fixed``), its fit (with the embedding
+the head's answer stands at its own confidence). Otherwise the SLM scores the labels
+after the skill's kept prefix (``Engine.classify_fixed``), its fit (with the embedding
 stage when made with the loaded embedder, ``agent/skills/calibration.py``) gives
 its label and calibrated confidence, and ``head_stage.combine`` merges both. A
 skill with ``head = false`` runs the fit's stages alone, as before the head. A
