@@ -68,13 +68,6 @@ def test_prefix_reuse_scores_like_a_fresh_prefill(engine: Engine, prompt: FixedP
     )
 
 
-def test_reuse_is_faster_than_a_fresh_prefill(engine: Engine, prompt: FixedPrompt) -> None:
-    engine.classify_fixed(prompt, TEXTS[0])  # kept
-    kept = min(engine.classify_fixed(prompt, TEXTS[1]).total_s for _ in range(3))
-    fresh = min(engine.classify_fixed(prompt, TEXTS[1], reuse=False).total_s for _ in range(3))
-    assert kept < fresh / 2, (kept, fresh)
-
-
 def test_a_deadline_mid_scoring_leaves_the_kept_prefix_intact(
     engine: Engine, prompt: FixedPrompt
 ) -> None:

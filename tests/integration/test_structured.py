@@ -129,7 +129,7 @@ def test_tool_set_prompt_is_prefilled_once_and_reused(engine: Engine) -> None:
     )
     assert kept.text == again.text == fresh.text
     assert kept.prompt_tokens == fresh.prompt_tokens
-    assert again.total_s < fresh.total_s  # only the request's own turn is prefilled
+    # How much faster the kept prefix is: `python -m bench.skills`, not a timed assert.
 
 
 def _required(home: Any, name: str) -> list[str]:
