@@ -36,9 +36,9 @@ class Sampling:
     def search_options(self) -> dict[str, Any]:
         """``GeneratorParams.set_search_options`` keywords, less ``max_length``.
 
-        Each is set explicitly: the runtime refuses a sampled turn whose model
-        defaults (``genai_config.json``) would still select the top logit, and top_k 0
-        turns top-k off, so only ``top_p`` bounds the draw, as OpenAI's API defines it.
+        Each is set explicitly, or the model's own search defaults (``genai_config.json``,
+        top_k 50 for the built models) would apply. top_k 0 turns top-k off, so only
+        ``top_p`` bounds the draw, as OpenAI's API defines it.
         """
         if self.greedy:
             return {"do_sample": False}
