@@ -32,7 +32,12 @@ from tests.support.procs import Daemon, Relay
 
 SKILL = "home_intents"
 #: The skill a run streams to; a fresh skill also has its TOML text (agent config + relay).
-_run: dict[str, Any] = {"skill": SKILL, "skills_dir": None, "paraphrases": 0}
+_run: dict[str, Any] = {
+    "skill": SKILL,
+    "skills_dir": None,
+    "paraphrases": 0,
+    "paraphrase_temperature": 0.0,
+}
 
 
 def _ask(app: AppClient, topics: DeviceTopics, reply_topic: str, text: str, cloud: str) -> Any:
@@ -193,7 +198,7 @@ def _keep_paraphrases(db: str, written: dict[str, Any]) -> None:
     finally:
         store.close()
     _run["paraphrases"] = written["each"]
-    _run["paraphrase_temperature"] = written.get("temperature", 0.0)
+    _run["paraphrase_temperature"] = written["temperature"]  # bench.paraphrases.load sets it
 
 
 def _shadow_samples(db: Path) -> int:
@@ -233,9 +238,7 @@ def _learn(db: str, broker_url: str, agent_log: Path) -> dict[str, Any]:
             "CLOUD_RELAY_LEARN__MIN_CASES": "5",
             # Kept already (``_keep_paraphrases``): read from the store, the LLM never asked.
             "CLOUD_RELAY_LEARN__PARAPHRASES": str(_run["paraphrases"]),
-            "CLOUD_RELAY_LEARN__PARAPHRASE_TEMPERATURE": str(
-                _run.get("paraphrase_temperature", 0.0)
-            ),
+            "CLOUD_RELAY_LEARN__PARAPHRASE_TEMPERATURE": str(_run["paraphrase_temperature"]),
             "CLOUD_RELAY_LLM__MODEL": "gold",
         },
     )

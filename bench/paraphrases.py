@@ -47,8 +47,9 @@ def skill_spec(name: str) -> SkillSpec:
     return load_skills(None)[name]
 
 
-def results_name(skill: str, tag: str = "") -> str:
-    return f"paraphrases_{skill}_{tag}" if tag else f"paraphrases_{skill}"
+def results_name(skill: str, tag: str = "", kind: str = "paraphrases") -> str:
+    """``<kind>_<skill>[_<tag>]``: a written set, or (``paraphrases_eval``) its measures."""
+    return f"{kind}_{skill}_{tag}" if tag else f"{kind}_{skill}"
 
 
 def load(skill: str, tag: str = "") -> dict[str, Any]:
@@ -166,7 +167,7 @@ def _eval(args: argparse.Namespace) -> int:
     print(table([*cols, "system acc"], rows))
     if args.dev_only:
         return 0  # a choice is being made: nothing held out is printed or kept
-    name = f"paraphrases_eval_{args.skill}" + (f"_{args.tag}" if args.tag else "")
+    name = results_name(args.skill, args.tag, kind="paraphrases_eval")
     print(write_results(name, {"paraphrases": data["kept"], "model": data["model"], "rows": out}))
     return 0
 
