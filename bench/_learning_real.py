@@ -37,6 +37,7 @@ _run: dict[str, Any] = {
     "skills_dir": None,
     "paraphrases": 0,
     "paraphrase_temperature": 0.0,
+    "embedder": "",  # the agent's and the relay's encoder ("": the agent's default)
 }
 
 
@@ -128,6 +129,7 @@ def real_curve(
             EDGE_AGENT_POLICY__SHADOW_RATE=str(shadow_rate),
             EDGE_AGENT_POLICY__LEARNING_SHADOW_RATE=str(learning_shadow_rate),
             **agent_env,
+            **({"EDGE_AGENT_MODEL__EMBEDDER": _run["embedder"]} if _run["embedder"] else {}),
         )
         app = AppClient(broker.port)
         reply = f"apps/{uuid.uuid4().hex}/reply"
@@ -240,6 +242,7 @@ def _learn(db: str, broker_url: str, agent_log: Path) -> dict[str, Any]:
             "CLOUD_RELAY_LEARN__PARAPHRASES": str(_run["paraphrases"]),
             "CLOUD_RELAY_LEARN__PARAPHRASE_TEMPERATURE": str(_run["paraphrase_temperature"]),
             "CLOUD_RELAY_LLM__MODEL": "gold",
+            **({"CLOUD_RELAY_LEARN__ENCODER": _run["embedder"]} if _run["embedder"] else {}),
         },
     )
     result = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]

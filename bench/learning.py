@@ -363,6 +363,13 @@ def main(argv: list[str] | None = None) -> int:
         help="measure on this many held-out items drawn at random (--seed), not all of "
         "them: a 64-intent run through the real system asks each one at every push",
     )
+    parser.add_argument(
+        "--embedder",
+        default="",
+        help="the sentence encoder (an installed embedder, e.g. mpnet-base-v2-int8); "
+        "--real: the agent's model.embedder and the relay's learn.encoder. Default: the "
+        "agent's default",
+    )
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args(argv)
 
@@ -381,7 +388,14 @@ def main(argv: list[str] | None = None) -> int:
         data = replace(data, heldout=held)
     written = _paraphrases(data) if args.paraphrases else None
     if args.real:
-        return _real(data, args.every, args.shadow_rate, args.learning_shadow_rate, written)
+        return _real(
+            data,
+            args.every,
+            args.shadow_rate,
+            args.learning_shadow_rate,
+            written,
+            embedder=args.embedder,
+        )
     if written is not None:
         texts = [t for _, t in written["paraphrases"]]
         gold = [g for g, _ in written["paraphrases"]]
@@ -391,7 +405,7 @@ def main(argv: list[str] | None = None) -> int:
             skill_texts=[*data.skill_texts, *texts],
             skill_gold=[*data.skill_gold, *gold],
         )
-    embedder = _embedder(args.threads)
+    embedder = _embedder(args.threads, args.embedder)
     every_text = sorted(
         {*data.skill_texts, *(t for t, _ in data.stream), *(t for t, _ in data.heldout)}
     )
@@ -430,8 +444,9 @@ def main(argv: list[str] | None = None) -> int:
         f"{plain['system_accuracy']:.3f} at {plain['escalated']:.1%} escalated"
     )
     print(f"embed+head p50 {result['latency_embed_and_head']['p50_ms']:.1f} ms")
-    print(plot(data.name, result))
-    print(write_results(f"learning_{data.name}", result))
+    name = data.name + (f"_{args.embedder}" if args.embedder else "")
+    print(plot(name, result))
+    print(write_results(f"learning_{name}", result))
     return 0
 
 
@@ -450,10 +465,14 @@ def _real(
     shadow_rate: float,
     learning_shadow_rate: float,
     written: dict[str, Any] | None,
+    *,
+    embedder: str,
 ) -> int:
     import tempfile
 
-    from bench._learning_real import real_curve
+    from bench._learning_real import _run, real_curve
+
+    _run["embedder"] = embedder
 
     with tempfile.TemporaryDirectory(prefix="learning-") as tmp:
         fresh = {
@@ -491,6 +510,7 @@ def _real(
     name = f"{data.name}_real" + (f"_shadow{shadow_rate:g}" if shadow_rate else "")
     name += f"_learning{learning_shadow_rate:g}" if learning_shadow_rate else ""
     name += "_paraphrases" if written else ""
+    name += f"_{embedder}" if embedder else ""
     print(plot(name, result))
     print(write_results(f"learning_{name}", result))
     return 0

@@ -127,7 +127,7 @@ def _eval(args: argparse.Namespace) -> int:
     texts, gold = skill_texts(spec)
     labels = list(spec.labels)
     written = [(t, g) for g, t in data["paraphrases"]]
-    embedder = _embedder(args.threads)
+    embedder = _embedder(args.threads, args.embedder)
     own = embedder.embed(texts)
     extra = embedder.embed([t for t, _ in written])
     heads = {
@@ -167,7 +167,8 @@ def _eval(args: argparse.Namespace) -> int:
     print(table([*cols, "system acc"], rows))
     if args.dev_only:
         return 0  # a choice is being made: nothing held out is printed or kept
-    name = results_name(args.skill, args.tag, kind="paraphrases_eval")
+    tag = "_".join(t for t in (args.tag, args.embedder) if t)
+    name = results_name(args.skill, tag, kind="paraphrases_eval")
     print(write_results(name, {"paraphrases": data["kept"], "model": data["model"], "rows": out}))
     return 0
 
@@ -192,6 +193,11 @@ def main(argv: list[str] | None = None) -> int:
     e.add_argument("--skill", default="home_intents", choices=["home_intents", "home_fresh"])
     e.add_argument("--tag", default="", help="read paraphrases_<skill>_<tag>.json")
     e.add_argument("--dev-only", action="store_true", help="measure the dev sides only")
+    e.add_argument(
+        "--embedder",
+        default="",
+        help="an installed embedder (default: the agent's); its name tags the eval file",
+    )
     e.add_argument("--threads", type=int, default=2)
     e.set_defaults(func=_eval)
     args = parser.parse_args(argv)

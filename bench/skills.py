@@ -90,15 +90,17 @@ def heldout(family: str, limit: int = 0) -> list[EvalItem]:
     return split(load_family(family), "heldout")[: limit or None]
 
 
-def _embedder(threads: int) -> Any:
+def _embedder(threads: int, name: str = "") -> Any:
+    """An installed embedder (the agent's default one unless ``name``)."""
     from agent.models import ModelCache, default_cache_dir
     from agent.models.embedders import DEFAULT_EMBEDDER, installed
     from agent.skills.embedding import Embedder
 
-    folder = installed(ModelCache(default_cache_dir()), DEFAULT_EMBEDDER)
+    name = name or DEFAULT_EMBEDDER
+    folder = installed(ModelCache(default_cache_dir()), name)
     if folder is None:
-        raise SystemExit(f"install the embedder: edge-agent models build {DEFAULT_EMBEDDER}")
-    return Embedder(folder, name=DEFAULT_EMBEDDER, threads=threads)
+        raise SystemExit(f"install the embedder: edge-agent models build {name} --install-source")
+    return Embedder(folder, name=name, threads=threads)
 
 
 def latency(model: str, threads: int, limit: int, quiet_wait: float) -> dict[str, Any]:

