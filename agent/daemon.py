@@ -121,6 +121,7 @@ class AgentDaemon(Lifecycle):
         self._startup_conditions: set[str] = set()
         self._outbox: Outbox | None = None
         self._heads: HeadIntake | None = None
+        self._embedder_name: str | None = None  # the loaded encoder's, once loaded
         s = settings
         self.scheduler = Scheduler()
         self.telemetry = TelemetryRecorder(
@@ -219,6 +220,7 @@ class AgentDaemon(Lifecycle):
         )
         del engine
         embedder = load_embedder(s)
+        self._embedder_name = embedder.name if embedder is not None else None
         if embedder is not None:
             self._warm_heads(embedder, stack)
         self.telemetry.set_model(spec.name)
@@ -268,7 +270,7 @@ class AgentDaemon(Lifecycle):
         self._heads = heads = HeadIntake(
             self.skills,
             prefix=s.topic_prefix,
-            embedder=embedder.name if embedder is not None else None,
+            embedder=self._embedder_name,
             on_applied=self._publish_status,
         )
         heads.start()
@@ -553,6 +555,7 @@ class AgentDaemon(Lifecycle):
             model_state=self._models.state() if self._models else None,
             model_update=self._ota.update if self._ota else None,
             heads=self.skills.head_versions() or None,
+            embedder=self._embedder_name,
             ts=time.time(),
         )
         return status.to_wire()

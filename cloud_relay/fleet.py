@@ -104,6 +104,7 @@ def parse_status(msg: FleetMessage) -> StatusUpdate:
         conditions=list(s.conditions) if s.conditions is not None else None,
         model_version=s.model_state.version if s.model_state is not None else None,
         heads=dict(s.heads) if s.heads is not None else None,
+        embedder=s.embedder,
     )
 
 

@@ -140,6 +140,7 @@ class Learner:
             log.warning("learn_skill_unknown", skill=name)
 
     def run(self) -> list[SkillResult]:
+        self._warn_other_encoders()
         results = []
         for name, spec in sorted(self._skills.items()):
             try:
@@ -149,6 +150,24 @@ class Learner:
                 continue
             results.append(result)
         return results
+
+    def _warn_other_encoders(self) -> None:
+        """Devices whose heads run on another encoder (their status says which) refuse
+        what this run pushes and keep their own heads: say so, once per run."""
+        mine = self._encoder.name
+        others = sorted(
+            (d.device_id, d.embedder)
+            for d in self._store.devices()
+            if d.embedder is not None and d.embedder != mine
+        )
+        if others:
+            log.warning(
+                "learn_encoder_mismatch",
+                encoder=mine,
+                devices=len(others),
+                theirs=sorted({e for _, e in others}),
+                examples=[device for device, _ in others[:5]],
+            )
 
     def learn(self, name: str, spec: SkillSpec) -> SkillResult:  # noqa: PLR0911 - one per outcome
         labels = tuple(spec.labels)

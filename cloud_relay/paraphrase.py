@@ -38,10 +38,14 @@ log = get_logger("cloud_relay.learn")
 
 #: Bumped when the prompt changes, so every skill's paraphrases are written again.
 PROMPT_VERSION = 1
-#: Room per asked paraphrase in the reply (a short command and its JSON quoting).
-TOKENS_EACH = 32
 #: The longest paraphrase kept, in characters (a request, not a paragraph).
 LONGEST = 120
+#: Room per asked paraphrase in the reply: its longest at one token per character, and
+#: its JSON quoting. With 32, a sampled small model's long items ran out of tokens
+#: mid-string, and every call of a run was lost. Only escaped characters (``\u00e9``:
+#: several tokens each) can still run past it; such a reply is dropped and logged
+#: (``paraphrases_invalid``). A hosted API bills the tokens written, not the cap.
+TOKENS_EACH = LONGEST + 8
 
 
 class _Written(BaseModel):

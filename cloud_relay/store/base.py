@@ -202,6 +202,8 @@ class StatusUpdate:
     model_version: str | None = None
     #: ``Status.heads``: the head version in use per skill; None when the status has none.
     heads: dict[str, int] | None = None
+    #: ``Status.embedder``: the encoder the device's heads run on; None: none, or unsaid.
+    embedder: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -241,6 +243,7 @@ class DeviceRow:
     totals: Totals
     model_version: str | None = None  # of ``model``; None: a configured model
     heads: dict[str, int] | None = None  # head version per skill, from the status
+    embedder: str | None = None  # the encoder its heads run on, from the status
 
 
 @dataclass(frozen=True, slots=True)

@@ -175,6 +175,11 @@ MIGRATIONS: list[tuple[int, list[str]]] = [
             )""",
         ],
     ),
+    (
+        # The encoder each device's heads run on (a pushed head fits one encoder).
+        8,
+        ["ALTER TABLE fleet_device ADD COLUMN embedder TEXT"],
+    ),
 ]
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
@@ -191,7 +196,7 @@ _DEVICE_COLUMNS = (
     "telemetry_ts, started_at, runs, "
     "prior_edge + cur_edge, prior_cloud + cur_cloud, prior_fallback + cur_fallback, "
     "prior_error + cur_error, prior_escalations + cur_escalations, "
-    "prior_cost_avoided + cur_cost_avoided, model_version, heads"
+    "prior_cost_avoided + cur_cost_avoided, model_version, heads, embedder"
 )
 
 _HISTORY_COLUMNS = (
@@ -604,7 +609,10 @@ class SqlStore:
             # configured model, and stays when a status names no model.
             "model_version = CASE WHEN CAST(? AS TEXT) IS NULL THEN model_version ELSE ? END, "
             "provider = COALESCE(?, provider), version = COALESCE(?, version), conditions = ?, "
-            "heads = COALESCE(?, heads) "
+            "heads = COALESCE(?, heads), "
+            # An online status says which encoder runs (None: none); the will, made
+            # before the encoder loads, keeps what the last one said.
+            "embedder = CASE WHEN ? = 'online' THEN ? ELSE COALESCE(?, embedder) END "
             "WHERE device_id = ?",
             (
                 seen,
@@ -618,6 +626,9 @@ class SqlStore:
                 status.version,
                 _json_or_null(status.conditions),
                 _json_or_null(status.heads),
+                status.state,
+                status.embedder,
+                status.embedder,
                 status.device_id,
             ),
         )
@@ -780,6 +791,7 @@ def _to_device(r: Row) -> DeviceRow:
         ),
         model_version=r[18],
         heads=json.loads(r[19]) if r[19] else None,
+        embedder=r[20],
     )
 
 

@@ -88,6 +88,12 @@ class Status(Versioned, OutboundModel):
         "pushed (`cloud-relay learn`), 0 for the head fitted on the device from the skill's "
         "own text.",
     )
+    embedder: str | None = Field(
+        default=None,
+        description="The sentence encoder the skills' heads run on (`model.embedder`); None: "
+        "no embedding stage. A pushed head is made for one encoder (the relay's "
+        "`learn.encoder`): a device with another refuses it and keeps its own.",
+    )
     ts: float = Field(description="Epoch seconds when published.")
 
 

@@ -63,7 +63,10 @@ def push(client: paho.Client, topic: str, payload: bytes) -> None:
     client.publish(topic, payload, qos=1, retain=True).wait_for_publish(5)
 
 
-def heads_in_status(port: int, topic: str, want: dict[str, int], timeout: float = 30) -> None:
+def heads_in_status(
+    port: int, topic: str, want: dict[str, int], timeout: float = 30
+) -> dict[str, Any]:
+    """The first status whose heads are ``want``."""
     seen: list[dict[str, Any]] = []
     client = paho.Client(
         callback_api_version=CallbackAPIVersion.VERSION2, client_id=f"st-{uuid.uuid4().hex[:6]}"
@@ -77,7 +80,7 @@ def heads_in_status(port: int, topic: str, want: dict[str, int], timeout: float 
         while time.monotonic() < deadline:
             heads = seen[-1].get("heads") or {} if seen else {}
             if all(heads.get(k) == v for k, v in want.items()):
-                return
+                return seen[-1]
             time.sleep(0.05)
     finally:
         client.disconnect()
@@ -97,7 +100,8 @@ def test_a_pushed_head_changes_the_agents_answers(
     before = app.classify(topics.request, text=QUERY, skill=SKILL)
     assert before["ok"] is True, before
     assert before["label"] != "play_music"  # the model reads "lights off", not music
-    heads_in_status(broker.port, topics.status, {SKILL: 0})
+    status = heads_in_status(broker.port, topics.status, {SKILL: 0})
+    assert status["embedder"] == DEFAULT_EMBEDDER  # the encoder its heads run on
 
     skill = SkillRegistry().get(SKILL)
     assert skill is not None

@@ -9,16 +9,18 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
+import structlog
 
 from cloud_relay.cli import main
 from cloud_relay.config import LearnSettings
-from cloud_relay.learn import Learner, held_out
-from cloud_relay.store import LabelledCase, RelayStore, open_store
+from cloud_relay.learn import Learner, TextEncoder, held_out
+from cloud_relay.store import LabelledCase, RelayStore, StatusUpdate, open_store
 from edge_slm.contract import decode
 from edge_slm.contract.skills import SkillHead
 from edge_slm.head import Head, fit_head, skill_texts
@@ -104,6 +106,33 @@ def test_a_head_not_worse_is_pushed_versioned_once(store: RelayStore, encoder: o
         assert third.version == 2
         assert decode(SkillHead, pushed[-1][1]).version == 2
     assert "version 1" in third.reason
+
+
+def test_devices_on_another_encoder_are_named_in_the_log(
+    store: RelayStore, encoder: TextEncoder
+) -> None:
+    now = time.time()
+    for device, embedder in [("a", "mpnet-base-v2-int8"), ("b", None), ("c", encoder.name)]:
+        store.record_status(
+            StatusUpdate(
+                device_id=device,
+                state="online",
+                received_at=now,
+                ts=now,
+                live=True,
+                model="smol",
+                provider="cpu",
+                version="0.1.0",
+                conditions=None,
+                embedder=embedder,
+            )
+        )
+    with structlog.testing.capture_logs() as logs:
+        learner(store, encoder, []).run()
+    (warned,) = [e for e in logs if e["event"] == "learn_encoder_mismatch"]
+    assert warned["devices"] == 1
+    assert warned["theirs"] == ["mpnet-base-v2-int8"]
+    assert warned["examples"] == ["a"]
 
 
 def test_the_skill_text_head_is_the_baseline_before_any_push(encoder: object) -> None:

@@ -118,6 +118,32 @@ def test_devices_show_the_head_versions_of_their_status(store: RelayStore) -> No
     assert render.device_dict(d, now=now, stale_after_s=60)["heads"] == d.heads
 
 
+def test_devices_show_the_encoder_of_their_status(store: RelayStore) -> None:
+    base = StatusUpdate(
+        device_id="d",
+        state="online",
+        received_at=time.time(),
+        ts=time.time(),
+        live=True,
+        model="smol",
+        provider="cpu",
+        version="0.1.0",
+        conditions=None,
+    )
+    store.record_status(replace(base, embedder="mpnet-base-v2-int8"))
+    store.record_status(replace(base, state="offline"))  # the will: made before it loaded
+    (d,) = store.devices("d")
+    assert d.embedder == "mpnet-base-v2-int8"
+    now = time.time()
+    cells = render.device_cells(d, now=now, stale_after_s=60)
+    assert cells[render.DEVICE_HEADERS.index("encoder")] == "mpnet-base-v2-int8"
+    assert render.device_dict(d, now=now, stale_after_s=60)["embedder"] == "mpnet-base-v2-int8"
+    store.record_status(base)  # online without an encoder: the embedding stage is off
+    (d,) = store.devices("d")
+    assert d.embedder is None
+    assert render.device_cells(d, now=now, stale_after_s=60)[6] == "-"
+
+
 def test_paraphrases_are_kept_per_skill_text_in_order_and_written_once(
     store: RelayStore,
 ) -> None:

@@ -170,6 +170,7 @@
         el("td", d.model ? (d.model_version ? `${d.model}@${d.model_version}` : d.model) : "–"),
         el("td", d.provider || "–"),
         el("td", heads(d.heads), "mono"),
+        el("td", d.embedder || "–", "mono"),
         el("td", n(r.edge), "n"), el("td", n(r.cloud), "n"), el("td", n(r["edge-fallback"]), "n"),
         el("td", n(r.error), "n"), el("td", pct(d.escalation_rate), "n"),
         el("td", usd(d.cost_avoided_usd), "n"),
@@ -184,7 +185,7 @@
     if (!rows.length) {
       const tr = el("tr");
       const td = el("td", "No device has reported yet.", "empty");
-      td.colSpan = 12;
+      td.colSpan = 13;
       tr.append(td);
       rows.push(tr);
     }
