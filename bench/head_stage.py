@@ -61,9 +61,10 @@ def main() -> None:  # noqa: PLR0912, PLR0915 - one linear report
     ap.add_argument("--slm", action="store_true", help="run the SLM too (the cascade)")
     ap.add_argument("--model", default="smollm2-135m-instruct")
     ap.add_argument("--json", default="")
+    ap.add_argument("--embedder", default="", help="an installed embedder (default: the agent's)")
     args = ap.parse_args()
 
-    embedder = _embedder(threads=1)
+    embedder = _embedder(1, args.embedder)
     skill = SkillRegistry().get(SKILL_OF["voice"])
     assert skill is not None
     own = {t.lower() for t in skill_texts(skill.spec)[0]}
@@ -104,7 +105,7 @@ def main() -> None:  # noqa: PLR0912, PLR0915 - one linear report
     # Zero-shot heads over label subsets (2..K) containing the gold label.
     rng = random.Random(0)
     names = skill.labels
-    feats, hits = [], []
+    feats, hits, shipped = [], [], []
     for v, g in zip(vectors, gold, strict=True):
         for k in (2, 3, 4, 6, 12):
             subset = [g, *rng.sample([n for n in names if n != g], k - 1)]
@@ -113,6 +114,7 @@ def main() -> None:  # noqa: PLR0912, PLR0915 - one linear report
             p = max(out.probs.values())
             feats.append((math.log(p / max(1 - p, 1e-6)), math.log(k)))
             hits.append(out.label == g)
+            shipped.append(out.confidence)  # with the constants in use for this encoder
     from sklearn.linear_model import LogisticRegression  # type: ignore[import-untyped]
 
     platt = LogisticRegression(C=1e6).fit(np.array(feats), np.array(hits, dtype=int))
@@ -121,6 +123,7 @@ def main() -> None:  # noqa: PLR0912, PLR0915 - one linear report
     zconf = [1 / (1 + math.exp(-(a * f + b + kw * lk))) for f, lk in feats]
     report["zero_shot"] = {"a": round(a, 4), "b": round(b, 4), "k_weight": round(kw, 4)}
     report["zero_shot"] |= _summary(zconf, hits)
+    report["zero_shot"]["shipped"] = _summary(shipped, hits)
     two = [(c, h) for c, h, (_, lk) in zip(zconf, hits, feats, strict=True) if lk == math.log(2)]
     report["zero_shot"]["two_labels"] = _summary([c for c, _ in two], [h for _, h in two])
 
