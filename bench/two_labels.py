@@ -77,10 +77,11 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--data", type=Path, default=HWU64 / "test.jsonl", help="HWU64 test.jsonl")
+    ap.add_argument("--embedder", default="", help="an installed embedder (default: the agent's)")
     args = ap.parse_args(argv)
     threshold = PolicySettings().thresholds[Task.CLASSIFY]
     engine = _engine("smollm2-135m-instruct", args.threads)
-    embedder = _embedder(args.threads)
+    embedder = _embedder(args.threads, args.embedder)
     texts = _items(args.data)
     rows: list[dict[str, Any]] = []
     for (label_a, intent_a), (label_b, intent_b) in PAIRS:
@@ -116,7 +117,8 @@ def main(argv: list[str] | None = None) -> int:
     keys += ["confident_wrong", "raw_accuracy", "raw_auroc", "raw_escalated_old_rule"]
     print(table(cols, [[p, *(s[k] for k in keys)] for p, s in summaries.items()]))
     result = {"threshold": threshold, "old_threshold": OLD_THRESHOLD, "summaries": summaries}
-    print(write_results("two_labels", {**result, "rows": rows}))
+    name = "two_labels" + (f"_{args.embedder}" if args.embedder else "")
+    print(write_results(name, {**result, "embedder": embedder.name, "rows": rows}))
     return 0
 
 
