@@ -47,8 +47,10 @@ ACCURACY_LEVEL = 4
 BATCH_INVARIANCE = 0.9999
 
 
-def assemble(parts: Sequence[Path], out: Path, *, size: int, sha256: str) -> Path:
-    """Concatenate ``parts`` in order into ``out`` and check the whole."""
+def assemble(
+    parts: Sequence[Path], out: Path, *, size: int, sha256: str, name: str = "source"
+) -> Path:
+    """Concatenate ``parts`` in order into ``out`` and check the whole (of ``name``)."""
     digest = hashlib.sha256()
     with out.open("wb") as whole:
         for part in parts:
@@ -58,9 +60,9 @@ def assemble(parts: Sequence[Path], out: Path, *, size: int, sha256: str) -> Pat
                     whole.write(chunk)
     got = out.stat().st_size
     if got != size:
-        raise IntegrityError(out.name, str(out), f"{size} bytes", f"{got} bytes")
+        raise IntegrityError(name, str(out), f"{size} bytes", f"{got} bytes")
     if digest.hexdigest() != sha256:
-        raise IntegrityError(out.name, str(out), sha256, digest.hexdigest())
+        raise IntegrityError(name, str(out), sha256, digest.hexdigest())
     return out
 
 
@@ -157,6 +159,7 @@ def build_encoder(
             scratch / "source.zip",
             size=entry.zip_size,
             sha256=entry.zip_sha256,
+            name=entry.name,
         )
         with zipfile.ZipFile(whole) as z:
             z.extractall(scratch)
