@@ -27,6 +27,7 @@ from cloud_relay.store import (
     open_store,
 )
 from edge_slm.contract import Outcome
+from tests.relay.fleet import status_update
 
 NOW = 1_800_000_000.0  # the app's clock in these tests
 T0 = NOW - 3000  # the first escalation
@@ -103,17 +104,7 @@ def _telemetry(
 
 
 def _status(device: str, state: str, at: float) -> StatusUpdate:
-    return StatusUpdate(
-        device_id=device,
-        state=state,
-        received_at=at,
-        ts=at,
-        live=True,
-        model="smol",
-        provider="cpu",
-        version="0.1.0",
-        conditions=None,
-    )
+    return status_update(device, state, at=at)
 
 
 @pytest.fixture

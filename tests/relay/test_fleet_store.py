@@ -24,6 +24,7 @@ from cloud_relay.store import (
 )
 from cloud_relay.store import sql as sqlmod
 from edge_slm.contract import Outcome
+from tests.relay.fleet import status_update
 
 
 def sample(
@@ -53,17 +54,8 @@ def sample(
 
 
 def status(device: str = "d1", state: str = "online", *, live: bool = True) -> StatusUpdate:
-    return StatusUpdate(
-        device_id=device,
-        state=state,
-        received_at=time.time(),
-        ts=time.time() - 5,
-        live=live,
-        model="smol",
-        provider="cuda",
-        version="0.1.0",
-        conditions=None,
-    )
+    now = time.time()
+    return status_update(device, state, at=now, ts=now - 5, live=live, provider="cuda")
 
 
 @contextmanager

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,12 +19,13 @@ import structlog
 from cloud_relay.cli import main
 from cloud_relay.config import LearnSettings
 from cloud_relay.learn import Learner, TextEncoder, held_out
-from cloud_relay.store import LabelledCase, RelayStore, StatusUpdate, open_store
+from cloud_relay.store import LabelledCase, RelayStore, open_store
 from edge_slm.contract import decode
 from edge_slm.contract.skills import SkillHead
 from edge_slm.head import Head, fit_head, skill_texts
 from edge_slm.mqtt import BrokerUrl, Inbound, MqttConnection
 from edge_slm.topics import skill_head
+from tests.relay.fleet import status_update
 from tests.relay.learning import SKILL, SPEC, cases, log_case
 from tests.support.broker import PrivateBroker
 
@@ -111,22 +111,8 @@ def test_a_head_not_worse_is_pushed_versioned_once(store: RelayStore, encoder: o
 def test_devices_on_another_encoder_are_named_in_the_log(
     store: RelayStore, encoder: TextEncoder
 ) -> None:
-    now = time.time()
     for device, embedder in [("a", "mpnet-base-v2-int8"), ("b", None), ("c", encoder.name)]:
-        store.record_status(
-            StatusUpdate(
-                device_id=device,
-                state="online",
-                received_at=now,
-                ts=now,
-                live=True,
-                model="smol",
-                provider="cpu",
-                version="0.1.0",
-                conditions=None,
-                embedder=embedder,
-            )
-        )
+        store.record_status(status_update(device, embedder=embedder))
     with structlog.testing.capture_logs() as logs:
         learner(store, encoder, []).run()
     (warned,) = [e for e in logs if e["event"] == "learn_encoder_mismatch"]

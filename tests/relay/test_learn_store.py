@@ -14,9 +14,9 @@ from cloud_relay.store import (
     Paraphrase,
     PushedHead,
     RelayStore,
-    StatusUpdate,
 )
 from edge_slm.contract import Outcome
+from tests.relay.fleet import status_update
 
 
 def _case(
@@ -94,17 +94,7 @@ def test_pushed_heads_are_kept_and_the_latest_read_back(store: RelayStore) -> No
 
 
 def test_devices_show_the_head_versions_of_their_status(store: RelayStore) -> None:
-    base = StatusUpdate(
-        device_id="d",
-        state="online",
-        received_at=time.time(),
-        ts=time.time(),
-        live=True,
-        model="smol",
-        provider="cpu",
-        version="0.1.0",
-        conditions=None,
-    )
+    base = status_update()
     store.record_status(replace(base, heads={"home_intents": 0, "sensor_state": 0}))
     store.record_status(replace(base, heads={"home_intents": 3, "sensor_state": 0}))
     (d,) = store.devices("d")
@@ -119,17 +109,7 @@ def test_devices_show_the_head_versions_of_their_status(store: RelayStore) -> No
 
 
 def test_devices_show_the_encoder_of_their_status(store: RelayStore) -> None:
-    base = StatusUpdate(
-        device_id="d",
-        state="online",
-        received_at=time.time(),
-        ts=time.time(),
-        live=True,
-        model="smol",
-        provider="cpu",
-        version="0.1.0",
-        conditions=None,
-    )
+    base = status_update()
     store.record_status(replace(base, embedder="mpnet-base-v2-int8"))
     store.record_status(replace(base, state="offline"))  # the will: made before it loaded
     (d,) = store.devices("d")
