@@ -120,11 +120,10 @@ def quantize(fp32: Path, out: Path) -> None:
     quantizer.model.save_model_to_file(str(out), use_external_data_format=False)
 
 
-def batch_cosine(folder: Path, sentences: Sequence[str]) -> float:
+def batch_cosine(encoder: Encoder, sentences: Sequence[str]) -> float:
     """Lowest cosine between each sentence's vector alone and within one batch."""
     import numpy as np
 
-    encoder = Encoder(folder, threads=1)
     alone = np.concatenate([encoder.embed([s]) for s in sentences])
     return float(np.min(np.sum(alone * encoder.embed(sentences), axis=1)))
 
@@ -168,16 +167,17 @@ def build_encoder(
         stage = tmp / "model"
         stage.mkdir()
         convert(source, stage, scratch)
-        cosine = lowest_cosine(stage, source, CHECK_SENTENCES)
+        built = Encoder(stage, threads=1)  # one session for every check below
+        cosine = lowest_cosine(built, source, CHECK_SENTENCES)
         if cosine < entry.min_cosine:
             raise ModelError(
                 f"{entry.name}: cosine {cosine:.4f} against the fp32 source weights is "
                 f"below the gate {entry.min_cosine}"
             )
-        dim = Encoder(stage, threads=1).embed(CHECK_SENTENCES[:1]).shape[1]
+        dim = built.embed(CHECK_SENTENCES[:1]).shape[1]
         if dim != entry.dim:
             raise ModelError(f"{entry.name}: vectors of {dim} values, the catalog says {entry.dim}")
-        batched = batch_cosine(stage, CHECK_SENTENCES)
+        batched = batch_cosine(built, CHECK_SENTENCES)
         if batched < BATCH_INVARIANCE:
             raise ModelError(
                 f"{entry.name}: a vector changes with its batch (cosine {batched:.5f} alone "

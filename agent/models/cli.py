@@ -77,6 +77,8 @@ def cmd_build(args: argparse.Namespace) -> int:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
+    from agent.models.embedders import KINDS as EMBEDDER_KINDS
+
     cache = _cache(args)
     installed = {m.name: m for m in cache.list()}
     rows = [("NAME", "KIND", "PRECISION", "STATE", "SIZE", "FIDELITY")]
@@ -86,7 +88,7 @@ def cmd_list(args: argparse.Namespace) -> int:
         if entry is not None:
             kind = "build" if isinstance(entry.source, GgufSource) else "download"
         else:
-            kinds = {"tuned": "tuned", "pypi-files": "embedder", "pypi-encoder": "embedder"}
+            kinds = {"tuned": "tuned", **dict.fromkeys(EMBEDDER_KINDS, "embedder")}
             kind = kinds.get(m.source.kind, "import") if m is not None else "import"
         if m is None:
             state, size, fid = "-", "-", "-"

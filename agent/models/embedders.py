@@ -34,6 +34,7 @@ from agent.models.hashing import sha256_file
 from agent.models.manifest import Manifest, SourceRecord, record_files
 from agent.models.sources import install_parts, locate_part
 from agent.skills.embedding import ONNX_FILE, TOKENIZER_FILE, Embedder
+from edge_slm.encoder import Encoder
 
 #: Sentences the installed graph is compared on against the fp32 source weights.
 CHECK_SENTENCES = (
@@ -176,12 +177,12 @@ def reference_cosine(entry: EmbedderEntry, folder: Path) -> float | None:
         import transformers  # noqa: F401
     except ImportError:
         return None
-    return lowest_cosine(folder, ref.parent, CHECK_SENTENCES)
+    return lowest_cosine(Embedder(folder, threads=1), ref.parent, CHECK_SENTENCES)
 
 
-def lowest_cosine(folder: Path, source: Path, sentences: Sequence[str]) -> float:
-    """Lowest cosine over ``sentences`` between the ONNX encoder in ``folder`` and its
-    fp32 sentence-transformers ``source`` run in torch (the ``build`` extra), both
+def lowest_cosine(encoder: Encoder, source: Path, sentences: Sequence[str]) -> float:
+    """Lowest cosine over ``sentences`` between the ONNX ``encoder`` and its fp32
+    sentence-transformers ``source`` run in torch (the ``build`` extra), both
     mean-pooled over the same tokens."""
     import numpy as np
     import torch
@@ -189,7 +190,6 @@ def lowest_cosine(folder: Path, source: Path, sentences: Sequence[str]) -> float
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
-    encoder = Embedder(folder, threads=1)
     mine = encoder.embed(sentences)
     enc = encoder.encode(sentences)
     model = AutoModel.from_pretrained(str(source), local_files_only=True)
@@ -202,7 +202,7 @@ def lowest_cosine(folder: Path, source: Path, sentences: Sequence[str]) -> float
         feeds["token_type_ids"] = torch.zeros_like(feeds["input_ids"])
     with torch.no_grad():
         hidden = model(**feeds).last_hidden_state.numpy()
-    theirs = Embedder.pool(hidden, enc.attention_mask)
+    theirs = Encoder.pool(hidden, enc.attention_mask)
     return float(np.min(np.sum(mine * theirs, axis=1)))
 
 

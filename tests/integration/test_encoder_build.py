@@ -103,10 +103,11 @@ def test_every_weight_matmul_is_quantized_and_a_vector_ignores_its_batch(
     assert ops.count("MatMulNBits") == 12
     assert "DynamicQuantizeLinear" not in ops  # one scale per batch: vectors would vary
     texts = ["turn on the kitchen lights", "is it going to rain", "a longer request " * 6]
-    vectors = Encoder(stage).embed(texts)
+    encoder = Encoder(stage)
+    vectors = encoder.embed(texts)
     assert vectors.shape == (3, 64)
     assert np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
-    assert batch_cosine(stage, texts) > 0.9999
+    assert batch_cosine(encoder, texts) > 0.9999
 
 
 def test_build_assembles_checks_and_installs(
