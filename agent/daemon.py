@@ -59,7 +59,7 @@ from edge_slm.lifecycle import Lifecycle
 from edge_slm.logs import get_logger
 from edge_slm.mqtt import Inbound, Will
 from edge_slm.settings import is_loopback
-from edge_slm.topics import matches, relay_status_filter, skill_head_filter
+from edge_slm.topics import relay_status_filter
 
 log = get_logger("agent.daemon")
 
@@ -434,6 +434,7 @@ class AgentDaemon(Lifecycle):
     # -- MQTT side (network thread) ----------------------------------------
 
     def _on_connect(self) -> None:
+        heads = self._heads.subscription if self._heads is not None else None
         self.mqtt.subscribe(
             [
                 (self.topics.request_filter(), 1),
@@ -441,7 +442,7 @@ class AgentDaemon(Lifecycle):
                 (self.topics.config, 1),
                 (self.topics.model, 1),
                 (relay_status_filter(self.settings.topic_prefix), 1),
-                (skill_head_filter(self.settings.topic_prefix), 1),
+                *([(heads, 1)] if heads is not None else []),
             ]
         )
         self._publish_status()
@@ -480,11 +481,10 @@ class AgentDaemon(Lifecycle):
         self.mqtt.publish(self.topics.status, self._status("online"), qos=1, retain=True)
 
     def _on_message(self, msg: Inbound) -> None:
-        if self._heads is not None and matches(
-            skill_head_filter(self.settings.topic_prefix), msg.topic
-        ):
+        heads = self._heads
+        if heads is not None and heads.takes(msg.topic):
             try:
-                self._heads.on_message(msg)
+                heads.on_message(msg)
             finally:
                 self.mqtt.ack(msg)
             return

@@ -1,8 +1,10 @@
 """Skill heads pushed by the relays (``cloud-relay learn``), taken in and applied live.
 
-Retained on ``<prefix>/_skills/<skill>/head``, one topic per skill for the whole
-fleet; only relays may publish there (broker ACL). The network thread only
-decodes (the one version check) and checks that the payload names the skill of
+Retained on ``<prefix>/_skills/<skill>/head/<encoder>``, one topic per skill and
+sentence encoder for the whole fleet; only relays may publish there (broker ACL).
+An agent subscribes to its own encoder's heads only, and none without an encoder
+(no embedding stage: nothing to run a head on). The network thread only decodes
+(the one version check) and checks that the payload names the skill and encoder of
 its topic; a head for a skill this device does not have is ignored. The rest
 runs on a thread of its own: turning the wire message into a head, and handing
 it to the skill registry (``SkillRegistry.set_head``), which refuses a head
@@ -22,7 +24,7 @@ from agent.inbound import decode_or_log
 from edge_slm.contract.skills import SkillHead
 from edge_slm.logs import get_logger
 from edge_slm.queues import stop_consumer
-from edge_slm.topics import skill_head
+from edge_slm.topics import matches, skill_head, skill_head_filter
 
 if TYPE_CHECKING:
     from agent.skills import SkillRegistry
@@ -57,6 +59,18 @@ class HeadIntake:
     def alive(self) -> bool:
         return self._thread.is_alive()
 
+    @property
+    def subscription(self) -> str | None:
+        """The heads this agent takes: its encoder's; None without an encoder."""
+        if self._embedder is None:
+            return None
+        return skill_head_filter(self._prefix, self._embedder)
+
+    def takes(self, topic: str) -> bool:
+        """Whether ``topic`` is one of this agent's heads (``on_message`` handles it)."""
+        subscription = self.subscription
+        return subscription is not None and matches(subscription, topic)
+
     def start(self) -> None:
         self._thread.start()
 
@@ -71,7 +85,8 @@ class HeadIntake:
         head = decode_or_log(SkillHead, msg.payload, rejected="head_rejected", topic=msg.topic)
         if head is None:
             return
-        if msg.topic != skill_head(self._prefix, head.skill):
+        mine = self._embedder
+        if mine is None or msg.topic != skill_head(self._prefix, head.skill, mine):
             log.warning("head_rejected", topic=msg.topic, skill=head.skill, error="topic mismatch")
             return
         if self._skills.get(head.skill) is None:

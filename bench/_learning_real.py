@@ -242,7 +242,11 @@ def _learn(db: str, broker_url: str, agent_log: Path) -> dict[str, Any]:
             "CLOUD_RELAY_LEARN__PARAPHRASES": str(_run["paraphrases"]),
             "CLOUD_RELAY_LEARN__PARAPHRASE_TEMPERATURE": str(_run["paraphrase_temperature"]),
             "CLOUD_RELAY_LLM__MODEL": "gold",
-            **({"CLOUD_RELAY_LEARN__ENCODER": _run["embedder"]} if _run["embedder"] else {}),
+            **(
+                {"CLOUD_RELAY_LEARN__ENCODERS": json.dumps([_run["embedder"]])}
+                if _run["embedder"]
+                else {}
+            ),
         },
     )
     result = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]

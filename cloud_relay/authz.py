@@ -69,7 +69,9 @@ DEFAULT_SHARE_GROUP = "relays"  # cloud_relay settings: share_group
 # telemetry, and receives the cloud's answers, its run-time config and its desired model
 # (over-the-air updates, `cloud-relay models push`): its own topics only, every relay's
 # online/offline (relay_status_filter) and the skill heads the relays learn for the whole
-# fleet (skill_head_filter, `cloud-relay learn`); only relays publish those two.
+# fleet (skill_head_filter, `cloud-relay learn`); only relays publish those two. A device
+# subscribes to its own encoder's heads (`<prefix>/_skills/+/head/<encoder>`), which the
+# grant names by pattern: the encoder is the device's setting, not its identity's.
 DEVICE_PUBLISHES: tuple[str, ...] = ("escalation", "status", "telemetry")
 DEVICE_RECEIVES: tuple[str, ...] = ("cloud", "config", "model")
 # Relay-only topics: only a relay identity may publish them, for any device (the retained
@@ -94,6 +96,9 @@ class AclType(StrEnum):
     # The filter of a SUBSCRIBE, compared as a string: a grant of `slm/a/cloud` does not
     # grant `slm/+/cloud` or `#`. (subscribePattern would match filters against filters.)
     SUBSCRIBE = "subscribeLiteral"
+    # A filter granted by pattern: `+` in the grant admits one level of the client's
+    # filter, a name or `+`, never `#` (for the heads' encoder level only).
+    SUBSCRIBE_PATTERN = "subscribePattern"
 
 
 def device_role(device_id: str) -> str:
@@ -111,8 +116,10 @@ def _device_acls(prefix: str, device_id: str) -> list[dict[str, Any]]:
     for leaf in DEVICE_RECEIVES:
         acls += [_acl(AclType.SUBSCRIBE, topics[leaf]), _acl(AclType.RECEIVE, topics[leaf])]
     # Every relay's online/offline (its agent re-sends the outbox when one comes online).
-    for fleetwide in (relay_status_filter(prefix), skill_head_filter(prefix)):
-        acls += [_acl(AclType.SUBSCRIBE, fleetwide), _acl(AclType.RECEIVE, fleetwide)]
+    relays = relay_status_filter(prefix)
+    acls += [_acl(AclType.SUBSCRIBE, relays), _acl(AclType.RECEIVE, relays)]
+    heads = skill_head_filter(prefix)  # every encoder's: the device subscribes to its own
+    acls += [_acl(AclType.SUBSCRIBE_PATTERN, heads), _acl(AclType.RECEIVE, heads)]
     return acls
 
 

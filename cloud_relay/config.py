@@ -242,6 +242,25 @@ class DashboardSettings(_Section):
 class LearnSettings(_Section):
     """The learn loop: fit each skill's classify head on the cloud's labels and push it."""
 
+    @model_validator(mode="before")
+    @classmethod
+    def _one_encoder(cls, data: Any) -> Any:
+        # `learn.encoder` (one name) before heads were kept per encoder.
+        if isinstance(data, dict) and "encoder" in data and "encoders" not in data:
+            data = {**data, "encoders": [data["encoder"]]}
+            del data["encoder"]
+        return data
+
+    @field_validator("encoders")
+    @classmethod
+    def _distinct(cls, names: list[str]) -> list[str]:
+        for name in names:
+            if not name or set(name) & set("/+#$\x00"):
+                raise ValueError(f"encoder {name!r} is not a plain name (it names a topic level)")
+        if len(set(names)) != len(names):
+            raise ValueError(f"encoders lists one twice: {names}")
+        return names
+
     interval_s: float = Field(
         default=3600.0,
         ge=0,
@@ -259,10 +278,13 @@ class LearnSettings(_Section):
     skills: list[str] | None = Field(
         default=None, description="Learn only these skills; default: every known skill."
     )
-    encoder: str = Field(
-        default="minilm-l6-v2-int8",
-        description="The sentence encoder the heads are fitted on: the devices' "
-        "`model.embedder` (a device refuses a head made for another encoder).",
+    encoders: list[str] = Field(
+        default=["minilm-l6-v2-int8"],
+        min_length=1,
+        description="The sentence encoders the heads are fitted on, one head per skill "
+        "and encoder: every `model.embedder` the fleet's devices run (a device takes only "
+        'its encoder\'s heads). Each must be in `model_cache`. (`encoder = "<name>"`, '
+        "one encoder, is read as a list of it.)",
     )
     model_cache: Path | None = Field(
         default=None,

@@ -11,17 +11,22 @@ last one pushed (from the store), or, before any, the head a device fits at load
 from the skill's text alone. It is pushed only if it is at least as accurate on
 the held-out cases; otherwise the old head stays and the log says why
 (``head_kept``). A pushed head is a retained, versioned ``SkillHead`` on
-``topics.skill_head(prefix, skill)``, which only relays may publish (broker ACL).
+``topics.skill_head(prefix, skill, encoder)``, which only relays may publish (broker
+ACL).
 
-Its version is claimed in the store before the push (``record_head``), so relays
-sharing a store never push the same version twice.
+A head reads one encoder's vectors, so each skill gets one head per encoder in
+``learn.encoders`` (a fleet may run a larger encoder on its bigger boards): the same
+cases and paraphrases, embedded, fitted, checked and pushed per encoder, each checked
+against that encoder's head in use. Versions are one sequence per skill over its
+encoders, claimed in the store before the push (``record_head``), so relays sharing
+a store never push the same version twice.
 """
 
 from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from functools import partial
 from pathlib import Path
@@ -58,7 +63,7 @@ class TextEncoder(Protocol):
 
 
 class LearnUnavailable(Exception):
-    """The loop cannot run here (no encoder installed)."""
+    """The loop cannot run here (none of its encoders is installed)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +71,7 @@ class SkillResult:
     """What one run did for one skill (logged, and printed by ``cloud-relay learn``)."""
 
     skill: str
+    encoder: str  # the encoder the head reads
     action: Action
     reason: str
     version: int | None  # the version pushed, or the one kept (None: the device's own)
@@ -77,28 +83,46 @@ class SkillResult:
     paraphrases: int = 0  # the cloud-written ones it was fitted on
 
 
-def encoder_folder(settings: LearnSettings) -> Path:
-    """The encoder's folder in the model cache (the per-user one by default)."""
+def encoder_folder(settings: LearnSettings, name: str) -> Path:
+    """The encoder ``name``'s folder in the model cache (the per-user one by default)."""
     if settings.model_cache is not None:
         cache = settings.model_cache
     else:
         from agent.models.cache import default_cache_dir  # the one cache rule, pure Python
 
         cache = default_cache_dir()
-    return cache.expanduser() / settings.encoder
+    return cache.expanduser() / name
 
 
-def load_encoder(settings: LearnSettings) -> TextEncoder:
-    folder = encoder_folder(settings)
+def load_encoder(settings: LearnSettings, name: str) -> TextEncoder:
+    folder = encoder_folder(settings, name)
     if not (folder / ONNX_FILE).is_file() or not (folder / TOKENIZER_FILE).is_file():
         raise LearnUnavailable(
-            f"encoder {settings.encoder!r} is not installed in {folder.parent}: "
-            f"`edge-agent models build {settings.encoder} --install-source`"
+            f"encoder {name!r} is not installed in {folder.parent}: "
+            f"`edge-agent models build {name} --install-source`"
         )
     from edge_slm.encoder import Encoder  # onnxruntime: only when learning runs
 
     # One thread: learning is background work beside the relay's hot path.
-    return Encoder(folder, name=settings.encoder, threads=1)
+    return Encoder(folder, name=name, threads=1)
+
+
+def load_encoders(settings: LearnSettings) -> list[TextEncoder]:
+    """Every installed encoder of ``learn.encoders``; a missing one is logged
+    (``learn_encoder_missing``: its devices get no new heads) and the others learn.
+    Raises LearnUnavailable when none is installed."""
+    loaded: list[TextEncoder] = []
+    missing: list[str] = []
+    for name in settings.encoders:
+        try:
+            loaded.append(load_encoder(settings, name))
+        except LearnUnavailable as exc:
+            missing.append(str(exc))
+    if not loaded:
+        raise LearnUnavailable("; ".join(missing))
+    for why in missing:
+        log.warning("learn_encoder_missing", error=why)
+    return loaded
 
 
 def held_out(case: LabelledCase, fraction: float) -> bool:
@@ -112,6 +136,31 @@ def accuracy(head: Head, vectors: Vectors, gold: Sequence[str]) -> float:
     return right / len(gold)
 
 
+def republish(
+    store: RelayStore,
+    publish: Publish,
+    *,
+    prefix: str,
+    skills: Iterable[str],
+    encoders: Iterable[str],
+) -> list[PushedHead]:
+    """Publish the last head of each skill and encoder again, retained, as it was pushed.
+
+    After an upgrade that moved the heads' topics, or a broker that lost its retained
+    messages, devices would otherwise wait for the next case to escalate before they
+    got a head again. A device skips a version it runs already (``head_current``).
+    """
+    again = []
+    for skill in sorted(set(skills)):
+        for encoder in encoders:
+            head = store.latest_head(skill, encoder)
+            if head is not None:
+                publish(skill_head(prefix, skill, encoder), head.payload.encode())
+                again.append(head)
+    log.info("heads_republished", heads=[f"{h.skill}@{h.version}/{h.embedder}" for h in again])
+    return again
+
+
 class Learner:
     """One learn run over the skills: fit, check on the held-out cases, push or keep."""
 
@@ -121,7 +170,7 @@ class Learner:
         *,
         prefix: str,
         store: RelayStore,
-        encoder: TextEncoder,
+        encoders: Sequence[TextEncoder],
         publish: Publish,
         skills: Mapping[str, SkillSpec],
         teacher: Teacher | None = None,
@@ -132,7 +181,9 @@ class Learner:
         self._dry_run = dry_run
         self._prefix = prefix
         self._store = store
-        self._encoder = encoder
+        if not encoders:
+            raise ValueError("a learn run needs at least one encoder")
+        self._encoders = tuple(encoders)
         self._publish = publish
         wanted = settings.skills
         self._skills = {n: s for n, s in skills.items() if wanted is None or n in wanted}
@@ -141,42 +192,57 @@ class Learner:
 
     def run(self) -> list[SkillResult]:
         self._warn_other_encoders()
-        results = []
+        results: list[SkillResult] = []
         for name, spec in sorted(self._skills.items()):
             try:
-                result = self.learn(name, spec)
+                results += self.learn(name, spec)
             except Exception:  # one skill's failure must not stop the others
                 log.exception("learn_failed", skill=name)
-                continue
-            results.append(result)
         return results
 
     def _warn_other_encoders(self) -> None:
-        """Devices whose heads run on another encoder (their status says which) refuse
-        what this run pushes and keep their own heads: say so, once per run."""
-        mine = self._encoder.name
+        """Devices whose heads run on an encoder this run learns for none (their status
+        says which) get no new heads and keep their own: say so, once per run."""
+        mine = sorted(e.name for e in self._encoders)
         others = sorted(
             (d.device_id, d.embedder)
             for d in self._store.devices()
-            if d.embedder is not None and d.embedder != mine
+            if d.embedder is not None and d.embedder not in mine
         )
         if others:
             log.warning(
                 "learn_encoder_mismatch",
-                encoder=mine,
+                encoders=mine,
                 devices=len(others),
                 theirs=sorted({e for _, e in others}),
                 examples=[device for device, _ in others[:5]],
             )
 
-    def learn(self, name: str, spec: SkillSpec) -> SkillResult:  # noqa: PLR0911 - one per outcome
-        labels = tuple(spec.labels)
+    def learn(self, name: str, spec: SkillSpec) -> list[SkillResult]:
+        """One skill's head per encoder: its cases and paraphrases are read once."""
         rows = self._store.labelled_cases(name, limit=self._s.max_cases)
+        written = self._paraphrases(name, spec)
+        results = []
+        for encoder in self._encoders:
+            try:
+                results.append(self._learn_on(encoder, name, spec, rows, written))
+            except Exception:  # one encoder's failure must not stop the others
+                log.exception("learn_failed", skill=name, encoder=encoder.name)
+        return results
+
+    def _learn_on(  # noqa: PLR0911 - one per outcome
+        self,
+        encoder: TextEncoder,
+        name: str,
+        spec: SkillSpec,
+        rows: Sequence[LabelledCase],
+        written: Sequence[Paraphrase],
+    ) -> SkillResult:
+        labels = tuple(spec.labels)
         # The cloud may answer outside the label set (or the skill changed since).
         cases = [c for c in rows if c.label in spec.labels]
-        last = self._store.latest_head(name)
+        last = self._store.latest_head(name, encoder.name)
         last_version = last.version if last else None
-        written = self._paraphrases(name, spec)
 
         def done(
             action: Action,
@@ -190,6 +256,7 @@ class Learner:
         ) -> SkillResult:
             result = SkillResult(
                 skill=name,
+                encoder=encoder.name,
                 action=action,
                 reason=reason,
                 version=version,
@@ -207,7 +274,7 @@ class Learner:
 
         if len(cases) < self._s.min_cases:
             if written and last is None:
-                return self._first_head(name, spec, written, done)
+                return self._first_head(encoder, name, spec, written, done)
             return done("skipped", f"{len(cases)} cloud-labelled cases, fewer than min_cases")
         if last is not None and max(c.received_at for c in cases) <= last.pushed_at:
             return done("skipped", f"no new case since version {last.version}")
@@ -218,12 +285,12 @@ class Learner:
         texts, text_gold = skill_texts(spec)
         own = [*texts, *(p.text for p in written)]
         own_gold = [*text_gold, *(p.label for p in written)]
-        vectors = self._encoder.embed([*own, *(c.text for c in train), *(c.text for c in test)])
+        vectors = encoder.embed([*own, *(c.text for c in train), *(c.text for c in test)])
         n_own, n_train = len(own), len(train)
         test_vectors = vectors[n_own + n_train :]
         test_gold = [c.label for c in test]
         new = fit_head(vectors[: n_own + n_train], [*own_gold, *(c.label for c in train)], labels)
-        old, old_what = self._head_in_use(last, labels, vectors[: len(texts)], text_gold)
+        old, old_what = self._head_in_use(encoder, last, labels, vectors[: len(texts)], text_gold)
         acc_new = accuracy(new, test_vectors, test_gold)
         acc_old = accuracy(old, test_vectors, test_gold)
         # A decision on the checked fit reports its figures.
@@ -232,7 +299,7 @@ class Learner:
         )
         if acc_new < acc_old:
             return fitted("kept", f"the new head is worse on the held-out cases than {old_what}")
-        version = (last_version or 0) + 1
+        version = self._store.head_version(name) + 1
         if self._dry_run:
             return fitted("skipped", f"dry run: would push version {version}")
         provenance = Provenance(
@@ -243,7 +310,7 @@ class Learner:
             accuracy_old=acc_old,
             paraphrases=len(written),
         )
-        if not self._push(name, new, version, provenance, cases=len(cases)):
+        if not self._push(encoder, name, new, version, provenance, cases=len(cases)):
             return done("skipped", f"version {version} was pushed by another relay")
         return fitted(
             "pushed", f"at least as accurate on the held-out cases as {old_what}", version=version
@@ -251,6 +318,7 @@ class Learner:
 
     def _first_head(
         self,
+        encoder: TextEncoder,
         name: str,
         spec: SkillSpec,
         written: Sequence[Paraphrase],
@@ -267,7 +335,7 @@ class Learner:
         check = [i for i, text in enumerate(texts) if text not in lines]
         if not check:
             return done("skipped", "no exemplars to check the paraphrases on")
-        vectors = self._encoder.embed([*texts, *(p.text for p in written)])
+        vectors = encoder.embed([*texts, *(p.text for p in written)])
         own, extra = vectors[: len(texts)], vectors[len(texts) :]
         extra_gold = [p.label for p in written]
         right_old = right_new = 0
@@ -286,8 +354,9 @@ class Learner:
             return fitted(
                 "kept", "with the paraphrases the head recognizes fewer of the skill's exemplars"
             )
+        version = self._store.head_version(name) + 1
         if self._dry_run:
-            return fitted("skipped", "dry run: would push version 1 (paraphrases)")
+            return fitted("skipped", f"dry run: would push version {version} (paraphrases)")
         head = fit_head(vectors, [*text_gold, *extra_gold], labels)
         provenance = Provenance(
             skill_texts=len(texts),
@@ -297,25 +366,33 @@ class Learner:
             accuracy_old=acc_old,
             paraphrases=len(written),
         )
-        if not self._push(name, head, 1, provenance, cases=0):
-            return done("skipped", "version 1 was pushed by another relay")
+        if not self._push(encoder, name, head, version, provenance, cases=0):
+            return done("skipped", f"version {version} was pushed by another relay")
         return fitted(
             "pushed",
             "from the skill's texts and the paraphrases: with them it recognizes at least as "
             "many of its exemplars",
-            version=1,
+            version=version,
         )
 
     def _push(
-        self, name: str, head: Head, version: int, provenance: Provenance, *, cases: int
+        self,
+        encoder: TextEncoder,
+        name: str,
+        head: Head,
+        version: int,
+        provenance: Provenance,
+        *,
+        cases: int,
     ) -> bool:
         """Claim ``version`` in the store and publish the head; False: already taken."""
         wire = head.to_wire(
-            skill=name, version=version, embedder=self._encoder.name, provenance=provenance
+            skill=name, version=version, embedder=encoder.name, provenance=provenance
         )
         payload = wire.to_wire()
         pushed = PushedHead(
             skill=name,
+            embedder=encoder.name,
             version=version,
             payload=payload.decode(),
             pushed_at=time.time(),
@@ -323,7 +400,7 @@ class Learner:
         )
         if not self._store.record_head(pushed):
             return False
-        self._publish(skill_head(self._prefix, name), payload)
+        self._publish(skill_head(self._prefix, name, encoder.name), payload)
         return True
 
     def _paraphrases(self, name: str, spec: SkillSpec) -> list[Paraphrase]:
@@ -347,6 +424,7 @@ class Learner:
 
     def _head_in_use(
         self,
+        encoder: TextEncoder,
         last: PushedHead | None,
         labels: tuple[str, ...],
         text_vectors: Vectors,
@@ -360,6 +438,6 @@ class Learner:
             except WireError:
                 log.warning("learn_last_head_unreadable", skill=last.skill, version=last.version)
             else:
-                if wire.embedder == self._encoder.name and tuple(wire.labels) == labels:
+                if wire.embedder == encoder.name and tuple(wire.labels) == labels:
                     return Head.from_wire(wire), f"version {last.version}"
         return fit_head(text_vectors, list(text_gold), labels), "the skill-text head"

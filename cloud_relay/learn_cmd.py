@@ -17,7 +17,7 @@ from pathlib import Path
 from cloud_relay.cli_support import add_common, connect_publisher, settings_from
 from cloud_relay.config import RelaySettings
 from cloud_relay.learn import LearnUnavailable, SkillResult
-from cloud_relay.learn_loop import learn_once
+from cloud_relay.learn_loop import learn_once, republish_once
 from cloud_relay.learn_skills import SkillFileError
 from cloud_relay.store import StoreError
 from edge_slm.console import table
@@ -26,6 +26,7 @@ from edge_slm.mqtt import MqttConnection
 
 HEADERS = (
     "skill",
+    "encoder",
     "action",
     "version",
     "cases",
@@ -45,7 +46,8 @@ def add_learn_command(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
         description="Per skill: the cloud-labelled escalations and shadow samples in the log "
         "(already redacted on the device) plus the skill's own texts. A held-out share "
         "(learn.holdout) checks the new head against the head in use; it is pushed, retained "
-        "on <prefix>/_skills/<skill>/head, only if it is not worse there. With "
+        "on <prefix>/_skills/<skill>/head/<encoder>, only if it is not worse there; one head "
+        "per encoder of learn.encoders. With "
         "learn.paraphrases the cloud LLM first writes requests for each label, once per "
         "version of the skill's text: every head is fitted on them too, and a skill's first "
         "head is pushed from them before any case escalates.",
@@ -57,7 +59,14 @@ def add_learn_command(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
     )
     p.add_argument("--skills-dir", type=Path, help="folder of extra skill TOMLs")
     p.add_argument("--dry-run", action="store_true", help="fit and check, push nothing")
-    p.add_argument("--json", action="store_true", help="one JSON object per skill")
+    p.add_argument(
+        "--republish",
+        action="store_true",
+        help="fit nothing: publish the last head of each skill and encoder again, retained "
+        "(after an upgrade, or a broker that lost its retained messages); `cloud-relay run` "
+        "does it at start",
+    )
+    p.add_argument("--json", action="store_true", help="one JSON object per skill and encoder")
     p.set_defaults(func=_cmd_learn)
 
 
@@ -84,6 +93,7 @@ def _cells(r: SkillResult) -> list[str]:
 
     return [
         r.skill,
+        r.encoder,
         r.action,
         "-" if r.version is None else str(r.version),
         str(r.cases),
@@ -108,6 +118,10 @@ def _cmd_learn(args: argparse.Namespace) -> int:
     configure_logging(settings.log_level, "console")  # stderr; stdout carries the report
     publisher = _Publisher(settings)
     try:
+        if args.republish:
+            count = republish_once(settings, publisher)
+            print(f"{count} head(s) published again")
+            return 0
         results = learn_once(settings, publisher, dry_run=args.dry_run)
     except (LearnUnavailable, SkillFileError, StoreError, ConnectionError) as exc:
         print(f"cannot learn: {exc}", file=sys.stderr)

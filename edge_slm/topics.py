@@ -163,20 +163,25 @@ def relay_status_filter(prefix: str) -> str:
     return f"{_check_segment('prefix', prefix)}/_relays/+/status"
 
 
-def skill_head(prefix: str, skill: str) -> str:
-    """Relay -> agents, retained: the skill's classify head learned from the cloud's labels
-    (``SkillHead``, ``cloud-relay learn``); only relays may publish it.
+def skill_head(prefix: str, skill: str, encoder: str) -> str:
+    """Relay -> agents, retained: the skill's classify head for one sentence encoder,
+    learned from the cloud's labels (``SkillHead``, ``cloud-relay learn``); only relays
+    may publish it.
 
-    One topic per skill for the whole fleet, four levels like the relays' status, so no
-    device filter (``<prefix>/+/<leaf>``) ever matches it.
+    ``<prefix>/_skills/<skill>/head/<encoder>``: a head fits the vectors of one encoder,
+    so a fleet that mixes encoders gets one head per (skill, encoder), and each device
+    subscribes to its own encoder's only. Five levels under ``_skills``, so no device
+    filter (``<prefix>/+/<leaf>``) ever matches it.
     """
-    name = _check_segment("skill", skill)
-    return f"{_check_segment('prefix', prefix)}/_skills/{name}/head"
+    name, which = _check_segment("skill", skill), _check_segment("encoder", encoder)
+    return f"{_check_segment('prefix', prefix)}/_skills/{name}/head/{which}"
 
 
-def skill_head_filter(prefix: str) -> str:
-    """What agents subscribe to: every skill's head (an agent ignores skills it lacks)."""
-    return f"{_check_segment('prefix', prefix)}/_skills/+/head"
+def skill_head_filter(prefix: str, encoder: str | None = None) -> str:
+    """Every skill's head for ``encoder`` (what an agent on it subscribes to; it ignores
+    skills it lacks), or for every encoder when None (the brokers' ACLs, bridges)."""
+    which = "+" if encoder is None else _check_segment("encoder", encoder)
+    return f"{_check_segment('prefix', prefix)}/_skills/+/head/{which}"
 
 
 def matches(topic_filter: str, topic: str) -> bool:

@@ -267,7 +267,8 @@ class PushedHead:
     """A skill head the relay published (the retained ``SkillHead`` JSON, as sent)."""
 
     skill: str
-    version: int
+    embedder: str  # the encoder it reads: one head per (skill, encoder)
+    version: int  # one sequence per skill over its encoders
     payload: str  # the SkillHead wire JSON
     pushed_at: float
     #: Labelled cases in the store when it was fitted (the next run skips when none came).
@@ -357,8 +358,12 @@ class RelayStore(Protocol):
         a logged text, newest first (``limit`` of them; None: all)."""
         ...
 
-    def latest_head(self, skill: str) -> PushedHead | None:
-        """The head last pushed for ``skill``, or None."""
+    def latest_head(self, skill: str, embedder: str) -> PushedHead | None:
+        """The head last pushed for ``skill`` on the encoder ``embedder``, or None."""
+        ...
+
+    def head_version(self, skill: str) -> int:
+        """The highest version pushed for ``skill`` on any encoder; 0 before any."""
         ...
 
     def record_head(self, head: PushedHead) -> bool:

@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 import psycopg
 
 from cloud_relay.store.base import StoreError
-from cloud_relay.store.sql import Row, SqlStore, open_on
+from cloud_relay.store.sql import POSTGRES, Row, SqlStore, open_on
 
 T = TypeVar("T")
 
@@ -130,6 +130,4 @@ class PostgresDb:
 
 
 def open_postgres(url: str, *, read_only: bool = False) -> SqlStore:
-    return open_on(
-        PostgresDb(url, read_only=read_only), real_type="DOUBLE PRECISION", read_only=read_only
-    )
+    return open_on(PostgresDb(url, read_only=read_only), dialect=POSTGRES, read_only=read_only)

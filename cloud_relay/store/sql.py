@@ -11,6 +11,7 @@ import json
 import time
 from collections.abc import Sequence
 from contextlib import AbstractContextManager
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from cloud_relay.store.base import (
@@ -35,7 +36,8 @@ from edge_slm.contract import EscalationReason, Outcome
 
 Row = tuple[Any, ...]
 
-#: (version, statements). ``{real}`` is the engine's double type.
+#: (version, statements). ``{real}`` is the engine's double type, ``{payload_embedder}``
+#: its expression for a ``skill_head`` payload's ``embedder`` (:class:`Dialect`).
 MIGRATIONS: list[tuple[int, list[str]]] = [
     (
         1,
@@ -180,6 +182,17 @@ MIGRATIONS: list[tuple[int, list[str]]] = [
         8,
         ["ALTER TABLE fleet_device ADD COLUMN embedder TEXT"],
     ),
+    (
+        # One head per (skill, encoder): the encoder of each pushed head, read from the
+        # heads pushed before from their own JSON. Versions stay one sequence per skill.
+        9,
+        [
+            "ALTER TABLE skill_head ADD COLUMN embedder TEXT",
+            "UPDATE skill_head SET embedder = {payload_embedder}",
+            "CREATE INDEX IF NOT EXISTS skill_head_embedder "
+            "ON skill_head (skill, embedder, version)",
+        ],
+    ),
 ]
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
@@ -240,7 +253,19 @@ class Db(Protocol):
     def close(self) -> None: ...
 
 
-def migrate(db: Db, real_type: str) -> None:
+@dataclass(frozen=True, slots=True)
+class Dialect:
+    """What the migrations write differently per engine."""
+
+    real: str  # the double type
+    payload_embedder: str  # a skill_head payload's (JSON text) `embedder`, as text
+
+
+SQLITE = Dialect(real="REAL", payload_embedder="json_extract(payload, '$.embedder')")
+POSTGRES = Dialect(real="DOUBLE PRECISION", payload_embedder="(payload::json ->> 'embedder')")
+
+
+def migrate(db: Db, dialect: Dialect) -> None:
     with db.locked():
         db.execute("CREATE TABLE IF NOT EXISTS relay_schema_version (version INTEGER NOT NULL)")
         rows = db.query("SELECT MAX(version) FROM relay_schema_version")
@@ -253,7 +278,9 @@ def migrate(db: Db, real_type: str) -> None:
             if version <= current:
                 continue
             for statement in statements:
-                db.execute(statement.format(real=real_type))
+                db.execute(
+                    statement.format(real=dialect.real, payload_embedder=dialect.payload_embedder)
+                )
             db.execute("INSERT INTO relay_schema_version (version) VALUES (?)", (version,))
 
 
@@ -705,25 +732,41 @@ class SqlStore:
             for r in self._db.query(sql, params)
         ]
 
-    def latest_head(self, skill: str) -> PushedHead | None:
+    def latest_head(self, skill: str, embedder: str) -> PushedHead | None:
         rows = self._db.query(
-            "SELECT skill, version, payload, pushed_at, cases FROM skill_head "
-            "WHERE skill = ? ORDER BY version DESC LIMIT 1",
-            (skill,),
+            "SELECT skill, embedder, version, payload, pushed_at, cases FROM skill_head "
+            "WHERE skill = ? AND embedder = ? ORDER BY version DESC LIMIT 1",
+            (skill, embedder),
         )
         if not rows:
             return None
         r = rows[0]
         return PushedHead(
-            skill=r[0], version=int(r[1]), payload=r[2], pushed_at=r[3], cases=int(r[4])
+            skill=r[0],
+            embedder=r[1],
+            version=int(r[2]),
+            payload=r[3],
+            pushed_at=r[4],
+            cases=int(r[5]),
         )
+
+    def head_version(self, skill: str) -> int:
+        rows = self._db.query("SELECT MAX(version) FROM skill_head WHERE skill = ?", (skill,))
+        return int(rows[0][0] or 0)
 
     def record_head(self, head: PushedHead) -> bool:
         return bool(
             self._db.execute(
-                "INSERT INTO skill_head (skill, version, payload, pushed_at, cases) "
-                "VALUES (?, ?, ?, ?, ?) ON CONFLICT (skill, version) DO NOTHING",
-                (head.skill, head.version, head.payload, head.pushed_at, head.cases),
+                "INSERT INTO skill_head (skill, version, embedder, payload, pushed_at, cases) "
+                "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (skill, version) DO NOTHING",
+                (
+                    head.skill,
+                    head.version,
+                    head.embedder,
+                    head.payload,
+                    head.pushed_at,
+                    head.cases,
+                ),
             )
         )
 
@@ -859,13 +902,13 @@ def _to_row(r: Row) -> LogRow:
     )
 
 
-def open_on(db: Db, *, real_type: str, read_only: bool) -> SqlStore:
+def open_on(db: Db, *, dialect: Dialect, read_only: bool) -> SqlStore:
     """A store on ``db``: migrated for the relay, or schema-checked for read-only readers."""
     try:
         if read_only:
             check_schema(db)
         else:
-            migrate(db, real_type=real_type)
+            migrate(db, dialect)
     except BaseException:
         db.close()
         raise

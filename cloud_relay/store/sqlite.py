@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from cloud_relay.store.base import StoreError
-from cloud_relay.store.sql import Row, SqlStore, open_on
+from cloud_relay.store.sql import SQLITE, Row, SqlStore, open_on
 
 
 class SqliteDb:
@@ -81,4 +81,4 @@ class SqliteDb:
 
 
 def open_sqlite(path: Path, *, read_only: bool = False) -> SqlStore:
-    return open_on(SqliteDb(path, read_only=read_only), real_type="REAL", read_only=read_only)
+    return open_on(SqliteDb(path, read_only=read_only), dialect=SQLITE, read_only=read_only)

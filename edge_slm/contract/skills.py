@@ -301,12 +301,16 @@ class HeadProvenance(BaseModel):
 
 
 class SkillHead(Versioned, OutboundModel):
-    """Relay -> agents, retained on ``<prefix>/_skills/<skill>/head``: a skill's classify
-    head, a multinomial logistic regression over the sentence encoder's vectors
+    """Relay -> agents, retained on ``<prefix>/_skills/<skill>/head/<encoder>``: a skill's
+    classify head, a multinomial logistic regression over one sentence encoder's vectors
     (``cloud-relay learn``)."""
 
     skill: SkillName = Field(description="The skill this head classifies for.")
-    version: int = Field(ge=1, description="Increases with every push for the skill.")
+    version: int = Field(
+        ge=1,
+        description="Increases with every push for the skill: one sequence over all its "
+        "encoders, so a version names one head.",
+    )
     embedder: str = Field(
         min_length=1, max_length=128, description="The sentence encoder the head reads."
     )

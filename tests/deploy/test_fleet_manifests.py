@@ -184,7 +184,7 @@ def test_emqx_acl_mirrors_the_mosquitto_acl() -> None:
     assert device_sub.group(1) == (
         '"slm/${cert_common_name}/cloud", "slm/${cert_common_name}/config", '
         '"slm/${cert_common_name}/model", {eq, "slm/_relays/+/status"}, '
-        '{eq, "slm/_skills/+/head"}'
+        '"slm/_skills/+/head/+"'  # by pattern: the device subscribes to its encoder's
     )
     relay_sub = re.search(r'\{allow, \{username, \{re, "\^relay-"\}\}, subscribe, (.*)\}\.', rules)
     assert relay_sub
@@ -192,7 +192,7 @@ def test_emqx_acl_mirrors_the_mosquitto_acl() -> None:
     assert re.search(
         r'\{allow, \{username, \{re, "\^relay-"\}\}, publish, '
         r'\["slm/\+/cloud", "slm/\+/config", "slm/\+/model", "slm/_relays/\+/status", '
-        r'"slm/_skills/\+/head"\]',
+        r'"slm/_skills/\+/head/\+"\]',
         rules,
     )
     # Relay rules come before the device rules (first match wins); deny-all is last.

@@ -5,8 +5,9 @@ request of ``home_intents``; a head fitted with the same encoder, which has
 learned (from "cloud labels" made up for the test) that this very phrasing means
 ``play_music``, is published retained on the skill's head topic; the agent applies
 it without a restart, says so in its status (``heads``), and answers
-``play_music`` from the head. A head for another encoder, or a broken one, is
-refused and logged, and the agent keeps serving with the head it had.
+``play_music`` from the head. Heads are per encoder: one pushed on another encoder's
+topic never reaches it, and one on its topic made for another encoder, or a broken
+one, is refused and logged; the agent keeps serving with the head it had.
 """
 
 from __future__ import annotations
@@ -115,7 +116,8 @@ def test_a_pushed_head_changes_the_agents_answers(
         embedder=encoder.name,
         provenance=HeadProvenance(skill_texts=0, cloud_labels=9, held_out=0),
     )
-    push(relay_client, skill_head("slm", SKILL), wire.to_wire())
+    mine = skill_head("slm", SKILL, encoder.name)
+    push(relay_client, mine, wire.to_wire())
     heads_in_status(broker.port, topics.status, {SKILL: 1})
 
     after = app.classify(topics.request, text=QUERY, skill=SKILL)
@@ -123,10 +125,14 @@ def test_a_pushed_head_changes_the_agents_answers(
     assert after["label"] == "play_music", after
     assert "skill head v1" in after["reason"], after
 
-    # Refused, logged, and the head in use stays: another encoder, then garbage.
+    # Another encoder's head on its own topic: this agent does not even receive it.
+    theirs = head.to_wire(skill=SKILL, version=5, embedder="mpnet-base-v2-int8")
+    push(relay_client, skill_head("slm", SKILL, "mpnet-base-v2-int8"), theirs.to_wire())
+    # Refused, logged, and the head in use stays: another encoder's head on this
+    # encoder's topic, then garbage.
     other = head.to_wire(skill=SKILL, version=2, embedder="another-encoder")
-    push(relay_client, skill_head("slm", SKILL), other.to_wire())
-    push(relay_client, skill_head("slm", SKILL), b'{"v": 1, "skill": "home_intents"}')
+    push(relay_client, mine, other.to_wire())
+    push(relay_client, mine, b'{"v": 1, "skill": "home_intents"}')
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
         rejected = [e for e in agent.log_events() if e.get("event") == "head_rejected"]
@@ -134,6 +140,8 @@ def test_a_pushed_head_changes_the_agents_answers(
             break
         time.sleep(0.1)
     assert len(rejected) >= 2, rejected
+    assert not [e for e in agent.log_events() if e.get("version") == 5], "not its encoder's"
+    assert heads_in_status(broker.port, topics.status, {SKILL: 1})["heads"][SKILL] == 1
     again = app.classify(topics.request, text=QUERY, skill=SKILL)
     assert again["label"] == "play_music"
     assert agent.proc.poll() is None

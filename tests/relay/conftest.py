@@ -68,6 +68,7 @@ def store(store_url: str) -> Iterator[RelayStore]:
 def encoder() -> TextEncoder:
     """The learn loop's sentence encoder, from the model cache."""
     settings = LearnSettings()
-    if not (encoder_folder(settings) / "model.onnx").is_file():
-        pytest.skip(f"encoder {settings.encoder} is not installed in the model cache")
-    return load_encoder(settings)
+    (name,) = settings.encoders  # the default: the devices' default encoder
+    if not (encoder_folder(settings, name) / "model.onnx").is_file():
+        pytest.skip(f"encoder {name} is not installed in the model cache")
+    return load_encoder(settings, name)

@@ -1,9 +1,16 @@
-"""The learn loop's test skill and its cases, logged as the relay logs them."""
+"""The learn loop's test skill and its cases, logged as the relay logs them, and a
+second encoder."""
 
 from __future__ import annotations
 
+import json
 import time
+from collections.abc import Sequence
+from pathlib import Path
 
+import numpy as np
+
+from cloud_relay.learn import TextEncoder, Vectors
 from cloud_relay.store import Final, NewEscalation, RelayStore
 from edge_slm.contract import Outcome, SkillSpec
 
@@ -52,3 +59,34 @@ def log_case(store: RelayStore, i: int, text: str, label: str) -> None:
             cloud_label=label,
         ),
     )
+
+
+class RotatedEncoder:
+    """A second encoder for the per-encoder tests: the real encoder's vectors turned by a
+    fixed random rotation, under another name. Another vector space of the same size, as
+    a second model would give (a head fitted on one reads the other wrongly), while the
+    CI machine carries one encoder only."""
+
+    def __init__(self, base: TextEncoder, name: str = "rotated-minilm") -> None:
+        self.name = name
+        self._base = base
+        dim = base.embed(["x"]).shape[1]
+        q, _ = np.linalg.qr(np.random.default_rng(7).normal(size=(dim, dim)))
+        self._turn = q.astype(np.float32)
+
+    def embed(self, texts: Sequence[str]) -> Vectors:
+        return self._base.embed(texts) @ self._turn
+
+
+def skills_dir(root: Path) -> Path:
+    """``root/skills`` holding the test skill as a TOML file (``learn.skills_dir``)."""
+    folder = root / "skills"
+    folder.mkdir(exist_ok=True)
+    (folder / f"{SKILL}.toml").write_text(
+        "\n".join(
+            f'[labels.{name}]\ndescription = "{label.description}"\n'
+            f"exemplars = {json.dumps(label.exemplars)}"
+            for name, label in SPEC.labels.items()
+        )
+    )
+    return folder

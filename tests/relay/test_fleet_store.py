@@ -81,7 +81,7 @@ def test_a_version_1_store_is_migrated_and_keeps_its_rows(
     try:
         versions = new._db.query("SELECT version FROM relay_schema_version ORDER BY version")  # type: ignore[attr-defined]
         every = [v for v, _ in sqlmod.MIGRATIONS]
-        assert [v for (v,) in versions] == [1, 2, 3, 4, 5, 6, 7, 8] == every
+        assert [v for (v,) in versions] == [1, 2, 3, 4, 5, 6, 7, 8, 9] == every
         (row,) = new.logs(LogQuery())
         assert (row.request_id, row.text, row.labels, row.sensor, row.skill) == (
             "r0",

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import threading
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,15 +19,15 @@ import structlog
 
 from cloud_relay.cli import main
 from cloud_relay.config import LearnSettings
-from cloud_relay.learn import Learner, TextEncoder, held_out
+from cloud_relay.learn import Learner, LearnUnavailable, TextEncoder, held_out, load_encoders
 from cloud_relay.store import LabelledCase, RelayStore, open_store
 from edge_slm.contract import decode
 from edge_slm.contract.skills import SkillHead
 from edge_slm.head import Head, fit_head, skill_texts
 from edge_slm.mqtt import BrokerUrl, Inbound, MqttConnection
-from edge_slm.topics import skill_head
+from edge_slm.topics import skill_head, skill_head_filter
 from tests.relay.fleet import status_update
-from tests.relay.learning import SKILL, SPEC, cases, log_case
+from tests.relay.learning import SKILL, SPEC, RotatedEncoder, cases, log_case, skills_dir
 from tests.support.broker import PrivateBroker
 
 
@@ -42,19 +43,21 @@ def is_held_out(i: int, holdout: float) -> bool:
     return held_out(case, holdout)
 
 
-def learner(store: RelayStore, encoder: object, pushed: list[tuple[str, bytes]]) -> Learner:
+def learner(
+    store: RelayStore, encoder: TextEncoder, pushed: list[tuple[str, bytes]], *more: TextEncoder
+) -> Learner:
     return Learner(
         LearnSettings(min_cases=10),
         prefix="slm",
         store=store,
-        encoder=encoder,  # type: ignore[arg-type]
+        encoders=[encoder, *more],
         publish=lambda topic, payload: pushed.append((topic, payload)),
         skills={SKILL: SPEC},
     )
 
 
 def test_a_head_worse_on_the_held_out_cases_is_not_pushed(
-    store: RelayStore, encoder: object
+    store: RelayStore, encoder: TextEncoder
 ) -> None:
     # The cases it trains on are labelled backwards; the held-out ones are right.
     flip = {"lights_on": "lights_off", "lights_off": "lights_on"}
@@ -68,10 +71,10 @@ def test_a_head_worse_on_the_held_out_cases_is_not_pushed(
     assert result.accuracy_new < result.accuracy_old
     assert "the skill-text head" in result.reason
     assert pushed == []
-    assert store.latest_head(SKILL) is None
+    assert store.latest_head(SKILL, encoder.name) is None
 
 
-def test_a_head_not_worse_is_pushed_versioned_once(store: RelayStore, encoder: object) -> None:
+def test_a_head_not_worse_is_pushed_versioned_once(store: RelayStore, encoder: TextEncoder) -> None:
     for i, (text, label) in enumerate(cases()):
         log_case(store, i, text, label)
     pushed: list[tuple[str, bytes]] = []
@@ -83,16 +86,16 @@ def test_a_head_not_worse_is_pushed_versioned_once(store: RelayStore, encoder: o
     assert result.accuracy_new >= result.accuracy_old
     assert result.train + result.held_out == result.cases == len(cases())
     ((topic, payload),) = pushed
-    assert topic == skill_head("slm", SKILL)
+    assert topic == skill_head("slm", SKILL, encoder.name)
     wire = decode(SkillHead, payload)
     assert (wire.skill, wire.version, wire.labels) == (SKILL, 1, list(SPEC.labels))
     assert wire.provenance.cloud_labels == result.train
-    stored = store.latest_head(SKILL)
+    stored = store.latest_head(SKILL, encoder.name)
     assert stored is not None
     assert stored.payload.encode() == payload
     # The head read back answers like the one fitted.
     head = Head.from_wire(wire)
-    vectors = encoder.embed(["turn the porch light off"])  # type: ignore[attr-defined]
+    vectors = encoder.embed(["turn the porch light off"])
     assert head.predict(vectors[0]).label == "lights_off"
     # Nothing new since: no fit, no push.
     (again,) = learner(store, encoder, pushed).run()
@@ -121,12 +124,90 @@ def test_devices_on_another_encoder_are_named_in_the_log(
     assert warned["examples"] == ["a"]
 
 
-def test_the_skill_text_head_is_the_baseline_before_any_push(encoder: object) -> None:
+def test_each_encoder_gets_its_own_head_on_its_own_topic(
+    store: RelayStore, encoder: TextEncoder
+) -> None:
+    for i, (text, label) in enumerate(cases()):
+        log_case(store, i, text, label)
+    second = RotatedEncoder(encoder)
+    pushed: list[tuple[str, bytes]] = []
+    results = learner(store, encoder, pushed, second).run()
+    assert [(r.encoder, r.action, r.version) for r in results] == [
+        (encoder.name, "pushed", 1),
+        (second.name, "pushed", 2),  # one version sequence per skill
+    ]
+    assert [topic for topic, _ in pushed] == [
+        skill_head("slm", SKILL, encoder.name),
+        skill_head("slm", SKILL, second.name),
+    ]
+    heads = {}
+    for (_topic, payload), enc in zip(pushed, (encoder, second), strict=True):
+        wire = decode(SkillHead, payload)
+        assert wire.embedder == enc.name
+        stored = store.latest_head(SKILL, enc.name)
+        assert stored is not None
+        assert (stored.embedder, stored.payload.encode()) == (enc.name, payload)
+        heads[enc.name] = Head.from_wire(wire)
+    # Each head was fitted on its own encoder's vectors: it reads them, the other's not.
+    query = ["turn the porch light off"]
+    assert heads[encoder.name].predict(encoder.embed(query)[0]).label == "lights_off"
+    assert heads[second.name].predict(second.embed(query)[0]).label == "lights_off"
+    assert not np.allclose(heads[encoder.name].weights, heads[second.name].weights)
+    # Nothing new: neither encoder fits again.
+    again = learner(store, encoder, pushed, second).run()
+    assert [(r.encoder, r.action, r.version) for r in again] == [
+        (encoder.name, "skipped", 1),
+        (second.name, "skipped", 2),
+    ]
+    assert len(pushed) == 2
+
+
+def test_an_encoder_added_later_gets_its_first_head_next_in_the_sequence(
+    store: RelayStore, encoder: TextEncoder
+) -> None:
+    for i, (text, label) in enumerate(cases()):
+        log_case(store, i, text, label)
+    pushed: list[tuple[str, bytes]] = []
+    (first,) = learner(store, encoder, pushed).run()
+    assert (first.action, first.version) == ("pushed", 1)
+    second = RotatedEncoder(encoder)
+    kept, added = learner(store, encoder, pushed, second).run()
+    assert (kept.encoder, kept.action, kept.version) == (encoder.name, "skipped", 1)
+    assert (added.encoder, added.action, added.version) == (second.name, "pushed", 2)
+    assert "the skill-text head" in added.reason  # its baseline: no head of its own yet
+
+
+def test_devices_on_an_encoder_learned_for_are_not_named(
+    store: RelayStore, encoder: TextEncoder
+) -> None:
+    second = RotatedEncoder(encoder)
+    for device, embedder in [("a", "mpnet-base-v2-int8"), ("b", second.name), ("c", None)]:
+        store.record_status(status_update(device, embedder=embedder))
+    with structlog.testing.capture_logs() as logs:
+        learner(store, encoder, [], second).run()
+    (warned,) = [e for e in logs if e["event"] == "learn_encoder_mismatch"]
+    assert (warned["devices"], warned["theirs"]) == (1, ["mpnet-base-v2-int8"])
+    assert warned["encoders"] == sorted([encoder.name, second.name])
+
+
+def test_a_missing_encoder_is_logged_and_the_others_learn(encoder: TextEncoder) -> None:
+    settings = LearnSettings(encoders=[encoder.name, "not-built-here"])
+    with structlog.testing.capture_logs() as logs:
+        loaded = load_encoders(settings)
+    assert [e.name for e in loaded] == [encoder.name]
+    (missing,) = [e for e in logs if e["event"] == "learn_encoder_missing"]
+    assert "not-built-here" in missing["error"]
+    assert "models build not-built-here" in missing["error"]
+    with pytest.raises(LearnUnavailable, match="not-built-here"):
+        load_encoders(LearnSettings(encoders=["not-built-here"]))
+
+
+def test_the_skill_text_head_is_the_baseline_before_any_push(encoder: TextEncoder) -> None:
     texts, gold = skill_texts(SPEC)
     assert len(texts) == 4  # a line and an exemplar per label
-    head = fit_head(encoder.embed(texts), gold, list(SPEC.labels))  # type: ignore[attr-defined]
+    head = fit_head(encoder.embed(texts), gold, list(SPEC.labels))
     # On and off are close in embedding space: from 4 texts it knows its own examples...
-    vectors = encoder.embed(["lights off"])  # type: ignore[attr-defined]
+    vectors = encoder.embed(["lights off"])
     out = head.predict(vectors[0])
     assert out.label == "lights_off"
     assert 0.0 < out.confidence < 1.0
@@ -136,7 +217,7 @@ def test_the_skill_text_head_is_the_baseline_before_any_push(encoder: object) ->
 def test_cloud_relay_learn_pushes_retained_over_a_real_broker(
     tmp_path: Path,
     broker: PrivateBroker,
-    encoder: object,
+    encoder: TextEncoder,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     db = f"sqlite:///{tmp_path / 'relay.db'}"
@@ -146,15 +227,7 @@ def test_cloud_relay_learn_pushes_retained_over_a_real_broker(
             log_case(store, i, text, label)
     finally:
         store.close()
-    skills = tmp_path / "skills"
-    skills.mkdir()
-    (skills / f"{SKILL}.toml").write_text(
-        "\n".join(
-            f'[labels.{name}]\ndescription = "{label.description}"\n'
-            f"exemplars = {json.dumps(label.exemplars)}"
-            for name, label in SPEC.labels.items()
-        )
-    )
+    skills = skills_dir(tmp_path)
     args = ["learn", "--db", db, "--broker", broker.url, "--skills-dir", str(skills)]
     assert main([*args, "--skill", SKILL, "--json"]) == 0
     (line,) = capsys.readouterr().out.splitlines()
@@ -175,7 +248,7 @@ def test_cloud_relay_learn_pushes_retained_over_a_real_broker(
     )
     assert device.start(connect_timeout_s=5)
     try:
-        device.subscribe([(skill_head("slm", SKILL), 1)])
+        device.subscribe([(skill_head_filter("slm", encoder.name), 1)])
         assert arrived.wait(5)
     finally:
         device.stop()
@@ -184,7 +257,7 @@ def test_cloud_relay_learn_pushes_retained_over_a_real_broker(
 
 
 def test_cloud_relay_run_learns_on_its_schedule(
-    tmp_path: Path, broker: PrivateBroker, encoder: object
+    tmp_path: Path, broker: PrivateBroker, encoder: TextEncoder
 ) -> None:
     from cloud_relay.config import load_settings
     from cloud_relay.daemon import RelayDaemon
@@ -196,15 +269,7 @@ def test_cloud_relay_run_learns_on_its_schedule(
             log_case(store, i, text, label)
     finally:
         store.close()
-    skills = tmp_path / "skills"
-    skills.mkdir()
-    (skills / f"{SKILL}.toml").write_text(
-        "\n".join(
-            f'[labels.{name}]\ndescription = "{label.description}"\n'
-            f"exemplars = {json.dumps(label.exemplars)}"
-            for name, label in SPEC.labels.items()
-        )
-    )
+    skills = skills_dir(tmp_path)
     settings = load_settings(
         db=db,
         **{
@@ -230,7 +295,7 @@ def test_cloud_relay_run_learns_on_its_schedule(
     device = MqttConnection(
         url=BrokerUrl.parse(broker.url),
         client_id="device-sched",
-        on_connect=lambda: device.subscribe([(skill_head("slm", SKILL), 1)]),
+        on_connect=lambda: device.subscribe([(skill_head_filter("slm", encoder.name), 1)]),
         on_message=on_message,
     )
     assert device.start(connect_timeout_s=5)
@@ -243,8 +308,100 @@ def test_cloud_relay_run_learns_on_its_schedule(
     assert decode(SkillHead, got[0].payload).version == 1
     latest = open_store(db)
     try:
-        head = latest.latest_head(SKILL)
+        head = latest.latest_head(SKILL, encoder.name)
         assert head is not None
         assert head.version == 1  # later runs found no new case: nothing pushed again
     finally:
         latest.close()
+
+
+def test_the_last_heads_are_published_again_retained(
+    tmp_path: Path,
+    broker: PrivateBroker,
+    encoder: TextEncoder,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """`cloud-relay learn --republish`: after an upgrade moved the heads' topics, or a
+    broker lost its retained messages, the devices get their encoder's head back."""
+    db = f"sqlite:///{tmp_path / 'relay.db'}"
+    second = RotatedEncoder(encoder)
+    store = open_store(db)
+    try:
+        for i, (text, label) in enumerate(cases()):
+            log_case(store, i, text, label)
+        pushed: list[tuple[str, bytes]] = []  # pushed "before": never reached this broker
+        learner(store, encoder, pushed, second).run()
+    finally:
+        store.close()
+    assert len(pushed) == 2
+    monkeypatch.setenv("CLOUD_RELAY_LEARN__ENCODERS", json.dumps([encoder.name, second.name]))
+    args = ["learn", "--db", db, "--broker", broker.url, "--skills-dir", str(skills_dir(tmp_path))]
+    assert main([*args, "--republish"]) == 0
+    assert capsys.readouterr().out.strip() == "2 head(s) published again"
+    got = retained(broker, skill_head_filter("slm"), count=2)
+    assert sorted((m.topic, m.payload) for m in got) == sorted(pushed)
+
+
+def test_the_relays_learn_thread_publishes_the_last_heads_again_at_start(
+    tmp_path: Path, encoder: TextEncoder
+) -> None:
+    from cloud_relay.config import load_settings
+    from cloud_relay.learn_loop import LearnLoop
+
+    db = f"sqlite:///{tmp_path / 'relay.db'}"
+    store = open_store(db)
+    try:
+        for i, (text, label) in enumerate(cases()):
+            log_case(store, i, text, label)
+        pushed: list[tuple[str, bytes]] = []
+        learner(store, encoder, pushed).run()
+    finally:
+        store.close()
+    settings = load_settings(
+        db=db,
+        **{
+            "llm.model": "unused",
+            "learn.interval_s": 3600,  # no learn run in this test: only the start
+            "learn.skills_dir": skills_dir(tmp_path),
+        },
+    )
+    again: list[tuple[str, bytes]] = []
+    published = threading.Event()
+
+    def publish(topic: str, payload: bytes) -> None:
+        again.append((topic, payload))
+        published.set()
+
+    loop = LearnLoop(settings, publish)
+    loop.start()
+    try:
+        assert published.wait(10), "nothing published again at start"
+    finally:
+        loop.stop()
+    assert again == pushed
+
+
+def retained(broker: PrivateBroker, topic_filter: str, *, count: int) -> list[Inbound]:
+    """The retained messages a device subscribing now to ``topic_filter`` gets."""
+    got: list[Inbound] = []
+    done = threading.Event()
+
+    def on_message(msg: Inbound) -> None:
+        got.append(msg)
+        if len(got) >= count:
+            done.set()
+
+    device = MqttConnection(
+        url=BrokerUrl.parse(broker.url),
+        client_id=f"device-{uuid.uuid4().hex[:6]}",
+        on_connect=lambda: device.subscribe([(topic_filter, 1)]),
+        on_message=on_message,
+    )
+    assert device.start(connect_timeout_s=5)
+    try:
+        assert done.wait(5), got
+    finally:
+        device.stop()
+    assert all(m.retain for m in got)
+    return got

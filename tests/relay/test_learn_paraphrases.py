@@ -73,7 +73,7 @@ def run(
         LearnSettings(min_cases=10, paraphrases=15),
         prefix="slm",
         store=store,
-        encoder=encoder,
+        encoders=[encoder],
         publish=lambda topic, payload: pushed.append((topic, payload)),
         skills={SKILL: SPEC},
         teacher=teacher,
@@ -129,7 +129,7 @@ def test_paraphrases_that_miss_the_exemplars_are_not_pushed(
     assert result.accuracy_new < result.accuracy_old
     assert "exemplars" in result.reason
     assert pushed == []
-    assert store.latest_head(SKILL) is None
+    assert store.latest_head(SKILL, encoder.name) is None
 
 
 def test_a_dry_run_checks_and_pushes_nothing(store: RelayStore, encoder: TextEncoder) -> None:
@@ -138,7 +138,7 @@ def test_a_dry_run_checks_and_pushes_nothing(store: RelayStore, encoder: TextEnc
     assert result.action == "skipped"
     assert "would push version 1" in result.reason
     assert pushed == []
-    assert store.latest_head(SKILL) is None
+    assert store.latest_head(SKILL, encoder.name) is None
 
 
 def test_a_failing_cloud_leaves_nothing_kept_and_is_asked_again(

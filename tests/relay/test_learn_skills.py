@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
 from cloud_relay.config import load_settings
 from cloud_relay.learn_skills import SkillFileError, builtin_dir, load_skills
@@ -61,4 +62,16 @@ def test_learn_settings_defaults() -> None:
     learn = load_settings().learn
     assert learn.interval_s == 3600
     assert 0 < learn.holdout < 1
-    assert learn.encoder == "minilm-l6-v2-int8"
+    assert learn.encoders == ["minilm-l6-v2-int8"]  # the agents' default model.embedder
+
+
+def test_learn_encoders_are_a_list_of_plain_distinct_names() -> None:
+    # `encoder = "<name>"` (one encoder) is read as a list of it.
+    assert load_settings(**{"learn.encoder": "mpnet-base-v2-int8"}).learn.encoders == [
+        "mpnet-base-v2-int8"
+    ]
+    both = ["minilm-l6-v2-int8", "mpnet-base-v2-int8"]
+    assert load_settings(**{"learn.encoders": both}).learn.encoders == both
+    for bad, why in (([], "at least 1"), (["a", "a"], "twice"), (["a/b"], "plain name")):
+        with pytest.raises(ValidationError, match=why):
+            load_settings(**{"learn.encoders": bad})

@@ -1,11 +1,14 @@
-"""Store migrations 5 and 7, the learn loop's data: labelled cases per skill, pushed heads,
+"""Store migrations 5, 7 and 9, the learn loop's data: labelled cases per skill, pushed heads,
 the head versions devices report, and the cloud's paraphrases, on SQLite and on a real
 PostgreSQL."""
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import replace
+
+import pytest
 
 from cloud_relay import render
 from cloud_relay.store import (
@@ -14,9 +17,13 @@ from cloud_relay.store import (
     Paraphrase,
     PushedHead,
     RelayStore,
+    open_store,
 )
+from cloud_relay.store import sql as sqlmod
 from edge_slm.contract import Outcome
 from tests.relay.fleet import status_update
+
+MINILM, MPNET = "minilm-l6-v2-int8", "mpnet-base-v2-int8"
 
 
 def _case(
@@ -78,19 +85,71 @@ def test_labelled_cases_are_the_skills_answered_ones_with_text_and_label(
 
 
 def test_pushed_heads_are_kept_and_the_latest_read_back(store: RelayStore) -> None:
-    assert store.latest_head("home") is None
-    first = PushedHead(skill="home", version=1, payload='{"v":1}', pushed_at=10.0, cases=30)
+    assert store.latest_head("home", MINILM) is None
+    assert store.head_version("home") == 0
+    first = PushedHead(
+        skill="home", embedder=MINILM, version=1, payload='{"v":1}', pushed_at=10.0, cases=30
+    )
     assert store.record_head(first)
     assert store.record_head(replace(first, version=2, payload='{"v":2}', cases=45))
     assert store.record_head(replace(first, skill="sensors", version=7))
     # Version 2 is taken (another relay on this store pushed it): refused, first one kept.
     assert not store.record_head(replace(first, version=2, payload='{"v":"late"}'))
-    latest = store.latest_head("home")
+    latest = store.latest_head("home", MINILM)
     assert latest is not None
-    assert (latest.version, latest.payload, latest.cases) == (2, '{"v":2}', 45)
-    other = store.latest_head("sensors")
+    assert (latest.embedder, latest.version, latest.payload, latest.cases) == (
+        MINILM,
+        2,
+        '{"v":2}',
+        45,
+    )
+    other = store.latest_head("sensors", MINILM)
     assert other is not None
     assert other.version == 7
+
+
+def test_heads_pushed_before_migration_9_are_filed_under_their_encoder(
+    store_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with monkeypatch.context() as m:
+        m.setattr(sqlmod, "MIGRATIONS", [mig for mig in sqlmod.MIGRATIONS if mig[0] <= 8])
+        m.setattr(sqlmod, "SCHEMA_VERSION", 8)
+        old = open_store(store_url)
+        # A relay of the previous version pushed version 3: its encoder only in the JSON.
+        old._db.execute(  # type: ignore[attr-defined]
+            "INSERT INTO skill_head (skill, version, payload, pushed_at, cases) "
+            "VALUES ('home', 3, ?, 5.0, 40)",
+            (json.dumps({"v": 1, "skill": "home", "version": 3, "embedder": MPNET}),),
+        )
+        old.close()
+    new = open_store(store_url)
+    try:
+        got = new.latest_head("home", MPNET)
+        assert got is not None
+        assert (got.embedder, got.version, got.cases) == (MPNET, 3, 40)
+        assert new.latest_head("home", MINILM) is None
+        assert new.head_version("home") == 3  # the next push, on any encoder, is 4
+    finally:
+        new.close()
+
+
+def test_heads_are_kept_per_encoder_on_one_version_sequence(store: RelayStore) -> None:
+    minilm = PushedHead(
+        skill="home", embedder=MINILM, version=1, payload='{"v":1}', pushed_at=10.0, cases=30
+    )
+    assert store.record_head(minilm)
+    assert store.latest_head("home", MPNET) is None  # no head for that encoder yet
+    # The other encoder's first head takes the skill's next version, not its own 1.
+    assert not store.record_head(replace(minilm, embedder=MPNET))
+    mpnet = replace(minilm, embedder=MPNET, version=store.head_version("home") + 1)
+    assert store.record_head(mpnet)
+    assert store.head_version("home") == 2
+    got = store.latest_head("home", MPNET)
+    assert got is not None
+    assert (got.embedder, got.version) == (MPNET, 2)
+    back = store.latest_head("home", MINILM)
+    assert back is not None
+    assert (back.embedder, back.version) == (MINILM, 1)
 
 
 def test_devices_show_the_head_versions_of_their_status(store: RelayStore) -> None:
@@ -110,14 +169,14 @@ def test_devices_show_the_head_versions_of_their_status(store: RelayStore) -> No
 
 def test_devices_show_the_encoder_of_their_status(store: RelayStore) -> None:
     base = status_update()
-    store.record_status(replace(base, embedder="mpnet-base-v2-int8"))
+    store.record_status(replace(base, embedder=MPNET))
     store.record_status(replace(base, state="offline"))  # the will: made before it loaded
     (d,) = store.devices("d")
-    assert d.embedder == "mpnet-base-v2-int8"
+    assert d.embedder == MPNET
     now = time.time()
     cells = render.device_cells(d, now=now, stale_after_s=60)
-    assert cells[render.DEVICE_HEADERS.index("encoder")] == "mpnet-base-v2-int8"
-    assert render.device_dict(d, now=now, stale_after_s=60)["embedder"] == "mpnet-base-v2-int8"
+    assert cells[render.DEVICE_HEADERS.index("encoder")] == MPNET
+    assert render.device_dict(d, now=now, stale_after_s=60)["embedder"] == MPNET
     store.record_status(base)  # online without an encoder: the embedding stage is off
     (d,) = store.devices("d")
     assert d.embedder is None

@@ -54,6 +54,7 @@ TELEMETRY_SHARE = f"$share/{DEFAULT_SHARE_GROUP}/slm/+/telemetry"
 CONTROL = "$CONTROL/dynamic-security/v1"  # the plugin's admin API: nobody is granted it
 # PUBACK 0x00 Success, or 0x10 "No matching subscribers" (MQTT 5 §3.4.2.1).
 ACCEPTED = (0x00, 0x10)
+MINILM, MPNET = "minilm-l6-v2-int8", "mpnet-base-v2-int8"  # two encoders' heads
 Connect = Callable[..., TlsClient]
 
 
@@ -130,19 +131,25 @@ def test_only_the_relay_configures_a_device(connect: Connect, relay: TlsClient) 
 
 
 def test_only_the_relay_pushes_skill_heads(connect: Connect, relay: TlsClient) -> None:
-    head = skill_head("slm", "home_intents")
+    head = skill_head("slm", "home_intents", MINILM)
+    other_encoder = skill_head("slm", "home_intents", MPNET)
     assert relay.publish(head, b"head-v1", retain=True) in ACCEPTED
+    assert relay.publish(other_encoder, b"mpnet-v2", retain=True) in ACCEPTED
     a = connect(DEVICE_A)  # subscribes after the push: the retained head is delivered
-    assert a.subscribe(skill_head_filter("slm")) == 1
+    # Its own encoder's heads, granted by pattern: only that encoder's come.
+    assert a.subscribe(skill_head_filter("slm", MINILM)) == 1
     assert [(m.topic, m.payload) for m in a.received()] == [(head, b"head-v1")]
     b = connect(DEVICE_B)
     assert b.publish(head, b"forged", retain=True) == NOT_AUTHORIZED
-    assert b.publish(skill_head("slm", "other"), b"forged", retain=True) == NOT_AUTHORIZED
+    assert b.publish(skill_head("slm", "other", MINILM), b"forged", retain=True) == NOT_AUTHORIZED
     assert a.received(0.3) == []
     # Nor was a forged head retained for a device subscribing later.
     late = connect(DEVICE_B, client_id="dev-b-late")
-    assert late.subscribe(skill_head_filter("slm")) == 1
+    assert late.subscribe(skill_head_filter("slm", MINILM)) == 1
     assert [m.payload for m in late.received()] == [b"head-v1"]
+    # The pattern admits a name or `+` at the encoder level, nothing wider.
+    for wider in ("slm/_skills/#", "slm/_skills/+/#", "slm/_skills/+/head/#"):
+        assert late.subscribe(wider) == NOT_AUTHORIZED, wider
 
 
 # -- publishing outside one's own topics ----------------------------------------------------
@@ -158,7 +165,7 @@ def test_only_the_relay_pushes_skill_heads(connect: Connect, relay: TlsClient) -
         cloud(DEVICE_A),
         "slm/dev-a/request",
         relay_status("slm", RELAY),
-        skill_head("slm", "home_intents"),
+        skill_head("slm", "home_intents", MINILM),
     ],
     ids=[
         "B-escalation",

@@ -70,12 +70,12 @@ def test_a_pushed_skill_head_comes_in_retained(
     bridged: tuple[PrivateBroker, PrivateBroker, TlsClient],
 ) -> None:
     _cloud, edge, relay = bridged
-    head = skill_head("slm", "home_intents")
+    head = skill_head("slm", "home_intents", "minilm-l6-v2-int8")
     assert relay.publish(head, b"head-v1", retain=True) in (0, 0x10)
     time.sleep(0.5)  # the bridge carries it in and the edge broker retains it
     app = LocalClient(edge.port)  # the agent, subscribing after the push
     try:
-        app.c.subscribe(skill_head_filter("slm"), 1)
+        app.c.subscribe(skill_head_filter("slm", "minilm-l6-v2-int8"), 1)
         deadline = time.monotonic() + 5
         while not app.messages and time.monotonic() < deadline:
             time.sleep(0.05)

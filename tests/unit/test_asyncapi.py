@@ -168,7 +168,7 @@ def _device_topics(prefix: str, device_id: str) -> dict[str, str]:
 #: Fleet-wide topics (not under one device), by channel name.
 FLEET_TOPICS = {
     "relayStatus": relay_status("{prefix}", "{relayId}"),
-    "skillHead": skill_head("{prefix}", "{skill}"),
+    "skillHead": skill_head("{prefix}", "{skill}", "{encoder}"),
 }
 
 

@@ -70,7 +70,7 @@ def test_a_device_is_confined_to_its_own_topics() -> None:
         (AclType.RECEIVE.value, own.model),
         (AclType.SUBSCRIBE.value, relay_status_filter("slm")),
         (AclType.RECEIVE.value, relay_status_filter("slm")),
-        (AclType.SUBSCRIBE.value, skill_head_filter("slm")),
+        (AclType.SUBSCRIBE_PATTERN.value, skill_head_filter("slm")),
         (AclType.RECEIVE.value, skill_head_filter("slm")),
     }
 
@@ -83,7 +83,7 @@ def test_relay_only_topics_are_published_by_relays_only() -> None:
     }
     relay_only = {f"fleet/+/{leaf}" for leaf in RELAY_PUBLISHES} | {
         "fleet/_relays/+/status",
-        "fleet/_skills/+/head",
+        "fleet/_skills/+/head/+",
     }
     assert published[RELAY_ROLE] == relay_only
     for role, topics in published.items():

@@ -174,10 +174,22 @@ def test_shared_subscription_is_built_once() -> None:
         shared("a/b", "slm/+/telemetry")
 
 
-def test_skill_heads_are_fleet_wide_and_never_a_device_topic() -> None:
-    assert skill_head("slm", "home_intents") == "slm/_skills/home_intents/head"
-    assert matches(skill_head_filter("slm"), skill_head("slm", "home_intents"))
-    for leaf in LEAVES:  # four levels: no device filter matches a head
-        assert not matches(fleet_filter("slm", leaf), skill_head("slm", "x"))
+def test_skill_heads_are_per_encoder_fleet_wide_and_never_a_device_topic() -> None:
+    minilm = skill_head("slm", "home_intents", "minilm-l6-v2-int8")
+    assert minilm == "slm/_skills/home_intents/head/minilm-l6-v2-int8"
+    # A device takes its own encoder's heads; the ACLs and bridges grant every encoder's.
+    assert matches(skill_head_filter("slm", "minilm-l6-v2-int8"), minilm)
+    assert not matches(
+        skill_head_filter("slm", "minilm-l6-v2-int8"),
+        skill_head("slm", "home_intents", "mpnet-base-v2-int8"),
+    )
+    assert matches(skill_head_filter("slm"), minilm)
+    for leaf in LEAVES:  # five levels: no device filter matches a head
+        assert not matches(fleet_filter("slm", leaf), skill_head("slm", "x", "e"))
     with pytest.raises(ValueError, match="skill"):
-        skill_head("slm", "a/b")
+        skill_head("slm", "a/b", "e")
+    for bad in ("a/b", "+", "#", "$e", ""):
+        with pytest.raises(ValueError, match="encoder"):
+            skill_head("slm", "x", bad)
+        with pytest.raises(ValueError, match="encoder"):
+            skill_head_filter("slm", bad)
