@@ -70,9 +70,10 @@ class ModelSettings(_Section):
         default=DEFAULT_EMBEDDER,
         description="Sentence-embedding model of the skills' embedding stage, from the model "
         "cache (`edge-agent models build NAME --install-source`): `minilm-l6-v2-int8`, or "
-        "`mpnet-base-v2-int8` (more accurate heads, ~3x the time; the relay's `learn.encoder` "
-        "must name the same); empty: off. When it is not installed, skills run on the SLM "
-        "alone and the agent logs `embedder_missing`.",
+        "`mpnet-base-v2-int8` (more accurate heads, ~3x the time); the relay's "
+        "`learn.encoders` must list it for the device to get learned heads. Empty: off. When "
+        "it is not installed the default one is used if it is (`embedder_fallback`, also a "
+        "status condition), else skills run on the SLM alone (`embedder_missing`).",
     )
     idle_unload_s: float = Field(
         default=0.0,

@@ -85,14 +85,30 @@ def resolve_model_dir(settings: AgentSettings) -> Path:
 
 def load_embedder(settings: AgentSettings) -> Embedder | None:
     """The skills' embedding stage, or None when off or not installed (then skills
-    run on the SLM alone, with their ``slm_only`` fit)."""
+    run on the SLM alone, with their ``slm_only`` fit).
+
+    A configured encoder that is not installed falls back to the default one when that
+    is (``embedder_fallback``): a profile may name a larger encoder the device did not
+    get, and the default's head beats no head (the relay learns for every encoder of
+    ``learn.encoders``, and the status names the one loaded)."""
     from agent.models import ModelCache, default_cache_dir
-    from agent.models.embedders import installed
+    from agent.models.embedders import DEFAULT_EMBEDDER, installed
 
     name = settings.model.embedder
     if not name:
         return None
-    folder = installed(ModelCache(settings.model.cache_dir or default_cache_dir()), name)
+    cache = ModelCache(settings.model.cache_dir or default_cache_dir())
+    folder = installed(cache, name)
+    if folder is None and name != DEFAULT_EMBEDDER:
+        folder = installed(cache, DEFAULT_EMBEDDER)
+        if folder is not None:
+            log.warning(
+                "embedder_fallback",
+                embedder=name,
+                using=DEFAULT_EMBEDDER,
+                hint=f"`edge-agent models build {name} --install-source`, or a bundle with it",
+            )
+            name = DEFAULT_EMBEDDER
     if folder is None:
         log.warning(
             "embedder_missing",
@@ -221,6 +237,8 @@ class AgentDaemon(Lifecycle):
         del engine
         embedder = load_embedder(s)
         self._embedder_name = embedder.name if embedder is not None else None
+        if embedder is not None and embedder.name != s.model.embedder:
+            self._startup_conditions.add("embedder_fallback")
         if embedder is not None:
             self._warm_heads(embedder, stack)
         self.telemetry.set_model(spec.name)

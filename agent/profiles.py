@@ -35,9 +35,19 @@ CHECKOUT_TABLE = Path(__file__).resolve().parent.parent / "deploy" / "profiles.t
 # Orins (~7.4 GiB) in their class while a 2 GB Pi 5 (~1.9 GiB) stays out of 4 GB rows.
 RAM_SLACK = 0.85
 _GIB = 1024**3
-_FIELDS = ("description", "family", "arch", "ram_gb", "accelerator", "provider", "model")
+_FIELDS = (
+    "description",
+    "family",
+    "arch",
+    "ram_gb",
+    "accelerator",
+    "provider",
+    "model",
+    "embedder",
+)
 _PROVIDERS = ("auto", "cpu", "cuda", "qnn", "dml")
 _MEMORY_MAX = re.compile(r"^(\d+(\.\d+)?[KMGT]?|infinity|\d+%)$")
+_CATALOG_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
 _RPI = re.compile(r"Raspberry Pi (?:Compute Module )?([45])(?:00)?\b")
 
 
@@ -57,6 +67,7 @@ class Profile:
     accelerator: str
     provider: str
     model: str
+    embedder: str  # the skills' sentence encoder (model.embedder)
     threads: int
     memory_max: str
     memory_high: str | None = None
@@ -91,6 +102,9 @@ def _profile(name: str, row: Mapping[str, Any]) -> Profile:
     threads = row["threads"]
     if not isinstance(threads, int) or threads < 0:
         raise ProfileError(f"profile {name!r}: threads must be an integer >= 0")
+    for key in ("model", "embedder"):
+        if not _CATALOG_NAME.match(str(row[key])):
+            raise ProfileError(f"profile {name!r}: {key} {row[key]!r} is not a catalog name")
     for key in ("memory_max", "memory_high"):
         if key in row and not _MEMORY_MAX.match(str(row[key])):
             raise ProfileError(f"profile {name!r}: {key} {row[key]!r} is not a size")
@@ -103,6 +117,7 @@ def _profile(name: str, row: Mapping[str, Any]) -> Profile:
         accelerator=str(row["accelerator"]),
         provider=str(row["provider"]),
         model=str(row["model"]),
+        embedder=str(row["embedder"]),
         threads=threads,
         memory_max=str(row["memory_max"]),
         memory_high=str(row["memory_high"]) if "memory_high" in row else None,
@@ -277,6 +292,7 @@ def _emit(profile: Profile, fmt: str) -> str:
     lines = [f"{profile.name}: {profile.description}"]
     for key in (
         "model",
+        "embedder",
         "provider",
         "threads",
         "memory_max",

@@ -40,16 +40,29 @@ MIX: list[dict[str, Any]] = [
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.rss", description=__doc__)
     parser.add_argument("--warmup", "-n", type=int, default=30, help="mixed requests first")
+    parser.add_argument("--model", help="catalog model (default: the agent's default)")
+    parser.add_argument(
+        "--embedder", help="the skills' sentence encoder (default: the agent's default)"
+    )
     args = parser.parse_args(argv)
 
     wait_for_quiet(60)  # memory barely depends on load, but the warm-up finishes sooner
     from agent.models import DEFAULT_MODEL, ModelCache, default_cache_dir
+    from agent.models.embedders import DEFAULT_EMBEDDER, installed
 
-    model_dir = ModelCache(default_cache_dir()).require(DEFAULT_MODEL)
+    cache = ModelCache(default_cache_dir())
+    model = args.model or DEFAULT_MODEL
+    embedder = args.embedder or DEFAULT_EMBEDDER
+    model_dir = cache.require(model)
+    embedder_dir = installed(cache, embedder)
+    if embedder_dir is None:
+        raise SystemExit(f"{embedder} is not installed: edge-agent models build {embedder}")
     disk_mb = dir_size(model_dir) / 1e6
+    embedder_mb = dir_size(embedder_dir) / 1e6
+    env = {"EDGE_AGENT_MODEL__NAME": model, "EDGE_AGENT_MODEL__EMBEDDER": embedder}
     with (
         tempfile.TemporaryDirectory(prefix="bench-rss-") as tmp,
-        running_agent(Path(tmp)) as (broker, agent, topics),
+        running_agent(Path(tmp), **env) as (broker, agent, topics),
     ):
         pid = agent.proc.pid
         idle = {f: proc_mb(pid, f) for f in ("VmRSS", "VmHWM")}
@@ -69,25 +82,30 @@ def main(argv: list[str] | None = None) -> int:
     peak_mb = warm["VmHWM"]
     rows = [
         ["model on disk (MB)", disk_mb],
+        ["sentence encoder on disk (MB)", embedder_mb],
         ["agent RSS after start (MB)", idle["VmRSS"]],
         ["agent peak RSS after start, before requests (MB)", idle["VmHWM"]],
         ["agent RSS after warm-up (MB)", warm["VmRSS"]],
         ["agent peak RSS, VmHWM (MB)", peak_mb],
         ["peak RSS / disk size", peak_mb / disk_mb],
     ]
-    print(f"\n{DEFAULT_MODEL} ({model_dir}), after {args.warmup} mixed requests\n")
+    print(f"\n{model} with {embedder}, after {args.warmup} mixed requests\n")
     print(table(["measure", "value"], rows))
     data = {
-        "model": DEFAULT_MODEL,
+        "model": model,
+        "embedder": embedder,
         "warmup_requests": args.warmup,
         "model_disk_mb": disk_mb,
+        "embedder_disk_mb": embedder_mb,
         "rss_after_start_mb": idle["VmRSS"],
         "peak_rss_after_start_mb": idle["VmHWM"],
         "rss_after_warmup_mb": warm["VmRSS"],
         "peak_rss_mb": peak_mb,
         "peak_over_disk": peak_mb / disk_mb,
     }
-    return report("rss", data)
+    # The default pair keeps the historical file name; others are filed by their names.
+    default = (model, embedder) == (DEFAULT_MODEL, DEFAULT_EMBEDDER)
+    return report("rss" if default else f"rss_{model}_{embedder}", data)
 
 
 if __name__ == "__main__":

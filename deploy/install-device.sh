@@ -47,6 +47,7 @@ readonly REPO_ROOT
 DEVICE_ID=""
 BROKER="mqtt://127.0.0.1:1883"
 MODEL=""
+EMBEDDER=""
 MODEL_PATH=""
 IMPORT_MODEL=""
 PROFILE=""
@@ -74,6 +75,7 @@ Install:
   --broker URL          mqtt://host:port or mqtts://host:port (default mqtt://127.0.0.1:1883)
   --profile NAME|auto   device profile from deploy/profiles.toml (default auto: detect the board)
   --model NAME          catalog model (default: the profile's; see `edge-agent models list`)
+  --embedder NAME       the skills' sentence encoder (default: the profile's)
   --provider P          auto|cpu|cuda|qnn|dml (default: the profile's)
   --model-path DIR      serve this onnxruntime-genai folder (written to agent.toml as model.path)
   --import-model DIR    copy this built model folder into the device's model cache
@@ -122,8 +124,8 @@ while [[ $# -gt 0 ]]; do
 		set -- "$arg" "$value" "${@:2}"
 	fi
 	case $arg in
-	--device-id | --broker | --model | --model-path | --import-model | --profile | \
-		--provider | --source | --wheel | --python | --pip-opt | --prefix | --bundle)
+	--device-id | --broker | --model | --embedder | --model-path | --import-model | \
+		--profile | --provider | --source | --wheel | --python | --pip-opt | --prefix | --bundle)
 		need_value "$arg" $#
 		value=$2
 		shift 2
@@ -131,6 +133,7 @@ while [[ $# -gt 0 ]]; do
 		--device-id) DEVICE_ID=$value ;;
 		--broker) BROKER=$value ;;
 		--model) MODEL=$value ;;
+		--embedder) EMBEDDER=$value ;;
 		--model-path) MODEL_PATH=$value ;;
 		--import-model) IMPORT_MODEL=$value ;;
 		--profile) PROFILE=$value ;;
@@ -173,6 +176,8 @@ if [[ $UNINSTALL -eq 0 ]]; then
 		usage_error "--broker '$BROKER' must look like mqtt://host:port or mqtts://host:port"
 	[[ -z $MODEL || $MODEL =~ ^[a-z0-9][a-z0-9._-]*$ ]] ||
 		usage_error "--model '$MODEL' is not a catalog name (lowercase letters, digits, . _ -)"
+	[[ -z $EMBEDDER || $EMBEDDER =~ ^[a-z0-9][a-z0-9._-]*$ ]] ||
+		usage_error "--embedder '$EMBEDDER' is not a catalog name (lowercase letters, digits, . _ -)"
 	[[ -z $PROVIDER || $PROVIDER =~ ^(auto|cpu|cuda|qnn|dml)$ ]] ||
 		usage_error "--provider must be one of auto, cpu, cuda, qnn, dml (got '$PROVIDER')"
 	[[ -z $PROFILE || $PROFILE =~ ^[a-z0-9][a-z0-9._-]*$ ]] || usage_error "--profile '$PROFILE' is not a profile name"
@@ -447,6 +452,7 @@ done <<<"$profile_out"
 say "profile ${PROF[name]}: ${PROF[description]}${PROF[detected_by]:+ (${PROF[detected_by]})}"
 
 MODEL=${MODEL:-${PROF[model]}}
+EMBEDDER=${EMBEDDER:-${PROF[embedder]}}
 PROVIDER=${PROVIDER:-${PROF[provider]}}
 THREADS=${PROF[threads]}
 if [[ $PROVIDER == qnn && -z $MODEL_PATH && -z $IMPORT_MODEL ]]; then
@@ -549,6 +555,7 @@ ensure_dir "$CONF_DIR" 0755
 	printf 'device_id = "%s"\n\n' "$DEVICE_ID"
 	printf '[mqtt]\nbroker = "%s"\n\n' "$BROKER"
 	printf '[model]\nname = "%s"\nprovider = "%s"\nthreads = %s\n' "$MODEL" "$PROVIDER" "$THREADS"
+	printf 'embedder = "%s"\n' "$EMBEDDER"
 	[[ -z $MODEL_PATH ]] || printf 'path = "%s"\n' "$MODEL_PATH"
 } | install_content "$CONF" "$CONF_MODE"
 if [[ $CONF_MODE == 0644 ]]; then

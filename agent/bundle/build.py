@@ -39,7 +39,7 @@ SYSTEMD_GLOBS = ("systemd/edge-agent.service", "systemd/README.md", "systemd/dro
 
 @dataclass(frozen=True)
 class BundleSpec:
-    """What to bundle. ``models`` empty: the profile's model and the skills' embedder."""
+    """What to bundle. ``models`` empty: the profile's model and its skills' encoder."""
 
     project: Path
     target: Target
@@ -118,12 +118,7 @@ def make_bundle(spec: BundleSpec) -> BundleResult:
             f"profile {profile.name} is for {profile.arch}, not {spec.target.arch}; "
             "pass a profile of the target's architecture"
         )
-    if spec.models:
-        models = spec.models
-    else:
-        from agent.models.embedders import DEFAULT_EMBEDDER
-
-        models = (profile.model, DEFAULT_EMBEDDER)
+    models = spec.models or (profile.model, profile.embedder)
     spec.output.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".bundle-", dir=spec.output.parent) as tmp:
         stage = Path(tmp) / TOP

@@ -94,7 +94,7 @@ def add_bundle_command(
         action="append",
         metavar="NAME",
         help="a built model to include, repeatable; the first is the one served "
-        "(default: the profile's model and the skills' embedder)",
+        "(default: the profile's model and its skills' encoder, `embedder`)",
     )
     p.add_argument(
         "-o", "--output", type=Path, default=None, help="the tar to write (.gz: gzipped)"

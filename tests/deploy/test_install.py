@@ -207,11 +207,13 @@ def test_agent_toml_parses_and_validates(installed: tuple[Path, Result]) -> None
         "name": MODEL,
         "provider": "cpu",
         "threads": 3,  # from the rpi5-8gb profile
+        "embedder": "minilm-l6-v2-int8",  # the profile's encoder
         "path": str(MODEL_DIR),
     }
     settings = load_settings(conf)
     assert settings.device_id == "kitchen"
     assert settings.model.threads == 3
+    assert settings.model.embedder == "minilm-l6-v2-int8"
 
 
 def test_check_config_ran(installed: tuple[Path, Result]) -> None:

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from agent.models.catalog import CATALOG
+from agent.models.embedders import DEFAULT_EMBEDDER, EMBEDDERS
 from agent.profiles import CHECKOUT_TABLE, ProfileError, detect, load_profiles, main
 
 GIB_KB = 1024 * 1024
@@ -161,6 +162,7 @@ def test_table_has_every_class_and_sane_values() -> None:
     assert set(profiles) == EXPECTED
     for p in profiles.values():
         assert p.model in CATALOG, p.name
+        assert p.embedder in EMBEDDERS, p.name
         assert p.arch in ("aarch64", "x86_64")
     assert profiles["jetson-orin-nano-8gb"].provider == "cuda"
     assert profiles["jetson-orin-nx-16gb"].provider == "cuda"
@@ -168,6 +170,21 @@ def test_table_has_every_class_and_sane_values() -> None:
     assert {p.provider for n, p in profiles.items() if not n.startswith(("jetson", "snap"))} == {
         "cpu"
     }
+
+
+def test_the_larger_encoder_goes_only_where_it_was_measured_to_pay() -> None:
+    # BENCHMARKS.md, "Encoder portfolio": measured on x86-64 only (16 ms p50 on 2 cores).
+    chosen = {n: p.embedder for n, p in load_profiles(CHECKOUT_TABLE).items()}
+    assert {n for n, e in chosen.items() if e != DEFAULT_EMBEDDER} == {"generic-x86-64-8gb"}
+    assert chosen["generic-x86-64-8gb"] == "mpnet-base-v2-int8"
+
+
+def test_a_bad_encoder_name_is_refused(tmp_path: Path) -> None:
+    row = CHECKOUT_TABLE.read_text().split("[profiles.rpi4-4gb]")[0]
+    table = tmp_path / "p.toml"
+    table.write_text(row.replace('embedder = "minilm-l6-v2-int8"', 'embedder = "../x"'))
+    with pytest.raises(ProfileError, match=r"embedder '\.\./x' is not a catalog name"):
+        load_profiles(table)
 
 
 def test_memory_max_leaves_room_for_the_os() -> None:
@@ -216,6 +233,7 @@ def test_main_env_and_errors(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["show", "snapdragon-x", "--env"]) == 0
     lines = dict(line.split("=", 1) for line in capsys.readouterr().out.splitlines())
     assert lines["provider"] == "qnn"
+    assert lines["embedder"] == "minilm-l6-v2-int8"  # install-device.sh writes it
     assert lines["unit_dropin"] == "qualcomm"
     assert main(["show", "nope"]) == 2
     assert "unknown profile 'nope'" in capsys.readouterr().err

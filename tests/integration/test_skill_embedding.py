@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import structlog
 
 from agent.engine.prompts import user_content
 from agent.models import ModelCache, default_cache_dir
@@ -211,3 +212,36 @@ def test_the_agent_answers_a_fitted_skill_with_the_embedding_stage(
     assert quick["tokens"]["prompt"] == reply["tokens"]["prompt"]
     assert (quick["label"], quick["scores"]) == (reply["label"], reply["scores"])
     assert quick["confidence"] == pytest.approx(reply["confidence"], abs=1e-4)
+
+
+@pytest.mark.parametrize(
+    ("configured", "cache_has", "loaded", "event"),
+    [
+        (DEFAULT_EMBEDDER, [DEFAULT_EMBEDDER], DEFAULT_EMBEDDER, None),
+        # A profile's larger encoder the device did not get: the default's head, said so.
+        ("mpnet-base-v2-int8", [DEFAULT_EMBEDDER], DEFAULT_EMBEDDER, "embedder_fallback"),
+        ("mpnet-base-v2-int8", [], None, "embedder_missing"),
+        ("", [DEFAULT_EMBEDDER], None, None),  # off
+    ],
+)
+def test_a_missing_encoder_falls_back_to_the_default_one(
+    embedder_dir: Path,
+    tmp_path: Path,
+    configured: str,
+    cache_has: list[str],
+    loaded: str | None,
+    event: str | None,
+) -> None:
+    from agent.config import load_settings
+    from agent.daemon import load_embedder
+
+    for name in cache_has:
+        (tmp_path / name).symlink_to(embedder_dir)
+    settings = load_settings(
+        **{"device_id": "d", "model.embedder": configured, "model.cache_dir": tmp_path}
+    )
+    with structlog.testing.capture_logs() as logs:
+        got = load_embedder(settings)
+    assert (None if got is None else got.name) == loaded
+    warned = [e["event"] for e in logs if e["event"].startswith("embedder_")]
+    assert warned == ([] if event is None else [event])

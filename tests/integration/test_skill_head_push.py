@@ -16,6 +16,7 @@ import json
 import time
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as paho
@@ -26,9 +27,13 @@ from agent.models import ModelCache, default_cache_dir
 from agent.models.embedders import DEFAULT_EMBEDDER, installed
 from agent.skills import SkillRegistry
 from agent.skills.embedding import Embedder
+from bench.eval_data import load_family, split
+from cloud_relay.cli import main as relay_main
+from cloud_relay.store import open_store
 from edge_slm.contract.skills import HeadProvenance
 from edge_slm.head import fit_head, skill_texts
 from edge_slm.topics import DeviceTopics, skill_head
+from tests.relay.learning import log_case
 from tests.support.agent import AgentProcess
 from tests.support.app import AppClient
 from tests.support.broker import PrivateBroker
@@ -145,3 +150,59 @@ def test_a_pushed_head_changes_the_agents_answers(
     again = app.classify(topics.request, text=QUERY, skill=SKILL)
     assert again["label"] == "play_music"
     assert agent.proc.poll() is None
+
+
+MPNET = "mpnet-base-v2-int8"
+
+
+def test_a_mixed_fleet_gets_a_learned_head_per_encoder(
+    broker: PrivateBroker, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two real agents, one on each encoder, and `cloud-relay learn` for both: each agent
+    applies its own encoder's head (the relay's versions 1 and 2), and neither is sent
+    the other's."""
+    cache = ModelCache(default_cache_dir())
+    for name in (DEFAULT_EMBEDDER, MPNET):
+        if installed(cache, name) is None:
+            pytest.skip(f"{name} is not installed (edge-agent models build {name})")
+    db = f"sqlite:///{tmp_path / 'relay.db'}"
+    store = open_store(db)
+    try:  # the cloud's labels: the voice set's dev side, as escalations of the skill
+        skill = SkillRegistry().get(SKILL)
+        assert skill is not None
+        for i, item in enumerate(split(load_family("voice"), "dev")):
+            label = item.gold["label"]
+            if label in skill.labels:
+                log_case(store, i, item.request.text or "", label, skill=SKILL, labels=skill.labels)
+    finally:
+        store.close()
+    agents = {}
+    for name in (DEFAULT_EMBEDDER, MPNET):
+        topics = DeviceTopics("slm", f"dev-{name.split('-')[0]}")
+        agents[name] = (
+            AgentProcess(
+                broker_url=broker.url,
+                device_id=topics.device_id,
+                log_path=tmp_path / f"{topics.device_id}.log",
+                EDGE_AGENT_CLOUD__ENABLED="false",
+                EDGE_AGENT_OUTBOX__PATH=str(tmp_path / f"{topics.device_id}.db"),
+                EDGE_AGENT_MODEL__EMBEDDER=name,
+            ),
+            topics,
+        )
+    try:
+        for name, (_agent, topics) in agents.items():
+            assert heads_in_status(broker.port, topics.status, {SKILL: 0})["embedder"] == name
+        monkeypatch.setenv("CLOUD_RELAY_LEARN__ENCODERS", json.dumps([DEFAULT_EMBEDDER, MPNET]))
+        monkeypatch.setenv("CLOUD_RELAY_LEARN__PARAPHRASES", "0")  # the cases alone
+        args = ["learn", "--db", db, "--broker", broker.url, "--skill", SKILL, "--json"]
+        assert relay_main(args) == 0
+        for name, (agent, topics) in agents.items():
+            want = 1 if name == DEFAULT_EMBEDDER else 2  # one version sequence per skill
+            heads_in_status(broker.port, topics.status, {SKILL: want})
+            applied = [e for e in agent.log_events() if e.get("event") == "head_applied"]
+            assert [(e["version"], e["embedder"]) for e in applied] == [(want, name)]
+            assert not [e for e in agent.log_events() if e.get("event") == "head_rejected"]
+    finally:
+        for agent, _topics in agents.values():
+            agent.close()

@@ -33,7 +33,16 @@ def cases() -> list[tuple[str, str]]:
     return out + [(t.format(r), "lights_off") for t in OFF for r in ROOMS]
 
 
-def log_case(store: RelayStore, i: int, text: str, label: str) -> None:
+def log_case(
+    store: RelayStore,
+    i: int,
+    text: str,
+    label: str,
+    *,
+    skill: str = SKILL,
+    labels: Sequence[str] = tuple(SPEC.labels),
+) -> None:
+    """Case ``i`` as the relay logs an escalation the cloud answered with ``label``."""
     store.claim(
         NewEscalation(
             device_id=f"dev-{i % 3}",
@@ -43,8 +52,8 @@ def log_case(store: RelayStore, i: int, text: str, label: str) -> None:
             task="classify",
             reason="low_confidence",
             text=text,
-            labels=list(SPEC.labels),
-            skill=SKILL,
+            labels=list(labels),
+            skill=skill,
         ),
         stale_before=0,
     )
