@@ -20,6 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import structlog
 
 from agent.models import DEFAULT_MODEL
 from edge_slm.topics import DeviceTopics
@@ -43,6 +44,22 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.model)
         if not FULL and item.get_closest_marker("slow"):
             item.add_marker(skip_slow)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _loggers_never_cached() -> Iterator[None]:
+    """Tests run CLIs in-process, and ``configure_logging`` caches each logger on its
+    first use: a logger cached in one test would escape ``structlog.testing.capture_logs``
+    in every later one, so whether a log assertion passed would hang on test order."""
+    configure = structlog.configure
+
+    def uncached(**settings: object) -> None:
+        configure(**{**settings, "cache_logger_on_first_use": False})  # type: ignore[arg-type]
+
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(structlog, "configure", uncached)
+        structlog.configure()  # and off from the start
+        yield
 
 
 @pytest.fixture(scope="session")
