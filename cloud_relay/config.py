@@ -242,25 +242,6 @@ class DashboardSettings(_Section):
 class LearnSettings(_Section):
     """The learn loop: fit each skill's classify head on the cloud's labels and push it."""
 
-    @model_validator(mode="before")
-    @classmethod
-    def _one_encoder(cls, data: Any) -> Any:
-        # `learn.encoder` (one name) before heads were kept per encoder.
-        if isinstance(data, dict) and "encoder" in data and "encoders" not in data:
-            data = {**data, "encoders": [data["encoder"]]}
-            del data["encoder"]
-        return data
-
-    @field_validator("encoders")
-    @classmethod
-    def _distinct(cls, names: list[str]) -> list[str]:
-        for name in names:
-            if not name or set(name) & set("/+#$\x00"):
-                raise ValueError(f"encoder {name!r} is not a plain name (it names a topic level)")
-        if len(set(names)) != len(names):
-            raise ValueError(f"encoders lists one twice: {names}")
-        return names
-
     interval_s: float = Field(
         default=3600.0,
         ge=0,
@@ -327,6 +308,25 @@ class LearnSettings(_Section):
         "a stronger hosted model may write more varied ones sampled. Independent of "
         "`llm.temperature`, which escalations are answered at.",
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _one_encoder(cls, data: Any) -> Any:
+        # `learn.encoder` (one name) before heads were kept per encoder.
+        if isinstance(data, dict) and "encoder" in data and "encoders" not in data:
+            data = {**data, "encoders": [data["encoder"]]}
+            del data["encoder"]
+        return data
+
+    @field_validator("encoders")
+    @classmethod
+    def _plain_and_distinct(cls, names: list[str]) -> list[str]:
+        for name in names:
+            if not name or set(name) & set("/+#$\x00"):
+                raise ValueError(f"encoder {name!r} is not a plain name (it names a topic level)")
+        if len(set(names)) != len(names):
+            raise ValueError(f"encoders lists one twice: {names}")
+        return names
 
 
 class ModelPrice(_Section):
