@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 
@@ -25,6 +23,7 @@ from cloud_relay.store import (
 from cloud_relay.store import sql as sqlmod
 from edge_slm.contract import Outcome
 from tests.relay.fleet import status_update
+from tests.relay.migrations import schema_at
 
 
 def sample(
@@ -58,18 +57,10 @@ def status(device: str = "d1", state: str = "online", *, live: bool = True) -> S
     return status_update(device, state, at=now, ts=now - 5, live=live, provider="cuda")
 
 
-@contextmanager
-def only_first_migration(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    with monkeypatch.context() as m:
-        m.setattr(sqlmod, "MIGRATIONS", sqlmod.MIGRATIONS[:1])
-        m.setattr(sqlmod, "SCHEMA_VERSION", 1)
-        yield
-
-
 def test_a_version_1_store_is_migrated_and_keeps_its_rows(
     store_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    with only_first_migration(monkeypatch):
+    with schema_at(monkeypatch, 1):
         old = open_store(store_url)
         # A relay of the previous version logs a row (its INSERT has no new columns).
         old._db.execute(  # type: ignore[attr-defined]
@@ -97,7 +88,7 @@ def test_a_version_1_store_is_migrated_and_keeps_its_rows(
 
 def test_a_newer_schema_is_refused(store_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
     open_store(store_url).close()  # at the latest version
-    with only_first_migration(monkeypatch), pytest.raises(StoreError, match="newer"):
+    with schema_at(monkeypatch, 1), pytest.raises(StoreError, match="newer"):
         open_store(store_url)
 
 

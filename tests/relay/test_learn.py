@@ -233,27 +233,8 @@ def test_cloud_relay_learn_pushes_retained_over_a_real_broker(
     (line,) = capsys.readouterr().out.splitlines()
     assert json.loads(line)["action"] == "pushed"
     # A device subscribing afterwards gets it: retained.
-    got: list[Inbound] = []
-    arrived = threading.Event()
-
-    def on_message(msg: Inbound) -> None:
-        got.append(msg)
-        arrived.set()
-
-    device = MqttConnection(
-        url=BrokerUrl.parse(broker.url),
-        client_id="device-late",
-        on_connect=lambda: None,
-        on_message=on_message,
-    )
-    assert device.start(connect_timeout_s=5)
-    try:
-        device.subscribe([(skill_head_filter("slm", encoder.name), 1)])
-        assert arrived.wait(5)
-    finally:
-        device.stop()
-    assert got[0].retain
-    assert decode(SkillHead, got[0].payload).version == 1
+    (got,) = retained(broker, skill_head_filter("slm", encoder.name), count=1)
+    assert decode(SkillHead, got.payload).version == 1
 
 
 def test_cloud_relay_run_learns_on_its_schedule(

@@ -19,9 +19,9 @@ from cloud_relay.store import (
     RelayStore,
     open_store,
 )
-from cloud_relay.store import sql as sqlmod
 from edge_slm.contract import Outcome
 from tests.relay.fleet import status_update
+from tests.relay.migrations import schema_at
 
 MINILM, MPNET = "minilm-l6-v2-int8", "mpnet-base-v2-int8"
 
@@ -111,9 +111,7 @@ def test_pushed_heads_are_kept_and_the_latest_read_back(store: RelayStore) -> No
 def test_heads_pushed_before_migration_9_are_filed_under_their_encoder(
     store_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    with monkeypatch.context() as m:
-        m.setattr(sqlmod, "MIGRATIONS", [mig for mig in sqlmod.MIGRATIONS if mig[0] <= 8])
-        m.setattr(sqlmod, "SCHEMA_VERSION", 8)
+    with schema_at(monkeypatch, 8):
         old = open_store(store_url)
         # A relay of the previous version pushed version 3: its encoder only in the JSON.
         old._db.execute(  # type: ignore[attr-defined]

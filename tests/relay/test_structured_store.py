@@ -16,6 +16,7 @@ from cloud_relay.render import export_record
 from cloud_relay.store import Final, LogQuery, LogRow, NewEscalation, RelayStore, open_store
 from cloud_relay.store import sql as sqlmod
 from edge_slm.contract import Outcome
+from tests.relay.migrations import schema_at
 
 ROOM = {
     "type": "object",
@@ -94,9 +95,7 @@ def _one(store: RelayStore, rid: str) -> LogRow:
 def test_a_version_5_store_is_migrated_and_its_rows_read_without_structure(
     store_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    with monkeypatch.context() as m:
-        m.setattr(sqlmod, "MIGRATIONS", [mig for mig in sqlmod.MIGRATIONS if mig[0] <= 5])
-        m.setattr(sqlmod, "SCHEMA_VERSION", 5)
+    with schema_at(monkeypatch, 5):
         old = open_store(store_url)
         # A relay of the previous version logs an act row: the call only as answer text.
         old._db.execute(  # type: ignore[attr-defined]
