@@ -48,7 +48,8 @@ def answer(  # noqa: PLR0911 - one return per engine failure and per kind of ans
     per the skill's fit for this model, the ``embedder`` and a calibrated confidence.
     The skill's head answers first (``head``: the one pushed by the relays and its
     version; without one, the head fitted from the skill's texts); the SLM runs only
-    where it is unsure. Ad-hoc ``labels`` get a zero-shot head from the label names.
+    where it is unsure. Ad-hoc ``labels`` get the head the relays learned for that label
+    set (``head``), else a zero-shot head from the label names.
     """
     messages = build_messages(request)
     try:
@@ -73,6 +74,7 @@ def answer(  # noqa: PLR0911 - one return per engine failure and per kind of ans
                 # Sentence vectors do not read magnitudes: readings stay with the SLM.
                 embedder=None if request.readings else embedder,
                 stop=stop,
+                head=head,
             )
         else:
             result = engine.generate(messages, max_tokens=max_tokens, stop=stop)

@@ -44,6 +44,7 @@ from agent.recent import RecentRequests
 from agent.routing import ReplyRoute
 from agent.skills import SkillRegistry, head_stage
 from agent.skills.embedding import Embedder
+from agent.skills.label_heads import LabelHeads
 from agent.telemetry import TelemetryRecorder
 from agent.worker import InferenceWorker
 from edge_slm import __version__
@@ -147,6 +148,7 @@ class AgentDaemon(Lifecycle):
         self.recent = RecentRequests()
         # Before the will: a status names the skills' head versions.
         self.skills = SkillRegistry(s.skills, builtin=s.builtin_skills)
+        self.label_heads = LabelHeads()
         TOOL_SETS.set_configured(s.tool_sets)
         # Requests are PUBACKed only once answered (see agent/recent.py), so the
         # broker redelivers what a killed agent was holding.
@@ -272,7 +274,11 @@ class AgentDaemon(Lifecycle):
             recent=self.recent,
             skills=self.skills,
             answerer=ModelAnswerer(
-                self.models, embedder=embedder, telemetry=self.telemetry, heads=self.skills.head
+                self.models,
+                embedder=embedder,
+                telemetry=self.telemetry,
+                heads=self.skills.head,
+                label_heads=self.label_heads.for_labels,
             ),
             on_idle=self._worker_idle,
         )
@@ -287,6 +293,7 @@ class AgentDaemon(Lifecycle):
         # Skill heads the relays push: decoded on the network thread, applied on its own.
         self._heads = heads = HeadIntake(
             self.skills,
+            self.label_heads,
             prefix=s.topic_prefix,
             embedder=self._embedder_name,
             on_applied=self._publish_status,
@@ -572,7 +579,7 @@ class AgentDaemon(Lifecycle):
             conditions=self._conditions() or None,
             model_state=self._models.state() if self._models else None,
             model_update=self._ota.update if self._ota else None,
-            heads=self.skills.head_versions() or None,
+            heads=(self.skills.head_versions() | self.label_heads.versions()) or None,
             embedder=self._embedder_name,
             ts=time.time(),
         )

@@ -97,14 +97,23 @@ class ModelAnswerer:
         embedder: Embedder | None,
         telemetry: TelemetryRecorder,
         heads: Callable[[str], tuple[Head, int] | None] = lambda _name: None,
+        label_heads: Callable[[Sequence[str]], tuple[Head, int] | None] = lambda _labels: None,
     ) -> None:
         self._models = models
         self._embedder = embedder
         self._telemetry = telemetry
-        self._heads = heads  # SkillRegistry.head: a pushed head, read per request
+        # Pushed heads, read per request: SkillRegistry.head, LabelHeads.for_labels.
+        self._heads = heads
+        self._label_heads = label_heads
 
     def __call__(self, job: Job, stop: StopWhen) -> Response:
         engine = self._models.get()
+        labels = job.request.labels
+        head = None
+        if job.skill is not None:
+            head = self._heads(job.skill.name)
+        elif labels:
+            head = self._label_heads(labels)
         try:
             response = answer(
                 engine,
@@ -113,7 +122,7 @@ class ModelAnswerer:
                 stop=stop,
                 skill=job.skill,
                 embedder=self._embedder,
-                head=self._heads(job.skill.name) if job.skill is not None else None,
+                head=head,
             )
         finally:
             self._models.touch()

@@ -8,7 +8,10 @@ An agent subscribes to its own encoder's heads only, and none without an encoder
 its topic; a head for a skill this device does not have is ignored. The rest
 runs on a thread of its own: turning the wire message into a head, and handing
 it to the skill registry (``SkillRegistry.set_head``), which refuses a head
-whose labels or encoder do not match the skill's. Every refusal is logged
+whose labels or encoder do not match the skill's. A head learned for a label set
+that requests list themselves (named ``_labels-...``, whose name the wire check
+ties to its labels) goes to :class:`agent.skills.label_heads.LabelHeads` instead:
+any device may see such requests next, so none is ignored. Every refusal is logged
 (``head_rejected``) and the skill keeps the head it had. A head no newer than
 the one in use (the retained copy again after a reconnect) is skipped.
 """
@@ -21,13 +24,14 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from agent.inbound import decode_or_log
-from edge_slm.contract.skills import SkillHead
+from edge_slm.contract.skills import SkillHead, is_label_set
 from edge_slm.logs import get_logger
 from edge_slm.queues import stop_consumer
 from edge_slm.topics import matches, skill_head, skill_head_filter
 
 if TYPE_CHECKING:
     from agent.skills import SkillRegistry
+    from agent.skills.label_heads import LabelHeads
     from edge_slm.mqtt import Inbound
 
 log = get_logger("agent.heads")
@@ -43,12 +47,14 @@ class HeadIntake:
     def __init__(
         self,
         skills: SkillRegistry,
+        labels: LabelHeads,
         *,
         prefix: str,
         embedder: str | None,
         on_applied: Callable[[], None] = lambda: None,
     ) -> None:
         self._skills = skills
+        self._labels = labels
         self._prefix = prefix
         self._embedder = embedder  # the loaded encoder's name; None: no embedding stage
         self._on_applied = on_applied
@@ -89,7 +95,7 @@ class HeadIntake:
         if mine is None or msg.topic != skill_head(self._prefix, head.skill, mine):
             log.warning("head_rejected", topic=msg.topic, skill=head.skill, error="topic mismatch")
             return
-        if self._skills.get(head.skill) is None:
+        if not is_label_set(head.skill) and self._skills.get(head.skill) is None:
             log.info("head_ignored", skill=head.skill, version=head.version, why="no such skill")
             return
         try:
@@ -116,7 +122,11 @@ class HeadIntake:
         """Apply one decoded head; whether the skill's head changed."""
         from edge_slm.head import Head, HeadRejected
 
-        current = self._skills.head_versions().get(wire.skill, 0)
+        ad_hoc = is_label_set(wire.skill)
+        if ad_hoc:
+            current = self._labels.version(wire.skill)
+        else:
+            current = self._skills.head_versions().get(wire.skill, 0)
         if wire.version <= current:
             log.info("head_current", skill=wire.skill, version=wire.version, in_use=current)
             return False
@@ -129,7 +139,8 @@ class HeadIntake:
             )
             return False
         try:
-            self._skills.set_head(wire.skill, Head.from_wire(wire), wire.version)
+            target = self._labels if ad_hoc else self._skills
+            target.set_head(wire.skill, Head.from_wire(wire), wire.version)
         except (HeadRejected, ValueError) as exc:
             log.warning("head_rejected", skill=wire.skill, version=wire.version, error=str(exc))
             return False

@@ -5,7 +5,9 @@ mosquitto, the real agent (SmolLM2 + MiniLM, the classify cascade), the real rel
 and ``cloud-relay learn`` between batches, which fits a head on the logged cloud labels
 and pushes it retained; the agent applies it live (its ``head_applied`` log event).
 
-Stream requests name the skill and may escalate (``cloud: auto``). Held-out requests are
+Stream requests name the skill and may escalate (``cloud: auto``); with ``labels`` they
+list those labels and name no skill instead, and the relay learns that label set's head
+(``learn.label_sets``). Held-out requests are
 sent with ``cloud: never``: they never leave the device, so they are never logged nor
 learned from; a held-out answer under the agent's classify threshold counts as escalated
 (the cloud is right) for the system accuracy.
@@ -24,6 +26,7 @@ from typing import Any
 from agent.config import PolicySettings
 from bench.routing import cut_at
 from edge_slm.contract import Task
+from edge_slm.contract.skills import label_set_name
 from edge_slm.topics import DeviceTopics
 from tests.support.agent import AgentProcess, read_events, wait_for_status
 from tests.support.app import AppClient
@@ -38,12 +41,16 @@ _run: dict[str, Any] = {
     "paraphrases": 0,
     "paraphrase_temperature": 0.0,
     "embedder": "",  # the agent's and the relay's encoder ("": the agent's default)
+    "labels": None,  # requests list these labels and name no skill (a label set learns)
 }
+#: How a reply answered by a head alone starts its ``reason``.
+HEAD_BASES = ("skill head", "label-set head", "zero-shot head")
 
 
 def _ask(app: AppClient, topics: DeviceTopics, reply_topic: str, text: str, cloud: str) -> Any:
     rid = uuid.uuid4().hex
-    body = {"v": 1, "id": rid, "kind": "voice", "task": "classify", "skill": _run["skill"]}
+    body = {"v": 1, "id": rid, "kind": "voice", "task": "classify"}
+    body |= {"labels": _run["labels"]} if _run["labels"] else {"skill": _run["skill"]}
     app.publish(topics.request, {**body, "text": text, "cloud": cloud}, response_topic=reply_topic)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
@@ -59,7 +66,7 @@ def _heldout(
     outs = [_ask(app, topics, reply, text, "never") for text, _ in held]
     right = [o.get("label") == g for o, (_, g) in zip(outs, held, strict=True)]
     cut = cut_at(right, [float(o.get("confidence") or 0.0) for o in outs], threshold)
-    by_head = [str(o.get("reason") or "").startswith("skill head") for o in outs]
+    by_head = [str(o.get("reason") or "").startswith(HEAD_BASES) for o in outs]
     lat = sorted(float(o.get("latency_ms") or 0) for o, h in zip(outs, by_head, strict=True) if h)
     n = len(held)
     return {
@@ -214,7 +221,8 @@ def _shadow_samples(db: Path) -> int:
 
 def _learn(db: str, broker_url: str, agent_log: Path) -> dict[str, Any]:
     """Run ``cloud-relay learn`` once; when it pushed a head, wait until the agent has
-    applied it. Returns learn's JSON line, or the end of its stderr."""
+    applied it. Returns learn's JSON line for the run's skill or label set, or the end of
+    its stderr."""
     before = sum(e.get("event") == "head_applied" for e in read_events(agent_log))
     out = subprocess.run(
         [
@@ -249,7 +257,9 @@ def _learn(db: str, broker_url: str, agent_log: Path) -> dict[str, Any]:
             ),
         },
     )
-    result = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
+    target = label_set_name(_run["labels"]) if _run["labels"] else _run["skill"]
+    lines = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
+    result = [line for line in lines if line.get("skill") == target]
     pushed = bool(result) and result[0].get("action") == "pushed"
     if pushed:
         deadline = time.monotonic() + 60

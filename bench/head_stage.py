@@ -3,7 +3,7 @@ cascade (head, then the SLM with its fit where the head is unsure), ways to comb
 the two, and the zero-shot head's calibration over label subsets of every size.
 
 Dev split only (``bench.eval_data.split_of``): this is where ``ACCEPT``, the
-combination rule and the zero-shot constants of ``agent/skills/head_stage.py`` are
+combination rule and the zero-shot constants of ``edge_slm/head.py`` are
 chosen. Items whose text is one of the skill's own texts are left out (the head was
 fitted on them).
 

@@ -315,7 +315,7 @@ def plot(name: str, result: dict[str, Any]) -> Path:
     return path
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m bench.learning", description=__doc__)
     parser.add_argument(
         "--data", choices=["voice", "hwu64", "hwu64_home", "hwu64_fresh"], default="voice"
@@ -370,8 +370,21 @@ def main(argv: list[str] | None = None) -> int:
         "--real: the agent's model.embedder and the relay's learn.encoder. Default: the "
         "agent's default",
     )
+    parser.add_argument(
+        "--ad-hoc",
+        action="store_true",
+        help="--real: requests list the data set's labels and name no skill; the relay "
+        "learns that label set's head (the device starts from the zero-shot head)",
+    )
     parser.add_argument("--threads", type=int, default=2)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
     args = parser.parse_args(argv)
+    if args.ad_hoc and (not args.real or args.paraphrases):
+        parser.error("--ad-hoc needs --real, and has no skill to write paraphrases for")
 
     from bench.skills import _embedder
 
@@ -395,6 +408,7 @@ def main(argv: list[str] | None = None) -> int:
             args.learning_shadow_rate,
             written,
             embedder=args.embedder,
+            ad_hoc=args.ad_hoc,
         )
     if written is not None:
         texts = [t for _, t in written["paraphrases"]]
@@ -467,18 +481,22 @@ def _real(
     written: dict[str, Any] | None,
     *,
     embedder: str,
+    ad_hoc: bool = False,
 ) -> int:
     import tempfile
 
     from bench._learning_real import _run, real_curve
 
     _run["embedder"] = embedder
+    _run["labels"] = list(data.labels) if ad_hoc else None
 
     with tempfile.TemporaryDirectory(prefix="learning-") as tmp:
         fresh = {
             "hwu64_fresh": ("home_fresh", FRESH_SKILL),
             "hwu64": ("hwu64", hwu64_skill(data.labels)),
         }.get(data.name)
+        if ad_hoc:
+            fresh = None  # no skill: the labels come with each request
         result = real_curve(
             data.stream,
             data.heldout,
@@ -507,7 +525,8 @@ def _real(
         "head_alone_p50_ms",
     ]
     print(table(cols, [[p[k] for k in keys] for p in result["points"]]))
-    name = f"{data.name}_real" + (f"_shadow{shadow_rate:g}" if shadow_rate else "")
+    name = f"{data.name}_real" + ("_adhoc" if ad_hoc else "")
+    name += f"_shadow{shadow_rate:g}" if shadow_rate else ""
     name += f"_learning{learning_shadow_rate:g}" if learning_shadow_rate else ""
     name += "_paraphrases" if written else ""
     name += f"_{embedder}" if embedder else ""

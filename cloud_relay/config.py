@@ -288,6 +288,20 @@ class LearnSettings(_Section):
     max_cases: int = Field(
         default=5000, ge=2, description="The newest this many cases per skill are used."
     )
+    label_sets: int = Field(
+        default=50,
+        ge=0,
+        description="Requests that name no skill and list their own `labels` are learned "
+        "too, one head per label set (whatever the order of its labels) and encoder, from "
+        "their cloud-labelled cases and the label names: at most this many label sets per "
+        "run, those with the most cases first, each once it has `min_cases`. 0: off.",
+    )
+    max_label_cases: int = Field(
+        default=20000,
+        ge=2,
+        description="The newest this many cloud-labelled cases of requests with their own "
+        "labels are read per run, over all label sets.",
+    )
     paraphrases: int = Field(
         default=20,
         ge=0,

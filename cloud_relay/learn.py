@@ -20,6 +20,13 @@ cases and paraphrases, embedded, fitted, checked and pushed per encoder, each ch
 against that encoder's head in use. Versions are one sequence per skill over its
 encoders, claimed in the store before the push (``record_head``), so relays sharing
 a store never push the same version twice.
+
+Requests that name no skill and list their own ``labels`` are learned the same way,
+per label set (``learn.label_sets``; :class:`Target`): their cases are grouped by
+the set's name (:func:`edge_slm.contract.skills.label_set_name`, the same whatever
+the order of the labels), the label names are the texts, and the head in use before
+any push is the zero-shot head every device builds from those names. Such a head is
+pushed under the set's name on the skills' topic: the same ACL, bridge and intake.
 """
 
 from __future__ import annotations
@@ -40,9 +47,9 @@ from cloud_relay.paraphrase import Teacher, TeacherUnavailable, fingerprint
 from cloud_relay.store import LabelledCase, Paraphrase, PushedHead, RelayStore
 from edge_slm.contract import SkillSpec, WireError, decode
 from edge_slm.contract.skills import HeadProvenance as Provenance
-from edge_slm.contract.skills import SkillHead
+from edge_slm.contract.skills import SkillHead, label_set_name
 from edge_slm.encoder import ONNX_FILE, TOKENIZER_FILE
-from edge_slm.head import Head, fit_head, skill_texts
+from edge_slm.head import Head, fit_head, label_texts, skill_texts, zero_shot
 from edge_slm.logs import get_logger
 from edge_slm.topics import skill_head
 
@@ -81,6 +88,53 @@ class SkillResult:
     accuracy_new: float | None = None
     accuracy_old: float | None = None
     paraphrases: int = 0  # the cloud-written ones it was fitted on
+    labels: tuple[str, ...] = ()  # a label set's labels (``skill`` is its name)
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """What one head is learned for: a skill, or a label set that requests list
+    themselves (named by ``label_set_name``)."""
+
+    name: str
+    labels: tuple[str, ...]
+    #: Its own texts and their labels: a skill's (``skill_texts``), or the label names.
+    texts: list[str]
+    gold: list[str]
+    spec: SkillSpec | None  # None for a label set
+
+    @classmethod
+    def of_skill(cls, name: str, spec: SkillSpec) -> Target:
+        texts, gold = skill_texts(spec)
+        return cls(name=name, labels=tuple(spec.labels), texts=texts, gold=gold, spec=spec)
+
+    @classmethod
+    def of_labels(cls, labels: Sequence[str]) -> Target:
+        ordered = tuple(sorted(set(labels)))
+        return cls(
+            name=label_set_name(ordered),
+            labels=ordered,
+            texts=label_texts(ordered),
+            gold=list(ordered),
+            spec=None,
+        )
+
+    def untaught(self, train: Sequence[LabelledCase]) -> int:
+        """How many labels have no training case, where that matters: a label set's own
+        texts are one name per label, so a head fitted while one has no case cannot
+        calibrate its confidence (out-of-fold needs two examples of every label), and its
+        raw top share over many labels is low: it would send everything to the SLM and
+        the cloud in place of the zero-shot head, which is calibrated (measured on
+        HWU64's 64 intents, BENCHMARKS.md). A skill's texts have exemplars: 0."""
+        if self.spec is not None:
+            return 0
+        return len(set(self.labels) - {c.label for c in train})
+
+    def baseline(self, text_vectors: Vectors) -> tuple[Head, str]:
+        """The head devices run before any push, from its own texts' vectors."""
+        if self.spec is None:
+            return zero_shot(self.labels, text_vectors), "the zero-shot head"
+        return fit_head(text_vectors, self.gold, self.labels), "the skill-text head"
 
 
 def encoder_folder(settings: LearnSettings, name: str) -> Path:
@@ -198,6 +252,11 @@ class Learner:
                 results += self.learn(name, spec)
             except Exception:  # one skill's failure must not stop the others
                 log.exception("learn_failed", skill=name)
+        if self._s.label_sets:
+            try:
+                results += self.learn_label_sets()
+            except Exception:
+                log.exception("learn_failed", skill="label sets")
         return results
 
     def _warn_other_encoders(self) -> None:
@@ -221,26 +280,46 @@ class Learner:
     def learn(self, name: str, spec: SkillSpec) -> list[SkillResult]:
         """One skill's head per encoder: its cases and paraphrases are read once."""
         rows = self._store.labelled_cases(name, limit=self._s.max_cases)
-        written = self._paraphrases(name, spec)
+        return self._learn(Target.of_skill(name, spec), rows, self._paraphrases(name, spec))
+
+    def learn_label_sets(self) -> list[SkillResult]:
+        """A head per label set that requests list themselves (no skill) and encoder, for
+        the ``learn.label_sets`` sets with the most cases, each once it has ``min_cases``."""
+        by_set: dict[str, list[LabelledCase]] = {}
+        for case in self._store.ad_hoc_cases(limit=self._s.max_label_cases):
+            by_set.setdefault(label_set_name(case.labels), []).append(case)
+        ranked = sorted(by_set.values(), key=lambda cases: (-len(cases), cases[0].labels))
+        learned = [c for c in ranked if len(c) >= self._s.min_cases][: self._s.label_sets]
+        results = []
+        for cases in learned:
+            target = Target.of_labels(cases[0].labels)
+            try:
+                results += self._learn(target, cases[: self._s.max_cases], [])
+            except Exception:  # one label set's failure must not stop the others
+                log.exception("learn_failed", skill=target.name, labels=target.labels)
+        return results
+
+    def _learn(
+        self, target: Target, rows: Sequence[LabelledCase], written: Sequence[Paraphrase]
+    ) -> list[SkillResult]:
         results = []
         for encoder in self._encoders:
             try:
-                results.append(self._learn_on(encoder, name, spec, rows, written))
+                results.append(self._learn_on(encoder, target, rows, written))
             except Exception:  # one encoder's failure must not stop the others
-                log.exception("learn_failed", skill=name, encoder=encoder.name)
+                log.exception("learn_failed", skill=target.name, encoder=encoder.name)
         return results
 
     def _learn_on(  # noqa: PLR0911 - one per outcome
         self,
         encoder: TextEncoder,
-        name: str,
-        spec: SkillSpec,
+        target: Target,
         rows: Sequence[LabelledCase],
         written: Sequence[Paraphrase],
     ) -> SkillResult:
-        labels = tuple(spec.labels)
+        name, labels = target.name, target.labels
         # The cloud may answer outside the label set (or the skill changed since).
-        cases = [c for c in rows if c.label in spec.labels]
+        cases = [c for c in rows if c.label in labels]
         last = self._store.latest_head(name, encoder.name)
         last_version = last.version if last else None
 
@@ -266,6 +345,7 @@ class Learner:
                 accuracy_new=accuracy_new,
                 accuracy_old=accuracy_old,
                 paraphrases=len(written),
+                labels=() if target.spec is not None else labels,
             )
             fields = asdict(result)
             del fields["action"]  # the event's name says it
@@ -273,8 +353,8 @@ class Learner:
             return result
 
         if len(cases) < self._s.min_cases:
-            if written and last is None:
-                return self._first_head(encoder, name, spec, written, done)
+            if written and last is None and target.spec is not None:
+                return self._first_head(encoder, name, target.spec, written, done)
             return done("skipped", f"{len(cases)} cloud-labelled cases, fewer than min_cases")
         if last is not None and max(c.received_at for c in cases) <= last.pushed_at:
             return done("skipped", f"no new case since version {last.version}")
@@ -282,7 +362,16 @@ class Learner:
         train = [c for c in cases if not held_out(c, self._s.holdout)]
         if not test or not train:
             return done("skipped", "the held-out share left one side empty", held=len(test))
-        texts, text_gold = skill_texts(spec)
+        untaught = target.untaught(train)
+        if untaught:
+            return done(
+                "skipped",
+                f"{untaught} of its {len(labels)} labels have no cloud-labelled case to train "
+                "on yet: a head fitted without them cannot calibrate its confidence",
+                train=len(train),
+                held=len(test),
+            )
+        texts, text_gold = target.texts, target.gold
         own = [*texts, *(p.text for p in written)]
         own_gold = [*text_gold, *(p.label for p in written)]
         vectors = encoder.embed([*own, *(c.text for c in train), *(c.text for c in test)])
@@ -290,7 +379,7 @@ class Learner:
         test_vectors = vectors[n_own + n_train :]
         test_gold = [c.label for c in test]
         new = fit_head(vectors[: n_own + n_train], [*own_gold, *(c.label for c in train)], labels)
-        old, old_what = self._head_in_use(encoder, last, labels, vectors[: len(texts)], text_gold)
+        old, old_what = self._head_in_use(encoder, last, target, vectors[: len(texts)])
         acc_new = accuracy(new, test_vectors, test_gold)
         acc_old = accuracy(old, test_vectors, test_gold)
         # A decision on the checked fit reports its figures.
@@ -426,18 +515,17 @@ class Learner:
         self,
         encoder: TextEncoder,
         last: PushedHead | None,
-        labels: tuple[str, ...],
+        target: Target,
         text_vectors: Vectors,
-        text_gold: Sequence[str],
     ) -> tuple[Head, str]:
-        """The head the devices run: the last pushed one if it still fits the skill and the
-        encoder, else the one a device fits at load from the skill's text."""
+        """The head the devices run: the last pushed one if it still fits the target and
+        the encoder, else the one a device has before any push (``Target.baseline``)."""
         if last is not None:
             try:
                 wire = decode(SkillHead, last.payload.encode())
             except WireError:
                 log.warning("learn_last_head_unreadable", skill=last.skill, version=last.version)
             else:
-                if wire.embedder == encoder.name and tuple(wire.labels) == labels:
+                if wire.embedder == encoder.name and tuple(wire.labels) == target.labels:
                     return Head.from_wire(wire), f"version {last.version}"
-        return fit_head(text_vectors, list(text_gold), labels), "the skill-text head"
+        return target.baseline(text_vectors)

@@ -1,4 +1,5 @@
-"""``cloud-relay learn``: fit each skill's head on the cloud's labels, push the better ones.
+"""``cloud-relay learn``: fit each skill's head (and each label set's that requests list
+themselves) on the cloud's labels, push the better ones.
 
 The job ``cloud-relay run`` runs every ``learn.interval_s`` (:mod:`cloud_relay.learn`),
 once, with a report per skill. Heads are published retained under the relay's
@@ -50,12 +51,16 @@ def add_learn_command(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
         "per encoder of learn.encoders. With "
         "learn.paraphrases the cloud LLM first writes requests for each label, once per "
         "version of the skill's text: every head is fitted on them too, and a skill's first "
-        "head is pushed from them before any case escalates.",
+        "head is pushed from them before any case escalates. Requests that list their own "
+        "labels and name no skill are learned per label set the same way (learn.label_sets), "
+        "against the zero-shot head of the label names.",
     )
     add_common(p)
     p.add_argument("--broker", help="broker URL (default: the config's)")
     p.add_argument(
-        "--skill", action="append", help="learn only this skill (repeatable; default: all)"
+        "--skill",
+        action="append",
+        help="learn only this skill (repeatable; default: all); label sets follow learn.label_sets",
     )
     p.add_argument("--skills-dir", type=Path, help="folder of extra skill TOMLs")
     p.add_argument("--dry-run", action="store_true", help="fit and check, push nothing")

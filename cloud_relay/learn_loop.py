@@ -27,6 +27,7 @@ from cloud_relay.learn import load_encoders as _load_encoders
 from cloud_relay.learn_skills import SkillFileError, load_skills
 from cloud_relay.paraphrase import Teacher, teacher_for
 from cloud_relay.store import StoreError, open_store
+from edge_slm.contract.skills import is_label_set
 from edge_slm.logs import get_logger
 
 log = get_logger("cloud_relay.learn")
@@ -63,17 +64,20 @@ def learn_once(
 
 
 def republish_once(settings: RelaySettings, publish: Publish) -> int:
-    """The last head of each skill and encoder, published again; how many.
+    """The last head of each skill, learned label set and encoder, published again; how many.
     Raises SkillFileError, StoreError."""
     skills = load_skills(settings.learn.skills_dir)
     wanted = settings.learn.skills
     store = open_store(settings.db)
     try:
+        names = [name for name in skills if wanted is None or name in wanted]
+        if settings.learn.label_sets:
+            names += [name for name in store.head_names() if is_label_set(name)]
         heads = republish(
             store,
             publish,
             prefix=settings.topic_prefix,
-            skills=[name for name in skills if wanted is None or name in wanted],
+            skills=names,
             encoders=settings.learn.encoders,
         )
     finally:

@@ -10,6 +10,7 @@ from typing import Any
 from cloud_relay.stats import DeviceStats
 from cloud_relay.store import DeviceRow, LogRow
 from edge_slm.console import shorten
+from edge_slm.contract.skills import is_label_set
 from edge_slm.rounding import usd
 
 
@@ -152,8 +153,15 @@ DEVICE_HEADERS = (
 
 
 def heads_text(heads: dict[str, int] | None) -> str:
-    """``home_intents@3`` per skill (0: the head the device fitted from the skill's text)."""
-    return ",".join(f"{skill}@{v}" for skill, v in sorted(heads.items())) if heads else "-"
+    """``home_intents@3`` per skill (0: the head the device fitted from the skill's text),
+    then how many learned label sets it keeps (``+2 label sets``; ``--json`` lists them)."""
+    if not heads:
+        return "-"
+    parts = [f"{n}@{v}" for n, v in sorted(heads.items()) if not is_label_set(n)]
+    sets = sum(is_label_set(n) for n in heads)
+    if sets:
+        parts.append(f"+{sets} label set{'s' if sets > 1 else ''}")
+    return ",".join(parts)
 
 
 def device_cells(d: DeviceRow, *, now: float, stale_after_s: float) -> list[str]:

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from edge_slm.contract.skills import HeadProvenance, SkillHead, SkillSpec
+from edge_slm.contract.skills import HeadProvenance, SkillHead, SkillSpec, default_verbalizer
 
 Vectors = npt.NDArray[np.float32]
 FOLDS = 5
@@ -36,6 +36,15 @@ FOLDS = 5
 MIN_CALIBRATION_CASES = 5
 #: Inverse regularization: unit-length vectors and few examples per label want a weak prior.
 C = 10.0
+#: Zero-shot heads: 1 / the softmax temperature over cosines (MiniLM was trained
+#: contrastively at a scale of 20), and the calibration of the top share,
+#: ``sigmoid(A * logit(p_top) + B + K_WEIGHT * log(K))``, fitted once, offline, on the
+#: dev split of the project's voice set with label subsets of every size
+#: (``bench/head_stage.py``), so that it means the same for 2 labels as for 12.
+SCALE = 20.0
+ZERO_SHOT_A = 1.56
+ZERO_SHOT_B = -0.38
+ZERO_SHOT_K_WEIGHT = 0.30
 
 
 class HeadRejected(ValueError):
@@ -152,6 +161,24 @@ class Head:
             bias=np.asarray(wire.bias, dtype=np.float32),
             calibration=wire.calibration,
         )
+
+
+def label_texts(labels: Sequence[str]) -> list[str]:
+    """A request's own label set's texts: each label's name as words, in order."""
+    return [default_verbalizer(label) for label in labels]
+
+
+def zero_shot(labels: Sequence[str], vectors: Vectors) -> Head:
+    """The head a device runs for a label set nobody learned yet: cosine to each label
+    name's vector (``vectors``, of :func:`label_texts`) at the encoder's temperature,
+    with the zero-shot calibration. The relay builds the same one as the baseline a
+    learned head must beat."""
+    return Head(
+        labels=tuple(labels),
+        weights=(vectors * SCALE).astype(np.float32),
+        bias=np.zeros(len(labels), dtype=np.float32),
+        calibration=(ZERO_SHOT_A, ZERO_SHOT_B + ZERO_SHOT_K_WEIGHT * math.log(len(labels))),
+    )
 
 
 def fit_head(

@@ -13,8 +13,9 @@ skill with ``head = false`` runs the fit's stages alone, as before the head. A
 model the skill has no fit for gets the SLM's raw distribution and top share; with a
 head, that raw share only moves the head's confidence and never takes its label.
 
-Ad-hoc ``labels`` (no skill) go the same way with a zero-shot head from the label
-names (``classify_labels``).
+Ad-hoc ``labels`` (no skill) go the same way (``classify_labels``), with the head
+the relays learned for that label set (``agent/skills/label_heads.py``), else a
+zero-shot head from the label names.
 
 An answer from the bands or a head reports the tokens the model would have read and
 the label's own (``Engine.fixed_prompt_size``): the telemetry prices edge answers by
@@ -145,13 +146,25 @@ def classify_labels(
     *,
     embedder: Embedder | None = None,
     stop: StopWhen = StopWhen(),  # noqa: B008  (frozen dataclass: never mutated)
+    head: tuple[Head, int] | None = None,
 ) -> Classification:
-    """A request listing its own labels: the zero-shot head from the label names first,
-    the SLM where it is unsure, the more confident of the two (both calibrated) after."""
+    """A request listing its own labels: a head first (``head``: the one the relays
+    learned for this label set and its version; without one, the zero-shot head from
+    the label names), the SLM where it is unsure. The SLM has no fit for an ad-hoc label
+    set, so its raw top share is no P(correct) (two labels give at least 0.5): as for a
+    skill without a fit (``head_stage.combine``), it never takes the head's label, and
+    only its disagreement lowers the head's confidence, to ``min(c, 1 - c)``. On HWU64
+    ``train.jsonl`` items (``python -m bench.unfitted_slm --ad-hoc``), letting its label
+    stand cost 14 points of edge accuracy with 64 labels (11 with a learned head) at the
+    same escalation rate and system accuracy."""
     start = time.perf_counter()
     first = None
     if embedder is not None:
-        first = zero_shot_head(embedder, labels).predict(embedder.embed([text])[0])
+        if head is not None and set(head[0].labels) == set(labels):
+            used, basis = head[0], f"label-set head v{head[1]}"
+        else:
+            used, basis = zero_shot_head(embedder, labels), "zero-shot head"
+        first = used.predict(embedder.embed([text])[0])
         if first.confidence >= ACCEPT:
             # Priced as if the model had read it, like every edge answer (cost avoided).
             prompt = len(engine.encode_chat(messages))
@@ -163,21 +176,17 @@ def classify_labels(
                 prompt_tokens=prompt,
                 scored_tokens=max(1, len(engine.encode_chat(answered)) - prompt),
                 total_s=time.perf_counter() - start,
-                basis="zero-shot head",
+                basis=basis,
             )
     slm = engine.classify(messages, labels, stop=stop)
     if first is None:
         return slm
-    # The SLM's raw top share is not a P(correct) (two labels give at least 0.5): it
-    # only picks the label, and the head's calibrated confidence in that label stays.
-    label = slm.label
-    confidence = (
-        first.confidence if label == first.label else min(first.confidence, 1 - first.confidence)
-    )
+    agree = slm.label == first.label
+    confidence = first.confidence if agree else min(first.confidence, 1 - first.confidence)
     return Classification(
-        label=label,
+        label=first.label,
         confidence=confidence,
-        scores=slm.scores,
+        scores=first.probs,
         prompt_tokens=slm.prompt_tokens,
         scored_tokens=slm.scored_tokens,
         total_s=time.perf_counter() - start,

@@ -7,11 +7,9 @@ on the device, the first time the skill is used with this encoder (a few hundred
 with scikit-learn), and kept per skill content: version 0. A head the relays push
 (``cloud-relay learn``) replaces it (``SkillRegistry.set_head``).
 
-A request that lists its own ``labels`` gets a zero-shot head from the label names:
-cosine to each name's vector at the encoder's temperature, its confidence mapped to
-a probability of being right by a calibration fitted once, offline, on the dev split
-of the project's voice set with label subsets of every size (``bench/head_stage.py``)
-so that it means the same for 2 labels as for 12. Kept per label set (LRU).
+A request that lists its own ``labels`` gets a zero-shot head from the label names
+(``edge_slm.head.zero_shot``), kept per label set (LRU), until the relays push a head
+learned for that label set from the cloud's answers (``agent/skills/label_heads.py``).
 
 Both confidences are calibrated probabilities that the label is right, so one
 threshold (``ACCEPT``) says when the head answers alone, and the router's classify
@@ -20,7 +18,6 @@ threshold says when the cloud gets it.
 
 from __future__ import annotations
 
-import math
 import threading
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
@@ -28,9 +25,16 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from edge_slm.contract.skills import default_verbalizer
 from edge_slm.encoder import BATCH
-from edge_slm.head import MAX_CONFIDENCE, Head, HeadOutput, fit_head, skill_texts
+from edge_slm.head import (
+    MAX_CONFIDENCE,
+    Head,
+    HeadOutput,
+    fit_head,
+    label_texts,
+    skill_texts,
+    zero_shot,
+)
 
 if TYPE_CHECKING:
     from agent.skills import Skill
@@ -40,13 +44,6 @@ if TYPE_CHECKING:
 #: Chosen on the dev split of the voice set (bench/head_stage.py): it keeps the head's
 #: own answers about as accurate as the cascade's, and answers most requests.
 ACCEPT = 0.75
-#: Zero-shot heads: 1 / the softmax temperature over cosines (MiniLM was trained
-#: contrastively at a scale of 20), and the calibration of the top share,
-#: ``sigmoid(A * logit(p_top) + B + K_WEIGHT * log(K))``, fitted on the dev split.
-SCALE = 20.0
-ZERO_SHOT_A = 1.56
-ZERO_SHOT_B = -0.38
-ZERO_SHOT_K_WEIGHT = 0.30
 KEPT = 32
 
 
@@ -105,13 +102,7 @@ def zero_shot_head(embedder: Encoder, labels: Sequence[str]) -> Head:
     found = _label_heads.get(key)
     if found is not None:
         return found
-    vectors = embedder.embed([default_verbalizer(label) for label in labels])
-    head = Head(
-        labels=tuple(labels),
-        weights=(vectors * SCALE).astype(np.float32),
-        bias=np.zeros(len(labels), dtype=np.float32),
-        calibration=(ZERO_SHOT_A, ZERO_SHOT_B + ZERO_SHOT_K_WEIGHT * math.log(len(labels))),
-    )
+    head = zero_shot(labels, embedder.embed(label_texts(labels)))
     _label_heads.put(key, head)
     return head
 

@@ -260,6 +260,8 @@ class LabelledCase:
     text: str
     label: str  # the cloud's
     shadow: bool  # a confident edge answer sampled for comparison, not a low-confidence one
+    #: The request's own label set, for a request that named no skill (``ad_hoc_cases``).
+    labels: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -358,8 +360,18 @@ class RelayStore(Protocol):
         a logged text, newest first (``limit`` of them; None: all)."""
         ...
 
+    def ad_hoc_cases(self, *, limit: int) -> Sequence[LabelledCase]:
+        """Answered escalations (shadow samples included) that named no skill and listed
+        their own ``labels``, with a cloud label and a logged text, newest first, at most
+        ``limit``; each carries its label set (``LabelledCase.labels``)."""
+        ...
+
     def latest_head(self, skill: str, embedder: str) -> PushedHead | None:
         """The head last pushed for ``skill`` on the encoder ``embedder``, or None."""
+        ...
+
+    def head_names(self) -> Sequence[str]:
+        """Every skill and label set a head was pushed for, sorted."""
         ...
 
     def head_version(self, skill: str) -> int:

@@ -720,17 +720,16 @@ class SqlStore:
         if limit is not None:
             sql += " LIMIT ?"
             params.append(limit)
-        return [
-            LabelledCase(
-                device_id=r[0],
-                request_id=r[1],
-                received_at=r[2],
-                text=r[3],
-                label=r[4],
-                shadow=r[5] == EscalationReason.SHADOW.value,
-            )
-            for r in self._db.query(sql, params)
-        ]
+        return [_labelled(r) for r in self._db.query(sql, params)]
+
+    def ad_hoc_cases(self, *, limit: int) -> list[LabelledCase]:
+        sql = (
+            "SELECT device_id, request_id, received_at, prompt_text, cloud_label, reason, labels "
+            "FROM relay_log WHERE skill IS NULL AND labels IS NOT NULL AND outcome = ? "
+            "AND cloud_label IS NOT NULL AND prompt_text IS NOT NULL "
+            "ORDER BY received_at DESC, device_id, request_id LIMIT ?"
+        )
+        return [_labelled(r) for r in self._db.query(sql, (Outcome.OK.value, limit))]
 
     def latest_head(self, skill: str, embedder: str) -> PushedHead | None:
         rows = self._db.query(
@@ -749,6 +748,10 @@ class SqlStore:
             pushed_at=r[4],
             cases=int(r[5]),
         )
+
+    def head_names(self) -> list[str]:
+        rows = self._db.query("SELECT DISTINCT skill FROM skill_head ORDER BY skill")
+        return [r[0] for r in rows]
 
     def head_version(self, skill: str) -> int:
         rows = self._db.query("SELECT MAX(version) FROM skill_head WHERE skill = ?", (skill,))
@@ -913,3 +916,17 @@ def open_on(db: Db, *, dialect: Dialect, read_only: bool) -> SqlStore:
         db.close()
         raise
     return SqlStore(db)
+
+
+def _labelled(r: Row) -> LabelledCase:
+    """A ``labelled_cases`` or ``ad_hoc_cases`` row; the latter's 7th column is the
+    request's own labels (JSON)."""
+    return LabelledCase(
+        device_id=r[0],
+        request_id=r[1],
+        received_at=r[2],
+        text=r[3],
+        label=r[4],
+        shadow=r[5] == EscalationReason.SHADOW.value,
+        labels=tuple(json.loads(r[6])) if len(r) > 6 else (),
+    )

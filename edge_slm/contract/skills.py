@@ -6,8 +6,11 @@ stored as TOML on the device; it is never a top-level message of its own.
 
 from __future__ import annotations
 
+import hashlib
 import itertools
+import json
 import math
+from collections.abc import Iterable
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -17,6 +20,23 @@ from edge_slm.contract.base import OutboundModel, Versioned
 LabelName = Annotated[str, Field(min_length=1, max_length=64)]
 #: A skill's name: lowercase, digits, ``_ . -``; it is also a TOML key and a log field.
 SkillName = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_.-]{0,63}$")]
+#: The name a request's own label set (``labels``, no skill) is learned under: see
+#: :func:`label_set_name`. Its leading ``_`` is outside :data:`SkillName`, so no skill
+#: can take it.
+LabelSetName = Annotated[str, Field(pattern=r"^_labels-[0-9a-f]{16}$")]
+LABEL_SET_PREFIX = "_labels-"
+
+
+def label_set_name(labels: Iterable[str]) -> str:
+    """The name of a label set, whatever the order of its labels: ``_labels-`` and 16
+    hex digits of the SHA-256 of the sorted labels as JSON (unambiguous for any label)."""
+    canonical = json.dumps(sorted(set(labels)), ensure_ascii=False)
+    return LABEL_SET_PREFIX + hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+def is_label_set(name: str) -> bool:
+    """Whether ``name`` names a request's label set rather than a skill."""
+    return name.startswith(LABEL_SET_PREFIX)
 
 
 def default_verbalizer(label: str) -> str:
@@ -303,9 +323,14 @@ class HeadProvenance(BaseModel):
 class SkillHead(Versioned, OutboundModel):
     """Relay -> agents, retained on ``<prefix>/_skills/<skill>/head/<encoder>``: a skill's
     classify head, a multinomial logistic regression over one sentence encoder's vectors
-    (``cloud-relay learn``)."""
+    (``cloud-relay learn``). A request that lists its own labels and names no skill is
+    learned the same way, under its label set's name (:func:`label_set_name`)."""
 
-    skill: SkillName = Field(description="The skill this head classifies for.")
+    skill: SkillName | LabelSetName = Field(
+        description="The skill this head classifies for, or the label set "
+        "(`_labels-` and 16 hex digits of the SHA-256 of its sorted labels as JSON) for "
+        "requests that list their own labels."
+    )
     version: int = Field(
         ge=1,
         description="Increases with every push for the skill: one sequence over all its "
@@ -336,6 +361,8 @@ class SkillHead(Versioned, OutboundModel):
             raise ValueError("labels must be unique")
         if len(self.bias) != len(self.labels):
             raise ValueError("bias needs one value per label")
+        if is_label_set(self.skill) and self.skill != label_set_name(self.labels):
+            raise ValueError(f"{self.skill} is not the name of the labels {self.labels}")
         # base64 length of K*dim float32 values, padding included.
         expected = 4 * ((len(self.labels) * self.dim * 4 + 2) // 3)
         if len(self.weights) != expected:

@@ -86,7 +86,8 @@ class Status(Versioned, OutboundModel):
         default=None,
         description="The classify head in use per skill: the version of the head the relay "
         "pushed (`cloud-relay learn`), 0 for the head fitted on the device from the skill's "
-        "own text.",
+        "own text; and per label set that requests list themselves (`_labels-...`), the "
+        "version of the head the relay learned for it, for those the device keeps.",
     )
     embedder: str | None = Field(
         default=None,

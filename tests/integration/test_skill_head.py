@@ -158,6 +158,40 @@ def _with(argv: list[str], flag: str, value: str) -> list[str]:
     return out
 
 
+def test_on_ad_hoc_labels_the_slm_never_takes_the_heads_label(
+    engine: Engine, embedder: Embedder
+) -> None:
+    """The SLM has no fit for a request's own labels: where the zero-shot head is unsure
+    it runs, and its disagreement lowers the head's confidence; the label stays the
+    head's (``bench.unfitted_slm --ad-hoc``)."""
+    from agent.engine.prompts import build_messages
+    from agent.skills.classify import classify_labels
+    from agent.skills.head_stage import zero_shot_head
+    from edge_slm.contract import Request
+
+    labels = ["lights_on", "lights_off", "play_music", "volume_up", "weather_query"]
+    candidates = ("music", "it's a bit dim", "warmer", "the door", "hmm", "louder", "rain")
+    head = zero_shot_head(embedder, labels)
+    seen = []
+    for text in candidates:
+        said = head.predict(embedder.embed([text])[0])
+        if said.confidence >= ACCEPT:
+            continue
+        request = Request.model_validate(
+            {"v": 1, "id": "t", "task": "classify", "labels": labels, "text": text}
+        )
+        messages = build_messages(request)
+        slm = engine.classify(messages, labels)
+        got = classify_labels(engine, messages, labels, text, embedder=embedder)
+        assert got.label == said.label, (text, got, slm)
+        assert got.basis is None  # the SLM ran
+        agree = slm.label == said.label
+        low = said.confidence if agree else min(said.confidence, 1 - said.confidence)
+        assert got.confidence == pytest.approx(low)
+        seen.append(agree)
+    assert False in seen, "the SLM agreed on every unsure candidate: pick others"
+
+
 @pytest.mark.skipif(shutil.which("mosquitto_rr") is None, reason="mosquitto-clients missing")
 def test_the_readme_two_label_example_is_not_confidently_wrong(
     broker: PrivateBroker, topics: DeviceTopics, agent: AgentProcess, app: AppClient

@@ -7,7 +7,9 @@ learned (from "cloud labels" made up for the test) that this very phrasing means
 it without a restart, says so in its status (``heads``), and answers
 ``play_music`` from the head. Heads are per encoder: one pushed on another encoder's
 topic never reaches it, and one on its topic made for another encoder, or a broken
-one, is refused and logged; the agent keeps serving with the head it had.
+one, is refused and logged; the agent keeps serving with the head it had. A request
+that lists its own labels gets the head ``cloud-relay learn`` fitted for that label
+set, the same way.
 """
 
 from __future__ import annotations
@@ -30,10 +32,10 @@ from agent.skills.embedding import Embedder
 from bench.eval_data import load_family, split
 from cloud_relay.cli import main as relay_main
 from cloud_relay.store import open_store
-from edge_slm.contract.skills import HeadProvenance
+from edge_slm.contract.skills import HeadProvenance, label_set_name
 from edge_slm.head import fit_head, skill_texts
 from edge_slm.topics import DeviceTopics, skill_head
-from tests.relay.learning import log_case
+from tests.relay.learning import cases, log_case
 from tests.support.agent import AgentProcess
 from tests.support.app import AppClient
 from tests.support.broker import PrivateBroker
@@ -150,6 +152,47 @@ def test_a_pushed_head_changes_the_agents_answers(
     again = app.classify(topics.request, text=QUERY, skill=SKILL)
     assert again["label"] == "play_music"
     assert agent.proc.poll() is None
+
+
+def test_a_label_set_learned_by_the_relay_changes_the_agents_answers(
+    app: AppClient,
+    topics: DeviceTopics,
+    agent: AgentProcess,
+    broker: PrivateBroker,
+    encoder: Embedder,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An app lists its own labels, names no skill; the cloud labelled such requests
+    (made up for the test: lights on is ``calm``, off is ``alert``); `cloud-relay learn`
+    fits that label set's head, checks it against the zero-shot head, and pushes it over
+    the broker; the agent answers from it, whatever order the app lists the labels in."""
+    labels = ["calm", "alert"]
+    query = "kill the lights in the cellar"
+    app.subscribe(topics.response)
+    before = app.classify(topics.request, text=query, labels=labels)
+    assert before["ok"] is True, before
+    assert "label-set head" not in before["reason"], before
+    db = f"sqlite:///{tmp_path / 'relay.db'}"
+    store = open_store(db)
+    try:
+        for i, (text, label) in enumerate(cases()):
+            taught = "calm" if label == "lights_on" else "alert"
+            log_case(store, i, text, taught, skill=None, labels=labels[:: 1 - 2 * (i % 2)])
+    finally:
+        store.close()
+    monkeypatch.setenv("CLOUD_RELAY_LEARN__PARAPHRASES", "0")
+    args = ["learn", "--db", db, "--broker", broker.url, "--skill", SKILL, "--json"]
+    assert relay_main(args) == 0
+    name = label_set_name(labels)
+    heads_in_status(broker.port, topics.status, {name: 1, SKILL: 0})
+    for listed in (labels, labels[::-1]):
+        after = app.classify(topics.request, text=query, labels=listed)
+        assert after["ok"] is True, after
+        assert after["label"] == "alert", after
+        assert after["reason"].startswith("label-set head v1;"), after
+    applied = [e for e in agent.log_events() if e.get("event") == "head_applied"]
+    assert [(e["skill"], e["version"]) for e in applied] == [(name, 1)]
 
 
 MPNET = "mpnet-base-v2-int8"

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
-from cloud_relay.learn import TextEncoder, Vectors
-from cloud_relay.store import Final, NewEscalation, RelayStore
+from cloud_relay.learn import TextEncoder, Vectors, held_out
+from cloud_relay.store import Final, LabelledCase, NewEscalation, RelayStore
 from edge_slm.contract import Outcome, SkillSpec
 
 SKILL = "lights"
@@ -23,6 +23,8 @@ SPEC = SkillSpec.model_validate(
         }
     }
 )
+#: Each label's opposite: cases the cloud labelled backwards.
+FLIP = {"lights_on": "lights_off", "lights_off": "lights_on"}
 ROOMS = ["kitchen", "bedroom", "hall", "garage", "office", "bathroom", "attic", "porch"]
 ON = ["turn on the {} light", "switch the {} lamp on", "{} is too dark, light it up"]
 OFF = ["turn off the {} light", "switch the {} lamp off", "kill the lights in the {}"]
@@ -39,10 +41,11 @@ def log_case(
     text: str,
     label: str,
     *,
-    skill: str = SKILL,
+    skill: str | None = SKILL,
     labels: Sequence[str] = tuple(SPEC.labels),
 ) -> None:
-    """Case ``i`` as the relay logs an escalation the cloud answered with ``label``."""
+    """Case ``i`` as the relay logs an escalation the cloud answered with ``label``
+    (``skill`` None: a request that listed its own ``labels``)."""
     store.claim(
         NewEscalation(
             device_id=f"dev-{i % 3}",
@@ -68,6 +71,12 @@ def log_case(
             cloud_label=label,
         ),
     )
+
+
+def is_held_out(i: int, holdout: float) -> bool:
+    """Whether case ``i`` (as ``log_case`` logs it) is in the learn loop's held-out share."""
+    case = LabelledCase(f"dev-{i % 3}", f"r{i}", 0.0, "", "", shadow=False)
+    return held_out(case, holdout)
 
 
 class RotatedEncoder:

@@ -19,15 +19,24 @@ import structlog
 
 from cloud_relay.cli import main
 from cloud_relay.config import LearnSettings
-from cloud_relay.learn import Learner, LearnUnavailable, TextEncoder, held_out, load_encoders
-from cloud_relay.store import LabelledCase, RelayStore, open_store
+from cloud_relay.learn import Learner, LearnUnavailable, TextEncoder, load_encoders
+from cloud_relay.store import RelayStore, open_store
 from edge_slm.contract import decode
 from edge_slm.contract.skills import SkillHead
 from edge_slm.head import Head, fit_head, skill_texts
 from edge_slm.mqtt import BrokerUrl, Inbound, MqttConnection
 from edge_slm.topics import skill_head, skill_head_filter
 from tests.relay.fleet import status_update
-from tests.relay.learning import SKILL, SPEC, RotatedEncoder, cases, log_case, skills_dir
+from tests.relay.learning import (
+    FLIP,
+    SKILL,
+    SPEC,
+    RotatedEncoder,
+    cases,
+    is_held_out,
+    log_case,
+    skills_dir,
+)
 from tests.support.broker import PrivateBroker
 
 
@@ -36,11 +45,6 @@ def store(tmp_path: Path) -> Iterator[RelayStore]:
     s = open_store(f"sqlite:///{tmp_path / 'relay.db'}")
     yield s
     s.close()
-
-
-def is_held_out(i: int, holdout: float) -> bool:
-    case = LabelledCase(f"dev-{i % 3}", f"r{i}", 0.0, "", "", shadow=False)
-    return held_out(case, holdout)
 
 
 def learner(
@@ -60,9 +64,8 @@ def test_a_head_worse_on_the_held_out_cases_is_not_pushed(
     store: RelayStore, encoder: TextEncoder
 ) -> None:
     # The cases it trains on are labelled backwards; the held-out ones are right.
-    flip = {"lights_on": "lights_off", "lights_off": "lights_on"}
     for i, (text, label) in enumerate(cases()):
-        log_case(store, i, text, label if is_held_out(i, 0.25) else flip[label])
+        log_case(store, i, text, label if is_held_out(i, 0.25) else FLIP[label])
     pushed: list[tuple[str, bytes]] = []
     (result,) = learner(store, encoder, pushed).run()
     assert result.action == "kept", result

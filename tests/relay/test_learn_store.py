@@ -36,6 +36,7 @@ def _case(
     outcome: Outcome = Outcome.OK,
     reason: str = "low_confidence",
     received_at: float | None = None,
+    labels: list[str] | None = None,
 ) -> None:
     store.claim(
         NewEscalation(
@@ -46,7 +47,7 @@ def _case(
             task="classify",
             reason=reason,
             text=text,
-            labels=["lights_on", "lights_off"],
+            labels=labels if labels is not None else ["lights_on", "lights_off"],
             skill=skill,
         ),
         stale_before=0,
@@ -84,9 +85,29 @@ def test_labelled_cases_are_the_skills_answered_ones_with_text_and_label(
     assert store.labelled_cases("nothing") == []
 
 
+def test_ad_hoc_cases_are_the_answered_ones_without_a_skill_with_their_labels(
+    store: RelayStore,
+) -> None:
+    now = time.time()
+    _case(store, "old", skill=None, received_at=now - 10)
+    _case(store, "new", skill=None, labels=["open", "close"], cloud_label="open")
+    _case(store, "skill", skill="home")  # a skill's: learned as the skill
+    _case(store, "no-text", skill=None, text=None)
+    _case(store, "no-label", skill=None, cloud_label=None)
+    _case(store, "failed", skill=None, outcome=Outcome.LLM_ERROR)
+    cases = store.ad_hoc_cases(limit=10)
+    assert [(c.request_id, c.labels, c.label) for c in cases] == [
+        ("new", ("open", "close"), "open"),
+        ("old", ("lights_on", "lights_off"), "lights_off"),
+    ]
+    assert [c.request_id for c in store.ad_hoc_cases(limit=1)] == ["new"]
+    assert store.labelled_cases("home")[0].labels == ()
+
+
 def test_pushed_heads_are_kept_and_the_latest_read_back(store: RelayStore) -> None:
     assert store.latest_head("home", MINILM) is None
     assert store.head_version("home") == 0
+    assert store.head_names() == []
     first = PushedHead(
         skill="home", embedder=MINILM, version=1, payload='{"v":1}', pushed_at=10.0, cases=30
     )
@@ -106,6 +127,7 @@ def test_pushed_heads_are_kept_and_the_latest_read_back(store: RelayStore) -> No
     other = store.latest_head("sensors", MINILM)
     assert other is not None
     assert other.version == 7
+    assert store.head_names() == ["home", "sensors"]
 
 
 def test_heads_pushed_before_migration_9_are_filed_under_their_encoder(
@@ -163,6 +185,13 @@ def test_devices_show_the_head_versions_of_their_status(store: RelayStore) -> No
     cells = render.device_cells(d, now=now, stale_after_s=60)
     assert cells[render.DEVICE_HEADERS.index("heads")] == "home_intents@3,sensor_state@0"
     assert render.device_dict(d, now=now, stale_after_s=60)["heads"] == d.heads
+    # Learned label sets are counted in the table; the JSON lists them.
+    sets = {"_labels-9084d06c7401c908": 2, "_labels-0123456789abcdef": 1}
+    store.record_status(replace(base, heads={"home_intents": 3, **sets}))
+    (d,) = store.devices("d")
+    cells = render.device_cells(d, now=now, stale_after_s=60)
+    assert cells[render.DEVICE_HEADERS.index("heads")] == "home_intents@3,+2 label sets"
+    assert render.device_dict(d, now=now, stale_after_s=60)["heads"] == {"home_intents": 3, **sets}
 
 
 def test_devices_show_the_encoder_of_their_status(store: RelayStore) -> None:

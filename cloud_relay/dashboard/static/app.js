@@ -147,10 +147,15 @@
     select.value = current;
   }
 
-  // The classify head per skill: the version the relay pushed, @0 for the device's own fit.
+  // The classify head per skill: the version the relay pushed, @0 for the device's own fit;
+  // then how many learned label sets (named _labels-<hash>) the device keeps.
   function heads(h) {
     const names = Object.keys(h || {}).sort();
-    return names.length ? names.map((k) => `${k}@${h[k]}`).join(", ") : "–";
+    const skills = names.filter((k) => !k.startsWith("_labels-"));
+    const sets = names.length - skills.length;
+    const parts = skills.map((k) => `${k}@${h[k]}`);
+    if (sets) parts.push(`+${sets} label set${sets > 1 ? "s" : ""}`);
+    return parts.length ? parts.join(", ") : "–";
   }
 
   function renderDevices(body) {
