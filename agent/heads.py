@@ -24,6 +24,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from agent.inbound import decode_or_log
+from agent.skills.label_heads import KEPT
 from edge_slm.contract.skills import SkillHead, is_label_set
 from edge_slm.logs import get_logger
 from edge_slm.queues import stop_consumer
@@ -37,8 +38,9 @@ if TYPE_CHECKING:
 log = get_logger("agent.heads")
 
 #: Heads waiting to be applied; beyond it the newest is dropped (the retained copy
-#: comes again on the next connect).
-QUEUE_SIZE = 64
+#: comes again on the next connect). A connect delivers every retained head at once:
+#: the skills' and up to ``label_heads.KEPT`` label sets'.
+QUEUE_SIZE = 64 + KEPT
 
 
 class HeadIntake:
