@@ -729,7 +729,8 @@ class SqlStore:
             "AND cloud_label IS NOT NULL AND prompt_text IS NOT NULL "
             "ORDER BY received_at DESC, device_id, request_id LIMIT ?"
         )
-        return [_labelled(r) for r in self._db.query(sql, (Outcome.OK.value, limit))]
+        rows = self._db.query(sql, (Outcome.OK.value, limit))
+        return [_labelled(r, labels=tuple(json.loads(r[6]))) for r in rows]
 
     def latest_head(self, skill: str, embedder: str) -> PushedHead | None:
         rows = self._db.query(
@@ -918,9 +919,9 @@ def open_on(db: Db, *, dialect: Dialect, read_only: bool) -> SqlStore:
     return SqlStore(db)
 
 
-def _labelled(r: Row) -> LabelledCase:
-    """A ``labelled_cases`` or ``ad_hoc_cases`` row; the latter's 7th column is the
-    request's own labels (JSON)."""
+def _labelled(r: Row, *, labels: tuple[str, ...] = ()) -> LabelledCase:
+    """A ``labelled_cases`` or ``ad_hoc_cases`` row (``labels``: the latter's request's
+    own labels)."""
     return LabelledCase(
         device_id=r[0],
         request_id=r[1],
@@ -928,5 +929,5 @@ def _labelled(r: Row) -> LabelledCase:
         text=r[3],
         label=r[4],
         shadow=r[5] == EscalationReason.SHADOW.value,
-        labels=tuple(json.loads(r[6])) if len(r) > 6 else (),
+        labels=labels,
     )

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cloud_relay.learn import TextEncoder, Vectors, held_out
+from cloud_relay.learn import SkillResult, TextEncoder, Vectors, held_out
 from cloud_relay.store import Final, LabelledCase, NewEscalation, RelayStore
 from edge_slm.contract import Outcome, SkillSpec
 
@@ -77,6 +77,17 @@ def is_held_out(i: int, holdout: float) -> bool:
     """Whether case ``i`` (as ``log_case`` logs it) is in the learn loop's held-out share."""
     case = LabelledCase(f"dev-{i % 3}", f"r{i}", 0.0, "", "", shadow=False)
     return held_out(case, holdout)
+
+
+def assert_kept_as_worse(result: SkillResult, why: str) -> None:
+    """A head the held-out check refused: kept, both accuracies reported, the new one
+    lower, and the reason naming ``why`` (the head in use, or what it was checked on)."""
+    # A helper module's asserts are not rewritten by pytest: each names what it saw.
+    assert result.action == "kept", result
+    assert result.accuracy_new is not None, result
+    assert result.accuracy_old is not None, result
+    assert result.accuracy_new < result.accuracy_old, result
+    assert why in result.reason, result
 
 
 class RotatedEncoder:

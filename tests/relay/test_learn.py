@@ -32,6 +32,7 @@ from tests.relay.learning import (
     SKILL,
     SPEC,
     RotatedEncoder,
+    assert_kept_as_worse,
     cases,
     is_held_out,
     log_case,
@@ -68,11 +69,7 @@ def test_a_head_worse_on_the_held_out_cases_is_not_pushed(
         log_case(store, i, text, label if is_held_out(i, 0.25) else FLIP[label])
     pushed: list[tuple[str, bytes]] = []
     (result,) = learner(store, encoder, pushed).run()
-    assert result.action == "kept", result
-    assert result.accuracy_new is not None
-    assert result.accuracy_old is not None
-    assert result.accuracy_new < result.accuracy_old
-    assert "the skill-text head" in result.reason
+    assert_kept_as_worse(result, "the skill-text head")
     assert pushed == []
     assert store.latest_head(SKILL, encoder.name) is None
 

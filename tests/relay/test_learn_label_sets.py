@@ -17,7 +17,15 @@ from edge_slm.contract import decode
 from edge_slm.contract.skills import SkillHead, label_set_name
 from edge_slm.head import Head
 from edge_slm.topics import skill_head
-from tests.relay.learning import FLIP, SKILL, SPEC, cases, is_held_out, log_case
+from tests.relay.learning import (
+    FLIP,
+    SKILL,
+    SPEC,
+    assert_kept_as_worse,
+    cases,
+    is_held_out,
+    log_case,
+)
 
 #: The test skill's labels, listed by an app itself, in either order.
 LABELS = ("lights_on", "lights_off")
@@ -96,11 +104,7 @@ def test_a_label_sets_head_worse_than_the_zero_shot_head_is_not_pushed(
     log_ad_hoc(store, items)
     pushed: list[tuple[str, bytes]] = []
     (result,) = [r for r in run(store, encoder, pushed) if r.skill == NAME]
-    assert result.action == "kept", result
-    assert result.accuracy_new is not None
-    assert result.accuracy_old is not None
-    assert result.accuracy_new < result.accuracy_old
-    assert "the zero-shot head" in result.reason
+    assert_kept_as_worse(result, "the zero-shot head")
     assert pushed == []
 
 

@@ -16,7 +16,7 @@ from cloud_relay.store import Paraphrase, RelayStore
 from edge_slm.contract import SkillSpec, decode
 from edge_slm.contract.skills import SkillHead
 from edge_slm.head import Head, skill_texts
-from tests.relay.learning import SKILL, cases, log_case
+from tests.relay.learning import SKILL, assert_kept_as_worse, cases, log_case
 from tests.support.broker import free_port
 from tests.support.procs import LlmServer
 
@@ -123,11 +123,7 @@ def test_paraphrases_that_miss_the_exemplars_are_not_pushed(
     swapped = {"lights_on": WRITTEN["lights_off"], "lights_off": WRITTEN["lights_on"]}
     pushed: list[tuple[str, bytes]] = []
     result = run(store, encoder, ScriptedTeacher(swapped), pushed)
-    assert result.action == "kept", result
-    assert result.accuracy_new is not None
-    assert result.accuracy_old is not None
-    assert result.accuracy_new < result.accuracy_old
-    assert "exemplars" in result.reason
+    assert_kept_as_worse(result, "exemplars")
     assert pushed == []
     assert store.latest_head(SKILL, encoder.name) is None
 
