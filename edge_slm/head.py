@@ -19,7 +19,7 @@ import math
 import time
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import numpy.typing as npt
@@ -34,6 +34,8 @@ FOLDS = 5
 #: paraphrases), 4 wrong out of fold, got a slope of 0.15, every answer at ~0.94, and
 #: none escalated (BENCHMARKS.md, "the cloud's paraphrases").
 MIN_CALIBRATION_CASES = 5
+#: The calibration of a head with none: ``platt(1, 0, p)`` is the raw top share.
+RAW = (1.0, 0.0)
 #: Inverse regularization: unit-length vectors and few examples per label want a weak prior.
 C = 10.0
 #: Zero-shot heads: 1 / the softmax temperature over cosines (MiniLM was trained
@@ -101,11 +103,16 @@ class Head:
     labels: tuple[str, ...]
     weights: npt.NDArray[np.float32]  # [K, d]
     bias: npt.NDArray[np.float32]  # [K]
-    calibration: tuple[float, float] = (1.0, 0.0)
+    calibration: tuple[float, float] = RAW
 
     @property
     def dim(self) -> int:
         return int(self.weights.shape[1])
+
+    @property
+    def calibrated(self) -> bool:
+        """Whether its confidence is calibrated, not the raw top share."""
+        return self.calibration != RAW
 
     def probabilities(self, vectors: Vectors) -> npt.NDArray[np.float64]:
         """Softmax rows for a batch of vectors [n, d]."""
@@ -226,11 +233,33 @@ def fit_head(
         cv=cv,
         method="predict_proba",
     )
-    top = oof.argmax(axis=1)
-    right = (top == y).astype(int)
-    if min(int(right.sum()), len(right) - int(right.sum())) < MIN_CALIBRATION_CASES:
-        return head  # too few wrong (or right) answers out of fold to fit Platt on
-    feature = np.array([[logit(float(p))] for p in oof.max(axis=1)])
-    platt = LogisticRegression(C=1e6, max_iter=1000).fit(feature, right)
-    calibration = (float(platt.coef_[0][0]), float(platt.intercept_[0]))
-    return Head(labels=names, weights=head.weights, bias=head.bias, calibration=calibration)
+    calibration = fit_platt(oof.max(axis=1), oof.argmax(axis=1) == y)
+    return head if calibration is None else replace(head, calibration=calibration)
+
+
+def fit_platt(p_top: npt.ArrayLike, right: npt.ArrayLike) -> tuple[float, float] | None:
+    """Platt scaling's ``(a, b)`` from top shares and whether each answer was right;
+    None with fewer than MIN_CALIBRATION_CASES wrong (or right) answers, or where a
+    higher top share did not go with more right answers (``a <= 0``): such a fit would
+    turn the ranking over, and mislabelled cases that the head answers confidently
+    "wrong" are what gives one."""
+    from sklearn.linear_model import LogisticRegression
+
+    hit = np.asarray(right, dtype=bool).astype(int)
+    if min(int(hit.sum()), len(hit) - int(hit.sum())) < MIN_CALIBRATION_CASES:
+        return None
+    feature = np.array([[logit(float(p))] for p in np.asarray(p_top, dtype=np.float64)])
+    model = LogisticRegression(C=1e6, max_iter=1000).fit(feature, hit)
+    a, b = float(model.coef_[0][0]), float(model.intercept_[0])
+    return (a, b) if a > 0 else None
+
+
+def calibrate_on(head: Head, vectors: Vectors, gold: Sequence[str]) -> Head | None:
+    """``head`` with its confidence calibrated on labelled texts it was not fitted on (the
+    relay's held-out cases), for a head that could not be calibrated out of fold; None
+    with too few wrong (or right) answers there. The labels it answers are unchanged."""
+    probs = head.probabilities(vectors)
+    answers = [head.labels[i] for i in probs.argmax(axis=1)]
+    right = [a == g for a, g in zip(answers, gold, strict=True)]
+    calibration = fit_platt(probs.max(axis=1), right)
+    return None if calibration is None else replace(head, calibration=calibration)

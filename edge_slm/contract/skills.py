@@ -318,6 +318,12 @@ class HeadProvenance(BaseModel):
         default=None, ge=0, le=1, description="The accuracy of the head it replaces there."
     )
     paraphrases: int = Field(default=0, ge=0, description=_PARAPHRASES)
+    calibrated_on: Literal["out_of_fold", "held_out"] | None = Field(
+        default=None,
+        description="Where its confidence was calibrated: `out_of_fold` on its training "
+        "texts, `held_out` on the relay's held-out cases (a label set whose labels the "
+        "cloud has not all answered yet), or null: its raw top share.",
+    )
 
 
 class SkillHead(Versioned, OutboundModel):

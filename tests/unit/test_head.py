@@ -20,7 +20,16 @@ from agent.skills.classify import classify_skill
 from agent.skills.head_stage import ACCEPT, combine
 from edge_slm.contract import SkillHead, Task, UnsupportedVersion, WireError, decode
 from edge_slm.contract.skills import HeadProvenance, SkillSpec
-from edge_slm.head import MAX_CONFIDENCE, Head, HeadOutput, HeadRejected, fit_head
+from edge_slm.head import (
+    MAX_CONFIDENCE,
+    RAW,
+    Head,
+    HeadOutput,
+    HeadRejected,
+    calibrate_on,
+    fit_head,
+    fit_platt,
+)
 from edge_slm.rounding import confidence as round_confidence
 
 DIM = 24
@@ -260,6 +269,53 @@ def test_too_few_wrong_answers_out_of_fold_leave_the_raw_top_share() -> None:
     hard = _data(labels, 18, noise=2.0, seed=3)
     assert wrong_out_of_fold(*hard) >= MIN_CALIBRATION_CASES
     assert fit_head(*hard, labels).calibration != (1.0, 0.0)
+
+
+def test_a_head_that_cannot_calibrate_out_of_fold_is_calibrated_on_held_out_texts() -> None:
+    """One text per label (a label set's names) leaves nothing to calibrate on out of
+    fold: the raw top share, over 8 labels mostly low. Calibrated on labelled texts it
+    was not fitted on, the same head answers the same labels, and its confidence tracks
+    its accuracy on fresh texts and ranks right above wrong."""
+    labels = [f"l{i}" for i in range(8)]
+    names, names_gold = _data(labels, 1, noise=0.1, seed=0)
+    raw = fit_head(names, names_gold, labels)
+    assert raw.calibration == RAW
+    assert not raw.calibrated
+    held, held_gold = _data(labels, 15, noise=2.0, seed=1)
+    head = calibrate_on(raw, held, held_gold)
+    assert head is not None
+    assert head.calibrated
+    test, test_gold = _data(labels, 300, noise=2.0, seed=2)
+    outs = [head.predict(v) for v in test]
+    raws = [raw.predict(v) for v in test]
+    assert [o.label for o in outs] == [o.label for o in raws]
+    conf = np.array([o.confidence for o in outs])
+    right = np.array([o.label == g for o, g in zip(outs, test_gold, strict=True)])
+    assert 0.5 < right.mean() < 0.95  # the case is neither trivial nor hopeless
+    assert abs(conf.mean() - right.mean()) < 0.1
+    assert abs(np.array([o.confidence for o in raws]).mean() - right.mean()) > 0.2
+    assert _auroc(conf, right) > 0.7
+
+
+def test_a_calibration_is_refused_on_too_few_errors_or_a_ranking_it_would_turn_over() -> None:
+    """Platt scaling needs MIN_CALIBRATION_CASES wrong and right answers, and a slope
+    above 0: where the surer answers were the wrong ones (mislabelled cases answered
+    confidently), a fit would turn the ranking over, so there is none."""
+    from edge_slm.head import MIN_CALIBRATION_CASES
+
+    shares = np.linspace(0.2, 0.9, 40)
+    assert fit_platt(shares, shares > 0.5) is not None
+    (a, _) = fit_platt(shares, (shares > 0.5) ^ (np.arange(40) % 5 == 0)) or (0.0, 0.0)
+    assert a > 0
+    few = np.arange(40) < MIN_CALIBRATION_CASES - 1
+    assert fit_platt(shares, ~few) is None  # four wrong
+    assert fit_platt(shares, few) is None  # four right
+    assert fit_platt(shares, shares < 0.5) is None  # surer, more often wrong
+    labels = ["a", "b"]
+    x, gold = _data(labels, 1, noise=0.1, seed=0)
+    raw = fit_head(x, gold, labels)
+    held, held_gold = _data(labels, 10, noise=0.5, seed=1)
+    assert calibrate_on(raw, held, held_gold) is None  # all right: nothing to learn from
 
 
 def test_a_skill_of_one_text_per_label_fits_without_a_warning() -> None:
